@@ -1,0 +1,104 @@
+// Block layer. Drivers are synchronous and stack (qcow2 on file); a
+// BlockBackend runs them on I/O worker threads and reports completions on the
+// event loop, so a slow disk never stalls the register path.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
+#include <string>
+
+#include "util/result.h"
+
+namespace mpq {
+class EventLoop;
+}
+
+namespace mpq::block {
+
+// Errors carry errno in Error::err (EIO, ENOSPC, EINVAL, ...).
+class BlockDriver {
+public:
+    virtual ~BlockDriver() = default;
+    virtual std::string format_name() const = 0;
+    virtual uint64_t length() const = 0;
+    virtual Status pread(uint64_t off, std::span<uint8_t> buf) = 0;
+    virtual Status pwrite(uint64_t off, std::span<const uint8_t> buf) = 0;
+    virtual Status flush() = 0;
+    virtual Status discard(uint64_t off, uint64_t len) = 0;
+    virtual Status write_zeroes(uint64_t off, uint64_t len) = 0;
+    // True if calls may run concurrently from several threads (raw files);
+    // false makes the backend serialise them (qcow2 metadata).
+    virtual bool concurrent_safe() const = 0;
+};
+
+enum class CacheMode : uint8_t { Writeback, None, Writethrough, Directsync, Unsafe };
+enum class AioMode : uint8_t { Threads, Native, IoUring };
+enum class ReadOnly : uint8_t { No, Yes };
+
+// What `-drive` says about a disk.
+struct DriveOptions {
+    std::string id;
+    std::string file;
+    std::string format;  // "", "raw", "qcow2" ("" = probe)
+    ReadOnly read_only = ReadOnly::No;
+    CacheMode cache = CacheMode::Writeback;
+    AioMode aio = AioMode::Threads;
+    uint64_t l2_cache_size = 0;  // qcow2 metadata cache bound in bytes; 0 = default
+};
+
+// Opens the driver stack for a drive (format probing included).
+Result<std::unique_ptr<BlockDriver>> open_drive(const DriveOptions& opts);
+// The protocol driver: a host file (O_DIRECT with cache=none).
+Result<std::unique_ptr<BlockDriver>> open_file(const DriveOptions& opts);
+// The qcow2 format driver on top of `file`.
+Result<std::unique_ptr<BlockDriver>> open_qcow2(std::unique_ptr<BlockDriver> file,
+                                                const DriveOptions& opts);
+
+struct BlockStats {
+    uint64_t rd_bytes = 0, wr_bytes = 0;
+    uint64_t rd_ops = 0, wr_ops = 0, flush_ops = 0, unmap_ops = 0, unmap_bytes = 0;
+    uint64_t failed_rd_ops = 0, failed_wr_ops = 0, failed_flush_ops = 0, failed_unmap_ops = 0;
+    uint64_t rd_total_time_ns = 0, wr_total_time_ns = 0, flush_total_time_ns = 0, unmap_total_time_ns = 0;
+    uint64_t last_io_ns = 0;  // monotonic time of the last completion (idle time)
+};
+
+class BlockBackend {
+public:
+    using Done = std::function<void(Status)>;
+
+    BlockBackend(EventLoop& loop, std::unique_ptr<BlockDriver> drv, DriveOptions opts);
+    ~BlockBackend();
+    BlockBackend(const BlockBackend&) = delete;
+    BlockBackend& operator=(const BlockBackend&) = delete;
+
+    const DriveOptions& options() const { return opts_; }
+    BlockDriver& driver() { return *drv_; }
+    uint64_t length() const { return drv_->length(); }
+    bool read_only() const { return opts_.read_only == ReadOnly::Yes; }
+
+    // `buf` must stay valid until `done` runs (on the event loop thread).
+    void read(uint64_t off, std::span<uint8_t> buf, Done done);
+    void write(uint64_t off, std::span<const uint8_t> buf, Done done);
+    void flush(Done done);
+    void discard(uint64_t off, uint64_t len, Done done);
+    void write_zeroes(uint64_t off, uint64_t len, Done done);
+
+    const BlockStats& stats() const { return stats_; }
+    // Number of requests submitted and not yet completed.
+    unsigned in_flight() const { return in_flight_; }
+    // Blocks until every request has completed (shutdown, tests).
+    void drain();
+
+private:
+    struct Impl;
+    EventLoop& loop_;
+    std::unique_ptr<BlockDriver> drv_;
+    DriveOptions opts_;
+    BlockStats stats_;
+    unsigned in_flight_ = 0;
+    std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace mpq::block

@@ -1,0 +1,35 @@
+// LSI53C895A PCI SCSI controller (1000:0012) with its SCRIPTS processor.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "pci/pci_device.h"
+#include "scsi/scsi.h"
+
+namespace mpq {
+class EventLoop;
+}
+
+namespace mpq::hw {
+
+inline constexpr uint16_t kLsiVendor = 0x1000;
+inline constexpr uint16_t kLsiDevice = 0x0012;
+inline constexpr uint32_t kLsiClass = 0x010000;  // SCSI storage controller
+inline constexpr uint32_t kLsiIoBarSize = 256;
+inline constexpr uint32_t kLsiMmioBarSize = 1024;
+inline constexpr uint32_t kLsiRamBarSize = 8192;
+
+class Lsi53c895a;
+
+// Builds a controller. Its SCSI bus is `bus()`: attach scsi-hd targets there.
+std::unique_ptr<Lsi53c895a> make_lsi53c895a(EventLoop& loop, const std::string& id);
+
+class Lsi53c895a : public pci::PciDevice {
+public:
+    using pci::PciDevice::PciDevice;
+    virtual scsi::Bus& bus() = 0;
+    virtual const std::string& id() const = 0;
+};
+
+}  // namespace mpq::hw

@@ -1,0 +1,58 @@
+// Guest RAM as the VMM shares it (SYNC_SYSMEM): a table of fd-backed regions
+// mapped into this process. Each update replaces the whole table.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "mem/dma.h"
+#include "util/result.h"
+#include "util/unique_fd.h"
+
+namespace mpq {
+
+struct RamRegion {
+    uint64_t gpa = 0;
+    uint64_t size = 0;
+    int64_t offset = 0;  // offset of the region inside the fd
+    int fd = -1;         // borrowed: the caller keeps ownership
+};
+
+class GuestMemory final : public DmaSpace {
+public:
+    GuestMemory() = default;
+    ~GuestMemory() override;
+    GuestMemory(const GuestMemory&) = delete;
+    GuestMemory& operator=(const GuestMemory&) = delete;
+
+    // Drops every old mapping, then maps each region. On failure the table is
+    // left empty (never half old, half new). Overlapping regions are refused.
+    // Identical tables are recognised and cost nothing (stock QEMU resends the
+    // table on every memory-topology change).
+    Status set_regions(const std::vector<RamRegion>& regions);
+    // Maps memory this process already owns (tests, in-process VMM RAM).
+    Status set_host_region(uint64_t gpa, uint8_t* host, uint64_t size);
+    void clear();
+
+    Status read(uint64_t gpa, std::span<uint8_t> out) override;
+    Status write(uint64_t gpa, std::span<const uint8_t> in) override;
+    std::span<uint8_t> map(uint64_t gpa, uint64_t len) override;
+
+    size_t region_count() const { return maps_.size(); }
+
+private:
+    struct Mapping {
+        uint64_t gpa;
+        uint64_t size;
+        uint8_t* host;
+        size_t map_len;   // length passed to mmap (0: not ours to unmap)
+        void* map_base;
+        // identity, to recognise a repeated table
+        uint64_t dev, ino;
+        int64_t offset;
+    };
+    const Mapping* find(uint64_t gpa, uint64_t len) const;
+    std::vector<Mapping> maps_;  // sorted by gpa
+};
+
+}  // namespace mpq

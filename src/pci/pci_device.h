@@ -1,0 +1,94 @@
+// Config space model shared by every emulated PCI function: read-only,
+// writable and write-1-to-clear masks, BAR sizing and decoding, INTx.
+#pragma once
+
+#include <array>
+#include <cstdint>
+
+#include "mem/dma.h"
+#include "pci/pci_function.h"
+
+namespace mpq::pci {
+
+// Standard config offsets (type 0 header).
+inline constexpr uint32_t kVendorId = 0x00;       // 16-bit
+inline constexpr uint32_t kDeviceId = 0x02;       // 16-bit
+inline constexpr uint32_t kCommand = 0x04;        // 16-bit
+inline constexpr uint32_t kStatus = 0x06;         // 16-bit, W1C error bits
+inline constexpr uint32_t kRevision = 0x08;
+inline constexpr uint32_t kClassProg = 0x09;      // prog-if, subclass, class
+inline constexpr uint32_t kCacheLineSize = 0x0c;  // must be R/W (Linux MWI)
+inline constexpr uint32_t kLatencyTimer = 0x0d;
+inline constexpr uint32_t kHeaderType = 0x0e;
+inline constexpr uint32_t kBar0 = 0x10;           // BARs 0..5 at 0x10 + 4*i
+inline constexpr uint32_t kSubsysVendor = 0x2c;
+inline constexpr uint32_t kSubsysId = 0x2e;
+inline constexpr uint32_t kRomBar = 0x30;
+inline constexpr uint32_t kIntLine = 0x3c;
+inline constexpr uint32_t kIntPin = 0x3d;
+
+inline constexpr uint16_t kCmdIo = 0x0001;
+inline constexpr uint16_t kCmdMem = 0x0002;
+inline constexpr uint16_t kCmdMaster = 0x0004;
+
+struct PciIdentity {
+    uint16_t vendor = 0;
+    uint16_t device = 0;
+    uint32_t class_code = 0;  // class << 16 | subclass << 8 | prog-if
+    uint8_t revision = 0;
+    uint16_t subsys_vendor = 0;
+    uint16_t subsys_id = 0;
+    uint8_t irq_pin = 1;  // 1 = INTA#
+    std::array<BarDesc, kNumBars> bars{};
+};
+
+// Plain, copyable config-space state: saved, restored and compared in tests.
+struct PciConfigState {
+    std::array<uint8_t, kConfigSpaceSize> bytes{};
+    bool irq_level = false;
+};
+
+class PciDevice : public PciFunction {
+public:
+    explicit PciDevice(const PciIdentity& id);
+
+    uint32_t config_read(uint32_t off, unsigned len) override;
+    void config_write(uint32_t off, uint32_t val, unsigned len) override;
+    std::optional<BarHit> decode(AddressSpace space, uint64_t addr, unsigned size) const override;
+
+    // Full PCI reset (power-on): config registers and the device.
+    void pci_reset();
+
+    void attach_irq(IrqLine* line) { irq_ = line; }
+    void attach_dma(DmaSpace* dma) { dma_ = dma; }
+
+    const PciIdentity& identity() const { return id_; }
+    const PciConfigState& config_state() const { return cfg_; }
+    void restore_config_state(const PciConfigState& s);
+
+    // Current base of `bar` (0 if unprogrammed), and whether it decodes.
+    uint64_t bar_address(int bar) const;
+    bool bar_enabled(int bar) const;
+    bool bus_master() const;
+    uint16_t command() const;
+
+protected:
+    // Raises or lowers INTx; forwards only changes of level.
+    void set_irq(bool level);
+    // DMA as bus master; fails when COMMAND.MASTER is off or no memory is attached.
+    Status dma_read(uint64_t gpa, std::span<uint8_t> out);
+    Status dma_write(uint64_t gpa, std::span<const uint8_t> in);
+    DmaSpace* dma() const { return dma_; }
+
+private:
+    void init_masks();
+
+    PciIdentity id_;
+    PciConfigState cfg_;
+    std::array<uint8_t, kConfigSpaceSize> wmask_{};
+    std::array<uint8_t, kConfigSpaceSize> w1cmask_{};
+    IrqLine* irq_ = nullptr;
+    DmaSpace* dma_ = nullptr;
+};
+
+}  // namespace mpq::pci

@@ -1,0 +1,68 @@
+// QEMU 7.2 multi-process wire format (see README "Wire protocol"): a 16-byte
+// header, a payload of at most 192 bytes, fds as SCM_RIGHTS on the first
+// sendmsg. Host byte order; layouts are pinned by static_asserts.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace mpq::proto {
+
+enum class Cmd : int32_t {
+    SyncSysmem = 0,   // proxy -> remote, 1..7 fds, no reply
+    Ret = 1,          // remote -> proxy, u64 (or empty after DEVICE_RESET)
+    PciCfgWrite = 2,  // PciConf, reply RET 0 / all-ones
+    PciCfgRead = 3,   // PciConf, reply RET value
+    BarWrite = 4,     // BarAccess, reply RET 0 / all-ones
+    BarRead = 5,      // BarAccess, reply RET value
+    SetIrqfd = 6,     // 2 fds (irq, resample), no reply
+    DeviceReset = 7,  // reply RET with size 0
+};
+inline constexpr int32_t kNumStockCmds = 8;
+
+inline constexpr size_t kMaxPayload = 192;  // size of QEMU's payload union
+inline constexpr unsigned kMaxFdsOnWire = 8;  // QEMU's fd array
+inline constexpr unsigned kMaxFdsAccepted = 7;  // stock remote requires num_fds < 8
+inline constexpr unsigned kRecvFdSpace = 16;  // control space offered to recvmsg
+inline constexpr uint64_t kAllOnes = ~uint64_t{0};
+
+struct Header {
+    int32_t cmd;
+    uint32_t pad;  // alignment hole in QEMU's struct; zero on send, ignored on receive
+    uint64_t size;
+};
+static_assert(sizeof(Header) == 16);
+static_assert(offsetof(Header, cmd) == 0);
+static_assert(offsetof(Header, size) == 8);
+
+struct PciConf {
+    uint32_t addr;
+    uint32_t val;
+    int32_t len;
+};
+static_assert(sizeof(PciConf) == 12);
+static_assert(offsetof(PciConf, val) == 4);
+static_assert(offsetof(PciConf, len) == 8);
+
+struct BarAccess {
+    uint64_t addr;  // absolute bus address (guest-physical, or I/O port)
+    uint64_t val;
+    uint32_t size;
+    uint8_t memory;  // 1 = memory space, 0 = I/O space
+    uint8_t pad[3];
+};
+static_assert(sizeof(BarAccess) == 24);
+static_assert(offsetof(BarAccess, val) == 8);
+static_assert(offsetof(BarAccess, size) == 16);
+static_assert(offsetof(BarAccess, memory) == 20);
+
+struct SyncSysmem {
+    uint64_t gpa[kMaxFdsOnWire];
+    uint64_t size[kMaxFdsOnWire];
+    int64_t offset[kMaxFdsOnWire];
+};
+static_assert(sizeof(SyncSysmem) == kMaxPayload);
+static_assert(offsetof(SyncSysmem, size) == 64);
+static_assert(offsetof(SyncSysmem, offset) == 128);
+
+}  // namespace mpq::proto

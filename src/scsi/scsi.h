@@ -1,0 +1,117 @@
+// The SCSI bus between a host bus adapter (the LSI controller) and its
+// targets (scsi-hd). A request lives as a shared_ptr: the HBA holds it while
+// it is queued or connected, the target while its block I/O is in flight, so
+// a cancel from either side never leaves a dangling reference.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+
+namespace mpq::scsi {
+
+inline constexpr int kMaxTargets = 8;  // ids 0..7 (7 is usually the HBA)
+inline constexpr size_t kMaxCdb = 16;
+
+enum class Status : uint8_t {
+    Good = 0x00,
+    CheckCondition = 0x02,
+    Busy = 0x08,
+    ReservationConflict = 0x18,
+    TaskAborted = 0x40,
+};
+
+// Fixed-format sense triplet.
+struct Sense {
+    uint8_t key = 0, asc = 0, ascq = 0;
+};
+
+inline constexpr Sense kNoSense{0x00, 0x00, 0x00};
+inline constexpr Sense kLbaOutOfRange{0x05, 0x21, 0x00};
+inline constexpr Sense kInvalidOpcode{0x05, 0x20, 0x00};
+inline constexpr Sense kInvalidField{0x05, 0x24, 0x00};
+inline constexpr Sense kInvalidParamList{0x05, 0x26, 0x00};
+inline constexpr Sense kLunNotSupported{0x05, 0x25, 0x00};
+inline constexpr Sense kWriteProtected{0x07, 0x27, 0x00};
+inline constexpr Sense kReadError{0x03, 0x11, 0x00};   // MEDIUM ERROR, unrecovered read
+inline constexpr Sense kWriteError{0x03, 0x0c, 0x00};  // MEDIUM ERROR, write error
+inline constexpr Sense kSpaceExhausted{0x07, 0x27, 0x07};
+inline constexpr Sense kResetOccurred{0x06, 0x29, 0x00};  // UNIT ATTENTION power on/reset
+inline constexpr Sense kCommandAborted{0x0b, 0x00, 0x06};
+
+enum class DataDir : uint8_t { None, FromDevice, ToDevice };
+
+class Request;
+
+// Implemented by the HBA. Called on the event loop thread.
+class RequestClient {
+public:
+    virtual ~RequestClient() = default;
+    // `len` bytes are ready in req.buffer() (FromDevice), or req.buffer() has
+    // room for `len` bytes the HBA must fill (ToDevice). The HBA calls
+    // req.continue_transfer() once it has consumed / filled them.
+    virtual void transfer_data(Request& req, uint32_t len) = 0;
+    // The command finished. `residual` = bytes of the expected transfer not moved.
+    virtual void command_complete(Request& req, Status status, uint32_t residual) = 0;
+};
+
+class Request : public std::enable_shared_from_this<Request> {
+public:
+    virtual ~Request() = default;
+    uint32_t tag() const { return tag_; }
+    unsigned lun() const { return lun_; }
+    // Starts the command. Returns the data direction and the expected length
+    // (from the CDB). Completion or the first transfer_data() may happen
+    // before start() returns (emulated commands) or later (block I/O).
+    virtual DataDir start(uint32_t* expected_len) = 0;
+    // The chunk announced by transfer_data() is done; go on.
+    virtual void continue_transfer() = 0;
+    virtual std::span<uint8_t> buffer() = 0;
+    // Aborts: no callback reaches the client afterwards.
+    virtual void cancel() = 0;
+    // Sense of a CHECK CONDITION (valid after command_complete).
+    virtual Sense sense() const = 0;
+
+    void* hba_private = nullptr;
+
+protected:
+    Request(uint32_t tag, unsigned lun, RequestClient* client)
+        : tag_(tag), lun_(lun), client_(client) {}
+    uint32_t tag_;
+    unsigned lun_;
+    RequestClient* client_;
+};
+
+class Device {
+public:
+    virtual ~Device() = default;
+    // cdb.size() may be shorter than the opcode needs: the device answers
+    // CHECK CONDITION, never reads past it.
+    virtual std::shared_ptr<Request> new_request(uint32_t tag, unsigned lun,
+                                                 std::span<const uint8_t> cdb,
+                                                 RequestClient* client) = 0;
+    // Bus reset / device reset: cancels everything in flight, raises a unit attention.
+    virtual void reset() = 0;
+    virtual const std::string& id() const = 0;
+};
+
+class Bus {
+public:
+    Device* target(unsigned id) const { return id < kMaxTargets ? targets_[id] : nullptr; }
+    bool attach(unsigned id, Device* dev) {
+        if (id >= kMaxTargets || targets_[id]) return false;
+        targets_[id] = dev;
+        return true;
+    }
+    void reset() {
+        for (auto* d : targets_)
+            if (d) d->reset();
+    }
+
+private:
+    std::array<Device*, kMaxTargets> targets_{};
+};
+
+}  // namespace mpq::scsi

@@ -1,0 +1,35 @@
+// scsi-hd: a SCSI disk on a block backend (QEMU's scsi-hd properties).
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "block/block.h"
+#include "scsi/scsi.h"
+
+namespace mpq {
+class EventLoop;
+}
+
+namespace mpq::scsi {
+
+enum class WriteCache : uint8_t { On, Off };
+
+struct ScsiHdProps {
+    std::string id;
+    unsigned scsi_id = 0;
+    unsigned lun = 0;
+    std::string serial;             // VPD 0x80 only when set
+    uint64_t wwn = 0;               // NAA designator in VPD 0x83 when non-zero
+    std::string vendor = "QEMU";
+    std::string product = "QEMU HARDDISK";
+    std::string ver = "2.5+";
+    uint32_t logical_block_size = 512;  // 512 or 4096
+    WriteCache write_cache = WriteCache::On;
+};
+
+// Validates the properties (block size, string lengths) before building.
+Result<std::unique_ptr<Device>> make_scsi_hd(EventLoop& loop, block::BlockBackend& backend,
+                                             const ScsiHdProps& props);
+
+}  // namespace mpq::scsi

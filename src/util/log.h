@@ -1,0 +1,37 @@
+// One-line diagnostics to stderr (or the -D log file), prefixed with the
+// program name, as QEMU's error_report() does.
+#pragma once
+
+#include <cstdio>
+#include <string_view>
+
+#include <fmt/format.h>
+
+namespace mpq::log {
+
+enum class Level { Error, Warning, Info, Debug };
+
+void set_program_name(std::string_view name);
+// Redirects all further output to `path` (QEMU's -D). Returns false on failure.
+bool set_file(const char* path);
+void set_level(Level max_level);
+void write(Level level, std::string_view msg);
+
+template <typename... Args>
+void error(fmt::format_string<Args...> f, Args&&... args) {
+    write(Level::Error, fmt::format(f, std::forward<Args>(args)...));
+}
+template <typename... Args>
+void warn(fmt::format_string<Args...> f, Args&&... args) {
+    write(Level::Warning, fmt::format(f, std::forward<Args>(args)...));
+}
+template <typename... Args>
+void info(fmt::format_string<Args...> f, Args&&... args) {
+    write(Level::Info, fmt::format(f, std::forward<Args>(args)...));
+}
+template <typename... Args>
+void debug(fmt::format_string<Args...> f, Args&&... args) {
+    write(Level::Debug, fmt::format(f, std::forward<Args>(args)...));
+}
+
+}  // namespace mpq::log
