@@ -57,6 +57,22 @@ def main():
     write(t, "probe", chunks(bar(5, 0x4d50514558540001, 1, 0, 0)))
     write(t, "select", chunks(frame(64, b"lsi0".ljust(64, b"\0"))))
     write(t, "oversize", chunks(struct.pack("<iIQ", 3, 0, 1 << 40)))
+    t = "options_fuzz"
+    argvs = [
+        ["3", "-device", "lsi53c895a,id=lsi0", "-drive",
+         "id=d0,file=disk.img,format=raw,if=none,cache=none,aio=io_uring",
+         "-device", "scsi-hd,drive=d0,bus=lsi0.0,scsi-id=0"],
+        ["-machine", "x-remote", "-nodefaults", "-display", "none",
+         "-object", "x-remote-object,id=r0,devid=lsi0,fd=4"],
+        ["-sandbox", "on,spawn=deny,action=log", "-run-with", "user=nobody", "-D", "log.txt"],
+        ["-qmp", "unix:/tmp/q.sock,server=on,wait=off", "-chardev",
+         "socket,id=c0,path=/tmp/m.sock,server=on,wait=off", "-mon", "chardev=c0,mode=readline"],
+        ["-drive", "file=a,,b.img,format=qcow2,l2-cache-size=1M,readonly=on,cache.direct=on"],
+        ["-m", "256M", "-smp", "1", "--nodefaults"],
+    ]
+    for i, argv in enumerate(argvs):
+        for sel in (0, 1):
+            write(t, "argv%d-%d" % (i, sel), bytes([sel]) + b"\0".join(a.encode() for a in argv))
     return 0
 
 
