@@ -154,8 +154,8 @@ Status ProxyDevice::probe_bars() {
     auto put32 = [](std::array<uint8_t, pci::kConfigSpaceSize>& a, uint32_t off, uint32_t v) {
         for (int b = 0; b < 4; ++b) a[off + b] = static_cast<uint8_t>(v >> (8 * b));
     };
-    // COMMAND: IO, MEM, MASTER, PARITY, SERR, INTX_DISABLE (QEMU's default wmask).
-    wmask_[pci::kCommand] = 0x47;
+    // COMMAND: IO, MEM, MASTER, SERR, INTX_DISABLE (0x0507, as measured on stock).
+    wmask_[pci::kCommand] = 0x07;
     wmask_[pci::kCommand + 1] = 0x05;
     for (int i = 0; i < pci::kNumBars; ++i) {
         uint32_t off = pci::kBar0 + 4 * i;

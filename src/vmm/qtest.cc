@@ -196,7 +196,7 @@ void QtestServer::feed(std::string_view data) {
         start = nl + 1;
     }
     in_.erase(0, start);
-    if (in_.size() > kQtestMaxLine) {
+    if (in_.size() > max_line_) {
         in_.clear();
         discarding_ = true;
         reply("ERR line too long");

@@ -63,7 +63,8 @@ public:
     // -qtest-log: "[R +secs] command" and "[S +secs] reply" lines.
     void set_log(FILE* f) { log_ = f; }
 
-    static constexpr size_t kQtestMaxLine = 256u << 20;  // b64write of 64 MiB + slack
+    static constexpr size_t kQtestMaxLine = 128u << 20;  // b64write of 64 MiB + slack
+    void set_max_line(size_t n) { max_line_ = n; }
 
 private:
     void reply(std::string_view text);
@@ -78,6 +79,7 @@ private:
     bool intercepting_ = false;
     std::string intercept_path_;
     int8_t irq_levels_[kQtestMaxIrqs] = {};
+    size_t max_line_ = kQtestMaxLine;
     FILE* log_ = nullptr;
     double log_t0_ = -1;
 };
