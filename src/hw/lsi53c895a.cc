@@ -22,6 +22,7 @@ pci::PciIdentity lsi_identity() {
     id.subsys_vendor = 0;
     id.subsys_id = 0x1000;
     id.irq_pin = 1;
+    id.latency_timer = 0xff;
     id.bars[0] = {pci::BarKind::Io, kLsiIoBarSize};
     id.bars[1] = {pci::BarKind::Mem32, kLsiMmioBarSize};
     id.bars[2] = {pci::BarKind::Mem32, kLsiRamBarSize};

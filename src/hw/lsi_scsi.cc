@@ -471,6 +471,7 @@ void LsiController::cancel_all_requests() {
 void LsiController::transfer_data(scsi::Request& req, uint32_t len) {
     Req* q = find_req(req);
     if (!q) return;
+    q->out = req.dir() == scsi::DataDir::ToDevice;
     q->avail = len;
     q->off = 0;
     if (len == 0) {

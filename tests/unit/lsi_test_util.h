@@ -108,7 +108,6 @@ public:
     uint64_t lba_ = 0;
     uint32_t total_ = 0;
     uint32_t sent_ = 0;
-    scsi::DataDir dir_ = scsi::DataDir::None;
     scsi::Sense sense_{};
     bool cancelled = false;
     bool done = false;
