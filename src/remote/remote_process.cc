@@ -131,11 +131,10 @@ Status RemoteProcess::add_drive(const Option& o) {
     for (const auto& item : kv.items)
         if (std::find(std::begin(kDriveKeys), std::end(kDriveKeys), item.key) == std::end(kDriveKeys))
             return o.error("Block format '{}' does not support the option '{}'", fmt_name, item.key);
-    block::DriveOptions d;
-    d.id = kv.get("id");
-    if (d.id.empty()) return o.error("drive needs an id (id=ID)");
-    if (auto s = opts::check_id(d.id); !s.ok()) return o.error(s.error());
-    if (find_drive(d.id)) return o.error("Duplicate ID '{}' for drive", d.id);
+    std::string id = kv.get("id");
+    if (id.empty()) return o.error("drive needs an id (id=ID)");
+    if (auto s = opts::check_id(id); !s.ok()) return o.error(s.error());
+    if (find_drive(id)) return o.error("Duplicate ID '{}' for drive", id);
     std::string iface = kv.get("if", "none");
     if (iface != "none") return o.error("if={} is not supported here (use if=none)", iface);
     if (kv.get("media", "disk") != "disk") return o.error("media={} is not supported", kv.get("media"));
@@ -144,43 +143,23 @@ Status RemoteProcess::add_drive(const Option& o) {
         if (!b.ok()) return o.error(b.error());
         if (*b) return o.error("snapshot=on is not supported");
     }
-    d.file = kv.get("file");
-    if (d.file.empty()) return o.error("A block device must be specified for \"file\"");
-    d.format = kv.get("format");
-    if (d.format != "" && d.format != "raw" && d.format != "qcow2")
-        return o.error("Unknown driver '{}'", d.format);
-    for (std::string_view key : {"readonly", "read-only"}) {
-        if (!kv.has(key)) continue;
-        auto b = opts::parse_bool(kv.get(key), key);
-        if (!b.ok()) return o.error(b.error());
-        d.read_only = *b ? block::ReadOnly::Yes : block::ReadOnly::No;
+    if (kv.get("file").empty()) return o.error("A block device must be specified for \"file\"");
+    // The block layer owns the meaning of its keys (cache modes, aio, ...);
+    // what only the drive front end knows is filtered out here.
+    std::vector<std::pair<std::string, std::string>> block_kv;
+    for (const auto& item : kv.items) {
+        static constexpr std::string_view kFrontEnd[] = {"if", "media", "index", "snapshot", "discard",
+                                                          "detect-zeroes", "werror", "rerror"};
+        if (std::find(std::begin(kFrontEnd), std::end(kFrontEnd), item.key) == std::end(kFrontEnd))
+            block_kv.emplace_back(item.key, item.value);
     }
-    if (kv.has("cache")) {
-        std::string c = kv.get("cache");
-        if (c == "writeback") d.cache = block::CacheMode::Writeback;
-        else if (c == "none") d.cache = block::CacheMode::None;
-        else if (c == "writethrough") d.cache = block::CacheMode::Writethrough;
-        else if (c == "directsync") d.cache = block::CacheMode::Directsync;
-        else if (c == "unsafe") d.cache = block::CacheMode::Unsafe;
-        else return o.error("invalid cache option");
-    }
-    if (kv.has("aio")) {
-        std::string a = kv.get("aio");
-        if (a == "threads") d.aio = block::AioMode::Threads;
-        else if (a == "native") d.aio = block::AioMode::Native;
-        else if (a == "io_uring") d.aio = block::AioMode::IoUring;
-        else return o.error("invalid aio option");
-    }
-    if (kv.has("l2-cache-size")) {
-        auto s = opts::parse_size(kv.get("l2-cache-size"), "l2-cache-size");
-        if (!s.ok()) return o.error(s.error());
-        d.l2_cache_size = *s;
-    }
-    auto drv = block::open_drive(d);
+    auto d = block::parse_drive_options(block_kv);
+    if (!d.ok()) return o.error(d.error());
+    auto drv = block::open_drive(*d);
     if (!drv.ok()) return o.error(drv.error());
     DriveEntry e;
-    e.opts = d;
-    e.backend = std::make_unique<block::BlockBackend>(loop_, std::move(*drv), d);
+    e.opts = *d;
+    e.backend = std::make_unique<block::BlockBackend>(loop_, std::move(*drv), *d);
     drives_.push_back(std::move(e));
     return {};
 }
