@@ -14,8 +14,10 @@
 #include <cstring>
 #include <cstdio>
 #include <string>
+#include <vector>
 
 #include "remote/remote_process.h"
+#include "sandbox/sandbox.h"
 #include "util/event_loop.h"
 #include "util/log.h"
 #include "util/options.h"
@@ -28,6 +30,10 @@ constexpr std::string_view kAccepted[] = {
     "device", "drive", "object", "machine", "M", "chardev", "mon", "monitor", "qmp", "name",
     "display", "nographic", "nodefaults", "D", "d", "sandbox", "run-with", "S", "trace",
     "h", "help", "version"};
+
+// Test-only (not in --help): the sandbox integration test makes the process
+// attempt a forbidden syscall right after the sandbox is applied.
+constexpr std::string_view kHidden[] = {"x-test-forbidden-syscall"};
 
 void usage() {
     std::printf(
@@ -53,7 +59,9 @@ int main(int argc, char** argv) {
     // A peer that vanishes mid-reply must give us EPIPE, not kill us.
     ::signal(SIGPIPE, SIG_IGN);
 
-    auto cl = opts::parse_command_line(std::span<const char* const>(argv + 1, argc - 1), kAccepted);
+    std::vector<std::string_view> accepted(std::begin(kAccepted), std::end(kAccepted));
+    accepted.insert(accepted.end(), std::begin(kHidden), std::end(kHidden));
+    auto cl = opts::parse_command_line(std::span<const char* const>(argv + 1, argc - 1), accepted);
     if (!cl.ok()) return die(cl.error());
     if (cl->has("h") || cl->has("help")) {
         usage();
@@ -83,6 +91,21 @@ int main(int argc, char** argv) {
         log::set_level(log::Level::Debug);
     }
 
+    // ==== h-hard hook: sandbox options (before any thread exists) ================
+    sandbox::SandboxOptions sandbox_opts;  // default for qemu-scsi-dev: on
+    for (const auto* o : cl->all("sandbox")) {
+        auto r = sandbox::parse_option(o->text, sandbox_opts);
+        if (!r.ok()) return die(o->error(r.error()));
+        sandbox_opts = std::move(*r);
+    }
+    for (const auto* o : cl->all("run-with"))
+        if (auto s = sandbox::parse_run_with(o->text, sandbox_opts); !s.ok())
+            return die(o->error(s.error()));
+    // The I/O worker pool is fixed once the drives are open: no thread after.
+    sandbox_opts.threads = sandbox::SandboxOptions::Threads::Complete;
+    if (auto s = sandbox::prepare(sandbox_opts); !s.ok()) return die(s.error());
+    // ==== end h-hard hook ==========================================================
+
     EventLoop loop;
     remote::RemoteProcess proc(loop);
     if (auto s = proc.configure(*cl, first_fd); !s.ok()) return die(s.error());
@@ -96,18 +119,25 @@ int main(int argc, char** argv) {
         log::warn("monitor options are not supported by this build yet; ignored");
     // ==== end h-mon hook ===========================================================
 
-    // ==== h-hard hook: sandbox =====================================================
-    // -sandbox / -run-with are parsed by the shared table; apply the sandbox
-    // here, after everything is open and before serving.
-    if (cl->has("sandbox") || cl->has("run-with"))
-        log::warn("-sandbox/-run-with: not applied by this build yet");
-    // ==== end h-hard hook ==========================================================
 
     if (const auto* d = cl->last("D")) {
         if (!log::set_file(d->text.c_str()))
             return die(d->error("cannot open log file: {}", std::strerror(errno)));
     }
     if (auto s = proc.start(); !s.ok()) return die(s.error());
+
+    // ==== h-hard hook: sandbox ======================================================
+    // Everything is open (images, sockets, monitors, log file) and the I/O
+    // threads run: close the door. Kept fds: the sockets we were handed.
+    {
+        std::vector<int> keep;
+        for (const auto& b : proc.bindings()) keep.push_back(b.fd);
+        if (auto s = sandbox::apply(sandbox_opts, keep); !s.ok()) return die(s.error());
+        if (const auto* t = cl->last("x-test-forbidden-syscall"))
+            if (auto s = sandbox::test_forbidden_syscall(t->text); !s.ok()) return die(s.error());
+    }
+    // ==== end h-hard hook ==========================================================
+
     log::info("serving {} device(s) on {} socket(s)", proc.functions().size(), proc.bindings().size());
     return loop.run();
 }

@@ -59,6 +59,9 @@ void remote_steady_state(std::vector<Rule>& r, int self_pid) {
     r.push_back({"newfstatat", {masked_eq(3, AT_EMPTY_PATH, AT_EMPTY_PATH)},
                  "glibc fstat() on an open fd (AT_EMPTY_PATH only, no path lookups)"});
     r.push_back({"close", {}, "closing fds (monitor clients, replaced memfds)"});
+    r.push_back({"readlink", {},
+                 "SET_IRQFD checks that its fds are eventfds via /proc/self/fd/N (reads a "
+                 "symlink, opens nothing; namespaces=on leaves only our own fd directory)"});
     r.push_back({"shutdown", {}, "ending a monitor client or the channel"});
     r.push_back({"accept4", {}, "monitor clients on sockets that listen already"});
     r.push_back({"accept", {}, "monitor clients (older libc path)"});
