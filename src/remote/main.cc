@@ -132,9 +132,33 @@ int main(int argc, char** argv) {
     {
         std::vector<int> keep;
         for (const auto& b : proc.bindings()) keep.push_back(b.fd);
+        // TEST ONLY: "-x-test-forbidden-syscall NAME[,fd=N]": attempt NAME
+        // now, or once the inherited fd N becomes readable (the test says when).
+        std::string test_syscall;
+        int test_fd = -1;
+        if (const auto* t = cl->last("x-test-forbidden-syscall")) {
+            std::string_view v = t->text;
+            size_t comma = v.find(",fd=");
+            test_syscall = std::string(v.substr(0, comma));
+            if (comma != std::string_view::npos) {
+                auto fd = opts::parse_uint(v.substr(comma + 4), "fd", INT_MAX);
+                if (!fd.ok()) return die(t->error(fd.error()));
+                test_fd = static_cast<int>(*fd);
+                keep.push_back(test_fd);
+            }
+        }
         if (auto s = sandbox::apply(sandbox_opts, keep); !s.ok()) return die(s.error());
-        if (const auto* t = cl->last("x-test-forbidden-syscall"))
-            if (auto s = sandbox::test_forbidden_syscall(t->text); !s.ok()) return die(s.error());
+        if (!test_syscall.empty()) {
+            if (test_fd < 0) {
+                if (auto s = sandbox::test_forbidden_syscall(test_syscall); !s.ok()) return die(s.error());
+            } else {
+                loop.add_fd(test_fd, FdEvents::Read, [&loop, test_fd, test_syscall](uint32_t) {
+                    loop.remove_fd(test_fd);
+                    if (auto s = sandbox::test_forbidden_syscall(test_syscall); !s.ok())
+                        log::error("{}", s.error().message);
+                });
+            }
+        }
     }
     // ==== end h-hard hook ==========================================================
 

@@ -68,6 +68,7 @@ def enospc(fmt, tmp):
         else:
             fr.make_qcow2(disk, 64)
         rig = fr.Rig(tmp, disk, fmt=fmt, remote=KIND, drive_opts=DRIVE_OPTS).start()
+        fr.require_writes(rig)
         nblk = 128
         try:
             acked, st, sense = fill_until_error(rig, nblk, 600)
@@ -103,6 +104,7 @@ def eio(tmp):
         loop = p.stdout.strip()
         rig = fr.Rig(tmp, loop, fmt="raw", remote=KIND,
                      drive_opts=",cache=none" + DRIVE_OPTS).start()
+        fr.require_writes(rig)
         nblk = 128
         try:
             acked, st, sense = fill_until_error(rig, nblk, 600)

@@ -21,6 +21,7 @@ def run():
         disk = os.path.join(tmp, "disk.img")
         fr.make_raw(disk, 16)
         rig = fr.Rig(tmp, disk, remote=KIND).start()
+        fr.require_writes(rig)
         try:
             # Let a few writes through, then kill while one is in flight.
             acked = []

@@ -32,6 +32,7 @@ def one(fmt):
         else:
             fr.make_qcow2(disk, 16)
         rig = fr.Rig(tmp, disk, fmt=fmt, remote=KIND).start()
+        fr.require_writes(rig)
         try:
             acked = []
             go = threading.Event()
