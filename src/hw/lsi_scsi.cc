@@ -3,6 +3,8 @@
 // queuing, and the scsi::RequestClient callbacks of the targets.
 #include <algorithm>
 
+#include <fmt/ranges.h>
+
 #include "hw/lsi_impl.h"
 #include "util/log.h"
 
@@ -220,6 +222,14 @@ void LsiController::do_data_move() {
             // frees q): keep the request alive, never touch q afterwards.
             std::shared_ptr<scsi::Request> keep = q->req;
             keep->continue_transfer();
+            // Until the target answers (next chunk or status) it does not
+            // assert REQ: the move stays suspended even when its count is
+            // exhausted, so the SCRIPTS that follow see the real next phase
+            // (Linux tests WHEN STATUS right after the last data move).
+            if (current_ == q && q->off >= q->avail && !pending_chip_reset_ && !pending_bus_reset_) {
+                sc.wait = LsiWait::Data;
+                return;
+            }
         }
     }
 }
@@ -274,7 +284,7 @@ void LsiController::do_command() {
     current_ = raw;
     uint32_t expected = 0;
     scsi::DataDir dir = req->start(&expected);  // may call back right away
-    LSI_TRACE("lsi {}: cmd {:#04x} target {} lun {} tag {} -> dir {} len {} {}", id_, cdb[0], raw->target,
+    LSI_TRACE("lsi {}: cmd {:02x} target {} lun {} tag {} -> dir {} len {} {}", id_, fmt::join(cdb, cdb + n, ""), raw->target,
               raw->lun, tag, static_cast<int>(dir), expected,
               current_ != raw ? "completed" : raw->off < raw->avail ? "data ready" : "waiting");
     if (current_ != raw) return;  // completed synchronously: phase is STATUS
