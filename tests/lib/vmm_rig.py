@@ -189,7 +189,8 @@ class Rig:
     template is the remote's end. `devices` adds raw VMM -device/-drive args."""
 
     def __init__(self, tmp, remotes=(), vmm_args=(), proxy="x-pci-proxy-dev",
-                 mem_mb=64, memfd=True, proxy_props=",x-resample-wait-us=200000"):
+                 mem_mb=64, memfd=True, proxy_props=",x-resample-wait-us=200000",
+                 expect_exit=False):
         self.tmp = tmp
         self.remote_procs = []
         self.vmm = None
@@ -208,11 +209,19 @@ class Rig:
         for i, (tmpl, ids) in enumerate(remotes):
             ms, rs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
             keep += [ms, rs]
-            argv = [a.replace("{fd}", str(rs.fileno())) for a in tmpl]
-            rlog = open(os.path.join(tmp, "remote%d.log" % i), "wb")
-            self.remote_procs.append(subprocess.Popen(argv, pass_fds=[rs.fileno()],
-                                                      stdout=rlog, stderr=subprocess.STDOUT))
-            rlog.close()
+            if callable(tmpl):  # a fake remote served by the test itself
+                import threading
+                served = socket.socket(fileno=os.dup(rs.fileno()))
+                self.threads = getattr(self, "threads", [])
+                t = threading.Thread(target=tmpl, args=(served,), daemon=True)
+                t.start()
+                self.threads.append(t)
+            else:
+                argv = [a.replace("{fd}", str(rs.fileno())) for a in tmpl]
+                rlog = open(os.path.join(tmp, "remote%d.log" % i), "wb")
+                self.remote_procs.append(subprocess.Popen(argv, pass_fds=[rs.fileno()],
+                                                          stdout=rlog, stderr=subprocess.STDOUT))
+                rlog.close()
             key = "fd" if proxy == "x-pci-proxy-dev" else "socket"
             for dev in ids:
                 args += ["-device", "%s,id=%s,%s=%d%s" % (proxy, dev, key, ms.fileno(), proxy_props)]
@@ -223,6 +232,11 @@ class Rig:
             self.vmm = subprocess.Popen(args, pass_fds=pass_fds, stdout=lf, stderr=subprocess.STDOUT)
         for s in keep:
             s.close()
+        if expect_exit:
+            self.rc = self.vmm.wait(timeout=60)
+            self.q.close()
+            os.unlink(qpath)
+            return
         try:
             self.q.accept(self.vmm)
         except QTestError:
