@@ -253,7 +253,7 @@ class Plan:
         loglevel = {"shell": 3, "run": 1}.get(a.mode, 4)
         words = ["console=ttyS0", f"loglevel={loglevel}", "panic=-1",
                  f"mpq.mode={a.mode}", f"mpq.nonce={self.nonce}", f"mpq.disks={len(self.disks)}",
-                 f"mpq.wait={a.disk_wait}", f"mpq.limit={max(30, int(a.timeout or 600) - 15)}"]
+                 f"mpq.wait={a.disk_wait}", f"mpq.limit={self.guest_limit()}"]
         if a.mode == "run":
             words.append("mpq.run=" + base64.b64encode(a.run.encode()).decode())
         if a.mode == "perf":
@@ -267,13 +267,20 @@ class Plan:
             raise LaunchError(EXIT_USAGE, "kernel command line too long (shorten the --run command)")
         return line
 
+    def guest_limit(self):
+        """The guest's own workload limit: well inside the host's --timeout so the
+        guest's verdict (with its dmesg) arrives before the host gives up."""
+        t = self.args.timeout or 3600
+        return max(20, int(t * 0.8) - 45)
+
     def vmm_argv(self, fds, guest, accel):
         a = self.args
         mem = a.memory
         if a.vmm == "mpqemu":
-            argv = [a.vmm_bin, "-m", mem,
+            argv = [a.vmm_bin, "-nodefaults", "-display", "none", "-machine", "pc,memory-backend=mem",
+                    "-accel", "qtest", "-m", mem,
                     "-object", f"memory-backend-memfd,id=mem,size={mem},share=on",
-                    "-qtest", f"unix:{qemu_escape(self.qtest_path)}"]
+                    "-qtest", f"unix:{qemu_escape(self.qtest_path)}", "-qtest-log", "none"]
             for k in range(len(self.controllers)):
                 argv += ["-device", f"pci-proxy-dev,id=lsi{k},socket={fds[k]}"]
         else:
@@ -286,7 +293,10 @@ class Plan:
                 argv += ["-bios", "qboot.rom"]
             for k in range(len(self.controllers)):
                 argv += ["-device", f"x-pci-proxy-dev,id=lsi{k},fd={fds[k]}"]
-        argv += ["-monitor", f"unix:{qemu_escape(a.vmm_monitor)},server=on,wait=off" if a.vmm_monitor else "none"]
+        if a.vmm_monitor:
+            argv += ["-monitor", f"unix:{qemu_escape(a.vmm_monitor)},server=on,wait=off"]
+        elif a.vmm == "stock":
+            argv += ["-monitor", "none"]
         for extra in a.vmm_arg:
             argv += shlex.split(extra)
         return argv
@@ -786,6 +796,7 @@ class Launcher:
                     self._restore_terminal()
                     say(f"{name} received: stopping the VMM and the remote(s)")
                     return SIGNAL_EXIT[self.signal_seen]
+                self.on_tick()
                 # progress
                 now = time.monotonic()
                 while shown < len(self.console.events):
@@ -831,6 +842,9 @@ class Launcher:
             os.close(wake_r)
             os.close(wake_w)
             del stdin_open
+
+    def on_tick(self):
+        """Called about five times a second while the VM runs (for subclasses)."""
 
     def _drain_console(self, sel):
         try:

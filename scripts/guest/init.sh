@@ -67,7 +67,7 @@ fail() {
 
 # A guard process ends a stuck run with a verdict (it cannot be interrupted by
 # a hung dd in the foreground).
-step() { echo "$*" >/tmp/step; }
+step() { echo "$*" >/tmp/step; [ "$mode" = shell ] || echo "MPQ-GUEST: $*"; }
 arm() {
     [ -z "${guard:-}" ] || kill "$guard" 2>/dev/null
     (
@@ -85,7 +85,7 @@ echo "MPQ-GUEST: boot kernel=$(uname -r) mode=$mode t=$(uptime_s)"
 insmod_list() {
     while read -r mod; do
         [ -n "$mod" ] || continue
-        step "insmod $mod"
+        echo "insmod $mod" >/tmp/step
         params=
         for word in $(cat /proc/cmdline); do
             case $word in "$mod".*=*) params="$params ${word#"$mod".}" ;; esac
@@ -198,28 +198,30 @@ perf() {
     sync
     echo 3 >/proc/sys/vm/drop_caches
     step "perf: writing"
-    t0=$(clock)
+    t0=$(clock) jobs=
     for d in $disks; do
         (
             a=$(clock)
             dd if=/tmp/perf.bin of="/dev/$d" bs=1M seek=1 oflag=direct conv=notrunc,fsync 2>/tmp/err.$d || exit 1
             echo "$(elapsed "$a" "$(clock)")" >/tmp/w.$d
         ) &
+        jobs="$jobs $!"
     done
-    wait
+    wait $jobs   # not a bare wait: the guard is a child too
     t1=$(clock)
     for d in $disks; do [ -s /tmp/w.$d ] || fail "perf write to $d failed: $(tail -n1 /tmp/err.$d)"; done
     echo 3 >/proc/sys/vm/drop_caches
     step "perf: reading"
-    t2=$(clock)
+    t2=$(clock) jobs=
     for d in $disks; do
         (
             a=$(clock)
             dd if="/dev/$d" of=/dev/null bs=1M skip=1 count="$perf_mb" iflag=direct 2>/tmp/err.$d || exit 1
             echo "$(elapsed "$a" "$(clock)")" >/tmp/r.$d
         ) &
+        jobs="$jobs $!"
     done
-    wait
+    wait $jobs
     t3=$(clock)
     step "perf: verifying"
     bad=
