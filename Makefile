@@ -3,7 +3,7 @@
 BUILD_DIR ?= build
 JOBS ?= $(shell nproc)
 
-.PHONY: all check check-unit check-integration check-guest install fuzz fuzz-run bench clean distclean
+.PHONY: all check check-unit check-integration check-guest install fuzz fuzz-run fuzz-smoke bench clean distclean
 
 all: $(BUILD_DIR)/CMakeCache.txt
 	cmake --build $(BUILD_DIR) -j $(JOBS)
@@ -31,6 +31,11 @@ install: all
 fuzz:
 	CC=clang CXX=clang++ cmake -S . -B build-fuzz -DMPQ_FUZZ=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 	cmake --build build-fuzz -j $(JOBS)
+
+# A short run of every fuzz target after replaying its regression inputs
+# (CI). FUZZ_SECONDS per target, default 30.
+fuzz-smoke: fuzz
+	fuzz/run-smoke.sh
 
 bench: all
 	@ls $(BUILD_DIR)/*_bench 2>/dev/null || true

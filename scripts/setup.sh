@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 PKGS="build-essential cmake pkg-config python3 git
   libgtest-dev libgmock-dev libbenchmark-dev nlohmann-json3-dev libfmt-dev
   liburing-dev zlib1g-dev libzstd-dev libseccomp-dev
-  clang libclang-rt-14-dev
+  clang libclang-rt-14-dev ccache
   qemu-system-x86 qemu-utils socat e2fsprogs dosfstools cpio busybox-static"
 
 missing=""

@@ -30,6 +30,15 @@ inline constexpr uint32_t kIntPin = 0x3d;
 inline constexpr uint16_t kCmdIo = 0x0001;
 inline constexpr uint16_t kCmdMem = 0x0002;
 inline constexpr uint16_t kCmdMaster = 0x0004;
+inline constexpr uint16_t kCmdSerr = 0x0100;
+inline constexpr uint16_t kCmdIntxDisable = 0x0400;  // masks INTx output
+// Writable COMMAND bits, as measured on stock QEMU 7.2 (0x0507).
+inline constexpr uint16_t kCmdWritable = kCmdIo | kCmdMem | kCmdMaster | kCmdSerr | kCmdIntxDisable;
+inline constexpr uint16_t kStatusInterrupt = 0x0008;  // mirrors the INTx level
+// Error bits of STATUS, write-1-to-clear (parity, target/master aborts, SERR).
+inline constexpr uint16_t kStatusW1c = 0xf900;
+// Device-specific area: writable scratch in QEMU when there are no capabilities.
+inline constexpr uint32_t kDeviceSpecific = 0x40;
 
 struct PciIdentity {
     uint16_t vendor = 0;
@@ -39,6 +48,7 @@ struct PciIdentity {
     uint16_t subsys_vendor = 0;
     uint16_t subsys_id = 0;
     uint8_t irq_pin = 1;  // 1 = INTA#
+    uint8_t latency_timer = 0;  // read-only; QEMU's lsi53c895a sets 0xff
     std::array<BarDesc, kNumBars> bars{};
 };
 
@@ -59,7 +69,8 @@ public:
     // Full PCI reset (power-on): config registers and the device.
     void pci_reset();
 
-    void attach_irq(IrqLine* line) { irq_ = line; }
+    // The new line learns the current level (if asserted).
+    void attach_irq(IrqLine* line);
     void attach_dma(DmaSpace* dma) { dma_ = dma; }
 
     const PciIdentity& identity() const { return id_; }
@@ -81,7 +92,8 @@ protected:
     DmaSpace* dma() const { return dma_; }
 
 private:
-    void init_masks();
+    void init_config();
+    void update_irq_output();
 
     PciIdentity id_;
     PciConfigState cfg_;
@@ -89,6 +101,7 @@ private:
     std::array<uint8_t, kConfigSpaceSize> w1cmask_{};
     IrqLine* irq_ = nullptr;
     DmaSpace* dma_ = nullptr;
+    bool irq_out_ = false;  // level last forwarded to irq_
 };
 
 }  // namespace mpq::pci

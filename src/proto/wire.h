@@ -20,6 +20,23 @@ enum class Cmd : int32_t {
 };
 inline constexpr int32_t kNumStockCmds = 8;
 
+// mpqemu extension (TEAM.md "Protocol extension"). Negotiated by a BAR_READ a
+// stock remote answers with all-ones (size 0 is not a power of two), so stock
+// peers never see anything else from us.
+inline constexpr int32_t kCmdSelectDevice = 64;  // payload: device id, NUL-padded, 64 bytes
+inline constexpr size_t kDeviceIdLen = 64;
+inline constexpr uint64_t kExtProbeAddr = 0x4d50514558540001ull;  // "MPQEXT" v1
+inline constexpr uint64_t kExtReplyMagic = 0x4d50000000000000ull;   // | granted feature bits
+inline constexpr uint64_t kExtReplyMagicMask = 0xffff000000000000ull;
+inline constexpr uint64_t kExtFeatureMask = 0x0000ffffffffffffull;  // bits 0..47
+inline constexpr uint64_t kFeatMultiDev = 1ull << 0;  // several devices per socket, SELECT_DEVICE
+inline constexpr uint64_t kSupportedFeatures = kFeatMultiDev;
+
+struct SelectDevice {
+    char id[kDeviceIdLen];  // NUL-padded; an id of exactly 64 bytes has no NUL
+};
+static_assert(sizeof(SelectDevice) == kDeviceIdLen);
+
 inline constexpr size_t kMaxPayload = 192;  // size of QEMU's payload union
 inline constexpr unsigned kMaxFdsOnWire = 8;  // QEMU's fd array
 inline constexpr unsigned kMaxFdsAccepted = 7;  // stock remote requires num_fds < 8

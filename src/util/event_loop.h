@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <unordered_map>
 #include <vector>
@@ -56,9 +57,17 @@ private:
     int next_timeout_ms() const;
     void fire_timers();
 
+    // Handlers are shared so that one removed (or replaced) while it runs
+    // stays alive until it returns; `generation` tells a stale epoll event
+    // for a recycled fd number apart from a fresh registration.
+    struct FdEntry {
+        FdHandler fn;
+        uint64_t generation;
+    };
     UniqueFd epfd_;
     UniqueFd wake_fd_;
-    std::unordered_map<int, FdHandler> handlers_;
+    std::unordered_map<int, std::shared_ptr<FdEntry>> handlers_;
+    uint64_t next_generation_ = 1;
     std::multimap<uint64_t, TimerId> timer_order_;
     std::unordered_map<TimerId, std::pair<uint64_t, Callback>> timers_;
     TimerId next_timer_ = 1;

@@ -1,0 +1,184 @@
+// The syscall allowlist of qemu-scsi-dev after start-up. Every entry says
+// why the steady state needs it; anything not listed kills the process.
+//
+// Measured with `strace -f -c` on the remote serving qtest SCSI I/O, a
+// monitor session and shutdown (see fuzz/README.md "Sandbox" notes); entries
+// not seen there but reachable on rare paths (abort, fallbacks of the vDSO)
+// are marked "rare path".
+#include "sandbox/policy.h"
+
+#include <fcntl.h>
+#include <linux/sched.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <termios.h>
+
+namespace mpq::sandbox {
+namespace {
+
+// pthread_create's clone() flags; anything that would make a new process,
+// namespace or tracee must be clear.
+constexpr uint64_t kThreadFlags = CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_SIGHAND |
+                                  CLONE_THREAD | CLONE_SYSVSEM;
+constexpr uint64_t kForbiddenCloneFlags =
+    CLONE_VFORK | CLONE_PARENT | CLONE_PTRACE | CLONE_UNTRACED | CLONE_PIDFD | CLONE_NEWNS |
+    CLONE_NEWCGROUP | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWUSER | CLONE_NEWPID |
+    CLONE_NEWNET | CLONE_IO;
+
+ArgCmp masked_eq(unsigned arg, uint64_t mask, uint64_t value) {
+    return ArgCmp{arg, SCMP_CMP_MASKED_EQ, mask, value};
+}
+ArgCmp eq(unsigned arg, uint64_t value) { return ArgCmp{arg, SCMP_CMP_EQ, value}; }
+
+void remote_steady_state(std::vector<Rule>& r, int self_pid) {
+    // --- I/O on fds that are already open -------------------------------
+    r.push_back({"read", {}, "wire frames, eventfd wake-ups, monitor input"});
+    r.push_back({"write", {}, "replies, eventfd/irqfd signalling, log lines"});
+    r.push_back({"readv", {}, "vectored reads (stdio, block layer)"});
+    r.push_back({"writev", {}, "vectored writes (stdio, block layer)"});
+    r.push_back({"pread64", {}, "image reads (aio=threads)"});
+    r.push_back({"pwrite64", {}, "image writes (aio=threads)"});
+    r.push_back({"preadv", {}, "vectored image reads"});
+    r.push_back({"pwritev", {}, "vectored image writes"});
+    r.push_back({"preadv2", {}, "vectored image reads with flags"});
+    r.push_back({"pwritev2", {}, "vectored image writes with flags"});
+    r.push_back({"recvmsg", {}, "wire frames with SCM_RIGHTS (SYNC_SYSMEM memfds, irqfds)"});
+    r.push_back({"sendmsg", {}, "wire replies"});
+    r.push_back({"recvfrom", {}, "recv() on monitor sockets"});
+    r.push_back({"sendto", {}, "send() on monitor sockets"});
+    r.push_back({"fsync", {}, "guest SYNCHRONIZE CACHE"});
+    r.push_back({"fdatasync", {}, "guest SYNCHRONIZE CACHE (data only)"});
+    r.push_back({"fallocate", {}, "discard / write-zeroes (punch hole, zero range)"});
+    r.push_back({"ftruncate", {}, "qcow2 grows or trims its image file"});
+    r.push_back({"lseek", {}, "image size and SEEK_DATA/SEEK_HOLE"});
+    r.push_back({"fstat", {}, "sizing an open fd"});
+    // glibc's fstat() is newfstatat(fd, "", AT_EMPTY_PATH): only that form.
+    r.push_back({"newfstatat", {masked_eq(3, AT_EMPTY_PATH, AT_EMPTY_PATH)},
+                 "glibc fstat() on an open fd (AT_EMPTY_PATH only, no path lookups)"});
+    r.push_back({"close", {}, "closing fds (monitor clients, replaced memfds)"});
+    r.push_back({"shutdown", {}, "ending a monitor client or the channel"});
+    r.push_back({"accept4", {}, "monitor clients on sockets that listen already"});
+    r.push_back({"accept", {}, "monitor clients (older libc path)"});
+    r.push_back({"getsockopt", {}, "SO_ERROR / SO_PEERCRED on existing sockets"});
+    for (uint64_t cmd : {F_GETFL, F_SETFL, F_GETFD, F_SETFD})
+        r.push_back({"fcntl", {eq(1, cmd)}, "O_NONBLOCK / FD_CLOEXEC on received fds"});
+    // ioctl: only harmless queries. io_uring needs none.
+    r.push_back({"ioctl", {eq(1, TCGETS)}, "stdio asks whether stderr is a tty"});
+    r.push_back({"ioctl", {eq(1, FIONREAD)}, "bytes pending on a socket"});
+    r.push_back({"ioctl", {eq(1, FIONBIO)}, "non-blocking mode on an accepted socket"});
+    // --- waiting ------------------------------------------------------------
+    r.push_back({"epoll_wait", {}, "the event loop"});
+    r.push_back({"epoll_pwait", {}, "the event loop (glibc's epoll_wait)"});
+    r.push_back({"epoll_ctl", {}, "adding/removing fds (monitor clients, irqfds)"});
+    r.push_back({"poll", {}, "bounded blocking waits on one fd"});
+    r.push_back({"ppoll", {}, "bounded blocking waits on one fd (glibc's poll)"});
+    // --- asynchronous block I/O ----------------------------------------------
+    // Rings and AIO contexts are made at start-up; after that only
+    // submission and completion. io_uring_setup/register stay closed so no new
+    // (unrestricted) ring can appear.
+    r.push_back({"io_uring_enter", {}, "aio=io_uring submit/complete"});
+    r.push_back({"io_submit", {}, "aio=native submission"});
+    r.push_back({"io_getevents", {}, "aio=native completion"});
+    r.push_back({"io_pgetevents", {}, "aio=native completion (newer libaio)"});
+    // --- memory ---------------------------------------------------------------
+    // Never executable: no new code may appear in the process.
+    r.push_back({"mmap", {masked_eq(2, PROT_EXEC, 0)},
+                 "malloc, thread stacks, SYNC_SYSMEM guest RAM (never PROT_EXEC)"});
+    r.push_back({"mprotect", {masked_eq(2, PROT_EXEC, 0)},
+                 "thread stack guards, malloc arenas (never PROT_EXEC)"});
+    r.push_back({"munmap", {}, "freeing memory, dropping old guest RAM mappings"});
+    r.push_back({"mremap", {}, "realloc of large blocks"});
+    r.push_back({"madvise", {}, "free() and exiting threads give memory back"});
+    r.push_back({"brk", {}, "malloc's main heap"});
+    // --- threads and synchronisation -----------------------------------------
+    r.push_back({"futex", {}, "mutexes, condition variables, thread join"});
+    r.push_back({"clone",
+                 {masked_eq(0, kThreadFlags | kForbiddenCloneFlags, kThreadFlags)},
+                 "new I/O worker threads only (thread flags, nothing else)"});
+    // clone3 passes its flags in memory seccomp cannot read: fail it so glibc
+    // falls back to the filtered clone().
+    r.push_back({"clone3", {}, "glibc falls back to clone() (ENOSYS)", ENOSYS});
+    r.push_back({"set_robust_list", {}, "every new thread registers its robust futexes"});
+    r.push_back({"rseq", {}, "every new thread registers restartable sequences"});
+    r.push_back({"sched_yield", {}, "spin-wait back-off in locks"});
+    r.push_back({"exit", {}, "a worker thread ends"});
+    r.push_back({"exit_group", {}, "the process ends"});
+    r.push_back({"gettid", {}, "thread ids for locks and logs"});
+    r.push_back({"getpid", {}, "abort() and raise() name their own process"});
+    r.push_back({"rt_sigprocmask", {}, "thread creation/exit block signals around clone"});
+    r.push_back({"rt_sigreturn", {}, "returning from a signal handler"});
+    r.push_back({"rt_sigaction", {}, "abort() restores SIGABRT's default (rare path)"});
+    r.push_back({"tgkill", {eq(0, static_cast<uint64_t>(self_pid))},
+                 "abort()/raise() signal a thread of this process only"});
+    r.push_back({"restart_syscall", {}, "a sleep restarted after a signal"});
+    // --- time and randomness ----------------------------------------------------
+    r.push_back({"clock_gettime", {}, "timers (vDSO fallback, rare path)"});
+    r.push_back({"gettimeofday", {}, "timestamps (vDSO fallback, rare path)"});
+    r.push_back({"clock_nanosleep", {}, "back-off sleeps"});
+    r.push_back({"nanosleep", {}, "back-off sleeps (older libc path)"});
+    r.push_back({"getrandom", {}, "hash seeds, std::random_device"});
+    r.push_back({"prctl", {eq(0, PR_SET_NAME)}, "worker threads name themselves"});
+}
+
+void add_obsolete(std::vector<Rule>& r) {
+    for (const char* n : {"_sysctl", "create_module", "get_kernel_syms", "query_module",
+                          "sysfs", "uselib", "ustat"})
+        r.push_back({n, {}, "obsolete=allow (QEMU compatibility)"});
+}
+
+void add_elevate_privileges(std::vector<Rule>& r) {
+    for (const char* n : {"setuid", "setgid", "setpgid", "setsid", "setreuid", "setregid",
+                          "setresuid", "setresgid", "setfsuid", "setfsgid", "setgroups"})
+        r.push_back({n, {}, "elevateprivileges=allow (QEMU compatibility)"});
+}
+
+void add_spawn(std::vector<Rule>& r) {
+    for (const char* n : {"fork", "vfork", "execve", "execveat", "setns", "unshare", "wait4"})
+        r.push_back({n, {}, "spawn=allow (QEMU compatibility)"});
+    r.push_back({"clone", {}, "spawn=allow: any clone"});
+}
+
+void add_resource_control(std::vector<Rule>& r) {
+    for (const char* n : {"setpriority", "sched_setparam", "sched_setscheduler",
+                          "sched_setaffinity", "sched_getaffinity", "getpriority"})
+        r.push_back({n, {}, "resourcecontrol=allow (QEMU compatibility)"});
+}
+
+void add_open(std::vector<Rule>& r, OpenPolicy p) {
+    if (p == OpenPolicy::Deny) return;
+    if (p == OpenPolicy::ReadOnly) {
+        constexpr uint64_t kWriting = O_WRONLY | O_RDWR | O_CREAT | O_TRUNC | O_APPEND;
+        r.push_back({"openat", {masked_eq(2, kWriting, 0)}, "open=ro: read-only opens"});
+        r.push_back({"open", {masked_eq(1, kWriting, 0)}, "open=ro: read-only opens"});
+    } else {
+        r.push_back({"openat", {}, "open=rw: any open"});
+        r.push_back({"open", {}, "open=rw: any open"});
+    }
+}
+
+}  // namespace
+
+std::vector<Rule> build_rules(const SandboxOptions& opts, Role role, int self_pid) {
+    std::vector<Rule> r;
+    switch (role) {
+        case Role::RemoteSteadyState:
+            remote_steady_state(r, self_pid);
+            break;
+    }
+    if (opts.obsolete == Group::Allow) add_obsolete(r);
+    if (opts.elevate_privileges == Group::Allow) add_elevate_privileges(r);
+    if (opts.spawn == Group::Allow) {
+        // clone3 becomes a real allow: drop the ENOSYS rule.
+        std::erase_if(r, [](const Rule& x) { return std::string_view(x.name) == "clone3"; });
+        r.push_back({"clone3", {}, "spawn=allow: any clone3"});
+        add_spawn(r);
+    }
+    if (opts.resource_control == Group::Allow) add_resource_control(r);
+    add_open(r, opts.open);
+    return r;
+}
+
+}  // namespace mpq::sandbox

@@ -1,0 +1,34 @@
+// The seccomp policy as reviewable data: one rule list per process role.
+#pragma once
+
+#include <seccomp.h>
+
+#include <cstdint>
+#include <vector>
+
+#include "sandbox/sandbox.h"
+
+namespace mpq::sandbox {
+
+// One comparison on a syscall argument (libseccomp semantics).
+struct ArgCmp {
+    unsigned arg;
+    scmp_compare op;
+    uint64_t a;
+    uint64_t b = 0;
+};
+
+// Several rules for one syscall are OR-ed; the comparisons inside a rule are
+// AND-ed. `errno_value` != 0 makes the rule fail the call instead of allowing it.
+struct Rule {
+    const char* name;
+    std::vector<ArgCmp> args;
+    const char* why;
+    int errno_value = 0;
+};
+
+// The rules for `role` with the option groups applied. `self_pid` narrows
+// signals to our own process.
+std::vector<Rule> build_rules(const SandboxOptions& opts, Role role, int self_pid);
+
+}  // namespace mpq::sandbox
