@@ -680,7 +680,15 @@ class Launcher:
         self.rundir = tempfile.mkdtemp(prefix="mpqemu-")
         logdir = a.log_dir or self.rundir
         plan = Plan(a, self.rundir)
-        guest = None if a.vmm == "mpqemu" else guest_files(prepare=not a.dry_run)
+        guest = None
+        if a.vmm == "stock":
+            try:
+                guest = guest_files(prepare=not a.dry_run)
+            except LaunchError:
+                if not a.dry_run:
+                    raise
+                out = os.path.join(guest_cache(), "guest")
+                guest = {"vmlinuz": os.path.join(out, "vmlinuz"), "initrd": os.path.join(out, "initrd.img")}
         accel = a.accel
         if accel == "auto":
             accel = "kvm" if kvm_usable() else "tcg"
@@ -762,9 +770,12 @@ class Launcher:
         sel.register(self.vmm.p.stdout, selectors.EVENT_READ, "console")
         stdin_open = False
         if interactive:
-            stdin_open = True
-            sel.register(sys.stdin.fileno(), selectors.EVENT_READ, "stdin")
-            if sys.stdin.isatty():
+            try:
+                sel.register(sys.stdin.fileno(), selectors.EVENT_READ, "stdin")
+                stdin_open = True
+            except (OSError, ValueError):
+                pass   # /dev/null or a file: nothing to type into the guest
+            if stdin_open and sys.stdin.isatty():
                 self._raw_terminal()
         t0 = time.monotonic()
         deadline = t0 + a.timeout if a.timeout else None
@@ -816,13 +827,15 @@ class Launcher:
                     dead = [c for c in self.remotes if c.poll() is not None]
                     vmm_rc = self.vmm.poll()
                     started = self.console.first_output is not None
-                    if dead and (vmm_rc is None or vmm_rc != 0 or any(c.rc != 0 for c in dead)):
-                        if vmm_rc is None or vmm_rc != 0 or not started:
-                            self._restore_terminal()
-                            c = dead[0]
-                            what = "failed to start" if not started else "died while the VM was running"
-                            raise LaunchError(EXIT_REMOTE_DIED if started else EXIT_REMOTE_START,
-                                              f"{c.name} (pid {c.pid}) {what}: {c.describe_exit()}\n{c.tail()}")
+                    # A remote that failed, or quit under a running VMM, is the cause; one
+                    # that exited 0 after the VMM went away only saw its socket close.
+                    culprits = [c for c in dead if c.rc != 0] or (dead if vmm_rc is None else [])
+                    if culprits:
+                        self._restore_terminal()
+                        c = culprits[0]
+                        what = "failed to start" if not started else "died while the VM was running"
+                        raise LaunchError(EXIT_REMOTE_DIED if started else EXIT_REMOTE_START,
+                                          f"{c.name} (pid {c.pid}) {what}: {c.describe_exit()}\n{c.tail()}")
                     if vmm_rc is not None:
                         self._drain_console(sel)
                         self._restore_terminal()
