@@ -733,7 +733,8 @@ class Launcher:
             self.vmm = Child("vmm", vmm_argv, os.path.join(logdir, "vmm.log"), pass_fds=tuple(vmm_fds),
                              console=a.vmm == "stock", stdin_pipe=interactive)
             self.children.append(self.vmm)
-            say(f"VMM pid {self.vmm.pid}: {os.path.basename(a.vmm_bin)}, {a.memory} RAM, {accel}"
+            say(f"VMM pid {self.vmm.pid}: {os.path.basename(a.vmm_bin)}, {a.memory} RAM, "
+                f"{accel if a.vmm == 'stock' else 'qtest (no guest OS)'}"
                 + (f" (guest polls for interrupts: {TCG_IRQ_WORKAROUND})" if accel == "tcg" and a.vmm == "stock" else ""))
         finally:
             for p in pairs:   # the children hold their ends now
@@ -777,6 +778,9 @@ class Launcher:
                 pass   # /dev/null or a file: nothing to type into the guest
             if stdin_open and sys.stdin.isatty():
                 self._raw_terminal()
+        if interactive:
+            say("booting the guest (kernel, storage driver, disks: ~10 s with KVM, 20-60 s under TCG); "
+                "Ctrl-C stops everything")
         t0 = time.monotonic()
         deadline = t0 + a.timeout if a.timeout else None
         shown = 0
@@ -926,7 +930,7 @@ class Launcher:
                 conn, _ = qlisten.accept()
             except socket.timeout:
                 pass
-            self._check_qtest_children()
+            self._check_qtest_children(started=False)
             if time.monotonic() > deadline:
                 raise LaunchError(EXIT_VMM_START, "the VMM never connected its qtest socket")
         qlisten.close()
@@ -949,15 +953,20 @@ class Launcher:
                 return SIGNAL_EXIT[self.signal_seen]
             self._check_qtest_children()
 
-    def _check_qtest_children(self):
+    def _check_qtest_children(self, started=True):
         if self.signal_seen is not None:
             raise LaunchError(SIGNAL_EXIT[self.signal_seen], f"{signal.Signals(self.signal_seen).name} received")
+        if self.remotes and any(c.poll() is not None for c in self.remotes + [self.vmm]):
+            time.sleep(0.3)   # as in _supervise: blame the first cause
         for c in self.remotes:
-            if c.poll() is not None:
-                raise LaunchError(EXIT_REMOTE_DIED, f"{c.name} (pid {c.pid}) exited: {c.describe_exit()}\n{c.tail()}")
+            if c.poll() is not None and (c.rc != 0 or self.vmm.poll() is None):
+                raise LaunchError(EXIT_REMOTE_DIED if started else EXIT_REMOTE_START,
+                                  f"{c.name} (pid {c.pid}) {'exited' if started else 'failed to start'}: "
+                                  f"{c.describe_exit()}\n{c.tail()}")
         if self.vmm.poll() is not None:
-            raise LaunchError(EXIT_VMM_DIED, f"VMM (pid {self.vmm.pid}) exited: {self.vmm.describe_exit()}\n"
-                              f"{self.vmm.tail()}")
+            raise LaunchError(EXIT_VMM_DIED if started else EXIT_VMM_START,
+                              f"VMM (pid {self.vmm.pid}) {'exited' if started else 'failed to start'}: "
+                              f"{self.vmm.describe_exit()}\n{self.vmm.tail()}")
 
     def _teardown(self):
         self._restore_terminal()

@@ -261,6 +261,16 @@ shell() {
         echo "  /dev/$d  $(( $(cat /sys/block/$d/size) / 2048 )) MiB  $(cat /sys/block/$d/device/vendor 2>/dev/null) $(cat /sys/block/$d/device/model 2>/dev/null)"
     done
     echo "busybox shell; 'poweroff' (or exit) ends the VM; Ctrl-C in the launcher stops everything."
+    # busybox's poweroff/reboot would only signal init (this script, busy
+    # waiting for the shell): make them end the VM directly, after a sync.
+    for cmd in poweroff halt reboot; do
+        for dir in /bin /sbin; do
+            [ -e "$dir/$cmd" ] || [ -L "$dir/$cmd" ] || continue
+            rm -f "$dir/$cmd"
+            printf '#!/bin/sh\nsync\nexec /bin/busybox poweroff -f\n' >"$dir/$cmd"
+            chmod 755 "$dir/$cmd"
+        done
+    done
     echo "MPQ-GUEST: shell"
     setsid cttyhack sh -l || sh
     echo "MPQ-GUEST: shell exited"
