@@ -140,6 +140,11 @@ void DeviceServer::on_readable(Conn& c) {
             drop(c, false);
             return;
         }
+        // A peer that waits for our reply has sent nothing more, so probing
+        // the socket again would only cost an EAGAIN recvmsg; a pipelining
+        // peer brings us straight back (epoll is level-triggered). Frames
+        // without a reply (SYNC_SYSMEM, SET_IRQFD) are drained right away.
+        if (reply_due(frame_.cmd())) return;
     }
 }
 
