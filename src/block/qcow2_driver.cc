@@ -113,10 +113,12 @@ Status Qcow2Driver::load_snapshots() {
         MPQ_TRY(file_->pread(off, fixed));
         auto f = parse_snapshot_fixed(fixed, hdr_.version);
         if (!f) return f.take_error();
-        if (f->total > file_size_ - off) return corrupt("snapshot table runs past the end of the file");
+        // The last entry's padding may be missing at the end of the file.
+        const uint64_t unpadded = 40 + uint64_t(f->extra_size) + f->id_size + f->name_size;
+        if (unpadded > file_size_ - off) return corrupt("snapshot table runs past the end of the file");
         total += f->total;
         if (total > kMaxSnapshotTableBytes) return corrupt("snapshot table too large");
-        std::vector<uint8_t> rest(f->total - 40);
+        std::vector<uint8_t> rest(unpadded - 40);
         MPQ_TRY(file_->pread(off + 40, rest));
         Snapshot s = f->snap;
         const uint8_t* p = rest.data();
