@@ -73,6 +73,12 @@ struct Mapping {
     uint64_t entry = 0;  // raw L2 entry
 };
 
+struct CheckReport {
+    uint64_t corruptions = 0;    // clusters referenced more often than counted
+    uint64_t leaks = 0;          // clusters counted more often than referenced
+    uint64_t copied_errors = 0;  // COPIED flags not matching refcount == 1
+};
+
 struct CacheStats {
     size_t l2_capacity = 0, l2_entries = 0, l2_peak = 0;
     size_t rb_capacity = 0, rb_entries = 0;
@@ -104,6 +110,9 @@ public:
     CacheStats cache_stats() const;
     // Refcount of the host cluster containing `host_off` (tests, info).
     Result<uint64_t> refcount(uint64_t host_off);
+    // Compares the stored refcounts with the references found in the
+    // metadata, as `qemu-img check` does (after flushing our caches).
+    Result<CheckReport> check();
     // Whether the refcounts were rebuilt at open (dirty image).
     bool rebuilt_refcounts() const { return rebuilt_; }
 
@@ -145,6 +154,7 @@ private:
     Status write_header_field(size_t off, std::span<const uint8_t> bytes);
     Status set_incompat(uint64_t bits);
     Status rebuild_refcounts();
+    Result<std::vector<uint64_t>> count_references();
 
     std::unique_ptr<BlockDriver> file_;
     std::unique_ptr<BlockDriver> backing_;

@@ -281,17 +281,17 @@ Status Qcow2Driver::set_incompat(uint64_t bits) {
     return {};
 }
 
-Status Qcow2Driver::rebuild_refcounts() {
+Result<std::vector<uint64_t>> Qcow2Driver::count_references() {
     constexpr uint64_t kMaxRebuildClusters = 1ull << 25;
     const uint64_t nb = (file_size_ + cs_ - 1) >> cb_;
     if (nb > kMaxRebuildClusters)
-        return fail_errno(EFBIG, "qcow2: image too large to rebuild its refcounts ({} clusters); "
+        return fail_errno(EFBIG, "qcow2: image too large to count its references ({} clusters); "
                                  "run 'qemu-img check -r all' on it", nb);
     std::vector<uint64_t> rc(nb, 0);
     auto ref = [&](uint64_t off, uint64_t len, const char* what) -> Status {
         if (len == 0) return {};
         if (off >= file_size_ || len > (nb << cb_) - off)
-            return corrupt(fmt::format("cannot rebuild refcounts: {} at {:#x} lies past the end of the file", what, off));
+            return corrupt(fmt::format("{} at {:#x} lies past the end of the file", what, off));
         for (uint64_t c = off >> cb_; c <= (off + len - 1) >> cb_; c++) rc[c]++;
         return {};
     };
@@ -302,7 +302,10 @@ Status Qcow2Driver::rebuild_refcounts() {
             if (!l2off) continue;
             if (l2off & (cs_ - 1)) return corrupt(fmt::format("L2 table offset {:#x} is not cluster aligned", l2off));
             MPQ_TRY(ref(l2off, cs_, "L2 table"));
-            MPQ_TRY(file_->pread(l2off, l2));
+            if (auto* c = l2_cache_->find(l2off))
+                l2 = c->data;
+            else
+                MPQ_TRY(file_->pread(l2off, l2));
             for (uint64_t i = 0; i < (cs_ >> 3); i++) {
                 uint64_t d = be64(&l2[i * 8]);
                 if (d & kFlagCompressed) {
@@ -329,6 +332,60 @@ Status Qcow2Driver::rebuild_refcounts() {
         for (size_t i = 0; i < l1.size(); i++) l1[i] = be64(&raw[i * 8]);
         MPQ_TRY(walk(l1));
     }
+    return rc;
+}
+
+Result<CheckReport> Qcow2Driver::check() {
+    if (!read_only_ && !broken_) MPQ_TRY(flush_metadata());
+    auto refs = count_references();
+    if (!refs) return refs.take_error();
+    std::vector<uint64_t>& rc = *refs;
+    // The refcount structures count too.
+    auto add = [&](uint64_t off, uint64_t len) {
+        for (uint64_t c = off >> cb_; len && c <= (off + len - 1) >> cb_; c++) {
+            if (c >= rc.size()) rc.resize(c + 1, 0);
+            rc[c]++;
+        }
+    };
+    add(hdr_.refcount_table_offset, uint64_t(hdr_.refcount_table_clusters) * cs_);
+    for (uint64_t e : reftable_)
+        if (uint64_t off = e & kReftableOffsetMask) add(off, cs_);
+    CheckReport r;
+    uint64_t end = std::max<uint64_t>(rc.size(), reftable_.size() << rb_bits_);
+    for (uint64_t c = 0; c < end; c++) {
+        uint64_t want = c < rc.size() ? rc[c] : 0;
+        uint64_t bi = c >> rb_bits_;
+        if (want == 0 && (bi >= reftable_.size() || !(reftable_[bi] & kReftableOffsetMask))) {
+            c = ((bi + 1) << rb_bits_) - 1;  // nothing stored, nothing referenced in this block
+            continue;
+        }
+        auto have = get_refcount(c);
+        if (!have) return have.take_error();
+        if (*have < want) r.corruptions++;
+        else if (*have > want) r.leaks++;
+    }
+    // Only the active tables must carry exact COPIED flags.
+    for (uint64_t e : l1_) {
+        uint64_t l2off = e & kL1OffsetMask;
+        if (!l2off) continue;
+        if (((e & kFlagCopied) != 0) != ((l2off >> cb_) < rc.size() && rc[l2off >> cb_] == 1)) r.copied_errors++;
+        auto t = get_l2(l2off);
+        if (!t) return t.take_error();
+        for (uint64_t i = 0; i < (cs_ >> 3); i++) {
+            uint64_t d = be64(&(*t)->data[i * 8]);
+            uint64_t h = d & kL2OffsetMask;
+            if ((d & kFlagCompressed) || !h) continue;
+            if (((d & kFlagCopied) != 0) != ((h >> cb_) < rc.size() && rc[h >> cb_] == 1)) r.copied_errors++;
+        }
+    }
+    return r;
+}
+
+Status Qcow2Driver::rebuild_refcounts() {
+    auto refs = count_references();
+    if (!refs) return refs.take_error();
+    std::vector<uint64_t>& rc = *refs;
+    const uint64_t nb = rc.size();
     for (uint64_t c = 0; c < nb; c++)
         if (rc[c] > refcount_max_)
             return corrupt(fmt::format("refcount overflow for cluster {:#x} ({} references, {}-bit refcounts)",
