@@ -19,6 +19,10 @@ public:
         return {};
     }
     Status pwrite(uint64_t off, std::span<const uint8_t> buf) override {
+        if (s_->crash_at_write >= 0 && s_->writes == uint64_t(s_->crash_at_write) && !s_->has_crashed) {
+            s_->crashed = s_->crash_image(s_->rng);
+            s_->has_crashed = true;
+        }
         if (s_->fail_write_at >= 0 && s_->writes == uint64_t(s_->fail_write_at)) {
             s_->writes++;
             return fail_errno(EIO, "memory file: injected write error");

@@ -24,6 +24,12 @@ struct MemStore {
     uint64_t max_size = 1ull << 32;  // writes beyond fail with ENOSPC
     uint64_t writes = 0, flushes = 0;
     int64_t fail_write_at = -1;  // the n-th write (0-based) fails with EIO
+    // Power failure in the middle of an operation: just before the n-th
+    // write, `crashed` receives crash_image() and I/O goes on.
+    int64_t crash_at_write = -1;
+    std::vector<uint8_t> crashed;
+    bool has_crashed = false;
+    std::mt19937_64 rng{1};
 
     // The image after a power failure at this instant.
     std::vector<uint8_t> crash_image(std::mt19937_64& rng) const;
