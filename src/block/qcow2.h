@@ -179,6 +179,7 @@ private:
     uint64_t l2_loads_ = 0;
     std::vector<uint64_t> pending_frees_;  // host cluster indexes
     uint64_t free_hint_ = 0;
+    uint64_t alloc_end_ = 0;  // one past the highest cluster we allocated
     bool dirty_bit_set_ = false;  // we set the dirty bit (lazy refcounts)
     bool rebuilt_ = false;
     bool closed_ = false;

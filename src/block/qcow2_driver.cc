@@ -540,7 +540,15 @@ Status Qcow2Driver::discard(uint64_t off, uint64_t len) {
     uint64_t first = (off + cs_ - 1) >> cb_;
     uint64_t end = off + len;
     uint64_t last = end == hdr_.size ? (end + cs_ - 1) >> cb_ : end >> cb_;
-    for (uint64_t g = first; g < last; g++) MPQ_TRY(drop_cluster(g, Drop::Discard));
+    for (uint64_t g = first; g < last; g++) {
+        // Without an L2 table there is nothing to drop in the whole range it maps.
+        uint64_t l1i = g >> l2_bits_;
+        if (l1i < l1_.size() && !(l1_[l1i] & kL1OffsetMask) && !(hdr_.version >= 3 && backing_)) {
+            g = ((l1i + 1) << l2_bits_) - 1;
+            continue;
+        }
+        MPQ_TRY(drop_cluster(g, Drop::Discard));
+    }
     return {};
 }
 
@@ -555,6 +563,13 @@ Status Qcow2Driver::write_zeroes(uint64_t off, uint64_t len) {
         uint64_t coff = (off + pos) & (cs_ - 1);
         uint64_t n = std::min<uint64_t>(cs_ - coff, len - pos);
         bool whole = coff == 0 && (n == cs_ || off + pos + n == hdr_.size);
+        uint64_t l1i = g >> l2_bits_;
+        if (!backing_ && l1i < l1_.size() && !(l1_[l1i] & kL1OffsetMask)) {
+            // No L2 table and no backing file: the whole range it maps reads as zeroes.
+            uint64_t next = (l1i + 1) << (l2_bits_ + cb_);
+            pos = std::min(len, next - off);
+            continue;
+        }
         if (whole && (hdr_.version >= 3 || !backing_)) {
             MPQ_TRY(drop_cluster(g, Drop::Zero));
         } else {

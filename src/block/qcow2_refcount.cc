@@ -82,16 +82,20 @@ Status Qcow2Driver::set_refcount(uint64_t c, uint64_t v) {
 Result<uint64_t> Qcow2Driver::find_free() {
     uint64_t c = free_hint_;
     const uint64_t per = 1ull << rb_bits_;
-    // At most one refcount block per table entry is scanned.
+    // Nothing past the file and past our own allocations is in use, so the
+    // scan stops there however large a hostile refcount table is.
+    const uint64_t end = std::max((file_size_ + cs_ - 1) >> cb_, alloc_end_);
     for (;;) {
+        if (c >= end) return c;
         uint64_t bi = c >> rb_bits_;
         if (bi >= reftable_.size() || !(reftable_[bi] & kReftableOffsetMask)) return c;
         auto e = get_refblock(bi);
         if (!e) return e.take_error();
         const uint8_t* d = (*e)->data.data();
-        for (uint64_t i = c & (per - 1); i < per; i++)
+        const uint64_t stop = std::min(per, end - (bi << rb_bits_));
+        for (uint64_t i = c & (per - 1); i < stop; i++)
             if (rc_get(d, i, hdr_.refcount_order) == 0) return (bi << rb_bits_) + i;
-        c = (bi + 1) << rb_bits_;
+        c = (bi << rb_bits_) + stop;
     }
 }
 
@@ -113,6 +117,7 @@ Result<uint64_t> Qcow2Driver::alloc_cluster() {
         MPQ_TRY(check_not_metadata(*c << cb_, cs_, "free cluster"));
         MPQ_TRY(set_refcount(*c, 1));
         free_hint_ = *c + 1;
+        alloc_end_ = std::max(alloc_end_, *c + 1);
         return *c << cb_;
     }
     return corrupt("cannot allocate a cluster (refcount structures inconsistent)");
@@ -131,6 +136,7 @@ Status Qcow2Driver::create_refblock(uint64_t bi) {
     put_be64(ent, off);
     MPQ_TRY(write_host(hdr_.refcount_table_offset + bi * 8, ent));
     reftable_[bi] = off;
+    alloc_end_ = std::max(alloc_end_, (off >> cb_) + 1);
     if (rb_cache_->full()) {
         auto& v = rb_cache_->lru();
         if (v.dirty) MPQ_TRY(write_host(v.offset, v.data));
@@ -145,7 +151,7 @@ Status Qcow2Driver::grow_reftable(uint64_t min_block) {
     // everything in use; the header switches to it in one sector write.
     const uint64_t old_n = reftable_.size();
     const uint64_t file_clusters = (file_size_ + cs_ - 1) >> cb_;
-    const uint64_t a = std::max(file_clusters, old_n << rb_bits_);
+    const uint64_t a = std::max({file_clusters, alloc_end_, old_n << rb_bits_});
     uint64_t r = 1, t = 1;
     uint64_t first_block = a >> rb_bits_, last_block = 0, entries = 0;
     for (int i = 0; i < 32; i++) {
@@ -189,6 +195,7 @@ Status Qcow2Driver::grow_reftable(uint64_t min_block) {
     hdr_.refcount_table_offset = table_off;
     hdr_.refcount_table_clusters = uint32_t(t);
     reftable_ = std::move(table);
+    alloc_end_ = std::max(alloc_end_, a + r + t);
     for (uint64_t i = 0; i < old_clusters; i++) pending_frees_.push_back((old_off >> cb_) + i);
     return {};
 }
@@ -340,18 +347,22 @@ Result<CheckReport> Qcow2Driver::check() {
     auto refs = count_references();
     if (!refs) return refs.take_error();
     std::vector<uint64_t>& rc = *refs;
-    // The refcount structures count too.
+    CheckReport r;
+    // The refcount structures count too (ones past the end are corrupt).
     auto add = [&](uint64_t off, uint64_t len) {
         for (uint64_t c = off >> cb_; len && c <= (off + len - 1) >> cb_; c++) {
-            if (c >= rc.size()) rc.resize(c + 1, 0);
+            if (c >= rc.size()) {
+                r.corruptions++;
+                return;
+            }
             rc[c]++;
         }
     };
     add(hdr_.refcount_table_offset, uint64_t(hdr_.refcount_table_clusters) * cs_);
     for (uint64_t e : reftable_)
         if (uint64_t off = e & kReftableOffsetMask) add(off, cs_);
-    CheckReport r;
-    uint64_t end = std::max<uint64_t>(rc.size(), reftable_.size() << rb_bits_);
+    // Stored refcounts past the end of the file can only be leaks.
+    const uint64_t end = rc.size();
     for (uint64_t c = 0; c < end; c++) {
         uint64_t want = c < rc.size() ? rc[c] : 0;
         uint64_t bi = c >> rb_bits_;
