@@ -8,6 +8,8 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "util/result.h"
 
@@ -48,6 +50,14 @@ struct DriveOptions {
     uint64_t l2_cache_size = 0;  // qcow2 metadata cache bound in bytes; 0 = default
 };
 
+// Reads the block-related `-drive` keys (file, id, format, if, cache, aio,
+// readonly, l2-cache-size, and QEMU's cache.direct / cache.no-flush). Unknown
+// keys and bad values are errors; options that belong to the caller (media,
+// index, ...) must be filtered out before.
+Result<DriveOptions> parse_drive_options(
+    const std::vector<std::pair<std::string, std::string>>& kv);
+const char* cache_mode_name(CacheMode m);
+
 // Opens the driver stack for a drive (format probing included).
 Result<std::unique_ptr<BlockDriver>> open_drive(const DriveOptions& opts);
 // The protocol driver: a host file (O_DIRECT with cache=none).
@@ -63,6 +73,8 @@ struct BlockStats {
     uint64_t rd_total_time_ns = 0, wr_total_time_ns = 0, flush_total_time_ns = 0, unmap_total_time_ns = 0;
     uint64_t last_io_ns = 0;  // monotonic time of the last completion (idle time)
 };
+
+struct Job;  // one queued request (backend internals)
 
 class BlockBackend {
 public:
@@ -88,11 +100,19 @@ public:
     const BlockStats& stats() const { return stats_; }
     // Number of requests submitted and not yet completed.
     unsigned in_flight() const { return in_flight_; }
-    // Blocks until every request has completed (shutdown, tests).
+    // Blocks until every request has completed and its `done` ran (shutdown,
+    // tests). Loop thread only; completions run inside it.
     void drain();
+    // True when requests go through io_uring (aio=io_uring/native on a raw file
+    // and the kernel allowed it).
+    bool uses_io_uring() const;
 
 private:
     struct Impl;
+    void submit(std::unique_ptr<Job> j);
+    void finish(std::unique_ptr<Job> j);
+    void process_completions();
+
     EventLoop& loop_;
     std::unique_ptr<BlockDriver> drv_;
     DriveOptions opts_;

@@ -4,6 +4,7 @@
 #include <memory>
 #include <string>
 
+#include "hw/lsi_state.h"
 #include "pci/pci_device.h"
 #include "scsi/scsi.h"
 
@@ -30,6 +31,12 @@ public:
     using pci::PciDevice::PciDevice;
     virtual scsi::Bus& bus() = 0;
     virtual const std::string& id() const = 0;
+    // Device state (registers, SCRIPTS processor, SCRIPTS RAM). SCSI
+    // requests in flight are not part of it: restore cancels them, and a
+    // data-phase move that was waiting for one ends in a bus reset
+    // interrupt, the same recovery a guest sees after an unexpected reset.
+    virtual LsiState save_state() const = 0;
+    virtual void restore_state(const LsiState& state) = 0;
 };
 
 }  // namespace mpq::hw

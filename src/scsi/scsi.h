@@ -64,12 +64,19 @@ public:
     unsigned lun() const { return lun_; }
     // Starts the command. Returns the data direction and the expected length
     // (from the CDB). Completion or the first transfer_data() may happen
-    // before start() returns (emulated commands) or later (block I/O).
+    // before start() returns (emulated commands, and the first chunk of a
+    // WRITE) or later (READ data, flushes); *expected_len and dir() are set
+    // before any callback. A command that failed or finished without data
+    // inside start() returns DataDir::None. Only one start() per request.
     virtual DataDir start(uint32_t* expected_len) = 0;
-    // The chunk announced by transfer_data() is done; go on.
+    // Direction of the data phase, valid from the first callback on.
+    DataDir dir() const { return dir_; }
+    // The chunk announced by transfer_data() is done; go on. Ignored when no
+    // chunk is outstanding (a confused HBA cannot break the request).
     virtual void continue_transfer() = 0;
     virtual std::span<uint8_t> buffer() = 0;
-    // Aborts: no callback reaches the client afterwards.
+    // Aborts: no callback reaches the client afterwards. Block I/O already
+    // submitted still runs to its end; its result is dropped. Idempotent.
     virtual void cancel() = 0;
     // Sense of a CHECK CONDITION (valid after command_complete).
     virtual Sense sense() const = 0;
@@ -82,6 +89,7 @@ protected:
     uint32_t tag_;
     unsigned lun_;
     RequestClient* client_;
+    DataDir dir_ = DataDir::None;
 };
 
 class Device {

@@ -26,6 +26,8 @@ bool set_file(const char* path) {
 
 void set_level(Level max_level) { g_level = max_level; }
 
+bool enabled(Level level) { return static_cast<int>(level) <= static_cast<int>(g_level); }
+
 void write(Level level, std::string_view msg) {
     if (static_cast<int>(level) > static_cast<int>(g_level)) return;
     static constexpr const char* kTag[] = {"", "warning: ", "info: ", "debug: "};

@@ -16,22 +16,24 @@ void set_program_name(std::string_view name);
 bool set_file(const char* path);
 void set_level(Level max_level);
 void write(Level level, std::string_view msg);
+// Cheap test so that disabled levels cost no formatting (hot paths).
+bool enabled(Level level);
 
 template <typename... Args>
 void error(fmt::format_string<Args...> f, Args&&... args) {
-    write(Level::Error, fmt::format(f, std::forward<Args>(args)...));
+    if (enabled(Level::Error)) write(Level::Error, fmt::format(f, std::forward<Args>(args)...));
 }
 template <typename... Args>
 void warn(fmt::format_string<Args...> f, Args&&... args) {
-    write(Level::Warning, fmt::format(f, std::forward<Args>(args)...));
+    if (enabled(Level::Warning)) write(Level::Warning, fmt::format(f, std::forward<Args>(args)...));
 }
 template <typename... Args>
 void info(fmt::format_string<Args...> f, Args&&... args) {
-    write(Level::Info, fmt::format(f, std::forward<Args>(args)...));
+    if (enabled(Level::Info)) write(Level::Info, fmt::format(f, std::forward<Args>(args)...));
 }
 template <typename... Args>
 void debug(fmt::format_string<Args...> f, Args&&... args) {
-    write(Level::Debug, fmt::format(f, std::forward<Args>(args)...));
+    if (enabled(Level::Debug)) write(Level::Debug, fmt::format(f, std::forward<Args>(args)...));
 }
 
 }  // namespace mpq::log

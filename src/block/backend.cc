@@ -1,0 +1,245 @@
+// BlockBackend: runs synchronous drivers on a small pool of I/O threads (or
+// raw files on io_uring) and delivers every completion on the event loop
+// thread, where the statistics are kept.
+#include <time.h>
+
+#include <condition_variable>
+#include <deque>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "block/backend_impl.h"
+#include "block/block.h"
+#include "block/file.h"
+#include "util/event_loop.h"
+#include "util/log.h"
+
+namespace mpq::block {
+
+uint64_t monotonic_ns() {
+    timespec ts{};
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
+}
+
+namespace {
+constexpr unsigned kWorkers = 4;
+}
+
+// Completed jobs wait here for the loop thread. It is shared with the
+// callbacks posted to the loop, which may run after the backend is gone.
+struct CompletionQueue {
+    std::mutex mu;
+    std::deque<JobPtr> done;
+    bool post_pending = false;
+    BlockBackend* owner = nullptr;  // cleared (on the loop thread) by ~BlockBackend
+};
+
+struct BlockBackend::Impl {
+    std::shared_ptr<CompletionQueue> cq = std::make_shared<CompletionQueue>();
+    std::mutex mu;
+    std::condition_variable work_cv;
+    std::condition_variable idle_cv;
+    std::deque<JobPtr> queue;
+    unsigned running = 0;
+    bool stopping = false;
+    std::vector<std::thread> workers;
+    std::unique_ptr<UringEngine> uring;
+
+    void worker(BlockBackend* bb);
+    static void run_job(BlockDriver& drv, Job& j);
+};
+
+void BlockBackend::Impl::run_job(BlockDriver& drv, Job& j) {
+    switch (j.kind) {
+        case JobKind::Read: j.result = drv.pread(j.off, std::span<uint8_t>(j.buf, j.len)); break;
+        case JobKind::Write:
+            j.result = drv.pwrite(j.off, std::span<const uint8_t>(j.buf, j.len));
+            break;
+        case JobKind::Flush: j.result = drv.flush(); break;
+        case JobKind::Discard: j.result = drv.discard(j.off, j.len); break;
+        case JobKind::WriteZeroes: j.result = drv.write_zeroes(j.off, j.len); break;
+    }
+    j.end_ns = monotonic_ns();
+}
+
+void BlockBackend::Impl::worker(BlockBackend* bb) {
+    EventLoop& loop = bb->loop_;
+    BlockDriver& drv = *bb->drv_;
+    std::unique_lock lk(mu);
+    for (;;) {
+        work_cv.wait(lk, [&] { return stopping || !queue.empty(); });
+        if (queue.empty()) return;  // stopping and nothing left
+        JobPtr j = std::move(queue.front());
+        queue.pop_front();
+        ++running;
+        lk.unlock();
+        run_job(drv, *j);
+        bool post = false;
+        {
+            std::lock_guard clk(cq->mu);
+            cq->done.push_back(std::move(j));
+            if (!cq->post_pending) cq->post_pending = post = true;
+        }
+        if (post) {
+            std::weak_ptr<CompletionQueue> weak = cq;
+            loop.post([weak] {
+                auto q = weak.lock();
+                if (!q) return;
+                BlockBackend* owner;
+                {
+                    std::lock_guard l(q->mu);
+                    q->post_pending = false;
+                    owner = q->owner;
+                }
+                if (owner) owner->process_completions();
+            });
+        }
+        lk.lock();
+        --running;
+        if (running == 0 && queue.empty()) idle_cv.notify_all();
+    }
+}
+
+BlockBackend::BlockBackend(EventLoop& loop, std::unique_ptr<BlockDriver> drv, DriveOptions opts)
+    : loop_(loop), drv_(std::move(drv)), opts_(std::move(opts)), impl_(std::make_unique<Impl>()) {
+    impl_->cq->owner = this;
+    if (opts_.aio == AioMode::IoUring || opts_.aio == AioMode::Native) {
+        if (auto* f = dynamic_cast<FileDriver*>(drv_.get())) {
+            impl_->uring = make_uring_engine(
+                loop_, *f,
+                [](void* ctx, JobPtr j) { static_cast<BlockBackend*>(ctx)->finish(std::move(j)); },
+                this);
+        } else {
+            log::info("drive '{}': aio={} applies to raw files only; {} uses I/O threads",
+                      opts_.id, opts_.aio == AioMode::Native ? "native" : "io_uring",
+                      drv_->format_name());
+        }
+    }
+    unsigned n = drv_->concurrent_safe() ? kWorkers : 1;
+    for (unsigned i = 0; i < n; ++i) impl_->workers.emplace_back([this] { impl_->worker(this); });
+}
+
+BlockBackend::~BlockBackend() {
+    drain();
+    {
+        std::lock_guard lk(impl_->mu);
+        impl_->stopping = true;
+    }
+    impl_->work_cv.notify_all();
+    for (auto& t : impl_->workers) t.join();
+    impl_->uring.reset();
+    std::lock_guard lk(impl_->cq->mu);
+    impl_->cq->owner = nullptr;
+}
+
+bool BlockBackend::uses_io_uring() const { return impl_->uring != nullptr; }
+
+void BlockBackend::submit(std::unique_ptr<Job> j) {
+    ++in_flight_;
+    j->submit_ns = monotonic_ns();
+    if (impl_->uring) {
+        j = impl_->uring->submit(std::move(j));
+        if (!j) return;
+    }
+    {
+        std::lock_guard lk(impl_->mu);
+        impl_->queue.push_back(std::move(j));
+    }
+    impl_->work_cv.notify_one();
+}
+
+static std::unique_ptr<Job> make_job(JobKind k, uint64_t off, uint8_t* buf, uint64_t len,
+                                     BlockBackend::Done done) {
+    auto j = std::make_unique<Job>();
+    j->kind = k;
+    j->off = off;
+    j->buf = buf;
+    j->len = len;
+    j->done = std::move(done);
+    return j;
+}
+
+void BlockBackend::read(uint64_t off, std::span<uint8_t> buf, Done done) {
+    submit(make_job(JobKind::Read, off, buf.data(), buf.size(), std::move(done)));
+}
+
+void BlockBackend::write(uint64_t off, std::span<const uint8_t> buf, Done done) {
+    // The driver only reads from it; the const is dropped to share Job.
+    submit(make_job(JobKind::Write, off, const_cast<uint8_t*>(buf.data()), buf.size(),
+                    std::move(done)));
+}
+
+void BlockBackend::flush(Done done) {
+    submit(make_job(JobKind::Flush, 0, nullptr, 0, std::move(done)));
+}
+
+void BlockBackend::discard(uint64_t off, uint64_t len, Done done) {
+    submit(make_job(JobKind::Discard, off, nullptr, len, std::move(done)));
+}
+
+void BlockBackend::write_zeroes(uint64_t off, uint64_t len, Done done) {
+    submit(make_job(JobKind::WriteZeroes, off, nullptr, len, std::move(done)));
+}
+
+void BlockBackend::finish(std::unique_ptr<Job> j) {
+    uint64_t now = monotonic_ns();
+    uint64_t end = j->end_ns ? j->end_ns : now;
+    uint64_t t = end > j->submit_ns ? end - j->submit_ns : 0;
+    bool ok = j->result.ok();
+    switch (j->kind) {
+        case JobKind::Read:
+            if (ok) { ++stats_.rd_ops; stats_.rd_bytes += j->len; } else { ++stats_.failed_rd_ops; }
+            stats_.rd_total_time_ns += t;
+            break;
+        case JobKind::Write:
+        case JobKind::WriteZeroes:
+            if (ok) { ++stats_.wr_ops; stats_.wr_bytes += j->len; } else { ++stats_.failed_wr_ops; }
+            stats_.wr_total_time_ns += t;
+            break;
+        case JobKind::Flush:
+            if (ok) ++stats_.flush_ops; else ++stats_.failed_flush_ops;
+            stats_.flush_total_time_ns += t;
+            break;
+        case JobKind::Discard:
+            if (ok) { ++stats_.unmap_ops; stats_.unmap_bytes += j->len; } else { ++stats_.failed_unmap_ops; }
+            stats_.unmap_total_time_ns += t;
+            break;
+    }
+    stats_.last_io_ns = now;
+    --in_flight_;
+    Done done = std::move(j->done);
+    Status st = std::move(j->result);
+    j.reset();
+    if (done) done(std::move(st));
+}
+
+void BlockBackend::process_completions() {
+    // A completion callback may drain() (or submit); never recurse into the
+    // same batch.
+    for (;;) {
+        std::deque<JobPtr> batch;
+        {
+            std::lock_guard lk(impl_->cq->mu);
+            batch.swap(impl_->cq->done);
+        }
+        if (batch.empty()) return;
+        for (auto& j : batch) finish(std::move(j));
+    }
+}
+
+void BlockBackend::drain() {
+    // Callbacks may submit follow-up requests (the next chunk of a command):
+    // keep going until nothing is left.
+    while (in_flight_ > 0) {
+        if (impl_->uring) impl_->uring->wait_all();
+        {
+            std::unique_lock lk(impl_->mu);
+            impl_->idle_cv.wait(lk, [&] { return impl_->queue.empty() && impl_->running == 0; });
+        }
+        process_completions();
+    }
+}
+
+}  // namespace mpq::block

@@ -1,0 +1,282 @@
+#include "monitor/commands.h"
+
+#include <sys/stat.h>
+#include <algorithm>
+#include <time.h>
+
+#include <fmt/format.h>
+
+namespace mpq::monitor {
+namespace {
+
+uint64_t monotonic_ns() {
+    timespec ts{};
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
+}
+
+Json cache_json(block::CacheMode c) {
+    bool writeback = c != block::CacheMode::Writethrough && c != block::CacheMode::Directsync;
+    bool direct = c == block::CacheMode::None || c == block::CacheMode::Directsync;
+    bool no_flush = c == block::CacheMode::Unsafe;
+    return Json{{"no-flush", no_flush}, {"direct", direct}, {"writeback", writeback}};
+}
+
+uint64_t actual_size(const std::string& file) {
+    struct stat st {};
+    if (file.empty() || ::stat(file.c_str(), &st) != 0) return 0;
+    return static_cast<uint64_t>(st.st_blocks) * 512;
+}
+
+Json remote_devices_json(const std::vector<RemoteDeviceInfo>& devs) {
+    Json out = Json::array();
+    for (const auto& d : devs) {
+        Json j = Json::object();
+        j["id"] = d.id;
+        j["driver"] = d.driver;
+        j["channel"] = d.channel;
+        if (d.fd >= 0) j["fd"] = d.fd;
+        if (!d.peer.empty()) j["peer"] = d.peer;
+        j["features"] = d.features;
+        out.push_back(std::move(j));
+    }
+    return out;
+}
+
+}  // namespace
+
+std::string pci_class_desc(uint32_t class_code) {
+    struct Entry {
+        uint16_t cls;
+        const char* desc;
+    };
+    // Class/subclass names as lspci and QEMU print them (common ones only).
+    static constexpr Entry kTable[] = {
+        {0x0100, "SCSI controller"},    {0x0101, "IDE controller"},
+        {0x0106, "SATA controller"},    {0x0107, "SAS controller"},
+        {0x0108, "NVMe controller"},    {0x0180, "Storage controller"},
+        {0x0200, "Ethernet controller"}, {0x0300, "VGA controller"},
+        {0x0380, "Display controller"}, {0x0403, "Audio controller"},
+        {0x0500, "RAM controller"},     {0x0600, "Host bridge"},
+        {0x0601, "ISA bridge"},         {0x0604, "PCI bridge"},
+        {0x0680, "Bridge"},             {0x0700, "Serial port"},
+        {0x0c03, "USB controller"},     {0x0c05, "SMBus"},
+        {0xff00, "Unclassified"},
+    };
+    uint16_t cls = static_cast<uint16_t>(class_code >> 8);
+    for (const auto& e : kTable)
+        if (e.cls == cls) return e.desc;
+    return {};
+}
+
+Json pci_info_json(const std::vector<PciDeviceInfo>& devs) {
+    // Grouped by bus, as QEMU's PciInfo list.
+    Json buses = Json::array();
+    std::vector<unsigned> bus_order;
+    for (const auto& d : devs)
+        if (std::find(bus_order.begin(), bus_order.end(), d.bus) == bus_order.end())
+            bus_order.push_back(d.bus);
+    for (unsigned bus : bus_order) {
+        Json list = Json::array();
+        for (const auto& d : devs) {
+            if (d.bus != bus) continue;
+            Json j = Json::object();
+            j["bus"] = d.bus;
+            j["slot"] = d.slot;
+            j["function"] = d.function;
+            Json ci = Json::object();
+            ci["class"] = d.class_code >> 8;
+            if (auto desc = pci_class_desc(d.class_code); !desc.empty()) ci["desc"] = desc;
+            j["class_info"] = ci;
+            j["id"] = Json{{"device", d.device},
+                           {"vendor", d.vendor},
+                           {"subsystem", d.subsys_id},
+                           {"subsystem-vendor", d.subsys_vendor}};
+            if (d.irq_pin && d.irq) j["irq"] = *d.irq;
+            j["irq_pin"] = d.irq_pin;
+            j["qdev_id"] = d.qdev_id;
+            Json regions = Json::array();
+            for (const auto& r : d.regions) {
+                Json rj = Json::object();
+                rj["bar"] = r.bar;
+                rj["type"] = r.io ? "io" : "memory";
+                if (r.address == UINT64_MAX) rj["address"] = -1;
+                else rj["address"] = r.address;
+                rj["size"] = r.size;
+                if (!r.io) {
+                    rj["prefetch"] = r.prefetch;
+                    rj["mem_type_64"] = r.mem64;
+                }
+                regions.push_back(std::move(rj));
+            }
+            j["regions"] = std::move(regions);
+            list.push_back(std::move(j));
+        }
+        buses.push_back(Json{{"bus", bus}, {"devices", std::move(list)}});
+    }
+    return buses;
+}
+
+Json block_info_json(const BlockDeviceInfo& b) {
+    Json image = Json::object();
+    image["virtual-size"] = b.virtual_size;
+    image["filename"] = b.filename;
+    image["format"] = b.format;
+    image["actual-size"] = actual_size(b.filename);
+    image["dirty-flag"] = false;
+
+    Json ins = Json::object();
+    ins["file"] = b.filename;
+    ins["node-name"] = b.node_name;
+    ins["ro"] = b.read_only;
+    ins["drv"] = b.format;
+    ins["encrypted"] = false;
+    ins["detect_zeroes"] = "off";
+    for (const char* k : {"bps", "bps_rd", "bps_wr", "iops", "iops_rd", "iops_wr"}) ins[k] = 0;
+    ins["image"] = std::move(image);
+    ins["cache"] = cache_json(b.cache);
+    ins["write_threshold"] = 0;
+    ins["backing_file_depth"] = 0;
+
+    Json j = Json::object();
+    j["device"] = b.device;
+    j["qdev"] = b.qdev;
+    j["type"] = "unknown";
+    j["removable"] = false;
+    j["locked"] = false;
+    j["io-status"] = "ok";
+    j["inserted"] = std::move(ins);
+    return j;
+}
+
+Json block_stats_json(const BlockDeviceInfo& b, uint64_t now_ns) {
+    const block::BlockStats& s = b.stats;
+    Json st = Json::object();
+    st["rd_bytes"] = s.rd_bytes;
+    st["wr_bytes"] = s.wr_bytes;
+    st["unmap_bytes"] = s.unmap_bytes;
+    st["rd_operations"] = s.rd_ops;
+    st["wr_operations"] = s.wr_ops;
+    st["flush_operations"] = s.flush_ops;
+    st["unmap_operations"] = s.unmap_ops;
+    st["rd_total_time_ns"] = s.rd_total_time_ns;
+    st["wr_total_time_ns"] = s.wr_total_time_ns;
+    st["flush_total_time_ns"] = s.flush_total_time_ns;
+    st["unmap_total_time_ns"] = s.unmap_total_time_ns;
+    st["wr_highest_offset"] = 0;  // not counted by our BlockBackend
+    st["rd_merged"] = 0;
+    st["wr_merged"] = 0;
+    st["unmap_merged"] = 0;
+    if (s.last_io_ns != 0) st["idle_time_ns"] = now_ns > s.last_io_ns ? now_ns - s.last_io_ns : 0;
+    st["failed_rd_operations"] = s.failed_rd_ops;
+    st["failed_wr_operations"] = s.failed_wr_ops;
+    st["failed_flush_operations"] = s.failed_flush_ops;
+    st["failed_unmap_operations"] = s.failed_unmap_ops;
+    st["invalid_rd_operations"] = 0;
+    st["invalid_wr_operations"] = 0;
+    st["invalid_flush_operations"] = 0;
+    st["invalid_unmap_operations"] = 0;
+    st["account_invalid"] = true;
+    st["account_failed"] = true;
+    st["timed_stats"] = Json::array();
+
+    Json j = Json::object();
+    j["device"] = b.device;
+    j["node-name"] = b.node_name;
+    j["qdev"] = b.qdev;
+    j["stats"] = std::move(st);
+    return j;
+}
+
+void register_commands(QmpDispatcher& d, CommandEnv& env) {
+    // Handled by QmpSession itself; listed so query-commands shows it.
+    d.add("qmp_capabilities", {{"enable", ArgType::Any, true}},
+          [](const Json&) { return QmpReply::ok(); });
+
+    d.add("query-version", {}, [](const Json&) {
+        Json v = Json::object();
+        v["qemu"] = Json{{"micro", kQemuMicro}, {"minor", kQemuMinor}, {"major", kQemuMajor}};
+        v["package"] = package_string();
+        return QmpReply::ok(std::move(v));
+    });
+
+    d.add("query-commands", {}, [&d](const Json&) {
+        Json out = Json::array();
+        for (const auto& n : d.names()) out.push_back(Json{{"name", n}});
+        return QmpReply::ok(std::move(out));
+    });
+
+    d.add("query-name", {}, [&env](const Json&) {
+        Json out = Json::object();
+        if (auto n = env.view.name(); !n.empty()) out["name"] = n;
+        return QmpReply::ok(std::move(out));
+    });
+
+    d.add("query-status", {}, [&env](const Json&) {
+        RunState s = env.view.run_state();
+        Json out = Json::object();
+        out["status"] = run_state_name(s);
+        out["singlestep"] = false;
+        out["running"] = s == RunState::Running;
+        return QmpReply::ok(std::move(out));
+    });
+
+    d.add("query-pci", {}, [&env](const Json&) {
+        return QmpReply::ok(pci_info_json(env.view.pci_devices()));
+    });
+
+    d.add("query-block", {}, [&env](const Json&) {
+        Json out = Json::array();
+        for (const auto& b : env.view.block_devices()) out.push_back(block_info_json(b));
+        return QmpReply::ok(std::move(out));
+    });
+
+    d.add("query-blockstats", {{"query-nodes", ArgType::Bool, true}}, [&env](const Json&) {
+        Json out = Json::array();
+        uint64_t now = monotonic_ns();
+        for (const auto& b : env.view.block_devices()) out.push_back(block_stats_json(b, now));
+        return QmpReply::ok(std::move(out));
+    });
+
+    d.add("query-chardev", {}, [&env](const Json&) {
+        Json out = Json::array();
+        std::vector<ChardevInfo> all;
+        if (env.monitor_chardevs) all = env.monitor_chardevs();
+        for (auto& c : env.view.chardevs()) all.push_back(std::move(c));
+        for (const auto& c : all)
+            out.push_back(Json{{"frontend-open", c.frontend_open},
+                               {"filename", c.filename},
+                               {"label", c.label}});
+        return QmpReply::ok(std::move(out));
+    });
+
+    d.add("query-remote-devices", {}, [&env](const Json&) {
+        return QmpReply::ok(remote_devices_json(env.view.remote_devices()));
+    });
+
+    d.add("human-monitor-command",
+          {{"command-line", ArgType::String, false}, {"cpu-index", ArgType::Int, true}},
+          [&env](const Json& args) {
+              if (!env.run_hmp) return QmpReply::err(kGenericError, "HMP is not available");
+              return QmpReply::ok(env.run_hmp(args["command-line"].get<std::string>()));
+          });
+
+    d.add("system_reset", {}, [&env](const Json&) {
+        auto st = env.view.system_reset();
+        if (!st) return QmpReply::err(kGenericError, st.error().message);
+        env.events.emit(kEventReset, Json{{"guest", false}, {"reason", "host-qmp-system-reset"}});
+        return QmpReply::ok();
+    });
+
+    d.add("quit", {}, [&env](const Json&) {
+        auto act = [&env] {
+            env.events.emit(kEventShutdown, Json{{"guest", false}, {"reason", "host-qmp-quit"}});
+            env.view.quit();
+        };
+        if (env.defer) env.defer(act);
+        else act();
+        return QmpReply::ok();
+    });
+}
+
+}  // namespace mpq::monitor

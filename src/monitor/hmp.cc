@@ -1,0 +1,343 @@
+#include "monitor/hmp.h"
+
+#include <array>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "monitor/commands.h"
+
+namespace mpq::monitor {
+namespace {
+
+struct HelpLine {
+    const char* name;    // "quit|q"
+    const char* params;  // "[cmd]"
+    const char* text;
+};
+
+constexpr HelpLine kCommands[] = {
+    {"help|?", "[cmd]", "show the help"},
+    {"info", "[subcommand]", "show various information about the system state"},
+    {"quit|q", "", "quit the emulator"},
+    {"system_reset", "", "reset the system"},
+};
+
+constexpr HelpLine kInfo[] = {
+    {"block", "[device]", "show info of one block device or all block devices"},
+    {"blockstats", "", "show block device statistics"},
+    {"chardev", "", "show the character devices"},
+    {"name", "", "show the current VM name"},
+    {"pci", "", "show PCI info"},
+    {"remote-devices", "", "show the remote devices and their channels (mpqemu)"},
+    {"status", "", "show the current VM status (running|paused)"},
+    {"version", "", "show the version of QEMU"},
+};
+
+std::string help_line(std::string_view prefix, const HelpLine& h) {
+    return fmt::format("{}{} {} -- {}\n", prefix, h.name, h.params, h.text);
+}
+
+bool name_matches(const char* names, std::string_view word) {
+    std::string_view n(names);
+    while (!n.empty()) {
+        auto bar = n.find('|');
+        if (n.substr(0, bar) == word) return true;
+        if (bar == std::string_view::npos) break;
+        n.remove_prefix(bar + 1);
+    }
+    return false;
+}
+
+std::vector<std::string_view> split_words(std::string_view line) {
+    std::vector<std::string_view> out;
+    size_t i = 0;
+    while (i < line.size()) {
+        while (i < line.size() && (line[i] == ' ' || line[i] == '\t')) ++i;
+        size_t start = i;
+        while (i < line.size() && line[i] != ' ' && line[i] != '\t') ++i;
+        if (i > start) out.push_back(line.substr(start, i - start));
+    }
+    return out;
+}
+
+uint64_t u64(const Json& j, const char* key) {
+    auto it = j.find(key);
+    if (it == j.end() || !it->is_number()) return 0;
+    return it->is_number_unsigned() ? it->get<uint64_t>()
+                                    : static_cast<uint64_t>(it->get<int64_t>());
+}
+
+std::string str(const Json& j, const char* key) {
+    auto it = j.find(key);
+    if (it == j.end() || !it->is_string()) return {};
+    return it->get<std::string>();
+}
+
+bool flag(const Json& j, const char* key) {
+    auto it = j.find(key);
+    return it != j.end() && it->is_boolean() && it->get<bool>();
+}
+
+std::string format_pci(const Json& buses) {
+    std::string out;
+    for (const auto& bus : buses) {
+        for (const auto& d : bus["devices"]) {
+            out += fmt::format("  Bus {:2}, device {:3}, function {}:\n", u64(d, "bus"),
+                               u64(d, "slot"), u64(d, "function"));
+            const Json& ci = d["class_info"];
+            std::string desc = str(ci, "desc");
+            if (desc.empty()) desc = fmt::format("Class {:04x}", u64(ci, "class"));
+            out += fmt::format("    {}: PCI device {:04x}:{:04x}\n", desc, u64(d["id"], "vendor"),
+                               u64(d["id"], "device"));
+            out += fmt::format("      PCI subsystem {:04x}:{:04x}\n",
+                               u64(d["id"], "subsystem-vendor"), u64(d["id"], "subsystem"));
+            uint64_t pin = u64(d, "irq_pin");
+            if (d.contains("irq") && pin >= 1 && pin <= 4)
+                out += fmt::format("      IRQ {}, pin {}\n", u64(d, "irq"),
+                                   static_cast<char>('A' + pin - 1));
+            for (const auto& r : d["regions"]) {
+                uint64_t addr = u64(r, "address");  // -1 reads back as all-ones
+                uint64_t last = addr + u64(r, "size") - 1;
+                if (str(r, "type") == "io") {
+                    out += fmt::format("      BAR{}: I/O at {:#06x} [{:#06x}].\n", u64(r, "bar"),
+                                       addr, last);
+                } else {
+                    out += fmt::format("      BAR{}: {} bit{} memory at {:#010x} [{:#010x}].\n",
+                                       u64(r, "bar"), flag(r, "mem_type_64") ? 64 : 32,
+                                       flag(r, "prefetch") ? " prefetchable" : "", addr, last);
+                }
+            }
+            out += fmt::format("      id \"{}\"\n", str(d, "qdev_id"));
+        }
+    }
+    return out;
+}
+
+std::string format_block(const Json& list, std::string_view only) {
+    std::string out;
+    bool first = true;
+    for (const auto& b : list) {
+        std::string dev = str(b, "device");
+        if (!only.empty() && dev != only) continue;
+        if (!first) out += "\n";
+        first = false;
+        auto ins = b.find("inserted");
+        if (ins == b.end()) {
+            out += fmt::format("{}: [not inserted]\n", dev);
+            continue;
+        }
+        out += fmt::format("{} ({}): {} ({}{})\n", dev, str(*ins, "node-name"), str(*ins, "file"),
+                           str(*ins, "drv"), flag(*ins, "ro") ? ", read-only" : "");
+        if (auto q = str(b, "qdev"); !q.empty())
+            out += fmt::format("    Attached to:      {}\n", q);
+        const Json& c = (*ins)["cache"];
+        out += fmt::format("    Cache mode:       {}{}{}\n",
+                           flag(c, "writeback") ? "writeback" : "writethrough",
+                           flag(c, "direct") ? ", direct" : "",
+                           flag(c, "no-flush") ? ", ignore flushes" : "");
+    }
+    return out;
+}
+
+std::string format_blockstats(const Json& list) {
+    std::string out;
+    for (const auto& b : list) {
+        const Json& s = b["stats"];
+        out += fmt::format(
+            "{}: rd_bytes={} wr_bytes={} rd_operations={} wr_operations={} flush_operations={} "
+            "wr_total_time_ns={} rd_total_time_ns={} flush_total_time_ns={} rd_merged={} "
+            "wr_merged={} idle_time_ns={}\n",
+            str(b, "device"), u64(s, "rd_bytes"), u64(s, "wr_bytes"), u64(s, "rd_operations"),
+            u64(s, "wr_operations"), u64(s, "flush_operations"), u64(s, "wr_total_time_ns"),
+            u64(s, "rd_total_time_ns"), u64(s, "flush_total_time_ns"), u64(s, "rd_merged"),
+            u64(s, "wr_merged"), u64(s, "idle_time_ns"));
+    }
+    return out;
+}
+
+}  // namespace
+
+std::string to_crlf(std::string_view text) {
+    std::string out;
+    out.reserve(text.size() + text.size() / 16);
+    for (char c : text) {
+        if (c == '\n') out.push_back('\r');
+        out.push_back(c);
+    }
+    return out;
+}
+
+bool Hmp::call(std::string_view cmd, const Json& args, Json& out, std::string& err) const {
+    QmpReply r = qmp_.execute(cmd, args);
+    if (!r.is_ok()) {
+        err = fmt::format("Error: {}\n", r.error().desc);
+        return false;
+    }
+    out = r.value();
+    return true;
+}
+
+std::string Hmp::help(std::string_view what) const {
+    std::string out;
+    if (what.empty()) {
+        for (const auto& h : kCommands) out += help_line("", h);
+        return out;
+    }
+    if (what == "info") {
+        for (const auto& h : kInfo) out += help_line("info ", h);
+        return out;
+    }
+    for (const auto& h : kCommands)
+        if (name_matches(h.name, what)) return help_line("", h);
+    return fmt::format("unknown command: '{}'\n", what);
+}
+
+std::string Hmp::info(std::string_view what, std::string_view arg) const {
+    Json r;
+    std::string err;
+    if (what == "version") {
+        if (!call("query-version", Json::object(), r, err)) return err;
+        const Json& q = r["qemu"];
+        return fmt::format("{}.{}.{} ({})\n", u64(q, "major"), u64(q, "minor"), u64(q, "micro"),
+                           str(r, "package"));
+    }
+    if (what == "status") {
+        if (!call("query-status", Json::object(), r, err)) return err;
+        std::string st = str(r, "status");
+        if (flag(r, "running")) return "VM status: running\n";
+        if (st == "paused") return "VM status: paused\n";
+        return fmt::format("VM status: paused ({})\n", st);
+    }
+    if (what == "name") {
+        if (!call("query-name", Json::object(), r, err)) return err;
+        return r.contains("name") ? str(r, "name") + "\n" : std::string();
+    }
+    if (what == "pci") {
+        if (!call("query-pci", Json::object(), r, err)) return err;
+        return format_pci(r);
+    }
+    if (what == "block") {
+        if (!call("query-block", Json::object(), r, err)) return err;
+        std::string out = format_block(r, arg);
+        if (out.empty() && !arg.empty()) return fmt::format("Device '{}' not found\n", arg);
+        return out;
+    }
+    if (what == "blockstats") {
+        if (!call("query-blockstats", Json::object(), r, err)) return err;
+        return format_blockstats(r);
+    }
+    if (what == "chardev") {
+        if (!call("query-chardev", Json::object(), r, err)) return err;
+        std::string out;
+        for (const auto& c : r)
+            out += fmt::format("{}: filename={}\n", str(c, "label"), str(c, "filename"));
+        return out;
+    }
+    if (what == "remote-devices") {
+        if (!call("query-remote-devices", Json::object(), r, err)) return err;
+        std::string out;
+        for (const auto& d : r) {
+            out += fmt::format("{}: {}, channel {}", str(d, "id"), str(d, "driver"),
+                               str(d, "channel"));
+            if (d.contains("fd")) out += fmt::format(" (fd {})", u64(d, "fd"));
+            if (auto p = str(d, "peer"); !p.empty()) out += fmt::format(", peer {}", p);
+            std::string feats;
+            for (const auto& f : d["features"])
+                if (f.is_string()) feats += (feats.empty() ? "" : ",") + f.get<std::string>();
+            if (!feats.empty()) out += fmt::format(", features {}", feats);
+            out += "\n";
+        }
+        return out;
+    }
+    return fmt::format("unknown command: 'info {}'\n", what);
+}
+
+std::string Hmp::run(std::string_view line) const {
+    auto words = split_words(line);
+    if (words.empty()) return {};
+    std::string_view cmd = words[0];
+    std::string_view a1 = words.size() > 1 ? words[1] : std::string_view();
+    std::string_view a2 = words.size() > 2 ? words[2] : std::string_view();
+    if (cmd == "help" || cmd == "?") return help(a1);
+    if (cmd == "info") {
+        if (a1.empty()) return help("info");
+        return info(a1, a2);
+    }
+    Json r;
+    std::string err;
+    if (cmd == "system_reset") return call("system_reset", Json::object(), r, err) ? "" : err;
+    if (cmd == "quit" || cmd == "q") return call("quit", Json::object(), r, err) ? "" : err;
+    return fmt::format("unknown command: '{}'\n", cmd);
+}
+
+HmpSession::HmpSession(const Hmp& hmp, Echo echo, Writer write)
+    : hmp_(hmp), echo_(echo), write_(std::move(write)) {}
+
+void HmpSession::start() {
+    write_(fmt::format("QEMU {}.{}.{} monitor - type 'help' for more information\r\n(qemu) ",
+                       kQemuMajor, kQemuMinor, kQemuMicro));
+}
+
+void HmpSession::execute() {
+    std::string out;
+    if (echo_ == Echo::On) out += "\r\n";
+    out += to_crlf(hmp_.run(line_));
+    out += "(qemu) ";
+    line_.clear();
+    write_(out);
+}
+
+bool HmpSession::feed(std::string_view bytes) {
+    std::string echo;
+    for (char ch : bytes) {
+        auto c = static_cast<unsigned char>(ch);
+        bool was_cr = last_cr_;
+        last_cr_ = false;
+        if (esc_ != Esc::None) {
+            // Swallow terminal escape sequences (arrows etc.), bounded.
+            if (esc_ == Esc::Esc) {
+                esc_ = (c == '[' || c == 'O') ? Esc::Csi : Esc::None;
+            } else if ((c >= 0x40 && c <= 0x7e) || ++esc_len_ > 16) {
+                esc_ = Esc::None;
+            }
+            if (esc_ == Esc::None) esc_len_ = 0;
+            continue;
+        }
+        if (c == 0x1b) {
+            esc_ = Esc::Esc;
+            continue;
+        }
+        if (c == '\r' || c == '\n') {
+            if (c == '\n' && was_cr) continue;  // "\r\n" is one line end
+            last_cr_ = c == '\r';
+            if (!echo.empty() && echo_ == Echo::On) write_(echo);
+            echo.clear();
+            execute();
+            continue;
+        }
+        if (c == 0x7f || c == 0x08) {
+            if (!line_.empty()) {
+                line_.pop_back();
+                echo += "\b \b";
+            }
+            continue;
+        }
+        if (c == 0x15 || c == 0x03) {  // ^U, ^C: drop the line
+            line_.clear();
+            echo += "\r\n(qemu) ";
+            continue;
+        }
+        if (c < 0x20 && c != '\t') continue;
+        if (line_.size() >= kMaxLine) {
+            write_(fmt::format("\r\nError: line longer than {} bytes, closing\r\n", kMaxLine));
+            return false;
+        }
+        line_.push_back(ch);
+        if (echo_ == Echo::On) echo.push_back(ch);
+    }
+    if (!echo.empty() && echo_ == Echo::On) write_(echo);
+    return true;
+}
+
+}  // namespace mpq::monitor

@@ -1,0 +1,106 @@
+// What a monitor may see of, and do to, the process it lives in. The remote
+// (qemu-scsi-dev) and our VMM each implement this with a small adapter, so
+// the monitor never depends on either one's internals.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "block/block.h"
+#include "util/result.h"
+
+namespace mpq::pci {
+class PciDevice;
+}
+
+namespace mpq::monitor {
+
+// QEMU's RunState names (query-status "status").
+enum class RunState : uint8_t { Prelaunch, Running, Paused, Shutdown, InternalError };
+std::string_view run_state_name(RunState s);
+
+// Which process the monitor serves: decides the greeting's defaults and
+// which process-specific commands exist.
+enum class Role : uint8_t { Remote, Vmm };
+
+struct PciRegion {
+    int bar = 0;                   // 0..5, 6 = expansion ROM
+    bool io = false;               // I/O space (else memory)
+    bool mem64 = false;
+    bool prefetch = false;
+    uint64_t address = UINT64_MAX; // UINT64_MAX = not programmed / not decoding (QEMU shows -1)
+    uint64_t size = 0;
+};
+
+struct PciDeviceInfo {
+    unsigned bus = 0, slot = 0, function = 0;
+    uint16_t vendor = 0, device = 0;
+    uint16_t subsys_vendor = 0, subsys_id = 0;
+    uint32_t class_code = 0;       // class << 16 | subclass << 8 | prog-if
+    uint8_t revision = 0;
+    uint8_t irq_pin = 0;           // 0 = none, 1 = INTA# ...
+    std::optional<unsigned> irq;   // routed IRQ number when the device has a pin
+    std::string qdev_id;
+    std::vector<PciRegion> regions;
+};
+
+struct BlockDeviceInfo {
+    std::string device;            // -drive id (the BlockBackend name)
+    std::string node_name;         // e.g. "#block123"
+    std::string qdev;              // the frontend that owns it (scsi-hd id or path)
+    std::string filename;
+    std::string format;            // "raw", "qcow2"
+    uint64_t virtual_size = 0;
+    bool read_only = false;
+    block::CacheMode cache = block::CacheMode::Writeback;
+    block::BlockStats stats;       // counted by the BlockBackend
+    unsigned in_flight = 0;
+};
+
+struct ChardevInfo {
+    std::string label;
+    std::string filename;          // QEMU-style description, e.g. "unix:/p,server=on"
+    bool frontend_open = true;
+};
+
+// One device served by the remote (or, in the VMM, one proxy and its channel).
+struct RemoteDeviceInfo {
+    std::string id;
+    std::string driver;            // e.g. "lsi53c895a"
+    std::string channel;           // "connected", "disconnected", "listening", ...
+    int fd = -1;                   // the channel's socket, -1 if none
+    std::string peer;              // free text: socket path, peer pid, ...
+    std::vector<std::string> features;  // negotiated protocol extensions
+};
+
+class MachineView {
+public:
+    virtual ~MachineView() = default;
+
+    virtual Role role() const = 0;
+    // -name; empty when none was given (query-name then returns {}).
+    virtual std::string name() const { return {}; }
+    virtual RunState run_state() const = 0;
+    virtual std::vector<PciDeviceInfo> pci_devices() = 0;
+    virtual std::vector<BlockDeviceInfo> block_devices() = 0;
+    // Character devices other than the monitors' own (which the monitor lists itself).
+    virtual std::vector<ChardevInfo> chardevs() { return {}; }
+    virtual std::vector<RemoteDeviceInfo> remote_devices() { return {}; }
+
+    // Resets every device as QEMU's system_reset does. Errors are reported
+    // to the client; the monitor emits the RESET event on success.
+    virtual Status system_reset() = 0;
+    // Ends the process soon (e.g. loop.stop()); called after the reply was
+    // queued. The monitor emits SHUTDOWN first.
+    virtual void quit() = 0;
+};
+
+// Helpers for adapters: describe what the process already owns.
+PciDeviceInfo describe_pci_device(const pci::PciDevice& dev, unsigned slot, std::string qdev_id);
+BlockDeviceInfo describe_block_backend(block::BlockBackend& be, std::string node_name,
+                                       std::string qdev);
+
+}  // namespace mpq::monitor

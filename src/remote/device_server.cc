@@ -1,0 +1,311 @@
+#include "remote/device_server.h"
+
+#include <fcntl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+#include "pci/pci_device.h"
+#include "util/event_loop.h"
+#include "util/log.h"
+
+namespace mpq::remote {
+
+using proto::Cmd;
+using proto::Frame;
+using proto::kAllOnes;
+
+namespace {
+
+constexpr int kMaxFramesPerWakeup = 64;  // then let other fds run (epoll is level-triggered)
+constexpr uint64_t kLogBurst = 50;       // bad-frame lines logged before thinning out
+constexpr uint64_t kLogEvery = 1000;
+
+constexpr int32_t cmd_of(Cmd c) { return static_cast<int32_t>(c); }
+
+uint64_t mask_to(uint64_t v, unsigned size) {
+    return size >= 8 ? v : (v & ((uint64_t{1} << (8 * size)) - 1));
+}
+
+bool valid_access_size(uint32_t s) { return s == 1 || s == 2 || s == 4 || s == 8; }
+
+// A device id from the wire, safe to print.
+std::string printable(const char* p, size_t n) {
+    std::string s;
+    for (size_t i = 0; i < n && p[i]; i++) {
+        unsigned char ch = static_cast<unsigned char>(p[i]);
+        if (ch >= 0x20 && ch < 0x7f) s.push_back(static_cast<char>(ch));
+        else s += fmt::format("\\x{:02x}", ch);
+    }
+    return s;
+}
+
+// Requests that expect a RET whatever happens.
+bool reply_due(int32_t cmd) {
+    switch (cmd) {
+    case cmd_of(Cmd::PciCfgRead):
+    case cmd_of(Cmd::PciCfgWrite):
+    case cmd_of(Cmd::BarRead):
+    case cmd_of(Cmd::BarWrite):
+    case cmd_of(Cmd::DeviceReset):
+    case proto::kCmdSelectDevice:
+        return true;
+    default:
+        return false;
+    }
+}
+
+}  // namespace
+
+struct DeviceServer::Conn {
+    proto::Channel ch;
+    std::vector<ServedDevice> devices;
+    size_t selected = 0;
+    uint64_t features = 0;
+    uint64_t bad_frames = 0;
+    bool broken = false;  // a reply could not be sent
+    std::string name;     // for log lines
+
+    ServedDevice& dev() { return devices[selected]; }
+    // Logs a complaint about the peer's input, thinned out after a burst so
+    // a flood cannot fill the disk.
+    template <typename... Args>
+    void complain(fmt::format_string<Args...> f, Args&&... args) {
+        bad_frames++;
+        if (bad_frames <= kLogBurst || bad_frames % kLogEvery == 0)
+            log::error("{}: {}{}", name, fmt::format(f, std::forward<Args>(args)...),
+                       bad_frames == kLogBurst ? " (further errors are logged every 1000th)" : "");
+    }
+};
+
+DeviceServer::DeviceServer(EventLoop& loop, GuestMemory& memory, OnIdle on_idle)
+    : loop_(loop), memory_(memory), on_idle_(std::move(on_idle)) {
+    regions_.reserve(proto::kMaxFdsOnWire);
+}
+
+DeviceServer::~DeviceServer() {
+    for (auto& c : conns_) loop_.remove_fd(c->ch.fd());
+}
+
+Status DeviceServer::add_connection(UniqueFd sock, std::vector<ServedDevice> devices) {
+    if (devices.empty()) return fail("socket fd {}: no device to serve", sock.get());
+    struct stat st;
+    if (::fstat(sock.get(), &st) != 0 || !S_ISSOCK(st.st_mode))
+        return fail("fd {} is not a socket", sock.get());
+    int type = 0;
+    socklen_t tl = sizeof type;
+    if (::getsockopt(sock.get(), SOL_SOCKET, SO_TYPE, &type, &tl) != 0 || type != SOCK_STREAM)
+        return fail("fd {} is not a stream socket", sock.get());
+    int fl = ::fcntl(sock.get(), F_GETFL);
+    if (fl < 0 || ::fcntl(sock.get(), F_SETFL, fl | O_NONBLOCK) != 0)
+        return fail_errno(errno, "fd {}: cannot make it non-blocking", sock.get());
+    ::fcntl(sock.get(), F_SETFD, FD_CLOEXEC);
+
+    auto c = std::make_unique<Conn>();
+    c->name = fmt::format("{} (fd {})", devices[0].id, sock.get());
+    c->ch = proto::Channel(std::move(sock));
+    c->devices = std::move(devices);
+    Conn* raw = c.get();
+    if (!loop_.add_fd(raw->ch.fd(), FdEvents::Read, [this, raw](uint32_t) { on_readable(*raw); }))
+        return fail("fd {}: cannot watch it", raw->ch.fd());
+    conns_.push_back(std::move(c));
+    return {};
+}
+
+void DeviceServer::on_readable(Conn& c) {
+    for (int i = 0; i < kMaxFramesPerWakeup; i++) {
+        auto r = c.ch.recv(frame_);
+        if (!r.ok()) {
+            log::error("{}: {}; dropping the connection", c.name, r.error().message);
+            drop(c, false);
+            return;
+        }
+        switch (*r) {
+        case proto::RecvState::WouldBlock:
+            return;
+        case proto::RecvState::Closed:
+            log::info("{}: peer closed the connection", c.name);
+            drop(c, true);
+            return;
+        case proto::RecvState::Frame:
+            break;
+        }
+        stats_.frames++;
+        handle(c, frame_);
+        frame_.close_fds();  // whatever the handler did not take
+        if (c.broken) {
+            drop(c, false);
+            return;
+        }
+    }
+}
+
+bool DeviceServer::handle(Conn& c, Frame& f) {
+    auto v = proto::validate(f, proto::Role::Remote);
+    if (!v.ok()) {
+        stats_.bad_frames++;
+        c.complain("invalid frame: {}", v.error().message);
+        if (reply_due(f.cmd())) reply(c, kAllOnes);
+        return true;
+    }
+    switch (f.cmd()) {
+    case cmd_of(Cmd::PciCfgRead): do_cfg_read(c, f); break;
+    case cmd_of(Cmd::PciCfgWrite): do_cfg_write(c, f); break;
+    case cmd_of(Cmd::BarRead): do_bar_read(c, f); break;
+    case cmd_of(Cmd::BarWrite): do_bar_write(c, f); break;
+    case cmd_of(Cmd::SyncSysmem): do_sync_sysmem(c, f); break;
+    case cmd_of(Cmd::SetIrqfd): do_set_irqfd(c, f); break;
+    case cmd_of(Cmd::DeviceReset): do_device_reset(c); break;
+    case proto::kCmdSelectDevice: do_select_device(c, f); break;
+    default: break;  // validate() admits nothing else
+    }
+    return true;
+}
+
+void DeviceServer::reply(Conn& c, uint64_t v) {
+    auto s = c.ch.send_ret(v);
+    if (!s.ok()) {
+        log::error("{}: {}", c.name, s.error().message);
+        c.broken = true;
+    }
+}
+
+void DeviceServer::reply_empty(Conn& c) {
+    auto s = c.ch.send_empty(Cmd::Ret);
+    if (!s.ok()) {
+        log::error("{}: {}", c.name, s.error().message);
+        c.broken = true;
+    }
+}
+
+void DeviceServer::drop(Conn& c, bool orderly) {
+    loop_.remove_fd(c.ch.fd());
+    auto it = std::find_if(conns_.begin(), conns_.end(), [&](auto& p) { return p.get() == &c; });
+    if (it != conns_.end()) conns_.erase(it);  // destroys c
+    if (conns_.empty() && on_idle_) on_idle_(orderly);
+}
+
+// Config space: like single-process QEMU, any width that fits in the 256
+// bytes works; everything else reads as all-ones (stock's remote would exit).
+void DeviceServer::do_cfg_read(Conn& c, const Frame& f) {
+    auto p = f.as<proto::PciConf>();
+    if (p.len < 1 || p.len > 4 || uint64_t{p.addr} + static_cast<uint64_t>(p.len) > pci::kConfigSpaceSize) {
+        c.complain("PCI_CFGREAD at {:#x} len {}: outside the {}-byte config space", p.addr, p.len,
+                   pci::kConfigSpaceSize);
+        reply(c, kAllOnes);
+        return;
+    }
+    reply(c, c.dev().dev->config_read(p.addr, static_cast<unsigned>(p.len)));
+}
+
+void DeviceServer::do_cfg_write(Conn& c, const Frame& f) {
+    auto p = f.as<proto::PciConf>();
+    if (p.len < 1 || p.len > 4 || uint64_t{p.addr} + static_cast<uint64_t>(p.len) > pci::kConfigSpaceSize) {
+        c.complain("PCI_CFGWRITE at {:#x} len {}: outside the {}-byte config space", p.addr, p.len,
+                   pci::kConfigSpaceSize);
+        reply(c, kAllOnes);
+        return;
+    }
+    c.dev().dev->config_write(p.addr, p.val, static_cast<unsigned>(p.len));
+    reply(c, 0);
+}
+
+void DeviceServer::do_bar_read(Conn& c, const Frame& f) {
+    auto b = f.as<proto::BarAccess>();
+    if (b.addr == proto::kExtProbeAddr && b.size == 0) {
+        // MPQEXT negotiation (a stock remote answers all-ones here).
+        c.features = b.val & proto::kSupportedFeatures & proto::kExtFeatureMask;
+        log::info("{}: MPQEXT v1 negotiated, features {:#x}", c.name, c.features);
+        reply(c, proto::kExtReplyMagic | c.features);
+        return;
+    }
+    if (!valid_access_size(b.size) || b.memory > 1) {
+        c.complain("BAR_READ at {:#x}: bad access size {} / space {}", b.addr, b.size, b.memory);
+        reply(c, kAllOnes);
+        return;
+    }
+    auto space = b.memory ? pci::AddressSpace::Memory : pci::AddressSpace::Io;
+    auto hit = c.dev().dev->decode(space, b.addr, b.size);
+    if (!hit) {
+        // Unclaimed I/O ports float high without an error, as on real buses.
+        if (b.memory) c.complain("BAR_READ at {:#x} size {}: no BAR decodes this memory address", b.addr, b.size);
+        reply(c, kAllOnes);
+        return;
+    }
+    reply(c, mask_to(c.dev().dev->bar_read(hit->bar, hit->offset, b.size), b.size));
+}
+
+void DeviceServer::do_bar_write(Conn& c, const Frame& f) {
+    auto b = f.as<proto::BarAccess>();
+    if (!valid_access_size(b.size) || b.memory > 1) {
+        c.complain("BAR_WRITE at {:#x}: bad access size {} / space {}", b.addr, b.size, b.memory);
+        reply(c, kAllOnes);
+        return;
+    }
+    auto space = b.memory ? pci::AddressSpace::Memory : pci::AddressSpace::Io;
+    auto hit = c.dev().dev->decode(space, b.addr, b.size);
+    if (!hit) {
+        if (b.memory) {
+            c.complain("BAR_WRITE at {:#x} size {}: no BAR decodes this memory address", b.addr, b.size);
+            reply(c, kAllOnes);
+        } else {
+            reply(c, 0);  // writes to unclaimed ports are dropped
+        }
+        return;
+    }
+    c.dev().dev->bar_write(hit->bar, hit->offset, mask_to(b.val, b.size), b.size);
+    reply(c, 0);
+}
+
+void DeviceServer::do_sync_sysmem(Conn& c, Frame& f) {
+    auto s = f.as<proto::SyncSysmem>();
+    regions_.clear();
+    for (unsigned i = 0; i < f.num_fds; i++)
+        regions_.push_back(RamRegion{s.gpa[i], s.size[i], s.offset[i], f.fds[i].get()});
+    stats_.sysmem_updates++;
+    auto st = memory_.set_regions(regions_);
+    if (!st.ok()) c.complain("SYNC_SYSMEM: {}; no guest RAM is mapped now", st.error().message);
+    // The mappings keep the memory; the frame closes the fds.
+}
+
+void DeviceServer::do_set_irqfd(Conn& c, Frame& f) {
+    for (unsigned i = 0; i < 2; i++) {
+        if (!proto::is_eventfd(f.fds[i].get())) {
+            c.complain("SET_IRQFD: fd {} is not an eventfd; keeping the previous pair", i);
+            return;
+        }
+    }
+    c.dev().irq->set_fds(f.take_fd(0), f.take_fd(1));
+}
+
+void DeviceServer::do_device_reset(Conn& c) {
+    stats_.resets++;
+    log::info("{}: DEVICE_RESET of {}", c.name, c.dev().id);
+    c.dev().dev->device_reset();
+    reply_empty(c);
+}
+
+void DeviceServer::do_select_device(Conn& c, const Frame& f) {
+    if (!(c.features & proto::kFeatMultiDev)) {
+        c.complain("SELECT_DEVICE without a negotiated MULTIDEV");
+        reply(c, kAllOnes);
+        return;
+    }
+    auto sel = f.as<proto::SelectDevice>();
+    size_t n = strnlen(sel.id, sizeof sel.id);
+    std::string_view id(sel.id, n);
+    for (size_t i = 0; i < c.devices.size(); i++) {
+        if (c.devices[i].id == id) {
+            c.selected = i;
+            reply(c, 0);
+            return;
+        }
+    }
+    c.complain("SELECT_DEVICE: no device '{}' on this socket", printable(sel.id, n));
+    reply(c, kAllOnes);
+}
+
+}  // namespace mpq::remote

@@ -1,0 +1,92 @@
+// Serves the QEMU 7.2 wire protocol (plus the negotiated MPQEXT extensions)
+// on the remote's sockets. The register path stays lean: the epoll handler
+// reads frames straight from the socket into one reusable Frame, drains
+// everything available, dispatches without allocating and answers with one
+// sendmsg.
+//
+// Unlike stock QEMU, bad input does not kill the process: a frame that was
+// read whole (unknown command, wrong size or fds, out-of-range access, bad
+// fd type) gets one log line and, where a reply is due, an all-ones RET; the
+// connection is dropped only when the stream is out of sync (truncated frame,
+// size > 192, socket error).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "mem/guest_memory.h"
+#include "proto/channel.h"
+#include "remote/irq_line.h"
+
+namespace mpq {
+class EventLoop;
+}
+namespace mpq::pci {
+class PciDevice;
+}
+
+namespace mpq::remote {
+
+// What a connection may address.
+struct ServedDevice {
+    std::string id;
+    pci::PciDevice* dev = nullptr;
+    EventfdIrqLine* irq = nullptr;
+};
+
+struct ServerStats {
+    uint64_t frames = 0;
+    uint64_t bad_frames = 0;
+    uint64_t resets = 0;
+    uint64_t sysmem_updates = 0;
+};
+
+class DeviceServer {
+public:
+    // Called when the last connection is gone: true if it went away in an
+    // orderly way (EOF at a frame boundary).
+    using OnIdle = std::function<void(bool orderly)>;
+
+    DeviceServer(EventLoop& loop, GuestMemory& memory, OnIdle on_idle);
+    ~DeviceServer();
+    DeviceServer(const DeviceServer&) = delete;
+    DeviceServer& operator=(const DeviceServer&) = delete;
+
+    // Serves `sock` (made non-blocking); `devices[0]` is the default device,
+    // the others are reachable through SELECT_DEVICE after MULTIDEV is
+    // negotiated.
+    Status add_connection(UniqueFd sock, std::vector<ServedDevice> devices);
+    size_t connections() const { return conns_.size(); }
+    const ServerStats& stats() const { return stats_; }
+
+private:
+    struct Conn;
+    void on_readable(Conn& c);
+    // false: the connection is gone (closed or out of sync).
+    bool handle(Conn& c, proto::Frame& f);
+    void reply(Conn& c, uint64_t v);
+    void reply_empty(Conn& c);
+    void drop(Conn& c, bool orderly);
+
+    void do_cfg_read(Conn& c, const proto::Frame& f);
+    void do_cfg_write(Conn& c, const proto::Frame& f);
+    void do_bar_read(Conn& c, const proto::Frame& f);
+    void do_bar_write(Conn& c, const proto::Frame& f);
+    void do_sync_sysmem(Conn& c, proto::Frame& f);
+    void do_set_irqfd(Conn& c, proto::Frame& f);
+    void do_device_reset(Conn& c);
+    void do_select_device(Conn& c, const proto::Frame& f);
+
+    EventLoop& loop_;
+    GuestMemory& memory_;
+    OnIdle on_idle_;
+    std::vector<std::unique_ptr<Conn>> conns_;
+    proto::Frame frame_;  // reused for every frame
+    ServerStats stats_;
+    std::vector<RamRegion> regions_;  // reused for SYNC_SYSMEM
+};
+
+}  // namespace mpq::remote

@@ -1,0 +1,114 @@
+// The device process: what its command line built (drives, controllers,
+// disks), the guest memory its devices share, and the sockets it serves.
+// Monitors (h-mon) attach to this object: devices by id, drives and their
+// backends, the monitor/chardev options, the event loop, reset and quit.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "block/block.h"
+#include "hw/lsi53c895a.h"
+#include "mem/guest_memory.h"
+#include "remote/irq_line.h"
+#include "scsi/scsi.h"
+#include "util/event_loop.h"
+#include "util/options.h"
+#include "util/result.h"
+
+namespace mpq::remote {
+
+class DeviceServer;
+
+// One PCI function the process serves.
+struct PciFunctionEntry {
+    std::string id;
+    std::string driver;  // "lsi53c895a"
+    std::unique_ptr<hw::Lsi53c895a> dev;
+    std::unique_ptr<EventfdIrqLine> irq;
+};
+
+struct DriveEntry {
+    block::DriveOptions opts;
+    std::unique_ptr<block::BlockBackend> backend;
+    std::string attached_to;  // scsi-hd id using it ("" = unused)
+};
+
+struct ScsiDiskEntry {
+    std::string id;
+    std::string drive;       // drive id
+    std::string controller;  // controller id
+    unsigned scsi_id = 0;
+    unsigned lun = 0;
+    std::unique_ptr<scsi::Device> dev;
+};
+
+// A socket to serve and the devices it carries; the first is the default
+// (the one a plain 7.2 proxy talks to).
+struct SocketBinding {
+    int fd = -1;
+    std::vector<std::string> devices;
+};
+
+enum class ExitReason : uint8_t { PeerClosed, ProtocolError, Quit };
+
+class RemoteProcess {
+public:
+    explicit RemoteProcess(EventLoop& loop);
+    ~RemoteProcess();
+    RemoteProcess(const RemoteProcess&) = delete;
+    RemoteProcess& operator=(const RemoteProcess&) = delete;
+
+    // Builds everything the command line asks for, or explains (QEMU's
+    // wording, option named) why not; nothing is served before start().
+    // `first_arg_fd` >= 0: the socket of the `qemu-scsi-dev FD ...` form.
+    Status configure(const opts::CommandLine& cl, int first_arg_fd);
+    // Starts serving the sockets.
+    Status start();
+
+    EventLoop& loop() { return loop_; }
+    GuestMemory& memory() { return memory_; }
+    const std::string& name() const { return name_; }
+
+    // --- for monitors ---
+    const std::vector<PciFunctionEntry>& functions() const { return functions_; }
+    PciFunctionEntry* find_function(std::string_view id);
+    std::vector<DriveEntry>& drives() { return drives_; }
+    DriveEntry* find_drive(std::string_view id);
+    block::BlockBackend* find_backend(std::string_view drive_id);
+    const std::vector<ScsiDiskEntry>& disks() const { return disks_; }
+    // -chardev, -mon, -monitor, -qmp in command-line order, untouched: the
+    // monitor code owns their meaning.
+    const std::vector<opts::Option>& monitor_options() const { return monitor_options_; }
+    const std::vector<SocketBinding>& bindings() const { return bindings_; }
+    DeviceServer* server() { return server_.get(); }
+
+    // system_reset: every function's device reset (PCI config kept, as on DEVICE_RESET).
+    void reset_devices();
+    // Ends the event loop with `code` (monitor quit, last socket gone).
+    void quit(int code);
+    // After the loop ended: stop serving, flush every writable drive and
+    // wait for all I/O (QEMU flushes its block devices on exit too).
+    void shutdown();
+
+private:
+    Status add_drive(const opts::Option& o);
+    Status add_device(const opts::Option& o);
+    Status add_lsi(const opts::Option& o);
+    Status add_scsi_hd(const opts::Option& o);
+    Status add_object(const opts::Option& o);
+    Status bind_socket(int fd, const std::string& device, const opts::Option* o);
+
+    EventLoop& loop_;
+    GuestMemory memory_;
+    std::string name_;
+    std::vector<PciFunctionEntry> functions_;
+    std::vector<DriveEntry> drives_;
+    std::vector<ScsiDiskEntry> disks_;
+    std::vector<opts::Option> monitor_options_;
+    std::vector<SocketBinding> bindings_;
+    std::unique_ptr<DeviceServer> server_;
+};
+
+}  // namespace mpq::remote

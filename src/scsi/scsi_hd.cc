@@ -1,0 +1,704 @@
+// scsi-hd: command dispatch, unit attention, and the chunked READ/WRITE
+// paths over the asynchronous block backend.
+#include "scsi/scsi_hd.h"
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+#include "scsi/scsi_hd_impl.h"
+#include "util/event_loop.h"
+#include "util/log.h"
+
+namespace mpq::scsi {
+
+using IoStatus = mpq::Status;
+
+namespace {
+
+struct FreeDeleter {
+    void operator()(uint8_t* p) const { std::free(p); }
+};
+
+// O_DIRECT wants aligned memory; a chunk buffer is page aligned so the
+// block layer never has to bounce it.
+std::unique_ptr<uint8_t, FreeDeleter> alloc_aligned(size_t n) {
+    void* p = nullptr;
+    if (posix_memalign(&p, 4096, std::max<size_t>(n, 1)) != 0) return nullptr;
+    return std::unique_ptr<uint8_t, FreeDeleter>(static_cast<uint8_t*>(p));
+}
+
+Sense sense_from_error(const Error& e, bool writing) {
+    switch (e.err) {
+        case ENOSPC:
+        case EDQUOT: return kSpaceExhausted;
+        case EROFS:
+        case EPERM:
+        case EACCES: return writing ? kWriteProtected : kReadError;
+        case ENOMEDIUM: return kNoMedium;
+        default: return writing ? kWriteError : kReadError;
+    }
+}
+
+bool is_rw(uint8_t opc) {
+    switch (opc) {
+        case op::kRead6: case op::kRead10: case op::kRead12: case op::kRead16:
+        case op::kWrite6: case op::kWrite10: case op::kWrite12: case op::kWrite16:
+        case op::kWriteVerify10: case op::kWriteVerify12: case op::kWriteVerify16:
+            return true;
+        default:
+            return false;
+    }
+}
+
+}  // namespace
+
+class HdRequest;
+
+class ScsiHd final : public Device {
+public:
+    ScsiHd(EventLoop& loop, block::BlockBackend& backend, const ScsiHdProps& props)
+        : loop_(loop), backend_(backend), props_(props) {
+        // Powered on: like QEMU after its system reset, the first command
+        // (other than INQUIRY / REPORT LUNS / REQUEST SENSE) sees 06/29/00.
+        state_.unit_attention = true;
+        state_.write_cache = props.write_cache;
+        state_.block_size = props.logical_block_size;
+        device_id_ = !props.serial.empty() ? props.serial
+                     : !backend.options().id.empty() ? backend.options().id
+                                                      : props.id;
+    }
+    ~ScsiHd() override;
+
+    std::shared_ptr<Request> new_request(uint32_t tag, unsigned lun, std::span<const uint8_t> cdb,
+                                         RequestClient* client) override;
+    void reset() override;
+    const std::string& id() const override { return props_.id; }
+
+    HdView view() const {
+        return HdView{props_, state_, device_id_, blocks(), backend_.read_only()};
+    }
+    uint64_t blocks() const { return backend_.length() / state_.block_size; }
+
+    EventLoop& loop_;
+    block::BlockBackend& backend_;
+    ScsiHdProps props_;
+    ScsiHdState state_;
+    std::string device_id_;
+    std::unordered_set<HdRequest*> active_;
+    uint64_t io_errors_ = 0;
+};
+
+class HdRequest final : public Request {
+public:
+    HdRequest(ScsiHd* dev, uint32_t tag, unsigned lun, std::span<const uint8_t> cdb,
+              RequestClient* client)
+        : Request(tag, lun, client), dev_(dev) {
+        cdb_len_ = std::min(cdb.size(), cdb_.size());
+        std::copy_n(cdb.begin(), cdb_len_, cdb_.begin());
+        dev_->active_.insert(this);
+    }
+    ~HdRequest() override { detach(); }
+
+    DataDir start(uint32_t* expected_len) override;
+    void continue_transfer() override;
+    std::span<uint8_t> buffer() override {
+        return buf_ ? std::span<uint8_t>(buf_.get(), cur_len_) : std::span<uint8_t>();
+    }
+    void cancel() override;
+    Sense sense() const override { return sense_; }
+
+    // Device reset or destruction: drop silently.
+    void cancel_from_device() { cancel(); }
+
+private:
+    enum class Phase : uint8_t { New, WaitHba, WaitIo, Done, Cancelled };
+    enum class Kind : uint8_t { Emulated, Read, Write, ModeSelect, Unmap, WriteSame };
+
+    bool live() const { return phase_ != Phase::Done && phase_ != Phase::Cancelled; }
+    void detach() {
+        if (dev_) dev_->active_.erase(this);
+        dev_ = nullptr;
+    }
+    DataDir fail(Sense s);
+    void complete_good() { complete(true); }
+    void complete_check(Sense s) {
+        sense_ = s;
+        complete(false);
+    }
+    void complete(bool good);
+    DataDir dispatch();
+    DataDir start_emulated(EmulResult r, uint32_t alloc);
+    DataDir start_request_sense();
+    DataDir start_rw();
+    DataDir start_data_out(Kind k, uint32_t len);
+    DataDir start_flush();
+    DataDir start_verify();
+    DataDir start_write_same();
+    DataDir start_unmap();
+    DataDir no_data_good();
+    bool set_buffer(size_t n);
+    void issue_read();
+    void read_done(IoStatus st);
+    void write_done(IoStatus st);
+    void after_writes();
+    void data_out_received();
+    void finish_mode_select();
+    void finish_unmap();
+    void unmap_next();
+    void finish_write_same();
+    void io_failed(const IoStatus& st, bool writing);
+    // Wraps a completion so it is dropped once the request is cancelled.
+    template <typename F>
+    block::BlockBackend::Done guard(F f) {
+        return [self = std::static_pointer_cast<HdRequest>(shared_from_this()),
+                f](IoStatus st) mutable {
+            if (self->phase_ != Phase::WaitIo) return;
+            f(self.get(), std::move(st));
+        };
+    }
+
+    ScsiHd* dev_;
+    std::array<uint8_t, kMaxCdb> cdb_{};
+    size_t cdb_len_ = 0;
+    Phase phase_ = Phase::New;
+    Kind kind_ = Kind::Emulated;
+    Sense sense_ = kNoSense;
+    std::unique_ptr<uint8_t, FreeDeleter> buf_;
+    size_t buf_size_ = 0;
+    uint32_t cur_len_ = 0;      // bytes of the chunk announced to the HBA
+    uint32_t expected_ = 0;
+    uint32_t moved_ = 0;        // bytes handed to or taken from the HBA
+    // READ/WRITE progress, in bytes on the disk.
+    uint64_t io_off_ = 0;
+    uint64_t io_left_ = 0;
+    bool flush_after_ = false;
+    // UNMAP descriptors still to discard.
+    std::vector<std::pair<uint64_t, uint64_t>> unmap_;
+    size_t unmap_next_ = 0;
+};
+
+ScsiHd::~ScsiHd() {
+    auto reqs = active_;
+    for (auto* r : reqs) r->cancel_from_device();
+}
+
+std::shared_ptr<Request> ScsiHd::new_request(uint32_t tag, unsigned lun,
+                                             std::span<const uint8_t> cdb,
+                                             RequestClient* client) {
+    return std::make_shared<HdRequest>(this, tag, lun, cdb, client);
+}
+
+void ScsiHd::reset() {
+    auto reqs = active_;
+    for (auto* r : reqs) r->cancel_from_device();
+    state_.unit_attention = true;
+}
+
+void HdRequest::cancel() {
+    if (phase_ == Phase::Cancelled) return;
+    phase_ = Phase::Cancelled;
+    client_ = nullptr;
+    detach();
+}
+
+DataDir HdRequest::fail(Sense s) {
+    complete_check(s);
+    return DataDir::None;
+}
+
+void HdRequest::complete(bool good) {
+    if (!live()) return;
+    auto self = shared_from_this();
+    phase_ = Phase::Done;
+    Status st = good ? Status::Good : Status::CheckCondition;
+    if (!good && dev_) dev_->state_.sense = sense_;
+    detach();
+    RequestClient* c = client_;
+    client_ = nullptr;
+    if (c) c->command_complete(*this, st, expected_ > moved_ ? expected_ - moved_ : 0);
+}
+
+DataDir HdRequest::start(uint32_t* expected_len) {
+    auto self = shared_from_this();
+    *expected_len = 0;
+    if (phase_ != Phase::New || !dev_) return DataDir::None;
+    phase_ = Phase::WaitIo;  // nothing may re-enter until a phase is chosen
+    DataDir d = dispatch();
+    *expected_len = expected_;
+    return live() || moved_ ? d : DataDir::None;
+}
+
+bool HdRequest::set_buffer(size_t n) {
+    if (n > buf_size_) {
+        buf_ = alloc_aligned(n);
+        buf_size_ = buf_ ? n : 0;
+        if (!buf_) return false;
+    }
+    return true;
+}
+
+DataDir HdRequest::no_data_good() {
+    complete_good();
+    return DataDir::None;
+}
+
+DataDir HdRequest::dispatch() {
+    const uint8_t opc = cdb_[0];
+    const size_t need = cdb_length(opc);
+    if (need == 0 || cdb_len_ < need) return fail(kInvalidOpcode);
+    std::span<const uint8_t> c(cdb_.data(), need);
+
+    if (lun_ != dev_->props_.lun) {
+        if (opc == op::kInquiry) {
+            uint32_t alloc = allocation_length(c);
+            return start_emulated(emulate_inquiry_bad_lun(c), alloc);
+        }
+        if (opc == op::kReportLuns) return start_emulated(emulate_report_luns(dev_->view(), c), allocation_length(c));
+        if (opc == op::kRequestSense) {
+            EmulResult r;
+            r.exact_alloc = false;
+            r.data = build_sense(kLunNotSupported, c[1] & 1);
+            return start_emulated(std::move(r), c[4]);
+        }
+        return fail(kLunNotSupported);
+    }
+
+    ScsiHdState& s = dev_->state_;
+    if (s.unit_attention && opc != op::kInquiry && opc != op::kReportLuns &&
+        opc != op::kRequestSense) {
+        // Reported once; REQUEST SENSE then returns it from the sense data.
+        s.unit_attention = false;
+        return fail(kResetOccurred);
+    }
+
+    if (is_rw(opc)) return start_rw();
+    const HdView v = dev_->view();
+    switch (opc) {
+        case op::kTestUnitReady:
+        case op::kStartStopUnit:
+        case op::kAllowMediumRemoval:
+        case op::kReserve6:
+        case op::kRelease6:
+        case op::kReserve10:
+        case op::kRelease10:
+            return no_data_good();
+        case op::kFormatUnit:
+            if (c[1] & 0x10) return fail(kInvalidField);  // FMTDATA: no parameter list support
+            return no_data_good();
+        case op::kSeek10:
+            if (be32(&c[2]) >= v.blocks) return fail(kLbaOutOfRange);
+            return no_data_good();
+        case op::kRequestSense:
+            return start_request_sense();
+        case op::kInquiry:
+            return start_emulated(emulate_inquiry(v, c), allocation_length(c));
+        case op::kModeSense6:
+        case op::kModeSense10:
+            return start_emulated(emulate_mode_sense(v, c), allocation_length(c));
+        case op::kReadCapacity10:
+            return start_emulated(emulate_read_capacity10(v, c), 8);
+        case op::kServiceActionIn16:
+            return start_emulated(emulate_read_capacity16(v, c), allocation_length(c));
+        case op::kReportLuns:
+            return start_emulated(emulate_report_luns(v, c), allocation_length(c));
+        case op::kModeSelect6:
+        case op::kModeSelect10: {
+            if ((c[1] & 0x11) != 0x10) return fail(kInvalidField);  // PF=1, SP=0 only
+            uint32_t len = opc == op::kModeSelect6 ? c[4] : be16(&c[7]);
+            if (len == 0) return no_data_good();
+            return start_data_out(Kind::ModeSelect, len);
+        }
+        case op::kSyncCache10:
+        case op::kSyncCache16:
+            return start_flush();
+        case op::kVerify10:
+        case op::kVerify12:
+        case op::kVerify16:
+            return start_verify();
+        case op::kWriteSame10:
+        case op::kWriteSame16:
+            return start_write_same();
+        case op::kUnmap:
+            return start_unmap();
+        default:
+            return fail(kInvalidOpcode);
+    }
+}
+
+DataDir HdRequest::start_emulated(EmulResult r, uint32_t alloc) {
+    if (!r.ok) return fail(r.sense);
+    if (alloc > kMaxAllocLen) return fail(kInvalidField);
+    expected_ = alloc;
+    uint32_t n = r.exact_alloc ? alloc : std::min<uint32_t>(alloc, static_cast<uint32_t>(r.data.size()));
+    if (n == 0) return no_data_good();
+    if (!set_buffer(n)) return fail(kInvalidField);
+    std::memset(buf_.get(), 0, n);
+    std::memcpy(buf_.get(), r.data.data(), std::min<size_t>(n, r.data.size()));
+    kind_ = Kind::Emulated;
+    dir_ = DataDir::FromDevice;
+    cur_len_ = n;
+    phase_ = Phase::WaitHba;
+    moved_ = n;
+    auto self = shared_from_this();
+    if (client_) client_->transfer_data(*this, n);
+    return DataDir::FromDevice;
+}
+
+DataDir HdRequest::start_request_sense() {
+    ScsiHdState& s = dev_->state_;
+    Sense sn = kNoSense;
+    if (s.unit_attention) {
+        sn = kResetOccurred;
+        s.unit_attention = false;
+    } else {
+        sn = s.sense;
+    }
+    s.sense = kNoSense;
+    EmulResult r;
+    r.exact_alloc = false;
+    r.data = build_sense(sn, cdb_[1] & 0x01);
+    return start_emulated(std::move(r), cdb_[4]);
+}
+
+void HdRequest::continue_transfer() {
+    if (phase_ != Phase::WaitHba) return;
+    auto self = shared_from_this();
+    switch (kind_) {
+        case Kind::Emulated:
+            complete_good();
+            return;
+        case Kind::Read:
+            if (io_left_ == 0) {
+                complete_good();
+                return;
+            }
+            issue_read();
+            return;
+        case Kind::Write: {
+            phase_ = Phase::WaitIo;
+            moved_ += cur_len_;
+            uint64_t off = io_off_;
+            dev_->backend_.write(off, std::span<const uint8_t>(buf_.get(), cur_len_),
+                                 guard([](HdRequest* r, IoStatus st) { r->write_done(std::move(st)); }));
+            return;
+        }
+        case Kind::ModeSelect:
+        case Kind::Unmap:
+        case Kind::WriteSame:
+            moved_ += cur_len_;
+            phase_ = Phase::WaitIo;
+            data_out_received();
+            return;
+    }
+}
+
+void HdRequest::io_failed(const IoStatus& st, bool writing) {
+    // The guest sees every error as sense data; the log gets the first few
+    // (a failing disk must not flood it).
+    if (dev_ && dev_->io_errors_++ < 10)
+        log::warn("scsi-hd '{}': host {} error reported to the guest: {}", dev_->props_.id,
+                  writing ? "write" : "read", st.error().message);
+    complete_check(sense_from_error(st.error(), writing));
+}
+
+// ---- READ / WRITE -------------------------------------------------------
+
+DataDir HdRequest::start_rw() {
+    const uint8_t opc = cdb_[0];
+    uint64_t lba = 0;
+    uint32_t nblk = 0;
+    uint8_t flags = cdb_[1];
+    switch (opc) {
+        case op::kRead6:
+        case op::kWrite6:
+            lba = be24(&cdb_[1]) & 0x1fffff;
+            nblk = cdb_[4] ? cdb_[4] : 256;
+            flags = 0;
+            break;
+        case op::kRead10: case op::kWrite10: case op::kWriteVerify10:
+            lba = be32(&cdb_[2]);
+            nblk = be16(&cdb_[7]);
+            break;
+        case op::kRead12: case op::kWrite12: case op::kWriteVerify12:
+            lba = be32(&cdb_[2]);
+            nblk = be32(&cdb_[6]);
+            break;
+        default:  // 16-byte forms
+            lba = be64(&cdb_[2]);
+            nblk = be32(&cdb_[10]);
+            break;
+    }
+    const bool write = opc != op::kRead6 && opc != op::kRead10 && opc != op::kRead12 &&
+                       opc != op::kRead16;
+    const bool verify = opc == op::kWriteVerify10 || opc == op::kWriteVerify12 ||
+                        opc == op::kWriteVerify16;
+    if (flags & 0xe0) return fail(kInvalidField);  // RDPROTECT / WRPROTECT: no protection info
+    if (write && dev_->backend_.read_only()) return fail(kWriteProtected);
+    const uint64_t blocks = dev_->blocks();
+    if (lba > blocks || nblk > blocks - lba) return fail(kLbaOutOfRange);
+    const uint32_t bs = dev_->state_.block_size;
+    const uint64_t bytes = uint64_t{nblk} * bs;
+    if (bytes > UINT32_MAX) return fail(kInvalidField);
+    if (bytes == 0) return no_data_good();
+    expected_ = static_cast<uint32_t>(bytes);
+    io_off_ = lba * bs;
+    io_left_ = bytes;
+    if (!set_buffer(std::min<uint64_t>(bytes, kChunkBytes))) return fail(kInvalidField);
+    if (!write) {
+        kind_ = Kind::Read;
+        dir_ = DataDir::FromDevice;
+        issue_read();
+        return DataDir::FromDevice;
+    }
+    kind_ = Kind::Write;
+    dir_ = DataDir::ToDevice;
+    flush_after_ = verify || (flags & 0x08) || dev_->state_.write_cache == WriteCache::Off;
+    cur_len_ = static_cast<uint32_t>(std::min<uint64_t>(io_left_, kChunkBytes));
+    phase_ = Phase::WaitHba;
+    if (client_) client_->transfer_data(*this, cur_len_);
+    return DataDir::ToDevice;
+}
+
+void HdRequest::issue_read() {
+    phase_ = Phase::WaitIo;
+    cur_len_ = static_cast<uint32_t>(std::min<uint64_t>(io_left_, kChunkBytes));
+    dev_->backend_.read(io_off_, std::span<uint8_t>(buf_.get(), cur_len_),
+                        guard([](HdRequest* r, IoStatus st) { r->read_done(std::move(st)); }));
+}
+
+void HdRequest::read_done(IoStatus st) {
+    if (!st) return io_failed(st, false);
+    io_off_ += cur_len_;
+    io_left_ -= cur_len_;
+    moved_ += cur_len_;
+    phase_ = Phase::WaitHba;
+    if (client_) client_->transfer_data(*this, cur_len_);
+}
+
+void HdRequest::write_done(IoStatus st) {
+    if (!st) return io_failed(st, true);
+    io_off_ += cur_len_;
+    io_left_ -= cur_len_;
+    if (io_left_ > 0) {
+        cur_len_ = static_cast<uint32_t>(std::min<uint64_t>(io_left_, kChunkBytes));
+        phase_ = Phase::WaitHba;
+        if (client_) client_->transfer_data(*this, cur_len_);
+        return;
+    }
+    after_writes();
+}
+
+// GOOD only once the data is where the guest was promised it is.
+void HdRequest::after_writes() {
+    if (!flush_after_) {
+        phase_ = Phase::WaitHba;
+        complete_good();
+        return;
+    }
+    phase_ = Phase::WaitIo;
+    dev_->backend_.flush(guard([](HdRequest* r, IoStatus st) {
+        if (!st) return r->io_failed(st, true);
+        r->phase_ = Phase::WaitHba;
+        r->complete_good();
+    }));
+}
+
+DataDir HdRequest::start_flush() {
+    dev_->backend_.flush(guard([](HdRequest* r, IoStatus st) {
+        if (!st) return r->io_failed(st, true);
+        r->phase_ = Phase::WaitHba;
+        r->complete_good();
+    }));
+    return DataDir::None;
+}
+
+DataDir HdRequest::start_verify() {
+    if (cdb_[1] & 0x06) return fail(kInvalidField);  // BYTCHK: no compare support
+    uint64_t lba;
+    uint32_t n;
+    if (cdb_[0] == op::kVerify10) {
+        lba = be32(&cdb_[2]);
+        n = be16(&cdb_[7]);
+    } else if (cdb_[0] == op::kVerify12) {
+        lba = be32(&cdb_[2]);
+        n = be32(&cdb_[6]);
+    } else {
+        lba = be64(&cdb_[2]);
+        n = be32(&cdb_[10]);
+    }
+    const uint64_t blocks = dev_->blocks();
+    if (lba > blocks || n > blocks - lba) return fail(kLbaOutOfRange);
+    return no_data_good();
+}
+
+// ---- parameter-list commands --------------------------------------------
+
+DataDir HdRequest::start_data_out(Kind k, uint32_t len) {
+    if (!set_buffer(len)) return fail(kInvalidField);
+    std::memset(buf_.get(), 0, len);
+    kind_ = k;
+    dir_ = DataDir::ToDevice;
+    expected_ = len;
+    cur_len_ = len;
+    phase_ = Phase::WaitHba;
+    if (client_) client_->transfer_data(*this, len);
+    return DataDir::ToDevice;
+}
+
+void HdRequest::data_out_received() {
+    switch (kind_) {
+        case Kind::ModeSelect: finish_mode_select(); break;
+        case Kind::Unmap: finish_unmap(); break;
+        case Kind::WriteSame: finish_write_same(); break;
+        default: break;
+    }
+}
+
+void HdRequest::finish_mode_select() {
+    phase_ = Phase::WaitHba;
+    const bool ten = cdb_[0] == op::kModeSelect10;
+    auto out = parse_mode_select(dev_->view(), ten, std::span<const uint8_t>(buf_.get(), cur_len_));
+    if (!out.ok) {
+        complete_check(out.sense);
+        return;
+    }
+    if (out.write_cache != dev_->state_.write_cache)
+        log::info("scsi-hd '{}': guest turned the write cache {}", dev_->props_.id,
+                  out.write_cache == WriteCache::On ? "on" : "off");
+    dev_->state_.write_cache = out.write_cache;
+    dev_->state_.block_size = out.block_size;
+    complete_good();
+}
+
+DataDir HdRequest::start_unmap() {
+    if (cdb_[1] & 0x01) return fail(kInvalidField);  // ANCHOR
+    if (dev_->backend_.read_only()) return fail(kWriteProtected);
+    uint32_t len = be16(&cdb_[7]);
+    if (len == 0) return no_data_good();
+    return start_data_out(Kind::Unmap, len);
+}
+
+void HdRequest::finish_unmap() {
+    std::span<const uint8_t> p(buf_.get(), cur_len_);
+    auto bad = [&](Sense s) {
+        complete_check(s);
+    };
+    if (p.size() < 8 || p.size() < size_t{be16(&p[0])} + 2 || p.size() < size_t{be16(&p[2])} + 8 ||
+        (be16(&p[2]) & 15))
+        return bad(kParamListLengthError);
+    const size_t n = be16(&p[2]) / 16;
+    if (n > kMaxUnmapDescriptors) return bad(kInvalidParamList);
+    const uint64_t blocks = dev_->blocks();
+    const uint32_t bs = dev_->state_.block_size;
+    unmap_.clear();
+    for (size_t i = 0; i < n; ++i) {
+        const uint8_t* d = &p[8 + 16 * i];
+        uint64_t lba = be64(d);
+        uint32_t cnt = be32(d + 8);
+        if (lba > blocks || cnt > blocks - lba) return bad(kLbaOutOfRange);
+        if (cnt) unmap_.emplace_back(lba * bs, uint64_t{cnt} * bs);
+    }
+    unmap_next_ = 0;
+    unmap_next();
+}
+
+void HdRequest::unmap_next() {
+    if (unmap_next_ >= unmap_.size()) {
+        phase_ = Phase::WaitHba;
+        complete_good();
+        return;
+    }
+    auto [off, len] = unmap_[unmap_next_++];
+    phase_ = Phase::WaitIo;
+    dev_->backend_.discard(off, len, guard([](HdRequest* r, IoStatus st) {
+        if (!st) return r->io_failed(st, true);
+        r->unmap_next();
+    }));
+}
+
+DataDir HdRequest::start_write_same() {
+    const bool sixteen = cdb_[0] == op::kWriteSame16;
+    const uint8_t f = cdb_[1];
+    if (f & 0xe0) return fail(kInvalidField);                       // WRPROTECT
+    if (f & 0x16) return fail(kInvalidField);                       // ANCHOR, PBDATA, LBDATA
+    const bool ndob = sixteen && (f & 0x01);
+    const uint64_t lba = sixteen ? be64(&cdb_[2]) : be32(&cdb_[2]);
+    const uint32_t n = sixteen ? be32(&cdb_[10]) : be16(&cdb_[7]);
+    const uint32_t bs = dev_->state_.block_size;
+    if (n == 0 || uint64_t{n} * bs > kChunkBytes) return fail(kInvalidField);
+    if (dev_->backend_.read_only()) return fail(kWriteProtected);
+    const uint64_t blocks = dev_->blocks();
+    if (lba > blocks || n > blocks - lba) return fail(kLbaOutOfRange);
+    io_off_ = lba * bs;
+    io_left_ = uint64_t{n} * bs;
+    flush_after_ = dev_->state_.write_cache == WriteCache::Off;
+    if (ndob) {
+        kind_ = Kind::WriteSame;
+        dev_->backend_.write_zeroes(io_off_, io_left_, guard([](HdRequest* r, IoStatus st) {
+            if (!st) return r->io_failed(st, true);
+            r->after_writes();
+        }));
+        return DataDir::None;
+    }
+    // One block of data in, replicated over the range afterwards.
+    if (!set_buffer(io_left_)) return fail(kInvalidField);
+    DataDir d = start_data_out(Kind::WriteSame, bs);
+    return d;
+}
+
+void HdRequest::finish_write_same() {
+    const uint32_t bs = dev_->state_.block_size;
+    const uint8_t* b = buf_.get();
+    const bool zero = std::all_of(b, b + bs, [](uint8_t x) { return x == 0; });
+    if (zero) {
+        dev_->backend_.write_zeroes(io_off_, io_left_, guard([](HdRequest* r, IoStatus st) {
+            if (!st) return r->io_failed(st, true);
+            r->after_writes();
+        }));
+        return;
+    }
+    for (uint64_t o = bs; o < io_left_; o += bs) std::memcpy(buf_.get() + o, b, bs);
+    dev_->backend_.write(io_off_, std::span<const uint8_t>(buf_.get(), io_left_),
+                         guard([](HdRequest* r, IoStatus st) {
+                             if (!st) return r->io_failed(st, true);
+                             r->after_writes();
+                         }));
+}
+
+// ---- construction -------------------------------------------------------
+
+namespace {
+
+IoStatus check_ascii(const char* what, const std::string& s, size_t max) {
+    if (s.size() > max) return mpq::fail("scsi-hd: {} '{}' is longer than {} characters", what, s, max);
+    for (char ch : s)
+        if (ch < 0x20 || ch > 0x7e)
+            return mpq::fail("scsi-hd: {} contains a non-printable character", what);
+    return {};
+}
+
+}  // namespace
+
+Result<std::unique_ptr<Device>> make_scsi_hd(EventLoop& loop, block::BlockBackend& backend,
+                                             const ScsiHdProps& props) {
+    const uint32_t bs = props.logical_block_size;
+    if (bs != 512 && bs != 4096)
+        return mpq::fail("scsi-hd: logical_block_size must be 512 or 4096, not {}", bs);
+    if (props.scsi_id >= static_cast<unsigned>(kMaxTargets))
+        return mpq::fail("scsi-hd: scsi-id {} out of range (0..{})", props.scsi_id, kMaxTargets - 1);
+    if (props.lun > 255) return mpq::fail("scsi-hd: lun {} out of range (0..255)", props.lun);
+    MPQ_TRY(check_ascii("vendor", props.vendor, 8));
+    MPQ_TRY(check_ascii("product", props.product, 16));
+    MPQ_TRY(check_ascii("ver", props.ver, 4));
+    MPQ_TRY(check_ascii("serial", props.serial, 36));
+    if (backend.length() < bs)
+        return mpq::fail("scsi-hd: drive '{}' is smaller than one {}-byte block",
+                         backend.options().id, bs);
+    if (backend.length() % bs)
+        log::warn("scsi-hd: drive '{}' size {} is not a multiple of {}; the tail is not visible",
+                  backend.options().id, backend.length(), bs);
+    return std::unique_ptr<Device>(new ScsiHd(loop, backend, props));
+}
+
+}  // namespace mpq::scsi

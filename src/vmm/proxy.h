@@ -1,0 +1,166 @@
+// pci-proxy-dev / x-pci-proxy-dev: a PCI function of our machine whose config
+// cycles and BAR accesses are forwarded to a remote device process over the
+// QEMU 7.2 mpqemu wire protocol (see the design notes in proxy_device.cc).
+//
+// A ProxyLink is one socket. Several ProxyDevices may share a link when the
+// remote grants the MULTIDEV extension (TEAM.md): frames then address the
+// device chosen by the last SELECT_DEVICE. Stock QEMU remotes answer the
+// extension probe with all-ones and get the plain 7.2 exchange.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "pci/pci_function.h"
+#include "proto/channel.h"
+#include "util/result.h"
+#include "util/unique_fd.h"
+#include "vmm/events.h"
+#include "vmm/guest_ram.h"
+
+namespace mpq {
+class EventLoop;
+}
+
+namespace mpq::vmm {
+
+class ProxyDevice;
+
+inline constexpr uint32_t kDefaultReplyTimeoutMs = 5000;
+inline constexpr uint32_t kDefaultResampleWaitUs = 5000;
+
+class ProxyLink {
+public:
+    // Takes ownership of a connected AF_UNIX stream socket.
+    static Result<std::shared_ptr<ProxyLink>> create(UniqueFd sock, std::string name,
+                                                     uint32_t reply_timeout_ms);
+    ~ProxyLink();
+
+    const std::string& name() const { return name_; }
+    bool broken() const { return broken_; }
+    const std::string& broken_reason() const { return reason_; }
+    uint64_t features() const { return features_; }
+    bool negotiated() const { return negotiated_; }
+    size_t device_count() const { return devices_.size(); }
+
+    // First use: SYNC_SYSMEM, then the MPQEXT probe. Idempotent.
+    Status setup(const GuestRam& ram);
+    // Sends the guest RAM table again if it differs from the last one sent.
+    Status sync_sysmem(const GuestRam& ram);
+
+    // One request/reply exchange addressed to `dev` (SELECT_DEVICE first when
+    // needed). On any failure the link is marked broken and every device on
+    // it is told; the caller gets the error.
+    Result<uint64_t> call(ProxyDevice& dev, proto::Cmd cmd, std::span<const uint8_t> payload);
+    // A request without reply (SET_IRQFD) addressed to `dev`.
+    Status post(ProxyDevice& dev, proto::Cmd cmd, std::span<const uint8_t> payload,
+                std::span<const int> fds);
+
+    void attach(ProxyDevice* dev) { devices_.push_back(dev); }
+    void detach(ProxyDevice* dev);
+    void mark_broken(const std::string& reason);
+
+private:
+    friend class ProxyDevice;
+    ProxyLink() = default;
+    Status select(ProxyDevice& dev);
+    Result<uint64_t> exchange(proto::Cmd cmd, std::span<const uint8_t> payload, bool allow_empty);
+
+    proto::Channel ch_;
+    proto::Frame rx_;
+    std::string name_;
+    bool setup_done_ = false;
+    bool negotiated_ = false;
+    uint64_t features_ = 0;
+    ProxyDevice* selected_ = nullptr;
+    bool broken_ = false;
+    std::string reason_;
+    std::vector<ProxyDevice*> devices_;
+    std::vector<RamRegionInfo> sent_table_;
+    bool table_sent_ = false;
+};
+
+struct ProxyOptions {
+    std::string id;
+    uint32_t resample_wait_us = kDefaultResampleWaitUs;
+};
+
+// Local mirror of the remote's BAR/COMMAND state: enough to decode guest
+// cycles by absolute address exactly as the remote will.
+struct ProxyBar {
+    enum class Kind : uint8_t { None, Io, Mem32, Mem64 };
+    Kind kind = Kind::None;
+    uint64_t size = 0;
+    uint64_t mapped = kUnmapped;  // current base, or kUnmapped
+    static constexpr uint64_t kUnmapped = ~uint64_t{0};
+};
+
+class ProxyDevice final : public pci::PciFunction {
+public:
+    ProxyDevice(EventLoop& loop, std::shared_ptr<ProxyLink> link, ProxyOptions opts,
+                const VmmEvents* events);
+    ~ProxyDevice() override;
+
+    // The realize sequence (spec §3.1): link setup, SELECT_DEVICE when
+    // MULTIDEV, SET_IRQFD, identity reads, BAR probe.
+    Status realize(const GuestRam& ram);
+    void attach_irq(pci::IrqLine* line) { irq_ = line; }
+
+    const std::string& id() const { return opts_.id; }
+    bool broken() const { return broken_; }
+    uint16_t vendor() const { return vendor_; }
+    uint16_t device() const { return device_; }
+    uint16_t class_code() const { return class_; }
+    const std::array<ProxyBar, pci::kNumBars>& bars() const { return bars_; }
+    bool irq_level() const { return level_; }
+
+    uint32_t config_read(uint32_t off, unsigned len) override;
+    void config_write(uint32_t off, uint32_t val, unsigned len) override;
+    uint64_t bar_read(int bar, uint64_t offset, unsigned size) override;
+    void bar_write(int bar, uint64_t offset, uint64_t val, unsigned size) override;
+    std::optional<pci::BarHit> decode(pci::AddressSpace space, uint64_t addr,
+                                      unsigned size) const override;
+    // System reset: DEVICE_RESET, then the PCI reset of BARs/COMMAND applied
+    // locally and forwarded, so both copies stay equal.
+    void device_reset() override;
+
+    // Called by the link when it breaks (once).
+    void link_broken(const std::string& reason);
+
+private:
+    friend class ProxyLink;
+    Result<uint64_t> cfg_read_raw(uint32_t off, unsigned len);
+    Status cfg_write_raw(uint32_t off, uint32_t val, unsigned len);
+    uint64_t bar_access(bool write, int bar, uint64_t offset, uint64_t val, unsigned size);
+    void apply_local_write(uint32_t off, uint32_t val, unsigned len);
+    void recompute_mappings();
+    Status probe_bars();
+    // Interrupt level tracking (see design notes in proxy_device.cc).
+    void irq_check_after_access();
+    void on_irqfd();
+    void set_level(bool level);
+
+    EventLoop& loop_;
+    std::shared_ptr<ProxyLink> link_;
+    ProxyOptions opts_;
+    const VmmEvents* events_;
+    pci::IrqLine* irq_ = nullptr;
+    bool broken_ = false;
+    bool realized_ = false;
+
+    uint16_t vendor_ = 0, device_ = 0, class_ = 0, subsys_ = 0;
+    std::array<ProxyBar, pci::kNumBars> bars_{};
+    // Shadow of COMMAND and the BAR registers, with their write masks.
+    std::array<uint8_t, pci::kConfigSpaceSize> shadow_{};
+    std::array<uint8_t, pci::kConfigSpaceSize> wmask_{};
+    std::array<uint8_t, pci::kConfigSpaceSize> reset_value_{};
+
+    UniqueFd irqfd_, resamplefd_;
+    bool irqfd_watched_ = false;
+    bool level_ = false;
+};
+
+}  // namespace mpq::vmm
