@@ -62,6 +62,7 @@ private:
 struct ChainState {
     std::vector<std::string> seen;  // canonical paths already in the chain
     unsigned depth = 0;
+    CacheMode cache = CacheMode::Writeback;  // backing files follow the top image
 };
 constexpr unsigned kMaxChainDepth = 16;
 
@@ -194,7 +195,8 @@ private:
 // Opens `path` as a backing image (raw or qcow2, probed unless `format` says).
 Result<std::unique_ptr<BlockDriver>> open_backing_image(const std::string& path, const std::string& format,
                                                         ChainState& chain);
-// The host file opener used for backing files and by the tools.
-Result<std::unique_ptr<BlockDriver>> open_host_file(const std::string& path, ReadOnly ro);
+// The host file opener used for backing files and by the tests.
+Result<std::unique_ptr<BlockDriver>> open_host_file(const std::string& path, ReadOnly ro,
+                                                    CacheMode cache = CacheMode::Writeback);
 
 }  // namespace mpq::block::qcow2

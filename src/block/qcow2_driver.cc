@@ -600,7 +600,7 @@ Result<std::unique_ptr<BlockDriver>> open_backing_image(const std::string& path,
     if (++chain.depth > kMaxChainDepth)
         return fail_errno(ELOOP, "backing chain deeper than {} images", kMaxChainDepth);
     chain.seen.push_back(*canon);
-    auto f = open_host_file(path, ReadOnly::Yes);
+    auto f = open_host_file(path, ReadOnly::Yes, chain.cache);
     if (!f) return f.take_error();
     std::string fmt = format;
     if (fmt.empty()) {
@@ -614,6 +614,7 @@ Result<std::unique_ptr<BlockDriver>> open_backing_image(const std::string& path,
     o.file = path;
     o.format = "qcow2";
     o.read_only = ReadOnly::Yes;
+    o.cache = chain.cache;
     auto q = Qcow2Driver::open(std::move(*f), o, chain);
     if (!q) return q.take_error();
     return std::unique_ptr<BlockDriver>(std::move(*q));
@@ -625,6 +626,7 @@ namespace mpq::block {
 
 Result<std::unique_ptr<BlockDriver>> open_qcow2(std::unique_ptr<BlockDriver> file, const DriveOptions& opts) {
     qcow2::ChainState chain;
+    chain.cache = opts.cache;
     char buf[PATH_MAX];
     if (!opts.file.empty() && ::realpath(opts.file.c_str(), buf)) chain.seen.push_back(buf);
     auto q = qcow2::Qcow2Driver::open(std::move(file), opts, chain);
