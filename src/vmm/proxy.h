@@ -40,6 +40,7 @@ public:
     ~ProxyLink();
 
     const std::string& name() const { return name_; }
+    int fd() const { return ch_.fd(); }
     bool broken() const { return broken_; }
     const std::string& broken_reason() const { return reason_; }
     uint64_t features() const { return features_; }
@@ -114,6 +115,8 @@ public:
     uint16_t vendor() const { return vendor_; }
     uint16_t device() const { return device_; }
     uint16_t class_code() const { return class_; }
+    uint16_t subsys_id() const { return subsys_; }
+    const ProxyLink& link() const { return *link_; }
     const std::array<ProxyBar, pci::kNumBars>& bars() const { return bars_; }
     bool irq_level() const { return level_; }
 
