@@ -60,6 +60,11 @@ public:
     Status post(ProxyDevice& dev, proto::Cmd cmd, std::span<const uint8_t> payload,
                 std::span<const int> fds);
 
+    // Watches the idle socket on the loop: a remote that closes it, or sends
+    // anything nobody asked for, is noticed at once (not at the next access)
+    // and the link is marked broken. Idempotent.
+    void watch(EventLoop& loop);
+
     void attach(ProxyDevice* dev) { devices_.push_back(dev); }
     void detach(ProxyDevice* dev);
     void mark_broken(const std::string& reason);
@@ -70,8 +75,11 @@ private:
     Status select(ProxyDevice& dev);
     Result<uint64_t> exchange(proto::Cmd cmd, std::span<const uint8_t> payload, bool allow_empty);
 
+    void on_idle_event(uint32_t events);
+
     proto::Channel ch_;
     proto::Frame rx_;
+    EventLoop* loop_ = nullptr;
     std::string name_;
     bool setup_done_ = false;
     bool negotiated_ = false;
