@@ -44,6 +44,8 @@ public:
         : loop_(loop), o_(o), out_(std::move(out)), how_(how) {}
     void transfer_data(Request& req, uint32_t len) override {
         ++o_.transfers;
+        // start()'s expected length is already known at the first callback.
+        EXPECT_LE(len, o_.expected);
         auto b = req.buffer();
         EXPECT_EQ(b.size(), len);
         if (req.dir() == DataDir::FromDevice) {
