@@ -7,6 +7,7 @@
 // nothing started.
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/signalfd.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -52,6 +53,13 @@ int main(int argc, char** argv) {
     log::set_program_name("qemu-scsi-dev");
     // A peer that vanishes mid-reply must give us EPIPE, not kill us.
     ::signal(SIGPIPE, SIG_IGN);
+    // SIGTERM/SIGINT/SIGHUP end the loop like QEMU does ("terminating on
+    // signal N"), so drives are flushed on the way out. Blocked before any
+    // I/O thread exists, so that only the loop's signalfd sees them.
+    sigset_t sigs;
+    sigemptyset(&sigs);
+    for (int sig : {SIGTERM, SIGINT, SIGHUP}) sigaddset(&sigs, sig);
+    ::pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
 
     auto cl = opts::parse_command_line(std::span<const char* const>(argv + 1, argc - 1), kAccepted);
     if (!cl.ok()) return die(cl.error());
@@ -107,7 +115,19 @@ int main(int argc, char** argv) {
         if (!log::set_file(d->text.c_str()))
             return die(d->error("cannot open log file: {}", std::strerror(errno)));
     }
+    UniqueFd sfd(::signalfd(-1, &sigs, SFD_CLOEXEC | SFD_NONBLOCK));
+    if (!sfd || !loop.add_fd(sfd.get(), FdEvents::Read, [&](uint32_t) {
+            signalfd_siginfo si;
+            if (::read(sfd.get(), &si, sizeof si) != sizeof si) return;
+            log::info("terminating on signal {} from pid {}", si.ssi_signo, si.ssi_pid);
+            proc.quit(0);
+        }))
+        return die(fail("cannot watch signals"));
+
     if (auto s = proc.start(); !s.ok()) return die(s.error());
     log::info("serving {} device(s) on {} socket(s)", proc.functions().size(), proc.bindings().size());
-    return loop.run();
+    int rc = loop.run();
+    loop.remove_fd(sfd.get());
+    proc.shutdown();
+    return rc;
 }

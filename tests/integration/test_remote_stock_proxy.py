@@ -57,6 +57,7 @@ def run(form, qemu, remote, chk):
         chk.eq(qt.cfg_readw(slot, 0x0A), 0x0100, "[%s] class/subclass" % form)
         chk.eq(qt.cfg_readw(slot, 0x2E), 0x1000, "[%s] subsystem id" % form)
         chk.eq((qt.cfg_readl(slot, 0x3C) >> 8) & 0xFF, 1, "[%s] interrupt pin INTA" % form)
+        chk.eq((qt.cfg_readl(slot, 0x0C) >> 8) & 0xFF, 0xFF, "[%s] latency timer 0xff (as stock)" % form)
 
         # BAR sizing exactly as stock's remote answers it.
         sizes = {}
