@@ -698,6 +698,9 @@ Result<std::unique_ptr<Device>> make_scsi_hd(EventLoop& loop, block::BlockBacken
     if (props.scsi_id >= static_cast<unsigned>(kMaxTargets))
         return mpq::fail("scsi-hd: scsi-id {} out of range (0..{})", props.scsi_id, kMaxTargets - 1);
     if (props.lun > 255) return mpq::fail("scsi-hd: lun {} out of range (0..255)", props.lun);
+    if (props.max_io_size < bs || props.max_io_size % bs || props.max_io_size > (64u << 20))
+        return mpq::fail("scsi-hd: max_io_size must be a multiple of {} between {} and 64 MiB",
+                         bs, bs);
     MPQ_TRY(check_ascii("vendor", props.vendor, 8));
     MPQ_TRY(check_ascii("product", props.product, 16));
     MPQ_TRY(check_ascii("ver", props.ver, 4));

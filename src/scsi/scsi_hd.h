@@ -26,6 +26,9 @@ struct ScsiHdProps {
     std::string ver = "2.5+";
     uint32_t logical_block_size = 512;  // 512 or 4096
     WriteCache write_cache = WriteCache::On;
+    // Largest transfer advertised in VPD B0 (QEMU's max_io_size). Bigger
+    // commands still work; data always moves in 128 KiB chunks.
+    uint64_t max_io_size = 128 * 1024;
 };
 
 // Validates the properties (block size, string lengths) before building.

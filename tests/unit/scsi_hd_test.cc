@@ -255,6 +255,12 @@ TEST_F(ScsiHdTest, VpdPages) {
 
     o = run({0x12, 1, 0xb1, 0, 255, 0});
     EXPECT_EQ(o.data[3], 0x3c);
+
+    p.max_io_size = 1 << 20;
+    open(4 << 20, p);
+    o = run({0x12, 1, 0xb0, 0, 255, 0});
+    max_xfer = uint32_t(o.data[8]) << 24 | o.data[9] << 16 | o.data[10] << 8 | o.data[11];
+    EXPECT_EQ(max_xfer, 2048u);
     o = run({0x12, 1, 0xb2, 0, 255, 0});
     EXPECT_EQ(o.data[3], 4);
     EXPECT_EQ(o.data[5], 0xe0);
@@ -872,6 +878,13 @@ TEST(ScsiHdProps, Validation) {
     p = {};
     p.scsi_id = 8;
     EXPECT_TRUE(bad(p));
+    p = {};
+    p.max_io_size = 1000;
+    EXPECT_TRUE(bad(p));
+    p.max_io_size = 0;
+    EXPECT_TRUE(bad(p));
+    p.max_io_size = 1 << 20;
+    EXPECT_FALSE(bad(p));
 
     TempImage tiny(100);
     o.file = tiny.path();
