@@ -250,7 +250,7 @@ TEST_F(ScsiHdTest, VpdPages) {
     EXPECT_EQ(o.data[3], 0x3c);
     EXPECT_EQ(o.data[4], 0x01);  // WSNZ
     uint32_t max_xfer = uint32_t(o.data[8]) << 24 | o.data[9] << 16 | o.data[10] << 8 | o.data[11];
-    EXPECT_EQ(max_xfer, 128u * 1024 / 512);
+    EXPECT_EQ(max_xfer, 4u * 1024 * 1024 / 512);
     EXPECT_EQ(o.data[27], 255);  // max unmap descriptors
 
     o = run({0x12, 1, 0xb1, 0, 255, 0});
