@@ -15,6 +15,7 @@
 #include <cstdio>
 #include <string>
 
+#include "remote/monitor_hook.h"
 #include "remote/remote_process.h"
 #include "util/event_loop.h"
 #include "util/log.h"
@@ -88,12 +89,10 @@ int main(int argc, char** argv) {
     if (auto s = proc.configure(*cl, first_fd); !s.ok()) return die(s.error());
 
     // ==== h-mon hook: monitors ====================================================
-    // proc.monitor_options() holds every -chardev/-mon/-monitor/-qmp option in
-    // command-line order; proc gives devices, drives/backends, the event loop,
-    // reset_devices() and quit(). Attach QMP/HMP here (before start()) and exit 1
-    // with the option named on error. Until then they are accepted and ignored.
-    if (!proc.monitor_options().empty())
-        log::warn("monitor options are not supported by this build yet; ignored");
+    // monitor hook: -chardev/-mon/-monitor/-qmp open QMP/HMP monitors on the loop.
+    remote::RemoteMachineView mon_view(proc);
+    auto monitors = remote::start_monitors(proc, mon_view);
+    if (!monitors.ok()) return die(monitors.error());
     // ==== end h-mon hook ===========================================================
 
     // ==== h-hard hook: sandbox =====================================================
@@ -109,5 +108,9 @@ int main(int argc, char** argv) {
     }
     if (auto s = proc.start(); !s.ok()) return die(s.error());
     log::info("serving {} device(s) on {} socket(s)", proc.functions().size(), proc.bindings().size());
-    return loop.run();
+    int rc = loop.run();
+    // monitor hook: tell QMP clients why we stop, unless a monitor's quit already did.
+    if (*monitors && !mon_view.quit_requested())
+        (*monitors)->shutdown_event(rc == 0 ? "guest-shutdown" : "host-error");
+    return rc;
 }
