@@ -59,6 +59,9 @@ class ScsiHd final : public Device {
 public:
     ScsiHd(EventLoop& loop, block::BlockBackend& backend, const ScsiHdProps& props)
         : loop_(loop), backend_(backend), props_(props) {
+        // Powered on: like QEMU after its system reset, the first command
+        // (other than INQUIRY / REPORT LUNS / REQUEST SENSE) sees 06/29/00.
+        state_.unit_attention = true;
         state_.write_cache = props.write_cache;
         state_.block_size = props.logical_block_size;
         device_id_ = !props.serial.empty() ? props.serial
@@ -83,6 +86,7 @@ public:
     ScsiHdState state_;
     std::string device_id_;
     std::unordered_set<HdRequest*> active_;
+    uint64_t io_errors_ = 0;
 };
 
 class HdRequest final : public Request {
@@ -117,7 +121,6 @@ private:
         dev_ = nullptr;
     }
     DataDir fail(Sense s);
-    // GOOD, or CHECK CONDITION with sense_ when `good` is Result::No.
     void complete_good() { complete(true); }
     void complete_check(Sense s) {
         sense_ = s;
@@ -391,8 +394,11 @@ void HdRequest::continue_transfer() {
 }
 
 void HdRequest::io_failed(const IoStatus& st, bool writing) {
-    log::debug("scsi-hd '{}': {} failed: {}", dev_ ? dev_->props_.id : "", writing ? "write" : "read",
-               st.error().message);
+    // The guest sees every error as sense data; the log gets the first few
+    // (a failing disk must not flood it).
+    if (dev_ && dev_->io_errors_++ < 10)
+        log::warn("scsi-hd '{}': host {} error reported to the guest: {}", dev_->props_.id,
+                  writing ? "write" : "read", st.error().message);
     complete_check(sense_from_error(st.error(), writing));
 }
 

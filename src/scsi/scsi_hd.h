@@ -29,6 +29,8 @@ struct ScsiHdProps {
 };
 
 // Validates the properties (block size, string lengths) before building.
+// The disk starts with a power-on unit attention pending, as QEMU's does
+// after its system reset.
 Result<std::unique_ptr<Device>> make_scsi_hd(EventLoop& loop, block::BlockBackend& backend,
                                              const ScsiHdProps& props);
 

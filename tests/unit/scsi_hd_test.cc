@@ -103,6 +103,11 @@ protected:
         auto d = make_scsi_hd(loop_, *backend_, props);
         ASSERT_TRUE(d.ok()) << d.error().message;
         dev_ = std::move(d.value());
+        // Clear the power-on unit attention.
+        auto ua = run({0x03, 0, 0, 0, 18, 0});
+        ASSERT_EQ(ua.data.size(), 18u);
+        ASSERT_EQ(ua.data[2], 0x06);
+        ASSERT_EQ(ua.data[12], 0x29);
     }
 
     void TearDown() override {
@@ -760,6 +765,28 @@ TEST_F(ScsiHdTest, DeviceDestroyedWithIoInFlight) {
     EXPECT_FALSE(o.completed);
     req->continue_transfer();
     req->cancel();
+}
+
+TEST(ScsiHdPowerOn, FirstCommandSeesUnitAttention) {
+    TempImage img(1 << 20);
+    EventLoop loop;
+    DriveOptions o;
+    o.id = "d";
+    o.file = img.path();
+    auto f = block::open_file(o);
+    ASSERT_TRUE(f.ok());
+    BlockBackend bb(loop, std::move(f.value()), o);
+    auto d = make_scsi_hd(loop, bb, ScsiHdProps{});
+    ASSERT_TRUE(d.ok());
+    Outcome out;
+    FakeHba hba(loop, out, {}, Continue::Inline);
+    std::vector<uint8_t> tur(6, 0);
+    uint32_t len = 0;
+    EXPECT_EQ((*d)->new_request(1, 0, tur, &hba)->start(&len), DataDir::None);
+    ASSERT_TRUE(out.completed);
+    EXPECT_EQ(out.status, Status::CheckCondition);
+    EXPECT_EQ(out.sense.key, 0x06);
+    EXPECT_EQ(out.sense.asc, 0x29);
 }
 
 TEST(ScsiHdProps, Validation) {
