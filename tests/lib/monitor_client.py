@@ -4,6 +4,7 @@ Unlike mpqtest.Qmp these keep raw access: negotiation is explicit, errors
 come back as values, events are collected, and a caller can send any bytes.
 """
 import json
+import os
 import socket
 import time
 
@@ -122,3 +123,82 @@ class HmpClient:
             self.sock.close()
         except OSError:
             pass
+
+
+class RemoteRig:
+    """Our qemu-scsi-dev with -monitor/-qmp unix sockets, driven by stock
+    QEMU's x-pci-proxy-dev; the test holds the VMM's qtest socket.
+    `qtest_cls` is the qtest-bench QTest class (listening side)."""
+
+    def __init__(self, T, qemu, remote, tmp, disk, qtest_cls, extra_remote_args=()):
+        import subprocess
+        self.T = T
+        self.hmp_path = os.path.join(tmp, "hmp.sock")
+        self.qmp_path = os.path.join(tmp, "qmp.sock")
+        self.log = os.path.join(tmp, "remote.log")
+        qsock = os.path.join(tmp, "qtest.sock")
+        proxy_end, remote_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        rfd = remote_end.fileno()
+        self.remote = subprocess.Popen(
+            [remote, str(rfd), "-device", "lsi53c895a,id=lsi0",
+             "-drive", "id=d0,file=%s,format=raw,if=none" % disk,
+             "-device", "scsi-hd,id=sd0,drive=d0,bus=lsi0.0,scsi-id=0",
+             "-monitor", "unix:%s,server,nowait" % self.hmp_path,
+             "-qmp", "unix:%s,server,nowait" % self.qmp_path, "-D", self.log]
+            + list(extra_remote_args),
+            pass_fds=[rfd])
+        remote_end.close()
+        self.q = qtest_cls.listen(qsock)
+        pfd = proxy_end.fileno()
+        self.vmm = subprocess.Popen(
+            [qemu, "-machine", "pc,memory-backend=mem0", "-accel", "tcg", "-S", "-m", "128M",
+             "-object", "memory-backend-memfd,id=mem0,size=128M,share=on",
+             "-nodefaults", "-display", "none", "-qtest", "unix:" + qsock, "-qtest-log", "none",
+             "-device", "x-pci-proxy-dev,id=lsi0,fd=%d" % pfd],
+            pass_fds=[pfd], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proxy_end.close()
+        try:
+            self.q.accept(timeout=60, proc=self.vmm)
+            self.q.cmd("endianness")
+        except Exception:
+            self.stop()
+            raise
+
+    def stop(self):
+        try:
+            self.q.close()
+        except Exception:
+            pass
+        self.T.stop(self.vmm)
+        self.T.stop(self.remote)
+
+
+class Scsi:
+    """One SCSI command at a time through the lsi53c895a SCRIPTS engine, with
+    the shared qtest-bench's SCRIPTS assembler and driver (module `B`)."""
+
+    def __init__(self, B, q):
+        self.B, self.q = B, q
+        pci = B.PCI(q)
+        self.bdf = pci.find(0x1000, 0x0012)
+        if self.bdf is None:
+            raise RuntimeError("lsi53c895a not found on bus 0")
+        bars = pci.assign(self.bdf, pci.size_bars(self.bdf), B.IO_BASE, B.MMIO_BASE)
+        self.bars = {x["index"]: x for x in bars}
+        self.lsi = B.LSI(q, self.bars[0]["addr"], self.bars[1]["addr"], self.bars[2]["addr"])
+
+    def run(self, cdb, dlen, allow_check=False):
+        B = self.B
+        img = B.scsi_command_script(B.SLOT_BASE, 0, len(cdb), dlen, B.SCSI_BUF)
+        self.q.memwrite(B.SLOT_BASE, bytes(B.slot_with_cdb(img, cdb)))
+        self.lsi.run(B.SLOT_BASE)
+        st = self.q.memread(B.SLOT_BASE + 0x120, 1)[0]
+        if st != 0 and not (allow_check and st == 2):
+            raise RuntimeError("SCSI status 0x%02x for cdb %s" % (st, cdb.hex()))
+        return st
+
+    def ready(self):
+        for _ in range(8):
+            if self.run(bytes(6), 0, allow_check=True) == 0:
+                return
+        raise RuntimeError("TEST UNIT READY never GOOD")
