@@ -55,6 +55,11 @@ public:
                     j->len > (1u << 30))
                     return j;
                 if (j->kind == JobKind::Write && file_.read_only()) return j;
+                // With a DIO alignment above 512, guest-sized writes may need
+                // the driver's read-modify-write, which an unlocked ring write
+                // to the same block could race: writes then stay on threads.
+                if (j->kind == JobKind::Write && file_.direct() && file_.alignment() > 512)
+                    return j;
                 break;
             case JobKind::Flush:
                 if (file_.flush_is_noop() || file_.read_only()) return j;

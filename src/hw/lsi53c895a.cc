@@ -3,6 +3,7 @@
 #include "hw/lsi53c895a.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 
 #include "hw/lsi_impl.h"
@@ -58,6 +59,11 @@ uint32_t* wide_reg(LsiRegs& r, uint8_t off) {
 }
 
 }  // namespace
+
+bool lsi_trace_enabled() {
+    static const bool on = std::getenv("MPQ_LSI_TRACE") != nullptr;
+    return on;
+}
 
 LsiController::LsiController(EventLoop& loop, std::string id)
     : Lsi53c895a(lsi_identity()), loop_(loop), id_(std::move(id)) {

@@ -13,6 +13,7 @@
 #include "hw/lsi_regs.h"
 #include "hw/lsi_state.h"
 #include "util/event_loop.h"
+#include "util/log.h"
 #include "util/result.h"
 
 namespace mpq::hw {
@@ -139,6 +140,14 @@ private:
     bool msg_fault_ = false;
     std::shared_ptr<int> alive_ = std::make_shared<int>(0);
 };
+
+// Debug trace of the SCSI flow (not the register path), enabled by the
+// environment variable MPQ_LSI_TRACE.
+bool lsi_trace_enabled();
+#define LSI_TRACE(...)                                      \
+    do {                                                    \
+        if (::mpq::hw::lsi_trace_enabled()) ::mpq::log::info(__VA_ARGS__); \
+    } while (0)
 
 inline int32_t sext24(uint32_t v) {
     return static_cast<int32_t>(v << 8) >> 8;

@@ -103,6 +103,8 @@ void LsiController::execute() {
     while ((s_.regs.istat1 & kIstat1Srun) && !pending_chip_reset_ && !pending_bus_reset_) {
         LsiWait w = s_.scripts.wait;
         if (w == LsiWait::Data) {
+            // Only the target ends this wait: a new chunk, or the status.
+            if (current_ && !current_->completed && current_->off >= current_->avail) break;
             do_data_move();
             if (s_.scripts.wait == LsiWait::Data) break;
             if (s_.regs.istat1 & kIstat1Srun) finish_block_move();

@@ -3,6 +3,8 @@
 // queuing, and the scsi::RequestClient callbacks of the targets.
 #include <algorithm>
 
+#include <fmt/ranges.h>
+
 #include "hw/lsi_impl.h"
 #include "util/log.h"
 
@@ -122,6 +124,7 @@ LsiController::Req* LsiController::pending_request() {
 }
 
 void LsiController::reselect(Req* p) {
+    LSI_TRACE("lsi {}: reselect target {} tag {}", id_, p->target, p->tagged ? p->tag : -1);
     LsiRegs& r = s_.regs;
     LsiScriptsState& sc = s_.scripts;
     current_ = p;
@@ -152,6 +155,7 @@ void LsiController::reselect(Req* p) {
 
 void LsiController::bad_phase(Phase next) {
     LsiRegs& r = s_.regs;
+    LSI_TRACE("lsi {}: phase mismatch dbc {} -> {}", id_, r.dbc, (r.ccntl0 & kCcntl0Enpmj) ? "jump" : "MA");
     // Hardware semantics: RBC = bytes not moved, UA = next address.
     r.rbc = r.dbc;
     r.ua = r.dnad;
@@ -218,6 +222,14 @@ void LsiController::do_data_move() {
             // frees q): keep the request alive, never touch q afterwards.
             std::shared_ptr<scsi::Request> keep = q->req;
             keep->continue_transfer();
+            // Until the target answers (next chunk or status) it does not
+            // assert REQ: the move stays suspended even when its count is
+            // exhausted, so the SCRIPTS that follow see the real next phase
+            // (Linux tests WHEN STATUS right after the last data move).
+            if (current_ == q && q->off >= q->avail && !pending_chip_reset_ && !pending_bus_reset_) {
+                sc.wait = LsiWait::Data;
+                return;
+            }
         }
     }
 }
@@ -272,6 +284,9 @@ void LsiController::do_command() {
     current_ = raw;
     uint32_t expected = 0;
     scsi::DataDir dir = req->start(&expected);  // may call back right away
+    LSI_TRACE("lsi {}: cmd {:02x} target {} lun {} tag {} -> dir {} len {} {}", id_, fmt::join(cdb, cdb + n, ""), raw->target,
+              raw->lun, tag, static_cast<int>(dir), expected,
+              current_ != raw ? "completed" : raw->off < raw->avail ? "data ready" : "waiting");
     if (current_ != raw) return;  // completed synchronously: phase is STATUS
     raw->out = dir == scsi::DataDir::ToDevice;
     if (dir == scsi::DataDir::None) {
@@ -370,6 +385,7 @@ void LsiController::do_msg_out() {
     uint8_t m = 0;
     while (connected() && start_dbc - r.dbc < limit && next_msg_byte(&m)) {
         r.sfbr = m;
+        LSI_TRACE("lsi {}: msg out {:#04x}", id_, m);
         if (m & kMsgIdentify) {
             sc.lun = m & 7;
             set_phase(Phase::Command);
@@ -470,6 +486,7 @@ void LsiController::cancel_all_requests() {
 
 void LsiController::transfer_data(scsi::Request& req, uint32_t len) {
     Req* q = find_req(req);
+    LSI_TRACE("lsi {}: transfer_data tag {} len {}{}", id_, req.tag(), len, q == current_ ? " (current)" : "");
     if (!q) return;
     q->out = req.dir() == scsi::DataDir::ToDevice;
     q->avail = len;
@@ -484,8 +501,9 @@ void LsiController::transfer_data(scsi::Request& req, uint32_t len) {
 }
 
 void LsiController::command_complete(scsi::Request& req, scsi::Status status, uint32_t residual) {
-    (void)residual;
     Req* q = find_req(req);
+    LSI_TRACE("lsi {}: complete tag {} status {:#04x} residual {}{}", id_, req.tag(), static_cast<int>(status),
+              residual, q == current_ ? " (current)" : "");
     if (!q) return;
     if (q == current_) {
         s_.scripts.status = static_cast<uint8_t>(status);

@@ -140,10 +140,32 @@ void DeviceServer::on_readable(Conn& c) {
             drop(c, false);
             return;
         }
+        // A peer that waits for our reply has sent nothing more, so probing
+        // the socket again would only cost an EAGAIN recvmsg; a pipelining
+        // peer brings us straight back (epoll is level-triggered). Frames
+        // without a reply (SYNC_SYSMEM, SET_IRQFD) are drained right away.
+        if (reply_due(frame_.cmd())) return;
     }
 }
 
+void DeviceServer::trace(const Conn& c, const Frame& f) {
+    std::string what;
+    if (f.cmd() == cmd_of(Cmd::PciCfgRead) || f.cmd() == cmd_of(Cmd::PciCfgWrite)) {
+        auto p = f.as<proto::PciConf>();
+        what = fmt::format(" addr={:#x} val={:#x} len={}", p.addr, p.val, p.len);
+    } else if (f.cmd() == cmd_of(Cmd::BarRead) || f.cmd() == cmd_of(Cmd::BarWrite)) {
+        auto b = f.as<proto::BarAccess>();
+        what = fmt::format(" addr={:#x} val={:#x} size={} memory={}", b.addr, b.val, b.size, b.memory);
+    } else if (f.cmd() == cmd_of(Cmd::SyncSysmem)) {
+        auto s = f.as<proto::SyncSysmem>();
+        for (unsigned i = 0; i < f.num_fds && i < proto::kMaxFdsOnWire; i++)
+            what += fmt::format(" [gpa={:#x} size={:#x} off={:#x}]", s.gpa[i], s.size[i], s.offset[i]);
+    }
+    log::debug("{}: <- {} size={} fds={}{}", c.name, proto::cmd_name(f.cmd()), f.size(), f.num_fds, what);
+}
+
 bool DeviceServer::handle(Conn& c, Frame& f) {
+    if (log::enabled(log::Level::Debug)) trace(c, f);
     auto v = proto::validate(f, proto::Role::Remote);
     if (!v.ok()) {
         stats_.bad_frames++;
@@ -166,6 +188,7 @@ bool DeviceServer::handle(Conn& c, Frame& f) {
 }
 
 void DeviceServer::reply(Conn& c, uint64_t v) {
+    if (log::enabled(log::Level::Debug)) log::debug("{}: -> RET {:#x}", c.name, v);
     auto s = c.ch.send_ret(v);
     if (!s.ok()) {
         log::error("{}: {}", c.name, s.error().message);

@@ -1,8 +1,8 @@
 // Serves the QEMU 7.2 wire protocol (plus the negotiated MPQEXT extensions)
 // on the remote's sockets. The register path stays lean: the epoll handler
-// reads frames straight from the socket into one reusable Frame, drains
-// everything available, dispatches without allocating and answers with one
-// sendmsg.
+// reads frames straight from the socket into one reusable Frame, drains what
+// is available (up to the first request that needs a reply), dispatches
+// without allocating and answers with one sendmsg.
 //
 // Unlike stock QEMU, bad input does not kill the process: a frame that was
 // read whole (unknown command, wrong size or fds, out-of-range access, bad
@@ -68,6 +68,7 @@ private:
     // false: the connection is gone (closed or out of sync).
     bool handle(Conn& c, proto::Frame& f);
     void reply(Conn& c, uint64_t v);
+    void trace(const Conn& c, const proto::Frame& f);  // -d: one line per frame
     void reply_empty(Conn& c);
     void drop(Conn& c, bool orderly);
 

@@ -7,6 +7,7 @@
 // nothing started.
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/signalfd.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -14,9 +15,11 @@
 #include <cstring>
 #include <cstdio>
 #include <string>
+#include <vector>
 
 #include "remote/monitor_hook.h"
 #include "remote/remote_process.h"
+#include "sandbox/sandbox.h"
 #include "util/event_loop.h"
 #include "util/log.h"
 #include "util/options.h"
@@ -29,6 +32,10 @@ constexpr std::string_view kAccepted[] = {
     "device", "drive", "object", "machine", "M", "chardev", "mon", "monitor", "qmp", "name",
     "display", "nographic", "nodefaults", "D", "d", "sandbox", "run-with", "S", "trace",
     "h", "help", "version"};
+
+// Test-only (not in --help): the sandbox integration test makes the process
+// attempt a forbidden syscall right after the sandbox is applied.
+constexpr std::string_view kHidden[] = {"x-test-forbidden-syscall"};
 
 void usage() {
     std::printf(
@@ -53,8 +60,17 @@ int main(int argc, char** argv) {
     log::set_program_name("qemu-scsi-dev");
     // A peer that vanishes mid-reply must give us EPIPE, not kill us.
     ::signal(SIGPIPE, SIG_IGN);
+    // SIGTERM/SIGINT/SIGHUP end the loop like QEMU does ("terminating on
+    // signal N"), so drives are flushed on the way out. Blocked before any
+    // I/O thread exists, so that only the loop's signalfd sees them.
+    sigset_t sigs;
+    sigemptyset(&sigs);
+    for (int sig : {SIGTERM, SIGINT, SIGHUP}) sigaddset(&sigs, sig);
+    ::pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
 
-    auto cl = opts::parse_command_line(std::span<const char* const>(argv + 1, argc - 1), kAccepted);
+    std::vector<std::string_view> accepted(std::begin(kAccepted), std::end(kAccepted));
+    accepted.insert(accepted.end(), std::begin(kHidden), std::end(kHidden));
+    auto cl = opts::parse_command_line(std::span<const char* const>(argv + 1, argc - 1), accepted);
     if (!cl.ok()) return die(cl.error());
     if (cl->has("h") || cl->has("help")) {
         usage();
@@ -84,6 +100,21 @@ int main(int argc, char** argv) {
         log::set_level(log::Level::Debug);
     }
 
+    // ==== h-hard hook: sandbox options (before any thread exists) ================
+    sandbox::SandboxOptions sandbox_opts;  // default for qemu-scsi-dev: on
+    for (const auto* o : cl->all("sandbox")) {
+        auto r = sandbox::parse_option(o->text, sandbox_opts);
+        if (!r.ok()) return die(o->error(r.error()));
+        sandbox_opts = std::move(*r);
+    }
+    for (const auto* o : cl->all("run-with"))
+        if (auto s = sandbox::parse_run_with(o->text, sandbox_opts); !s.ok())
+            return die(o->error(s.error()));
+    // The I/O worker pool is fixed once the drives are open: no thread after.
+    sandbox_opts.threads = sandbox::SandboxOptions::Threads::Complete;
+    if (auto s = sandbox::prepare(sandbox_opts); !s.ok()) return die(s.error());
+    // ==== end h-hard hook ==========================================================
+
     EventLoop loop;
     remote::RemoteProcess proc(loop);
     if (auto s = proc.configure(*cl, first_fd); !s.ok()) return die(s.error());
@@ -95,22 +126,64 @@ int main(int argc, char** argv) {
     if (!monitors.ok()) return die(monitors.error());
     // ==== end h-mon hook ===========================================================
 
-    // ==== h-hard hook: sandbox =====================================================
-    // -sandbox / -run-with are parsed by the shared table; apply the sandbox
-    // here, after everything is open and before serving.
-    if (cl->has("sandbox") || cl->has("run-with"))
-        log::warn("-sandbox/-run-with: not applied by this build yet");
-    // ==== end h-hard hook ==========================================================
 
     if (const auto* d = cl->last("D")) {
         if (!log::set_file(d->text.c_str()))
             return die(d->error("cannot open log file: {}", std::strerror(errno)));
     }
+    UniqueFd sfd(::signalfd(-1, &sigs, SFD_CLOEXEC | SFD_NONBLOCK));
+    if (!sfd || !loop.add_fd(sfd.get(), FdEvents::Read, [&](uint32_t) {
+            signalfd_siginfo si;
+            if (::read(sfd.get(), &si, sizeof si) != sizeof si) return;
+            log::info("terminating on signal {} from pid {}", si.ssi_signo, si.ssi_pid);
+            proc.quit(0);
+        }))
+        return die(fail("cannot watch signals"));
+
     if (auto s = proc.start(); !s.ok()) return die(s.error());
+
+    // ==== h-hard hook: sandbox ======================================================
+    // Everything is open (images, sockets, monitors, log file) and the I/O
+    // threads run: close the door. Kept fds: the sockets we were handed.
+    {
+        std::vector<int> keep;
+        for (const auto& b : proc.bindings()) keep.push_back(b.fd);
+        // TEST ONLY: "-x-test-forbidden-syscall NAME[,fd=N]": attempt NAME
+        // now, or once the inherited fd N becomes readable (the test says when).
+        std::string test_syscall;
+        int test_fd = -1;
+        if (const auto* t = cl->last("x-test-forbidden-syscall")) {
+            std::string_view v = t->text;
+            size_t comma = v.find(",fd=");
+            test_syscall = std::string(v.substr(0, comma));
+            if (comma != std::string_view::npos) {
+                auto fd = opts::parse_uint(v.substr(comma + 4), "fd", INT_MAX);
+                if (!fd.ok()) return die(t->error(fd.error()));
+                test_fd = static_cast<int>(*fd);
+                keep.push_back(test_fd);
+            }
+        }
+        if (auto s = sandbox::apply(sandbox_opts, keep); !s.ok()) return die(s.error());
+        if (!test_syscall.empty()) {
+            if (test_fd < 0) {
+                if (auto s = sandbox::test_forbidden_syscall(test_syscall); !s.ok()) return die(s.error());
+            } else {
+                loop.add_fd(test_fd, FdEvents::Read, [&loop, test_fd, test_syscall](uint32_t) {
+                    loop.remove_fd(test_fd);
+                    if (auto s = sandbox::test_forbidden_syscall(test_syscall); !s.ok())
+                        log::error("{}", s.error().message);
+                });
+            }
+        }
+    }
+    // ==== end h-hard hook ==========================================================
+
     log::info("serving {} device(s) on {} socket(s)", proc.functions().size(), proc.bindings().size());
     int rc = loop.run();
     // monitor hook: tell QMP clients why we stop, unless a monitor's quit already did.
     if (*monitors && !mon_view.quit_requested())
         (*monitors)->shutdown_event(rc == 0 ? "guest-shutdown" : "host-error");
+    loop.remove_fd(sfd.get());
+    proc.shutdown();
     return rc;
 }

@@ -67,7 +67,10 @@ Result<std::unique_ptr<monitor::Monitors>> start_monitors(RemoteProcess& proc,
         if (!r.ok()) return r.take_error();  // names the option already
         if (!*r) return o.error("not a monitor option");
     }
-    auto mon = std::make_unique<monitor::Monitors>(proc.loop(), view);
+    // The sandbox (applied after start-up) forbids unlink(): a socket file
+    // left behind is replaced by the next run, as a stale one.
+    auto mon = std::make_unique<monitor::Monitors>(proc.loop(), view,
+                                                   monitor::Monitors::UnlinkAtExit::No);
     MPQ_TRY(mon->start(mo));
     return mon;
 }

@@ -85,6 +85,18 @@ void RemoteProcess::reset_devices() {
 
 void RemoteProcess::quit(int code) { loop_.stop(code); }
 
+void RemoteProcess::shutdown() {
+    server_.reset();
+    for (auto& d : drives_) {
+        if (!d.backend || d.backend->read_only()) continue;
+        std::string id = d.opts.id;
+        d.backend->flush([id](Status s) {
+            if (!s.ok()) log::error("drive {}: flush on exit failed: {}", id, s.error().message);
+        });
+        d.backend->drain();
+    }
+}
+
 Status RemoteProcess::configure(const opts::CommandLine& cl, int first_arg_fd) {
     for (const Option& o : cl.options) {
         std::string_view n = o.name();

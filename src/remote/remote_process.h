@@ -88,6 +88,9 @@ public:
     void reset_devices();
     // Ends the event loop with `code` (monitor quit, last socket gone).
     void quit(int code);
+    // After the loop ended: stop serving, flush every writable drive and
+    // wait for all I/O (QEMU flushes its block devices on exit too).
+    void shutdown();
 
 private:
     Status add_drive(const opts::Option& o);

@@ -1,10 +1,13 @@
 // The syscall allowlist of qemu-scsi-dev after start-up. Every entry says
 // why the steady state needs it; anything not listed kills the process.
 //
-// Measured with `strace -f -c` on the remote serving qtest SCSI I/O, a
-// monitor session and shutdown (see fuzz/README.md "Sandbox" notes); entries
-// not seen there but reachable on rare paths (abort, fallbacks of the vDSO)
-// are marked "rare path".
+// Measured with `strace -f` on the remote serving qtest-driven SCSI I/O
+// (raw, aio=threads and aio=io_uring,cache=none), sync, reset and shutdown:
+// close epoll_ctl epoll_wait exit exit_group fcntl futex io_uring_enter
+// madvise mmap mprotect munmap newfstatat pread64 pwrite64 read readlink
+// recvmsg rt_sigprocmask sendmsg write. The other entries are the monitor's
+// socket calls, qcow2/flush/discard paths and rare paths (abort, vDSO
+// fallbacks), each said so below.
 #include "sandbox/policy.h"
 
 #include <fcntl.h>
@@ -59,6 +62,9 @@ void remote_steady_state(std::vector<Rule>& r, int self_pid) {
     r.push_back({"newfstatat", {masked_eq(3, AT_EMPTY_PATH, AT_EMPTY_PATH)},
                  "glibc fstat() on an open fd (AT_EMPTY_PATH only, no path lookups)"});
     r.push_back({"close", {}, "closing fds (monitor clients, replaced memfds)"});
+    r.push_back({"readlink", {},
+                 "SET_IRQFD checks that its fds are eventfds via /proc/self/fd/N (reads a "
+                 "symlink, opens nothing; namespaces=on leaves only our own fd directory)"});
     r.push_back({"shutdown", {}, "ending a monitor client or the channel"});
     r.push_back({"accept4", {}, "monitor clients on sockets that listen already"});
     r.push_back({"accept", {}, "monitor clients (older libc path)"});

@@ -11,6 +11,7 @@
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
@@ -118,11 +119,16 @@ Status close_strays(std::span<const int> keep_fds, unsigned& closed) {
 }
 
 // Replaces the (private) mount tree with an empty read-only tmpfs: nothing
-// left to open even through io_uring, which seccomp cannot see.
+// left to open even through io_uring, which seccomp cannot see. The one
+// thing kept is our own /proc/self/fd (proto::is_eventfd reads its links).
 Status pivot_to_empty_root() {
     if (::mount("mpq-sandbox", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
-                "size=4k,nr_inodes=4,mode=0555") != 0)
+                "size=16k,nr_inodes=16,mode=0755") != 0)
         return fail_errno(errno, "sandbox: mount tmpfs: {}", std::strerror(errno));
+    for (const char* d : {"/tmp/proc", "/tmp/proc/self", "/tmp/proc/self/fd"})
+        if (::mkdir(d, 0555) != 0) return fail_errno(errno, "sandbox: mkdir {}: {}", d, std::strerror(errno));
+    if (::mount("/proc/self/fd", "/tmp/proc/self/fd", nullptr, MS_BIND, nullptr) != 0)
+        return fail_errno(errno, "sandbox: bind /proc/self/fd: {}", std::strerror(errno));
     if (::chdir("/tmp") != 0) return fail_errno(errno, "sandbox: chdir: {}", std::strerror(errno));
     // pivot_root(".", ".") stacks the old root on top of the new one; the
     // detach below then drops it (see pivot_root(2) NOTES).

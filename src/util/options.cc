@@ -24,6 +24,7 @@ constexpr OptionDef kTable[] = {
     {"d", ArgKind::String, "", "enable log items (comma separated)"},
     {"sandbox", ArgKind::KeyValue, "enable", "seccomp sandbox: on|off[,...]"},
     {"run-with", ArgKind::KeyValue, "", "process options: [chroot=DIR][,user=USER]..."},
+    {"x-test-forbidden-syscall", ArgKind::String, "", "TEST ONLY: attempt a syscall the sandbox forbids"},
     {"S", ArgKind::None, "", "do not start CPUs"},
     {"m", ArgKind::KeyValue, "size", "guest RAM size (default unit MiB)"},
     {"accel", ArgKind::KeyValue, "accel", "accelerator: kvm|tcg|qtest"},

@@ -1,5 +1,6 @@
 // DeviceServer + EventfdIrqLine against a fake PCI function, in-process.
 #include <sys/eventfd.h>
+#include <poll.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -188,4 +189,28 @@ TEST(RemoteServer, RefusesNonSockets) {
     ASSERT_EQ(::socketpair(AF_UNIX, SOCK_DGRAM, 0, sv), 0);
     ::close(sv[1]);
     EXPECT_FALSE(server.add_connection(UniqueFd(sv[0]), {{"d", &dev, nullptr}}).ok());
+}
+
+TEST_F(Fixture, PipelinedRequestsAllAnsweredInOrder) {
+    // Several requests queued at once (plus a no-reply frame in between).
+    for (uint32_t off : {0u, 2u, 0x0au}) {
+        PciConf p{off, 0, 2};
+        ASSERT_TRUE(proxy.send_struct(Cmd::PciCfgRead, p).ok());
+    }
+    ASSERT_TRUE(proxy.send(9, {}).ok());  // unknown, no reply
+    PciConf p{0x2e, 0, 2};
+    ASSERT_TRUE(proxy.send_struct(Cmd::PciCfgRead, p).ok());
+    std::vector<uint64_t> got;
+    for (int round = 0; round < 20 && got.size() < 4; round++) {
+        loop.run_once(100);
+        for (;;) {
+            pollfd pf{proxy.fd(), POLLIN, 0};
+            if (::poll(&pf, 1, 0) != 1) break;
+            Frame f;
+            ASSERT_EQ(*proxy.recv(f), RecvState::Frame);
+            got.push_back(f.as<uint64_t>());
+        }
+    }
+    EXPECT_EQ(got, (std::vector<uint64_t>{0x1234, 0x5678, 0, 0}));
+    EXPECT_EQ(server.stats().bad_frames, 1u);
 }

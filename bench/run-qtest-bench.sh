@@ -1,0 +1,77 @@
+#!/bin/sh
+# qtest-bench (shared/tools/qtest-bench/lsi_bench.py) with stock QEMU's two
+# modes beside our three targets:
+#   vmm-ours    our VMM (mpqemu-system-x86_64) + our remote (qemu-scsi-dev)
+#   vmm-stock   our VMM + stock QEMU's x-remote
+#   vmm-inproc  our VMM with the controller in-process
+# MPQ_BENCH_STOCK_VMM_OURS=1 adds stock-ours (stock VMM + our remote).
+# Before it, the plain socketpair round trip (bench/vmm_socketpair_bench) is
+# measured, and a summary compares both at the end.
+# Usage: bench/run-qtest-bench.sh [lsi_bench.py options, e.g. --quick or --reps 3]
+# Env: MPQ_BUILD_DIR (default ./build), MPQ_SHARED_DIR (default ../shared),
+#      OUT (default /tmp/mpq-bench/vmm), QEMU (default qemu-system-x86_64).
+set -eu
+src=$(cd "$(dirname "$0")/.." && pwd)
+build=${MPQ_BUILD_DIR:-$src/build}
+shared=${MPQ_SHARED_DIR:-$src/../shared}
+out=${OUT:-/tmp/mpq-bench/vmm}
+qemu=${QEMU:-qemu-system-x86_64}
+bench="$shared/tools/qtest-bench/lsi_bench.py"
+vmm="$build/mpqemu-system-x86_64"
+remote="$build/qemu-scsi-dev"
+for f in "$bench" "$vmm" "$remote"; do
+    [ -e "$f" ] || { echo "missing $f" >&2; exit 2; }
+done
+mkdir -p "$out"
+
+common="-machine pc,memory-backend=mem0 -accel qtest -m {mem_mb}M -object memory-backend-memfd,id=mem0,size={mem_mb}M,share=on -nodefaults -display none -qtest unix:{qtest_sock} -qtest-log none"
+disk="-drive if=none,id=drive0,file={disk},format=raw,cache=writeback,aio=threads -device scsi-hd,id=sd0,drive=drive0,bus=lsi0.0,scsi-id=0,lun=0"
+stock_remote="{qemu} -machine x-remote -nodefaults -display none -device lsi53c895a,id=lsi0 $disk -object x-remote-object,id=robj0,devid=lsi0,fd={fd}"
+our_remote="$remote {fd} -device lsi53c895a,id=lsi0 $disk"
+stock_main="{qemu} -machine pc,memory-backend=mem0 -accel tcg -S -m {mem_mb}M -object memory-backend-memfd,id=mem0,size={mem_mb}M,share=on -nodefaults -display none -qtest unix:{qtest_sock} -qtest-log none"
+
+rtt_json="$out/socketpair.json"
+if [ -x "$build/bench/vmm_socketpair_bench" ]; then
+    "$build/bench/vmm_socketpair_bench" --benchmark_format=json --benchmark_out="$rtt_json" >/dev/null
+fi
+
+set -- --qemu "$qemu" --tmp "$out" --json "$out/qtest-bench.json" --markdown "$out/qtest-bench.md" \
+    --target stock-multi --target stock-single \
+    --target vmm-ours --target vmm-stock --target vmm-inproc \
+    --custom vmm-ours "$vmm $common -device pci-proxy-dev,id=lsi0,socket={fd}" "$our_remote" \
+    --custom vmm-stock "$vmm $common -device x-pci-proxy-dev,id=lsi0,fd={fd}" "$stock_remote" \
+    --custom vmm-inproc "$vmm $common -device lsi53c895a,id=lsi0 $disk" \
+    "$@"
+if [ "${MPQ_BENCH_STOCK_VMM_OURS:-0}" = 1 ]; then
+    set -- "$@" --target stock-ours --custom stock-ours "$stock_main -device x-pci-proxy-dev,id=lsi0,fd={fd}" "$our_remote"
+fi
+rc=0
+python3 "$bench" "$@" || rc=$?
+
+python3 - "$out/qtest-bench.json" "$rtt_json" <<'PY'
+import json, os, sys
+res = json.load(open(sys.argv[1]))["summary"]
+rtt = None
+if os.path.exists(sys.argv[2]):
+    b = json.load(open(sys.argv[2]))["benchmarks"][0]
+    rtt = b["real_time"] / (1000.0 if b["time_unit"] == "ns" else 1.0)
+def med(k, t):
+    return res.get(k, {}).get(t, {}).get("median")
+print("\n## Summary")
+if rtt:
+    print("socketpair round trip (40 B out, 24 B back): %.1f us" % rtt)
+for t in ("vmm-ours", "vmm-stock", "stock-ours", "stock-multi", "vmm-inproc", "stock-single"):
+    m = med("lat_mmio_minus_ram_readl_us", t)
+    if m is None:
+        continue
+    ratio = " = %.2fx the round trip" % (m / rtt) if rtt else ""
+    print("%-12s proxied MMIO read cost %.1f us%s" % (t, m, ratio))
+base_i, base_s = med("scsi_randread_4k_iops", "stock-multi"), med("scsi_seqread_1MiB_MBps", "stock-multi")
+for t in ("vmm-ours", "vmm-stock", "vmm-inproc"):
+    i, s = med("scsi_randread_4k_iops", t), med("scsi_seqread_1MiB_MBps", t)
+    if i and base_i:
+        print("%-12s 4k randread %.0f IOPS (%.2fx stock-multi)" % (t, i, i / base_i))
+    if s and base_s:
+        print("%-12s 1M seqread %.1f MB/s (%.2fx stock-multi)" % (t, s, s / base_s))
+PY
+exit $rc

@@ -1,0 +1,109 @@
+// mpqemu-system-x86_64: builds the `pc` machine from a QEMU-style command
+// line (RAM backend, chipset, devices: in-process lsi53c895a + scsi-hd, or
+// pci-proxy-dev / x-pci-proxy-dev forwarding to remote processes), attaches
+// qtest, and hands monitor options to h-mon's hook (see main.cc).
+#pragma once
+
+#include <cstdio>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "util/options.h"
+#include "util/result.h"
+#include "vmm/events.h"
+#include "vmm/machine.h"
+
+namespace mpq {
+class EventLoop;
+}
+namespace mpq::block {
+class BlockBackend;
+}
+namespace mpq::scsi {
+class Device;
+}
+namespace mpq::hw {
+class Lsi53c895a;
+}
+
+namespace mpq::vmm {
+
+class ProxyDevice;
+class ProxyLink;
+class QtestServer;
+class QtestChardev;
+
+// A monitor the command line asked for; h-mon's hook serves them.
+struct MonitorSpec {
+    enum class Kind : uint8_t { Qmp, Hmp };
+    Kind kind = Kind::Hmp;
+    std::string chardev;  // "unix:PATH,server=on,wait=off", "stdio", or -chardev options
+    bool pretty = false;
+};
+
+// What the VMM knows about one plugged PCI device (query-pci, tests).
+struct DeviceInfo {
+    std::string id;
+    std::string driver;  // "lsi53c895a", "pci-proxy-dev", "x-pci-proxy-dev"
+    int devfn = -1;
+    ProxyDevice* proxy = nullptr;      // forwarded devices
+    hw::Lsi53c895a* lsi = nullptr;     // in-process controllers
+};
+
+// The options this program accepts (shared with --help).
+std::span<const std::string_view> vmm_accepted_options();
+
+class Vmm {
+public:
+    static Result<std::unique_ptr<Vmm>> create(EventLoop& loop, const opts::CommandLine& cl);
+    ~Vmm();
+
+    Machine& machine() { return *machine_; }
+    VmmEvents& events() { return events_; }
+    EventLoop& loop() { return loop_; }
+    const std::vector<DeviceInfo>& devices() const { return devices_; }
+    const std::vector<MonitorSpec>& monitors() const { return monitors_; }
+    const opts::CommandLine& command_line() const { return cl_; }
+    bool start_stopped() const { return start_stopped_; }
+
+    // Initial system reset (DEVICE_RESET to remotes, as stock at machine
+    // init), then connect qtest.
+    Status start();
+    // Monitor / signal: leave the event loop.
+    void quit(int code = 0);
+    void system_reset();
+
+private:
+    Vmm(EventLoop& loop, opts::CommandLine cl);
+    Status build();
+    Status build_ram();
+    Status add_device(const opts::Option& o);
+    Status add_proxy(const opts::Option& o, const std::string& driver);
+    Status add_lsi(const opts::Option& o);
+    Status add_scsi_hd(const opts::Option& o);
+    Result<int> pick_devfn(const opts::Option& o);
+    Result<block::BlockBackend*> backend_for(const opts::Option& o, const std::string& drive_id);
+
+    EventLoop& loop_;
+    opts::CommandLine cl_;
+    VmmEvents events_;
+    std::unique_ptr<Machine> machine_;
+    std::vector<DeviceInfo> devices_;
+    std::vector<MonitorSpec> monitors_;
+    bool start_stopped_ = false;
+    bool qtest_accel_ = false;
+
+    std::map<int, std::shared_ptr<ProxyLink>> links_;
+    std::vector<std::unique_ptr<ProxyDevice>> proxies_;
+    std::vector<std::unique_ptr<hw::Lsi53c895a>> lsis_;
+    std::vector<std::unique_ptr<scsi::Device>> disks_;
+    std::map<std::string, std::unique_ptr<block::BlockBackend>> backends_;
+
+    std::unique_ptr<QtestServer> qtest_;
+    std::unique_ptr<QtestChardev> qtest_chr_;
+    FILE* qtest_log_ = nullptr;
+};
+
+}  // namespace mpq::vmm

@@ -1,0 +1,9 @@
+#!/usr/bin/env python3
+"""Shared guest-e2e harness, fs workload (ext2), qcow2 disk, our remote."""
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "lib"))
+import guestcases  # noqa: E402
+
+guestcases.shared_e2e("fs", fmt="qcow2", fstype="ext2")
