@@ -9,6 +9,7 @@ with `qemu-img check` and `qemu-img compare`; a writer killed with SIGKILL
 leaves an image that `qemu-img check` accepts (leaks allowed) with every
 completed write readable.
 """
+import json
 import os
 import random
 import shutil
@@ -32,8 +33,11 @@ def run(cmd, check=True, cwd=None):
     return p
 
 
-def random_source(path, size, rng, holes=True):
-    data = bytearray(rng.randbytes(size))
+def random_source(path, size, rng, holes=True, compressible=False):
+    if compressible:  # few distinct bytes: deflate/zstd shrink every cluster
+        data = bytearray(rng.choices(b"qcow2 mpq", k=size))
+    else:
+        data = bytearray(rng.randbytes(size))
     if holes:  # zero runs so that the converted image has unallocated parts
         for _ in range(size // (256 * 1024)):
             off = rng.randrange(0, size)
@@ -167,7 +171,7 @@ def converted_case(tmp, rng, name, opts, size, cluster, compressed=False, nops=1
         d = os.path.join(tmp, name.replace("=", "_").replace(",", "_"))
         os.makedirs(d)
         src = os.path.join(d, "src.raw")
-        data = random_source(src, size, rng)
+        data = random_source(src, size, rng, compressible=compressed)
         img = os.path.join(d, "img.qcow2")
         cmd = [QEMU_IMG, "convert", "-f", "raw", "-O", "qcow2"]
         if compressed:
@@ -175,6 +179,9 @@ def converted_case(tmp, rng, name, opts, size, cluster, compressed=False, nops=1
         if opts:
             cmd += ["-o", opts]
         run(cmd + [src, img])
+        if compressed:
+            js = json.loads(run([QEMU_IMG, "check", "--output=json", img]).stdout)
+            assert js.get("compressed-clusters", 0) > 0, "no compressed clusters: %s" % js
         mpq_verify(img, src, size)
         qemu_compare(img, src)
         info = run([MPQ_IO, "-r", img, "-c", "info"]).stdout
