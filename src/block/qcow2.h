@@ -155,7 +155,7 @@ private:
     Status write_header_field(size_t off, std::span<const uint8_t> bytes);
     Status set_incompat(uint64_t bits);
     Status rebuild_refcounts();
-    Result<std::vector<uint64_t>> count_references();
+    Result<std::vector<uint32_t>> count_references();
 
     std::unique_ptr<BlockDriver> file_;
     std::unique_ptr<BlockDriver> backing_;
