@@ -12,6 +12,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstdlib>
 #include <list>
 #include <memory>
 #include <string>
@@ -188,7 +189,11 @@ private:
     // One decompressed cluster, keyed by its L2 entry.
     uint64_t zcache_entry_ = 0;
     std::vector<uint8_t> zcache_;
-    std::vector<uint8_t> cow_buf_;
+    // Page aligned so that cache=none needs no bounce buffer for COW writes.
+    struct FreeDeleter {
+        void operator()(uint8_t* p) const { std::free(p); }
+    };
+    std::unique_ptr<uint8_t, FreeDeleter> cow_buf_;
     std::vector<uint8_t> zero_cluster_;
 };
 
