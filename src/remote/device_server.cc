@@ -23,6 +23,9 @@ namespace {
 constexpr int kMaxFramesPerWakeup = 64;  // then let other fds run (epoll is level-triggered)
 constexpr uint64_t kLogBurst = 50;       // bad-frame lines logged before thinning out
 constexpr uint64_t kLogEvery = 1000;
+// A peer whose socket buffer is full of unread replies gets this long before
+// it is dropped (it would otherwise stall every other connection).
+constexpr int kSendTimeoutMs = 10000;
 
 constexpr int32_t cmd_of(Cmd c) { return static_cast<int32_t>(c); }
 
@@ -107,6 +110,7 @@ Status DeviceServer::add_connection(UniqueFd sock, std::vector<ServedDevice> dev
     auto c = std::make_unique<Conn>();
     c->name = fmt::format("{} (fd {})", devices[0].id, sock.get());
     c->ch = proto::Channel(std::move(sock));
+    c->ch.set_send_timeout_ms(kSendTimeoutMs);
     c->devices = std::move(devices);
     Conn* raw = c.get();
     if (!loop_.add_fd(raw->ch.fd(), FdEvents::Read, [this, raw](uint32_t) { on_readable(*raw); }))
@@ -148,7 +152,24 @@ void DeviceServer::on_readable(Conn& c) {
     }
 }
 
+void DeviceServer::trace(const Conn& c, const Frame& f) {
+    std::string what;
+    if (f.cmd() == cmd_of(Cmd::PciCfgRead) || f.cmd() == cmd_of(Cmd::PciCfgWrite)) {
+        auto p = f.as<proto::PciConf>();
+        what = fmt::format(" addr={:#x} val={:#x} len={}", p.addr, p.val, p.len);
+    } else if (f.cmd() == cmd_of(Cmd::BarRead) || f.cmd() == cmd_of(Cmd::BarWrite)) {
+        auto b = f.as<proto::BarAccess>();
+        what = fmt::format(" addr={:#x} val={:#x} size={} memory={}", b.addr, b.val, b.size, b.memory);
+    } else if (f.cmd() == cmd_of(Cmd::SyncSysmem)) {
+        auto s = f.as<proto::SyncSysmem>();
+        for (unsigned i = 0; i < f.num_fds && i < proto::kMaxFdsOnWire; i++)
+            what += fmt::format(" [gpa={:#x} size={:#x} off={:#x}]", s.gpa[i], s.size[i], s.offset[i]);
+    }
+    log::debug("{}: <- {} size={} fds={}{}", c.name, proto::cmd_name(f.cmd()), f.size(), f.num_fds, what);
+}
+
 bool DeviceServer::handle(Conn& c, Frame& f) {
+    if (log::enabled(log::Level::Debug)) trace(c, f);
     auto v = proto::validate(f, proto::Role::Remote);
     if (!v.ok()) {
         stats_.bad_frames++;
@@ -171,6 +192,7 @@ bool DeviceServer::handle(Conn& c, Frame& f) {
 }
 
 void DeviceServer::reply(Conn& c, uint64_t v) {
+    if (log::enabled(log::Level::Debug)) log::debug("{}: -> RET {:#x}", c.name, v);
     auto s = c.ch.send_ret(v);
     if (!s.ok()) {
         log::error("{}: {}", c.name, s.error().message);

@@ -68,6 +68,7 @@ private:
     // false: the connection is gone (closed or out of sync).
     bool handle(Conn& c, proto::Frame& f);
     void reply(Conn& c, uint64_t v);
+    void trace(const Conn& c, const proto::Frame& f);  // -d: one line per frame
     void reply_empty(Conn& c);
     void drop(Conn& c, bool orderly);
 

@@ -6,7 +6,8 @@ mechanism #1 and MMIO) the guest-visible controller must look like stock's
 remote LSI: 1000:0012, class 0x0100, BARs I/O 256 / mem 1K / mem 8K; a value
 written into the SCRIPTS RAM BAR reads back; QMP system_reset on the VMM
 reaches the remote as DEVICE_RESET (seen in its -D log) and leaves its PCI
-config intact; when the VMM quits, the remote exits 0 by itself.
+config intact; when the VMM quits, the remote exits 0 by itself. Then one remote serves
+two controllers on two sockets to two stock proxies.
 """
 import os
 import socket
@@ -116,12 +117,73 @@ def run(form, qemu, remote, chk):
         print("remote log:\n" + T.read_file(log))
 
 
+def run_two(qemu, remote, chk):
+    """One remote process, two controllers, each bound by its own
+    x-remote-object to its own socket, driven by two stock proxies in one VMM
+    (stock's remote allows only one object per process)."""
+    tmp = T.tmpdir("mpq-stockproxy2-")
+    log = os.path.join(tmp, "remote.log")
+    qsock = os.path.join(tmp, "qtest.sock")
+    qmp_path = os.path.join(tmp, "qmp.sock")
+    p0, r0 = socket.socketpair()
+    p1, r1 = socket.socketpair()
+    rproc = subprocess.Popen(
+        [remote, "-machine", "x-remote", "-nodefaults", "-display", "none", "-D", log, "-d", "remote",
+         "-device", "lsi53c895a,id=lsi0", "-device", "lsi53c895a,id=lsi1",
+         "-object", "x-remote-object,id=o0,devid=lsi0,fd=%d" % r0.fileno(),
+         "-object", "x-remote-object,id=o1,devid=lsi1,fd=%d" % r1.fileno()],
+        pass_fds=[r0.fileno(), r1.fileno()])
+    r0.close()
+    r1.close()
+    qt = T.QTest(qsock)
+    vmm = subprocess.Popen(
+        [qemu, "-machine", "pc,memory-backend=mem0", "-accel", "tcg", "-S", "-m", "256M",
+         "-object", "memory-backend-memfd,id=mem0,size=256M,share=on",
+         "-nodefaults", "-display", "none", "-qtest", "unix:" + qsock, "-qtest-log", "none",
+         "-qmp", "unix:%s,server=on,wait=off" % qmp_path,
+         "-device", "x-pci-proxy-dev,id=px0,fd=%d,addr=4" % p0.fileno(),
+         "-device", "x-pci-proxy-dev,id=px1,fd=%d,addr=5" % p1.fileno()],
+        pass_fds=[p0.fileno(), p1.fileno()], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    p0.close()
+    p1.close()
+    try:
+        qt.accept(vmm)
+        qmp = T.Qmp(qmp_path, vmm)
+        for slot in (4, 5):
+            chk.eq(qt.cfg_readl(slot, 0), 0x00121000, "[two] slot %d is an LSI" % slot)
+        bases = {4: 0xFEB00000, 5: 0xFEB10000}
+        for slot, base in bases.items():
+            qt.cfg_writel(slot, 0x18, base)
+            qt.cfg_writew(slot, 0x04, 0x0002)
+        qt.writel(bases[4] + 0x40, 0x44444444)
+        qt.writel(bases[5] + 0x40, 0x55555555)
+        chk.eq(qt.readl(bases[4] + 0x40), 0x44444444, "[two] lsi0 SCRIPTS RAM")
+        chk.eq(qt.readl(bases[5] + 0x40), 0x55555555, "[two] lsi1 SCRIPTS RAM is its own")
+        chk.eq(qt.cfg_readl(4, 0x18), bases[4], "[two] lsi0 BAR2")
+        chk.eq(qt.cfg_readl(5, 0x18), bases[5], "[two] lsi1 BAR2")
+        text = T.read_file(log)
+        b0, b1 = text.count("DEVICE_RESET of lsi0"), text.count("DEVICE_RESET of lsi1")
+        qmp.execute("system_reset")
+        T.wait_for(lambda: T.read_file(log).count("DEVICE_RESET of lsi1") > b1 and
+                   T.read_file(log).count("DEVICE_RESET of lsi0") > b0, 30, "both DEVICE_RESETs")
+        chk.check("<- BAR_WRITE" in T.read_file(log), "[two] -d remote traces frames")
+        qmp.execute("quit")
+        qmp.close()
+        vmm.wait(30)
+        chk.eq(rproc.wait(30), 0, "[two] remote exits 0 after both sockets closed")
+    finally:
+        qt.close()
+        T.stop(vmm)
+        T.stop(rproc)
+
+
 def main():
     qemu = T.stock_qemu_or_skip()
     remote = T.program("qemu-scsi-dev")
     chk = T.Checker()
     for form in ("first-arg", "x-remote-object"):
         run(form, qemu, remote, chk)
+    run_two(qemu, remote, chk)
     chk.finish()
 
 

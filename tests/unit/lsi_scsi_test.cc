@@ -154,6 +154,32 @@ TEST_F(Scsi, WriteSync) {
     EXPECT_EQ(ram[kStatus], 0);
 }
 
+TEST_F(Scsi, WriteWaitsForStatusAfterLastChunk) {
+    // The target keeps the bus in DATA OUT until the write is done: the
+    // move that used up the data stays suspended, and the SCRIPTS after it
+    // see STATUS (Linux: datao_done tests WHEN STATUS).
+    attach_disk(Timing::Async);
+    ram[kMsgOut] = 0x80;
+    set_cdb({0x2a, 0, 0, 0, 0, 30, 0, 0, 2, 0});
+    for (int i = 0; i < 1024; i++) ram[kBuf + i] = static_cast<uint8_t>(0x5a ^ i);
+    emit_issue(1, 10);
+    emit(move(kDO, 1024), kBuf);
+    emit(jump_if_phase(kST), P + 0x100);
+    emit(kInt, 0xbad);
+    load_program();
+    code.clear();
+    emit_status_and_finish(21);
+    load_program(P + 0x100);
+    run(P);
+    EXPECT_FALSE(stopped());
+    EXPECT_EQ(rl(L::kDbc) & 0xffffff, 0u);
+    ASSERT_EQ(disk->pending.size(), 1u);
+    ASSERT_TRUE(pump_until([&] { return stopped(); }));
+    EXPECT_EQ(rl(L::kDsps), 21u);
+    EXPECT_TRUE(disk_matches(kBuf, 30, 1024));
+    EXPECT_EQ(ram[kStatus], 0);
+}
+
 TEST_F(Scsi, ReadAsyncDisconnectReselectTagged) {
     attach_disk(Timing::Async);
     ram[kMsgOut + 0] = 0xc0;

@@ -266,6 +266,12 @@ inline void FakeRequest::continue_transfer() {
     } else {
         sent_ = total_;
     }
+    if (dir_ == scsi::DataDir::ToDevice && disk_->timing == Timing::Async) {
+        // The write reaches the medium later.
+        auto self = std::static_pointer_cast<FakeRequest>(shared_from_this());
+        disk_->pending.push_back([self] { self->complete(scsi::Status::Good); });
+        return;
+    }
     complete(scsi::Status::Good);
 }
 
