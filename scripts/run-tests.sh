@@ -11,7 +11,10 @@ make check
 # Hardening (h-hard): the unit tests again under ASan + UBSan in their own
 # build dir (cmake directly, so config.mk keeps pointing at the main build),
 # then a short run of every libFuzzer target (FUZZ_SECONDS each, default 30).
-cmake -S . -B build-asan -DMPQ_SANITIZERS=ON -DMPQ_BENCH=OFF >build-asan.log 2>&1 || {
+# GCC 12 reports false maybe-uninitialized warnings under ASan (std::optional
+# moves in monitor/qmp.h); they stay warnings in this build only.
+cmake -S . -B build-asan -DMPQ_SANITIZERS=ON -DMPQ_BENCH=OFF \
+    -DCMAKE_CXX_FLAGS=-Wno-error=maybe-uninitialized >build-asan.log 2>&1 || {
     cat build-asan.log; exit 1; }
 cmake --build build-asan -j "$(nproc)"
 (cd build-asan && ctest -L unit --output-on-failure -j "$(nproc)")
