@@ -62,6 +62,7 @@ private:
 struct ChainState {
     std::vector<std::string> seen;  // canonical paths already in the chain
     unsigned depth = 0;
+    CacheMode cache = CacheMode::Writeback;  // backing files follow the top image
 };
 constexpr unsigned kMaxChainDepth = 16;
 
@@ -71,6 +72,12 @@ struct Mapping {
     Kind kind = Kind::Unallocated;
     uint64_t host = 0;   // Normal: host cluster offset (also preallocated Zero)
     uint64_t entry = 0;  // raw L2 entry
+};
+
+struct CheckReport {
+    uint64_t corruptions = 0;    // clusters referenced more often than counted
+    uint64_t leaks = 0;          // clusters counted more often than referenced
+    uint64_t copied_errors = 0;  // COPIED flags not matching refcount == 1
 };
 
 struct CacheStats {
@@ -104,6 +111,9 @@ public:
     CacheStats cache_stats() const;
     // Refcount of the host cluster containing `host_off` (tests, info).
     Result<uint64_t> refcount(uint64_t host_off);
+    // Compares the stored refcounts with the references found in the
+    // metadata, as `qemu-img check` does (after flushing our caches).
+    Result<CheckReport> check();
     // Whether the refcounts were rebuilt at open (dirty image).
     bool rebuilt_refcounts() const { return rebuilt_; }
 
@@ -145,6 +155,7 @@ private:
     Status write_header_field(size_t off, std::span<const uint8_t> bytes);
     Status set_incompat(uint64_t bits);
     Status rebuild_refcounts();
+    Result<std::vector<uint64_t>> count_references();
 
     std::unique_ptr<BlockDriver> file_;
     std::unique_ptr<BlockDriver> backing_;
@@ -169,6 +180,7 @@ private:
     uint64_t l2_loads_ = 0;
     std::vector<uint64_t> pending_frees_;  // host cluster indexes
     uint64_t free_hint_ = 0;
+    uint64_t alloc_end_ = 0;  // one past the highest cluster we allocated
     bool dirty_bit_set_ = false;  // we set the dirty bit (lazy refcounts)
     bool rebuilt_ = false;
     bool closed_ = false;
@@ -183,7 +195,8 @@ private:
 // Opens `path` as a backing image (raw or qcow2, probed unless `format` says).
 Result<std::unique_ptr<BlockDriver>> open_backing_image(const std::string& path, const std::string& format,
                                                         ChainState& chain);
-// The host file opener used for backing files and by the tools.
-Result<std::unique_ptr<BlockDriver>> open_host_file(const std::string& path, ReadOnly ro);
+// The host file opener used for backing files and by the tests.
+Result<std::unique_ptr<BlockDriver>> open_host_file(const std::string& path, ReadOnly ro,
+                                                    CacheMode cache = CacheMode::Writeback);
 
 }  // namespace mpq::block::qcow2

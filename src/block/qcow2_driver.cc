@@ -113,10 +113,12 @@ Status Qcow2Driver::load_snapshots() {
         MPQ_TRY(file_->pread(off, fixed));
         auto f = parse_snapshot_fixed(fixed, hdr_.version);
         if (!f) return f.take_error();
-        if (f->total > file_size_ - off) return corrupt("snapshot table runs past the end of the file");
+        // The last entry's padding may be missing at the end of the file.
+        const uint64_t unpadded = 40 + uint64_t(f->extra_size) + f->id_size + f->name_size;
+        if (unpadded > file_size_ - off) return corrupt("snapshot table runs past the end of the file");
         total += f->total;
         if (total > kMaxSnapshotTableBytes) return corrupt("snapshot table too large");
-        std::vector<uint8_t> rest(f->total - 40);
+        std::vector<uint8_t> rest(unpadded - 40);
         MPQ_TRY(file_->pread(off + 40, rest));
         Snapshot s = f->snap;
         const uint8_t* p = rest.data();
@@ -538,7 +540,15 @@ Status Qcow2Driver::discard(uint64_t off, uint64_t len) {
     uint64_t first = (off + cs_ - 1) >> cb_;
     uint64_t end = off + len;
     uint64_t last = end == hdr_.size ? (end + cs_ - 1) >> cb_ : end >> cb_;
-    for (uint64_t g = first; g < last; g++) MPQ_TRY(drop_cluster(g, Drop::Discard));
+    for (uint64_t g = first; g < last; g++) {
+        // Without an L2 table there is nothing to drop in the whole range it maps.
+        uint64_t l1i = g >> l2_bits_;
+        if (l1i < l1_.size() && !(l1_[l1i] & kL1OffsetMask) && !(hdr_.version >= 3 && backing_)) {
+            g = ((l1i + 1) << l2_bits_) - 1;
+            continue;
+        }
+        MPQ_TRY(drop_cluster(g, Drop::Discard));
+    }
     return {};
 }
 
@@ -553,6 +563,13 @@ Status Qcow2Driver::write_zeroes(uint64_t off, uint64_t len) {
         uint64_t coff = (off + pos) & (cs_ - 1);
         uint64_t n = std::min<uint64_t>(cs_ - coff, len - pos);
         bool whole = coff == 0 && (n == cs_ || off + pos + n == hdr_.size);
+        uint64_t l1i = g >> l2_bits_;
+        if (!backing_ && l1i < l1_.size() && !(l1_[l1i] & kL1OffsetMask)) {
+            // No L2 table and no backing file: the whole range it maps reads as zeroes.
+            uint64_t next = (l1i + 1) << (l2_bits_ + cb_);
+            pos = std::min(len, next - off);
+            continue;
+        }
         if (whole && (hdr_.version >= 3 || !backing_)) {
             MPQ_TRY(drop_cluster(g, Drop::Zero));
         } else {
@@ -583,7 +600,7 @@ Result<std::unique_ptr<BlockDriver>> open_backing_image(const std::string& path,
     if (++chain.depth > kMaxChainDepth)
         return fail_errno(ELOOP, "backing chain deeper than {} images", kMaxChainDepth);
     chain.seen.push_back(*canon);
-    auto f = open_host_file(path, ReadOnly::Yes);
+    auto f = open_host_file(path, ReadOnly::Yes, chain.cache);
     if (!f) return f.take_error();
     std::string fmt = format;
     if (fmt.empty()) {
@@ -597,6 +614,7 @@ Result<std::unique_ptr<BlockDriver>> open_backing_image(const std::string& path,
     o.file = path;
     o.format = "qcow2";
     o.read_only = ReadOnly::Yes;
+    o.cache = chain.cache;
     auto q = Qcow2Driver::open(std::move(*f), o, chain);
     if (!q) return q.take_error();
     return std::unique_ptr<BlockDriver>(std::move(*q));
@@ -608,6 +626,7 @@ namespace mpq::block {
 
 Result<std::unique_ptr<BlockDriver>> open_qcow2(std::unique_ptr<BlockDriver> file, const DriveOptions& opts) {
     qcow2::ChainState chain;
+    chain.cache = opts.cache;
     char buf[PATH_MAX];
     if (!opts.file.empty() && ::realpath(opts.file.c_str(), buf)) chain.seen.push_back(buf);
     auto q = qcow2::Qcow2Driver::open(std::move(file), opts, chain);

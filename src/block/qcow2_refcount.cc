@@ -82,16 +82,20 @@ Status Qcow2Driver::set_refcount(uint64_t c, uint64_t v) {
 Result<uint64_t> Qcow2Driver::find_free() {
     uint64_t c = free_hint_;
     const uint64_t per = 1ull << rb_bits_;
-    // At most one refcount block per table entry is scanned.
+    // Nothing past the file and past our own allocations is in use, so the
+    // scan stops there however large a hostile refcount table is.
+    const uint64_t end = std::max((file_size_ + cs_ - 1) >> cb_, alloc_end_);
     for (;;) {
+        if (c >= end) return c;
         uint64_t bi = c >> rb_bits_;
         if (bi >= reftable_.size() || !(reftable_[bi] & kReftableOffsetMask)) return c;
         auto e = get_refblock(bi);
         if (!e) return e.take_error();
         const uint8_t* d = (*e)->data.data();
-        for (uint64_t i = c & (per - 1); i < per; i++)
+        const uint64_t stop = std::min(per, end - (bi << rb_bits_));
+        for (uint64_t i = c & (per - 1); i < stop; i++)
             if (rc_get(d, i, hdr_.refcount_order) == 0) return (bi << rb_bits_) + i;
-        c = (bi + 1) << rb_bits_;
+        c = (bi << rb_bits_) + stop;
     }
 }
 
@@ -113,6 +117,7 @@ Result<uint64_t> Qcow2Driver::alloc_cluster() {
         MPQ_TRY(check_not_metadata(*c << cb_, cs_, "free cluster"));
         MPQ_TRY(set_refcount(*c, 1));
         free_hint_ = *c + 1;
+        alloc_end_ = std::max(alloc_end_, *c + 1);
         return *c << cb_;
     }
     return corrupt("cannot allocate a cluster (refcount structures inconsistent)");
@@ -131,6 +136,7 @@ Status Qcow2Driver::create_refblock(uint64_t bi) {
     put_be64(ent, off);
     MPQ_TRY(write_host(hdr_.refcount_table_offset + bi * 8, ent));
     reftable_[bi] = off;
+    alloc_end_ = std::max(alloc_end_, (off >> cb_) + 1);
     if (rb_cache_->full()) {
         auto& v = rb_cache_->lru();
         if (v.dirty) MPQ_TRY(write_host(v.offset, v.data));
@@ -145,7 +151,7 @@ Status Qcow2Driver::grow_reftable(uint64_t min_block) {
     // everything in use; the header switches to it in one sector write.
     const uint64_t old_n = reftable_.size();
     const uint64_t file_clusters = (file_size_ + cs_ - 1) >> cb_;
-    const uint64_t a = std::max(file_clusters, old_n << rb_bits_);
+    const uint64_t a = std::max({file_clusters, alloc_end_, old_n << rb_bits_});
     uint64_t r = 1, t = 1;
     uint64_t first_block = a >> rb_bits_, last_block = 0, entries = 0;
     for (int i = 0; i < 32; i++) {
@@ -189,6 +195,7 @@ Status Qcow2Driver::grow_reftable(uint64_t min_block) {
     hdr_.refcount_table_offset = table_off;
     hdr_.refcount_table_clusters = uint32_t(t);
     reftable_ = std::move(table);
+    alloc_end_ = std::max(alloc_end_, a + r + t);
     for (uint64_t i = 0; i < old_clusters; i++) pending_frees_.push_back((old_off >> cb_) + i);
     return {};
 }
@@ -281,17 +288,17 @@ Status Qcow2Driver::set_incompat(uint64_t bits) {
     return {};
 }
 
-Status Qcow2Driver::rebuild_refcounts() {
+Result<std::vector<uint64_t>> Qcow2Driver::count_references() {
     constexpr uint64_t kMaxRebuildClusters = 1ull << 25;
     const uint64_t nb = (file_size_ + cs_ - 1) >> cb_;
     if (nb > kMaxRebuildClusters)
-        return fail_errno(EFBIG, "qcow2: image too large to rebuild its refcounts ({} clusters); "
+        return fail_errno(EFBIG, "qcow2: image too large to count its references ({} clusters); "
                                  "run 'qemu-img check -r all' on it", nb);
     std::vector<uint64_t> rc(nb, 0);
     auto ref = [&](uint64_t off, uint64_t len, const char* what) -> Status {
         if (len == 0) return {};
         if (off >= file_size_ || len > (nb << cb_) - off)
-            return corrupt(fmt::format("cannot rebuild refcounts: {} at {:#x} lies past the end of the file", what, off));
+            return corrupt(fmt::format("{} at {:#x} lies past the end of the file", what, off));
         for (uint64_t c = off >> cb_; c <= (off + len - 1) >> cb_; c++) rc[c]++;
         return {};
     };
@@ -302,7 +309,10 @@ Status Qcow2Driver::rebuild_refcounts() {
             if (!l2off) continue;
             if (l2off & (cs_ - 1)) return corrupt(fmt::format("L2 table offset {:#x} is not cluster aligned", l2off));
             MPQ_TRY(ref(l2off, cs_, "L2 table"));
-            MPQ_TRY(file_->pread(l2off, l2));
+            if (auto* c = l2_cache_->find(l2off))
+                l2 = c->data;
+            else
+                MPQ_TRY(file_->pread(l2off, l2));
             for (uint64_t i = 0; i < (cs_ >> 3); i++) {
                 uint64_t d = be64(&l2[i * 8]);
                 if (d & kFlagCompressed) {
@@ -329,6 +339,64 @@ Status Qcow2Driver::rebuild_refcounts() {
         for (size_t i = 0; i < l1.size(); i++) l1[i] = be64(&raw[i * 8]);
         MPQ_TRY(walk(l1));
     }
+    return rc;
+}
+
+Result<CheckReport> Qcow2Driver::check() {
+    if (!read_only_ && !broken_) MPQ_TRY(flush_metadata());
+    auto refs = count_references();
+    if (!refs) return refs.take_error();
+    std::vector<uint64_t>& rc = *refs;
+    CheckReport r;
+    // The refcount structures count too (ones past the end are corrupt).
+    auto add = [&](uint64_t off, uint64_t len) {
+        for (uint64_t c = off >> cb_; len && c <= (off + len - 1) >> cb_; c++) {
+            if (c >= rc.size()) {
+                r.corruptions++;
+                return;
+            }
+            rc[c]++;
+        }
+    };
+    add(hdr_.refcount_table_offset, uint64_t(hdr_.refcount_table_clusters) * cs_);
+    for (uint64_t e : reftable_)
+        if (uint64_t off = e & kReftableOffsetMask) add(off, cs_);
+    // Stored refcounts past the end of the file can only be leaks.
+    const uint64_t end = rc.size();
+    for (uint64_t c = 0; c < end; c++) {
+        uint64_t want = c < rc.size() ? rc[c] : 0;
+        uint64_t bi = c >> rb_bits_;
+        if (want == 0 && (bi >= reftable_.size() || !(reftable_[bi] & kReftableOffsetMask))) {
+            c = ((bi + 1) << rb_bits_) - 1;  // nothing stored, nothing referenced in this block
+            continue;
+        }
+        auto have = get_refcount(c);
+        if (!have) return have.take_error();
+        if (*have < want) r.corruptions++;
+        else if (*have > want) r.leaks++;
+    }
+    // Only the active tables must carry exact COPIED flags.
+    for (uint64_t e : l1_) {
+        uint64_t l2off = e & kL1OffsetMask;
+        if (!l2off) continue;
+        if (((e & kFlagCopied) != 0) != ((l2off >> cb_) < rc.size() && rc[l2off >> cb_] == 1)) r.copied_errors++;
+        auto t = get_l2(l2off);
+        if (!t) return t.take_error();
+        for (uint64_t i = 0; i < (cs_ >> 3); i++) {
+            uint64_t d = be64(&(*t)->data[i * 8]);
+            uint64_t h = d & kL2OffsetMask;
+            if ((d & kFlagCompressed) || !h) continue;
+            if (((d & kFlagCopied) != 0) != ((h >> cb_) < rc.size() && rc[h >> cb_] == 1)) r.copied_errors++;
+        }
+    }
+    return r;
+}
+
+Status Qcow2Driver::rebuild_refcounts() {
+    auto refs = count_references();
+    if (!refs) return refs.take_error();
+    std::vector<uint64_t>& rc = *refs;
+    const uint64_t nb = rc.size();
     for (uint64_t c = 0; c < nb; c++)
         if (rc[c] > refcount_max_)
             return corrupt(fmt::format("refcount overflow for cluster {:#x} ({} references, {}-bit refcounts)",

@@ -35,12 +35,17 @@ void Channel::close() {
 
 namespace {
 
-bool wait_writable(int fd) {
+// Waits for room to write; false on timeout (errno ETIMEDOUT) or error.
+bool wait_writable(int fd, int timeout_ms) {
     pollfd p{fd, POLLOUT, 0};
     for (;;) {
-        int r = ::poll(&p, 1, -1);
+        int r = ::poll(&p, 1, timeout_ms);
         if (r > 0) return (p.revents & (POLLERR | POLLNVAL)) == 0 || (p.revents & POLLOUT);
-        if (r < 0 && errno != EINTR) return false;
+        if (r == 0) {
+            errno = ETIMEDOUT;
+            return false;
+        }
+        if (errno != EINTR) return false;
     }
 }
 
@@ -78,8 +83,11 @@ Status Channel::send(int32_t cmd, std::span<const uint8_t> payload, std::span<co
         if (n < 0) {
             if (errno == EINTR) continue;
             if (errno == EAGAIN || errno == EWOULDBLOCK) {
-                if (!wait_writable(sock_.get()))
-                    return fail_errno(errno, "send {}: socket not writable", cmd_name(cmd));
+                if (!wait_writable(sock_.get(), send_timeout_ms_)) {
+                    int e = errno;
+                    return fail_errno(e, "send {}: peer does not read ({})", cmd_name(cmd),
+                                      std::strerror(e));
+                }
                 continue;
             }
             return fail_errno(errno, "send {}: {}", cmd_name(cmd), std::strerror(errno));

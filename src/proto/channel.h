@@ -72,6 +72,10 @@ public:
     int fd() const { return sock_.get(); }
     bool valid() const { return sock_.valid(); }
     void close();
+    // How long send() waits for room on a full non-blocking socket before it
+    // fails (-1 = forever). A server sets a bound so that a peer that sends
+    // requests but never reads the replies cannot stall its event loop.
+    void set_send_timeout_ms(int ms) { send_timeout_ms_ = ms; }
 
     // Sends one frame. Writes the rest after a partial sendmsg (without fds),
     // retries EINTR, waits for POLLOUT on a non-blocking socket. At most
@@ -102,6 +106,7 @@ private:
     Error rx_fail(Error e);
 
     UniqueFd sock_;
+    int send_timeout_ms_ = -1;
     Frame rx_;          // frame being assembled
     size_t rx_have_ = 0;  // bytes of header + payload received so far
 };

@@ -23,6 +23,9 @@ namespace {
 constexpr int kMaxFramesPerWakeup = 64;  // then let other fds run (epoll is level-triggered)
 constexpr uint64_t kLogBurst = 50;       // bad-frame lines logged before thinning out
 constexpr uint64_t kLogEvery = 1000;
+// A peer whose socket buffer is full of unread replies gets this long before
+// it is dropped (it would otherwise stall every other connection).
+constexpr int kSendTimeoutMs = 10000;
 
 constexpr int32_t cmd_of(Cmd c) { return static_cast<int32_t>(c); }
 
@@ -107,6 +110,7 @@ Status DeviceServer::add_connection(UniqueFd sock, std::vector<ServedDevice> dev
     auto c = std::make_unique<Conn>();
     c->name = fmt::format("{} (fd {})", devices[0].id, sock.get());
     c->ch = proto::Channel(std::move(sock));
+    c->ch.set_send_timeout_ms(kSendTimeoutMs);
     c->devices = std::move(devices);
     Conn* raw = c.get();
     if (!loop_.add_fd(raw->ch.fd(), FdEvents::Read, [this, raw](uint32_t) { on_readable(*raw); }))

@@ -138,6 +138,7 @@ private:
     DataDir start_unmap();
     DataDir no_data_good();
     bool set_buffer(size_t n);
+    void set_expected(uint32_t n);
     void issue_read();
     void read_done(IoStatus st);
     void write_done(IoStatus st);
@@ -168,6 +169,7 @@ private:
     size_t buf_size_ = 0;
     uint32_t cur_len_ = 0;      // bytes of the chunk announced to the HBA
     uint32_t expected_ = 0;
+    uint32_t* expected_out_ = nullptr;  // start()'s out parameter while it runs
     uint32_t moved_ = 0;        // bytes handed to or taken from the HBA
     // READ/WRITE progress, in bytes on the disk.
     uint64_t io_off_ = 0;
@@ -224,9 +226,17 @@ DataDir HdRequest::start(uint32_t* expected_len) {
     *expected_len = 0;
     if (phase_ != Phase::New || !dev_) return DataDir::None;
     phase_ = Phase::WaitIo;  // nothing may re-enter until a phase is chosen
+    expected_out_ = expected_len;
     DataDir d = dispatch();
+    expected_out_ = nullptr;
     *expected_len = expected_;
     return live() || moved_ ? d : DataDir::None;
+}
+
+// The HBA may look at the expected length from inside the first callback.
+void HdRequest::set_expected(uint32_t n) {
+    expected_ = n;
+    if (expected_out_) *expected_out_ = n;
 }
 
 bool HdRequest::set_buffer(size_t n) {
@@ -329,7 +339,7 @@ DataDir HdRequest::dispatch() {
 DataDir HdRequest::start_emulated(EmulResult r, uint32_t alloc) {
     if (!r.ok) return fail(r.sense);
     if (alloc > kMaxAllocLen) return fail(kInvalidField);
-    expected_ = alloc;
+    set_expected(alloc);
     uint32_t n = r.exact_alloc ? alloc : std::min<uint32_t>(alloc, static_cast<uint32_t>(r.data.size()));
     if (n == 0) return no_data_good();
     if (!set_buffer(n)) return fail(kInvalidField);
@@ -441,7 +451,7 @@ DataDir HdRequest::start_rw() {
     const uint64_t bytes = uint64_t{nblk} * bs;
     if (bytes > UINT32_MAX) return fail(kInvalidField);
     if (bytes == 0) return no_data_good();
-    expected_ = static_cast<uint32_t>(bytes);
+    set_expected(static_cast<uint32_t>(bytes));
     io_off_ = lba * bs;
     io_left_ = bytes;
     if (!set_buffer(std::min<uint64_t>(bytes, kChunkBytes))) return fail(kInvalidField);
@@ -539,7 +549,7 @@ DataDir HdRequest::start_data_out(Kind k, uint32_t len) {
     std::memset(buf_.get(), 0, len);
     kind_ = k;
     dir_ = DataDir::ToDevice;
-    expected_ = len;
+    set_expected(len);
     cur_len_ = len;
     phase_ = Phase::WaitHba;
     if (client_) client_->transfer_data(*this, len);
@@ -688,6 +698,9 @@ Result<std::unique_ptr<Device>> make_scsi_hd(EventLoop& loop, block::BlockBacken
     if (props.scsi_id >= static_cast<unsigned>(kMaxTargets))
         return mpq::fail("scsi-hd: scsi-id {} out of range (0..{})", props.scsi_id, kMaxTargets - 1);
     if (props.lun > 255) return mpq::fail("scsi-hd: lun {} out of range (0..255)", props.lun);
+    if (props.max_io_size < bs || props.max_io_size % bs || props.max_io_size > (64u << 20))
+        return mpq::fail("scsi-hd: max_io_size must be a multiple of {} between {} and 64 MiB",
+                         bs, bs);
     MPQ_TRY(check_ascii("vendor", props.vendor, 8));
     MPQ_TRY(check_ascii("product", props.product, 16));
     MPQ_TRY(check_ascii("ver", props.ver, 4));

@@ -176,11 +176,11 @@ EmulResult emulate_inquiry(const HdView& v, std::span<const uint8_t> c) {
             d.resize(0x40, 0);
             const uint32_t bs = v.state.block_size;
             d[4] = 0x01;                                        // WSNZ
-            put_be32(&d[8], kChunkBytes / bs);                   // maximum transfer length
+            put_be32(&d[8], static_cast<uint32_t>(v.props.max_io_size / bs));  // maximum transfer length
             put_be32(&d[20], static_cast<uint32_t>(kMaxUnmapBytes / bs));  // max unmap LBA count
             put_be32(&d[24], kMaxUnmapDescriptors);
             put_be32(&d[28], std::max<uint32_t>(kUnmapGranularityBytes / bs, 1));  // optimal unmap granularity
-            put_be64(&d[36], kChunkBytes / bs);                  // maximum write same length
+            put_be64(&d[36], kChunkBytes / bs);  // maximum write same length (one buffer)
             break;
         }
         case 0xb1:

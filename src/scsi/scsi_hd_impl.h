@@ -16,7 +16,7 @@
 namespace mpq::scsi {
 
 // Data is moved between the HBA and the disk in chunks of this size, so a
-// huge command never needs a huge buffer. Also the max transfer in VPD B0.
+// huge command never needs a huge buffer.
 inline constexpr uint32_t kChunkBytes = 128 * 1024;
 inline constexpr uint32_t kMaxAllocLen = 65536;
 inline constexpr uint64_t kMaxUnmapBytes = 1ull << 30;

@@ -1,7 +1,7 @@
 // mpq-io: exercise a disk image through mpqemu's block layer, in the spirit
 // of qemu-io. Exit status is non-zero as soon as any command fails.
 //
-//   mpq-io [-f raw|qcow2] [-r] [-L L2_CACHE_BYTES] IMAGE -c CMD [-c CMD...] [-s SCRIPT]
+//   mpq-io [-f raw|qcow2] [-r] [-t CACHE] [-L L2_CACHE_BYTES] IMAGE -c CMD [-c CMD...] [-s SCRIPT]
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -28,7 +28,7 @@ namespace {
 
 void usage() {
     std::fprintf(stderr,
-                 "usage: mpq-io [-f raw|qcow2] [-r] [-L l2-cache-bytes] IMAGE [-c CMD]... [-s SCRIPT]\n"
+                 "usage: mpq-io [-f raw|qcow2] [-r] [-t cache-mode] [-L l2-cache-bytes] IMAGE [-c CMD]... [-s SCRIPT]\n"
                  "commands:\n"
                  "  read [-P byte] OFF LEN       read (and check every byte equals the pattern)\n"
                  "  write [-P byte] [-z] OFF LEN write a pattern (default 0xcd) or zeroes (-z)\n"
@@ -292,23 +292,23 @@ struct Tool {
     }
 };
 
-Result<std::unique_ptr<BlockDriver>> open_image(const std::string& path, std::string format, ReadOnly ro,
-                                                uint64_t l2_cache) {
-    auto file = qcow2::open_host_file(path, ro);
-    if (!file) return file.take_error();
-    if (format.empty()) {
-        uint8_t magic[4] = {};
-        if ((*file)->length() >= 4) MPQ_TRY((*file)->pread(0, magic));
-        format = qcow2::probe(magic) ? "qcow2" : "raw";
-    }
-    if (format == "raw") return std::move(*file);
-    if (format != "qcow2") return fail("unknown format '{}'", format);
+Result<std::unique_ptr<BlockDriver>> open_image(const std::string& path, const std::string& format, ReadOnly ro,
+                                                uint64_t l2_cache, CacheMode cache) {
     DriveOptions o;
     o.file = path;
     o.format = format;
     o.read_only = ro;
+    o.cache = cache;
     o.l2_cache_size = l2_cache;
-    return open_qcow2(std::move(*file), o);
+    if (format.empty()) {
+        // Probe here so that raw images do not trigger open_drive's warning.
+        auto f = qcow2::open_host_file(path, ReadOnly::Yes);
+        if (!f) return f.take_error();
+        uint8_t magic[4] = {};
+        if ((*f)->length() >= 4) MPQ_TRY((*f)->pread(0, magic));
+        o.format = qcow2::probe(magic) ? "qcow2" : "raw";
+    }
+    return open_drive(o);
 }
 
 }  // namespace
@@ -318,6 +318,7 @@ int main(int argc, char** argv) {
     std::string format, image;
     ReadOnly ro = ReadOnly::No;
     uint64_t l2_cache = 0;
+    CacheMode cache = CacheMode::Writeback;
     std::vector<std::string> cmds;
     for (int i = 1; i < argc; i++) {
         std::string a = argv[i];
@@ -329,6 +330,18 @@ int main(int argc, char** argv) {
             return argv[++i];
         };
         if (a == "-f") format = need();
+        else if (a == "-t") {
+            std::string m = need();
+            if (m == "writeback") cache = CacheMode::Writeback;
+            else if (m == "none") cache = CacheMode::None;
+            else if (m == "writethrough") cache = CacheMode::Writethrough;
+            else if (m == "directsync") cache = CacheMode::Directsync;
+            else if (m == "unsafe") cache = CacheMode::Unsafe;
+            else {
+                std::fprintf(stderr, "mpq-io: unknown cache mode %s\n", m.c_str());
+                return 2;
+            }
+        }
         else if (a == "-r") ro = ReadOnly::Yes;
         else if (a == "-L") {
             auto v = parse_size(need());
@@ -362,7 +375,7 @@ int main(int argc, char** argv) {
         usage();
         return 2;
     }
-    auto drv = open_image(image, format, ro, l2_cache);
+    auto drv = open_image(image, format, ro, l2_cache, cache);
     if (!drv) {
         std::fprintf(stderr, "mpq-io: %s\n", drv.error().message.c_str());
         return 1;

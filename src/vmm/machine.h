@@ -52,6 +52,11 @@ public:
     IrqRouter& irq() { return irq_; }
     VirtualClock& clock() { return clock_; }
 
+    // The legacy IRQ that INTA# of `devfn` is routed to now (PIIX3 registers).
+    std::optional<unsigned> routed_irq(int devfn) const {
+        uint8_t r = irq_.route(pirq_of(devfn_slot(devfn), 0));
+        return r < kNumPicIrqs ? std::optional<unsigned>(r) : std::nullopt;
+    }
     // Registers a PCI function (not owned) and creates its INTA# pin.
     Result<IntxPin*> plug(int devfn, std::string id, pci::PciFunction* fn);
     // Keeps an object alive as long as the machine (destroyed in reverse order).

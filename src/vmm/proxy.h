@@ -40,6 +40,7 @@ public:
     ~ProxyLink();
 
     const std::string& name() const { return name_; }
+    int fd() const { return ch_.fd(); }
     bool broken() const { return broken_; }
     const std::string& broken_reason() const { return reason_; }
     uint64_t features() const { return features_; }
@@ -59,6 +60,11 @@ public:
     Status post(ProxyDevice& dev, proto::Cmd cmd, std::span<const uint8_t> payload,
                 std::span<const int> fds);
 
+    // Watches the idle socket on the loop: a remote that closes it, or sends
+    // anything nobody asked for, is noticed at once (not at the next access)
+    // and the link is marked broken. Idempotent.
+    void watch(EventLoop& loop);
+
     void attach(ProxyDevice* dev) { devices_.push_back(dev); }
     void detach(ProxyDevice* dev);
     void mark_broken(const std::string& reason);
@@ -69,8 +75,11 @@ private:
     Status select(ProxyDevice& dev);
     Result<uint64_t> exchange(proto::Cmd cmd, std::span<const uint8_t> payload, bool allow_empty);
 
+    void on_idle_event(uint32_t events);
+
     proto::Channel ch_;
     proto::Frame rx_;
+    EventLoop* loop_ = nullptr;
     std::string name_;
     bool setup_done_ = false;
     bool negotiated_ = false;
@@ -114,6 +123,8 @@ public:
     uint16_t vendor() const { return vendor_; }
     uint16_t device() const { return device_; }
     uint16_t class_code() const { return class_; }
+    uint16_t subsys_id() const { return subsys_; }
+    const ProxyLink& link() const { return *link_; }
     const std::array<ProxyBar, pci::kNumBars>& bars() const { return bars_; }
     bool irq_level() const { return level_; }
 

@@ -135,6 +135,7 @@ Status ProxyDevice::realize(const GuestRam& ram) {
     }
     irqfd_watched_ = true;
     realized_ = true;
+    link_->watch(loop_);
     return {};
 }
 

@@ -1,10 +1,12 @@
 #include <fcntl.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 
 #include <cerrno>
 #include <cstring>
 
+#include "util/event_loop.h"
 #include "util/log.h"
 #include "vmm/proxy.h"
 
@@ -43,7 +45,24 @@ Result<std::shared_ptr<ProxyLink>> ProxyLink::create(UniqueFd sock, std::string 
     return l;
 }
 
-ProxyLink::~ProxyLink() = default;
+ProxyLink::~ProxyLink() {
+    if (loop_) loop_->remove_fd(ch_.fd());
+}
+
+void ProxyLink::watch(EventLoop& loop) {
+    if (loop_ || broken_) return;
+    if (loop.add_fd(ch_.fd(), FdEvents::Read, [this](uint32_t ev) { on_idle_event(ev); })) loop_ = &loop;
+}
+
+void ProxyLink::on_idle_event(uint32_t events) {
+    // Requests are synchronous and their replies are read inside call(), so
+    // the socket is only readable here if the remote sent something on its
+    // own, closed it, or failed.
+    char c;
+    ssize_t n = ::recv(ch_.fd(), &c, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (n < 0 && (errno == EAGAIN || errno == EINTR) && !(events & (EPOLLHUP | EPOLLERR))) return;
+    mark_broken(n > 0 ? "unsolicited data from the remote" : "remote closed the connection");
+}
 
 void ProxyLink::detach(ProxyDevice* dev) {
     std::erase(devices_, dev);
@@ -54,6 +73,10 @@ void ProxyLink::mark_broken(const std::string& reason) {
     if (broken_) return;
     broken_ = true;
     reason_ = reason;
+    if (loop_) {
+        loop_->remove_fd(ch_.fd());
+        loop_ = nullptr;
+    }
     // The stream may be mid-frame or hold a late reply: nothing more is sent
     // on it, but the socket stays open so the remote does not see an EOF
     // it would mistake for an orderly shutdown of the VM.

@@ -382,6 +382,7 @@ Status Vmm::add_scsi_hd(const opts::Option& o) {
         return o.error("SCSI id {} is already in use on {}", scsi_id, host->id());
     }
     disks_.push_back(std::move(*dev));
+    disk_info_.push_back({drive, p.id, *be});
     return {};
 }
 

@@ -52,6 +52,13 @@ struct DeviceInfo {
     hw::Lsi53c895a* lsi = nullptr;     // in-process controllers
 };
 
+// A -drive in use by a scsi-hd (query-block).
+struct DiskInfo {
+    std::string drive_id;
+    std::string qdev_id;  // the scsi-hd id ("" if none was given)
+    block::BlockBackend* backend = nullptr;
+};
+
 // The options this program accepts (shared with --help).
 std::span<const std::string_view> vmm_accepted_options();
 
@@ -65,6 +72,7 @@ public:
     EventLoop& loop() { return loop_; }
     const std::vector<DeviceInfo>& devices() const { return devices_; }
     const std::vector<MonitorSpec>& monitors() const { return monitors_; }
+    const std::vector<DiskInfo>& disks() const { return disk_info_; }
     const opts::CommandLine& command_line() const { return cl_; }
     bool start_stopped() const { return start_stopped_; }
 
@@ -92,6 +100,7 @@ private:
     std::unique_ptr<Machine> machine_;
     std::vector<DeviceInfo> devices_;
     std::vector<MonitorSpec> monitors_;
+    std::vector<DiskInfo> disk_info_;
     bool start_stopped_ = false;
     bool qtest_accel_ = false;
 

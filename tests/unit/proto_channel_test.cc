@@ -369,3 +369,14 @@ TEST(ProtoChannel, FrameReuseClearsOldPayload) {
     ASSERT_EQ(*rx.recv(f), RecvState::Frame);
     EXPECT_EQ(f.as<BarAccess>().addr, 0u);
 }
+
+TEST(ProtoChannel, SendTimesOutWhenPeerNeverReads) {
+    Pair p;
+    set_nonblock(p.a.get());
+    Channel tx(std::move(p.a));
+    tx.set_send_timeout_ms(50);
+    Status last;
+    for (int i = 0; i < 100000 && last.ok(); i++) last = tx.send_ret(i);
+    ASSERT_FALSE(last.ok());
+    EXPECT_NE(last.error().message.find("peer does not read"), std::string::npos) << last.error().message;
+}

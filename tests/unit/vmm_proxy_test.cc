@@ -476,6 +476,18 @@ TEST_F(ProxyTest, HungRemoteTimesOutThenFailsFast) {
     EXPECT_EQ(static_cast<int>(remote->seen().size()), before);
 }
 
+TEST_F(ProxyTest, IdleCloseIsNoticedByTheLoop) {
+    start();
+    auto d = make("lsi0");
+    ASSERT_TRUE(d->realize(*ram).ok());
+    remote->stop();  // the fake closes its end
+    for (int i = 0; i < 50 && lost.empty(); ++i) loop.run_once(100);
+    EXPECT_TRUE(d->broken());
+    ASSERT_EQ(lost.size(), 1u);
+    EXPECT_NE(lost[0].second.find("closed"), std::string::npos) << lost[0].second;
+    EXPECT_EQ(d->config_read(0, 4), 0xffffffffu);
+}
+
 TEST_F(ProxyTest, MultiDevPairsByIdOnOneSocket) {
     start(true);
     auto a = make("a");
