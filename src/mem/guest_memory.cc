@@ -4,22 +4,106 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <signal.h>
+
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstring>
+#include <mutex>
 
 namespace mpq {
 namespace {
 
 bool add_overflows(uint64_t a, uint64_t b) { return a + b < a; }
 
+// The VMM owns the files behind guest RAM. If it shrinks one after we mapped
+// it, touching the lost range raises SIGBUS, which would kill the device
+// process. The handler below puts a private zero page over the faulting page
+// of a guest-RAM mapping (so the access completes) and counts the event; the
+// accessors turn that into an error. Faults anywhere else keep their default
+// action.
+constexpr int kMaxGuarded = 64;
+struct GuardedRange {
+    std::atomic<uintptr_t> start{0};
+    std::atomic<uintptr_t> end{0};
+};
+GuardedRange g_guarded[kMaxGuarded];
+std::atomic<uint64_t> g_ram_faults{0};
+uintptr_t g_page_size = 4096;
+struct sigaction g_prev_sigbus;
+std::once_flag g_sigbus_once;
+
+void on_sigbus(int sig, siginfo_t* si, void* ctx) {
+    uintptr_t a = reinterpret_cast<uintptr_t>(si->si_addr);
+    for (auto& g : g_guarded) {
+        uintptr_t s = g.start.load(std::memory_order_acquire);
+        if (s == 0 || a < s || a >= g.end.load(std::memory_order_acquire)) continue;
+        void* page = reinterpret_cast<void*>(a & ~(g_page_size - 1));
+        if (::mmap(page, g_page_size, PROT_READ | PROT_WRITE, MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS,
+                   -1, 0) != MAP_FAILED) {
+            g_ram_faults.fetch_add(1, std::memory_order_relaxed);
+            return;  // the access is retried on the zero page
+        }
+    }
+    // Not guest RAM: whatever was there before handles the retried fault.
+    if (g_prev_sigbus.sa_flags & SA_SIGINFO) {
+        if (g_prev_sigbus.sa_sigaction) return g_prev_sigbus.sa_sigaction(sig, si, ctx);
+    }
+    ::sigaction(SIGBUS, &g_prev_sigbus, nullptr);
+}
+
+void install_sigbus_guard() {
+    std::call_once(g_sigbus_once, [] {
+        g_page_size = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+        struct sigaction sa {};
+        sa.sa_sigaction = on_sigbus;
+        sa.sa_flags = SA_SIGINFO | SA_NODEFER;
+        sigemptyset(&sa.sa_mask);
+        ::sigaction(SIGBUS, &sa, &g_prev_sigbus);
+    });
+}
+
+void guard_range(void* base, size_t len) {
+    auto s = reinterpret_cast<uintptr_t>(base);
+    for (auto& g : g_guarded) {
+        uintptr_t expected = 0;
+        if (g.start.load() != 0) continue;
+        g.end.store(s + len, std::memory_order_release);
+        if (g.start.compare_exchange_strong(expected, s, std::memory_order_acq_rel)) return;
+    }
+    // Table full: the range is simply unguarded (more than 64 mappings).
+}
+
+void unguard_range(void* base) {
+    auto s = reinterpret_cast<uintptr_t>(base);
+    for (auto& g : g_guarded) {
+        uintptr_t expected = s;
+        if (g.start.compare_exchange_strong(expected, 0, std::memory_order_acq_rel)) return;
+    }
+}
+
+// The handler runs on this thread in the middle of a memcpy: keep the
+// compiler from moving the copy across the counter reads.
+uint64_t fault_count() {
+    std::atomic_signal_fence(std::memory_order_seq_cst);
+    uint64_t v = g_ram_faults.load(std::memory_order_relaxed);
+    std::atomic_signal_fence(std::memory_order_seq_cst);
+    return v;
+}
+
 }  // namespace
+
+uint64_t GuestMemory::lost_page_faults() { return g_ram_faults.load(std::memory_order_relaxed); }
 
 GuestMemory::~GuestMemory() { clear(); }
 
 void GuestMemory::clear() {
-    for (auto& m : maps_)
-        if (m.map_len) ::munmap(m.map_base, m.map_len);
+    for (auto& m : maps_) {
+        if (!m.map_len) continue;
+        unguard_range(m.map_base);
+        ::munmap(m.map_base, m.map_len);
+    }
     maps_.clear();
 }
 
@@ -62,6 +146,7 @@ Status GuestMemory::set_regions(const std::vector<RamRegion>& regions) {
     if (same) return {};
 
     clear();
+    install_sigbus_guard();
     // `next` is sorted, `regions` is not: find each region's fd again.
     for (auto& m : next) {
         int fd = -1;
@@ -78,6 +163,7 @@ Status GuestMemory::set_regions(const std::vector<RamRegion>& regions) {
         }
         m.map_base = p;
         m.map_len = len;
+        guard_range(p, len);
         m.host = static_cast<uint8_t*>(p) + lead;
         maps_.push_back(m);
     }
@@ -96,6 +182,12 @@ Status GuestMemory::set_host_region(uint64_t gpa, uint8_t* host, uint64_t size) 
                                 [](const Mapping& a, uint64_t g) { return a.gpa < g; });
     maps_.insert(pos, m);
     return {};
+}
+
+Status GuestMemory::check_faults(uint64_t before, uint64_t gpa, size_t len) {
+    if (fault_count() == before) return {};
+    return fail("DMA at {:#x} len {:#x}: guest RAM behind it is gone (the VMM shrank its memory file)",
+                gpa, len);
 }
 
 const GuestMemory::Mapping* GuestMemory::find(uint64_t gpa, uint64_t len) const {
@@ -122,9 +214,10 @@ Status GuestMemory::read(uint64_t gpa, std::span<uint8_t> out) {
     if (out.empty()) return {};
     if (add_overflows(gpa, out.size() - 1) || gpa + (out.size() - 1) == UINT64_MAX)
         return fail("DMA read at {:#x} len {:#x}: address overflow", gpa, out.size());
+    uint64_t faults = fault_count();
     if (const Mapping* m = find(gpa, out.size())) {
         std::memcpy(out.data(), m->host + (gpa - m->gpa), out.size());
-        return {};
+        return check_faults(faults, gpa, out.size());
     }
     uint64_t a = gpa;
     size_t done = 0;
@@ -143,16 +236,17 @@ Status GuestMemory::read(uint64_t gpa, std::span<uint8_t> out) {
         done += n;
         a += n;
     }
-    return {};
+    return check_faults(faults, gpa, out.size());
 }
 
 Status GuestMemory::write(uint64_t gpa, std::span<const uint8_t> in) {
     if (in.empty()) return {};
     if (add_overflows(gpa, in.size() - 1) || gpa + (in.size() - 1) == UINT64_MAX)
         return fail("DMA write at {:#x} len {:#x}: address overflow", gpa, in.size());
+    uint64_t faults = fault_count();
     if (const Mapping* m = find(gpa, in.size())) {
         std::memcpy(m->host + (gpa - m->gpa), in.data(), in.size());
-        return {};
+        return check_faults(faults, gpa, in.size());
     }
     uint64_t a = gpa;
     size_t done = 0;
@@ -171,7 +265,7 @@ Status GuestMemory::write(uint64_t gpa, std::span<const uint8_t> in) {
         done += n;
         a += n;
     }
-    return {};
+    return check_faults(faults, gpa, in.size());
 }
 
 }  // namespace mpq

@@ -39,6 +39,9 @@ public:
     std::span<uint8_t> map(uint64_t gpa, uint64_t len) override;
 
     size_t region_count() const { return maps_.size(); }
+    // Pages of mapped guest RAM that vanished under us (the VMM shrank its
+    // file) and were replaced by zero pages instead of killing the process.
+    static uint64_t lost_page_faults();
 
 private:
     struct Mapping {
@@ -52,6 +55,7 @@ private:
         int64_t offset;
     };
     const Mapping* find(uint64_t gpa, uint64_t len) const;
+    static Status check_faults(uint64_t before, uint64_t gpa, size_t len);
     std::vector<Mapping> maps_;  // sorted by gpa
 };
 

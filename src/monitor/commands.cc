@@ -1,6 +1,5 @@
 #include "monitor/commands.h"
 
-#include <sys/stat.h>
 #include <algorithm>
 #include <time.h>
 
@@ -20,12 +19,6 @@ Json cache_json(block::CacheMode c) {
     bool direct = c == block::CacheMode::None || c == block::CacheMode::Directsync;
     bool no_flush = c == block::CacheMode::Unsafe;
     return Json{{"no-flush", no_flush}, {"direct", direct}, {"writeback", writeback}};
-}
-
-uint64_t actual_size(const std::string& file) {
-    struct stat st {};
-    if (file.empty() || ::stat(file.c_str(), &st) != 0) return 0;
-    return static_cast<uint64_t>(st.st_blocks) * 512;
 }
 
 Json remote_devices_json(const std::vector<RemoteDeviceInfo>& devs) {
@@ -122,7 +115,7 @@ Json block_info_json(const BlockDeviceInfo& b) {
     image["virtual-size"] = b.virtual_size;
     image["filename"] = b.filename;
     image["format"] = b.format;
-    image["actual-size"] = actual_size(b.filename);
+    if (b.actual_size) image["actual-size"] = *b.actual_size;
     image["dirty-flag"] = false;
 
     Json ins = Json::object();

@@ -54,6 +54,10 @@ struct BlockDeviceInfo {
     std::string filename;
     std::string format;            // "raw", "qcow2"
     uint64_t virtual_size = 0;
+    // Bytes allocated on the host, when the adapter knows them (QEMU's
+    // optional "actual-size"); the monitor never looks paths up itself, so
+    // it keeps working under the remote's sandbox.
+    std::optional<uint64_t> actual_size;
     bool read_only = false;
     block::CacheMode cache = block::CacheMode::Writeback;
     block::BlockStats stats;       // counted by the BlockBackend

@@ -126,9 +126,9 @@ Json timestamp_now() {
 
 }  // namespace
 
-Monitors::Monitors(EventLoop& loop, MachineView& view)
+Monitors::Monitors(EventLoop& loop, MachineView& view, UnlinkAtExit unlink)
     : loop_(loop), view_(view), hmp_(qmp_), env_{view, *this, {}, {}, {}},
-      alive_(std::make_shared<bool>(true)) {
+      alive_(std::make_shared<bool>(true)), unlink_at_exit_(unlink) {
     env_.monitor_chardevs = [this] { return chardevs(); };
     env_.defer = [this](std::function<void()> cb) {
         std::weak_ptr<bool> alive = alive_;
@@ -152,7 +152,8 @@ Monitors::~Monitors() {
             }
         }
         if (cd->listen) loop_.remove_fd(cd->listen.get());
-        if (cd->unlink_on_exit) ::unlink(cd->spec.chardev.path.c_str());
+        if (cd->unlink_on_exit && unlink_at_exit_ == UnlinkAtExit::Yes)
+            ::unlink(cd->spec.chardev.path.c_str());
     }
     alive_.reset();
 }

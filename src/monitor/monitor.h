@@ -31,7 +31,11 @@ public:
     // How often block stats are compared to report BLOCK_IO_ERROR.
     static constexpr uint64_t kIoErrorPollNs = 200'000'000;
 
-    Monitors(EventLoop& loop, MachineView& view);
+    // Whether listening unix sockets are removed when the monitors go away
+    // (QEMU does). A sandboxed process may not touch paths by then.
+    enum class UnlinkAtExit : uint8_t { Yes, No };
+
+    Monitors(EventLoop& loop, MachineView& view, UnlinkAtExit unlink = UnlinkAtExit::Yes);
     ~Monitors() override;
     Monitors(const Monitors&) = delete;
     Monitors& operator=(const Monitors&) = delete;
@@ -80,6 +84,7 @@ private:
     CommandEnv env_;
     std::vector<std::unique_ptr<Chardev>> chardevs_;
     std::shared_ptr<bool> alive_;
+    UnlinkAtExit unlink_at_exit_;
     bool reap_pending_ = false;
     EventLoop::TimerId poll_timer_ = 0;
     struct ErrSnapshot {

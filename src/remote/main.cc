@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "remote/monitor_hook.h"
 #include "remote/remote_process.h"
 #include "sandbox/sandbox.h"
 #include "util/event_loop.h"
@@ -119,12 +120,10 @@ int main(int argc, char** argv) {
     if (auto s = proc.configure(*cl, first_fd); !s.ok()) return die(s.error());
 
     // ==== h-mon hook: monitors ====================================================
-    // proc.monitor_options() holds every -chardev/-mon/-monitor/-qmp option in
-    // command-line order; proc gives devices, drives/backends, the event loop,
-    // reset_devices() and quit(). Attach QMP/HMP here (before start()) and exit 1
-    // with the option named on error. Until then they are accepted and ignored.
-    if (!proc.monitor_options().empty())
-        log::warn("monitor options are not supported by this build yet; ignored");
+    // monitor hook: -chardev/-mon/-monitor/-qmp open QMP/HMP monitors on the loop.
+    remote::RemoteMachineView mon_view(proc);
+    auto monitors = remote::start_monitors(proc, mon_view);
+    if (!monitors.ok()) return die(monitors.error());
     // ==== end h-mon hook ===========================================================
 
 
@@ -181,6 +180,9 @@ int main(int argc, char** argv) {
 
     log::info("serving {} device(s) on {} socket(s)", proc.functions().size(), proc.bindings().size());
     int rc = loop.run();
+    // monitor hook: tell QMP clients why we stop, unless a monitor's quit already did.
+    if (*monitors && !mon_view.quit_requested())
+        (*monitors)->shutdown_event(rc == 0 ? "guest-shutdown" : "host-error");
     loop.remove_fd(sfd.get());
     proc.shutdown();
     return rc;

@@ -158,3 +158,43 @@ TEST(GuestMemory, HostRegions) {
     gm.clear();
     EXPECT_EQ(gm.region_count(), 0u);
 }
+
+// The VMM owns the RAM file; if it shrinks it under us, DMA fails cleanly
+// instead of the process dying of SIGBUS.
+TEST(GuestMemory, ShrunkFileGivesErrorNotSigbus) {
+    auto fd = memfd(0x10000);
+    GuestMemory gm;
+    ASSERT_TRUE(gm.set_regions({{0, 0x10000, 0, fd.get()}}).ok());
+    poke(fd.get(), 0x10, 0x42);
+    uint8_t b[16];
+    ASSERT_TRUE(gm.read(0x10, std::span<uint8_t>(b, 1)).ok());
+    EXPECT_EQ(b[0], 0x42);
+    ASSERT_EQ(::ftruncate(fd.get(), 0x1000), 0);  // keep the first page only
+    uint64_t before = GuestMemory::lost_page_faults();
+    EXPECT_TRUE(gm.read(0x10, b).ok());  // still backed
+    auto r = gm.read(0x8000, b);
+    ASSERT_FALSE(r.ok());
+    EXPECT_NE(r.error().message.find("gone"), std::string::npos) << r.error().message;
+    const uint8_t w[4] = {1, 2, 3, 4};
+    EXPECT_FALSE(gm.write(0x9000, w).ok());
+    EXPECT_EQ(GuestMemory::lost_page_faults(), before + 2);
+    // Once replaced, the page reads as zeros without faulting again.
+    EXPECT_TRUE(gm.read(0x8000, b).ok());
+    EXPECT_EQ(b[0], 0);
+}
+
+// A SIGBUS outside guest RAM still kills (the guard only covers our mappings).
+TEST(GuestMemoryDeathTest, ForeignSigbusStillFatal) {
+    auto fd = memfd(0x10000);
+    GuestMemory gm;
+    ASSERT_TRUE(gm.set_regions({{0, 0x10000, 0, fd.get()}}).ok());
+    EXPECT_DEATH(
+        {
+            auto f = memfd(0x2000);
+            auto* p = static_cast<volatile uint8_t*>(
+                ::mmap(nullptr, 0x2000, PROT_READ | PROT_WRITE, MAP_SHARED, f.get(), 0));
+            if (::ftruncate(f.get(), 0) != 0) std::abort();
+            (void)p[0x1000];
+        },
+        "");
+}

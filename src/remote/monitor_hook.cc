@@ -1,0 +1,78 @@
+// monitor hook (h-mon): adapter from RemoteProcess to monitor::MachineView.
+#include "remote/monitor_hook.h"
+
+#include <fmt/format.h>
+
+#include "remote/device_server.h"
+
+namespace mpq::remote {
+
+std::vector<monitor::PciDeviceInfo> RemoteMachineView::pci_devices() {
+    std::vector<monitor::PciDeviceInfo> out;
+    unsigned slot = 0;
+    for (const auto& f : proc_.functions())
+        out.push_back(monitor::describe_pci_device(*f.dev, slot++, f.id));
+    return out;
+}
+
+std::vector<monitor::BlockDeviceInfo> RemoteMachineView::block_devices() {
+    std::vector<monitor::BlockDeviceInfo> out;
+    unsigned n = 0;
+    for (auto& d : proc_.drives()) {
+        ++n;
+        if (!d.backend) continue;
+        // QEMU names anonymous nodes "#blockNNN"; ours are stable per drive.
+        out.push_back(monitor::describe_block_backend(*d.backend, fmt::format("#block{:03}", 100 + n),
+                                                      d.attached_to));
+    }
+    return out;
+}
+
+std::vector<monitor::RemoteDeviceInfo> RemoteMachineView::remote_devices() {
+    std::vector<monitor::RemoteDeviceInfo> out;
+    size_t conns = proc_.server() ? proc_.server()->connections() : 0;
+    for (const auto& f : proc_.functions()) {
+        monitor::RemoteDeviceInfo r;
+        r.id = f.id;
+        r.driver = f.driver;
+        for (const auto& b : proc_.bindings()) {
+            for (size_t i = 0; i < b.devices.size(); ++i) {
+                if (b.devices[i] != f.id) continue;
+                r.fd = b.fd;
+                r.peer = i == 0 ? "default device of its socket" : "reachable by SELECT_DEVICE";
+            }
+        }
+        r.channel = conns > 0 ? "connected" : "disconnected";
+        out.push_back(std::move(r));
+    }
+    return out;
+}
+
+Status RemoteMachineView::system_reset() {
+    proc_.reset_devices();
+    return {};
+}
+
+void RemoteMachineView::quit() {
+    quit_requested_ = true;
+    proc_.quit(0);
+}
+
+Result<std::unique_ptr<monitor::Monitors>> start_monitors(RemoteProcess& proc,
+                                                          RemoteMachineView& view) {
+    if (proc.monitor_options().empty()) return std::unique_ptr<monitor::Monitors>();
+    monitor::MonitorOptions mo;
+    for (const auto& o : proc.monitor_options()) {
+        auto r = mo.consume(fmt::format("-{}", o.name()), o.text);
+        if (!r.ok()) return r.take_error();  // names the option already
+        if (!*r) return o.error("not a monitor option");
+    }
+    // The sandbox (applied after start-up) forbids unlink(): a socket file
+    // left behind is replaced by the next run, as a stale one.
+    auto mon = std::make_unique<monitor::Monitors>(proc.loop(), view,
+                                                   monitor::Monitors::UnlinkAtExit::No);
+    MPQ_TRY(mon->start(mo));
+    return mon;
+}
+
+}  // namespace mpq::remote

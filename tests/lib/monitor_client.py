@@ -1,0 +1,204 @@
+"""QMP and HMP clients for the monitor integration tests (stdlib only).
+
+Unlike mpqtest.Qmp these keep raw access: negotiation is explicit, errors
+come back as values, events are collected, and a caller can send any bytes.
+"""
+import json
+import os
+import socket
+import time
+
+
+def connect_unix(path, proc=None, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            s.connect(path)
+            s.settimeout(30.0)
+            return s
+        except (FileNotFoundError, ConnectionRefusedError):
+            s.close()
+            if proc is not None and proc.poll() is not None:
+                raise RuntimeError("process exited before %s appeared" % path)
+            if time.monotonic() > deadline:
+                raise RuntimeError("no socket at %s" % path)
+            time.sleep(0.05)
+
+
+class QmpClient:
+    def __init__(self, path, proc=None):
+        self.sock = connect_unix(path, proc)
+        self.buf = b""
+        self.events = []
+        self.greeting = self.read()
+
+    def read(self):
+        while b"\n" not in self.buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise EOFError("QMP connection closed")
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\n", 1)
+        return json.loads(line)
+
+    def send_raw(self, data):
+        self.sock.sendall(data)
+
+    def response(self):
+        """Next non-event message."""
+        while True:
+            r = self.read()
+            if "event" in r:
+                self.events.append(r)
+                continue
+            return r
+
+    def cmd(self, name, args=None, id=None):
+        msg = {"execute": name}
+        if args is not None:
+            msg["arguments"] = args
+        if id is not None:
+            msg["id"] = id
+        self.sock.sendall(json.dumps(msg).encode() + b"\n")
+        return self.response()
+
+    def ret(self, name, **args):
+        r = self.cmd(name, args if args else None)
+        if "return" not in r:
+            raise RuntimeError("QMP %s failed: %r" % (name, r))
+        return r["return"]
+
+    def negotiate(self):
+        r = self.cmd("qmp_capabilities")
+        if r != {"return": {}}:
+            raise RuntimeError("negotiation failed: %r" % r)
+
+    def wait_event(self, name, timeout=30.0):
+        deadline = time.monotonic() + timeout
+        while True:
+            for e in self.events:
+                if e["event"] == name:
+                    self.events.remove(e)
+                    return e
+            if time.monotonic() > deadline:
+                raise AssertionError("no %s event" % name)
+            self.events.append(self.read())
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+class HmpClient:
+    PROMPT = b"(qemu) "
+
+    def __init__(self, path, proc=None):
+        self.sock = connect_unix(path, proc)
+        self.banner = self._until_prompt()
+
+    def _until_prompt(self):
+        buf = b""
+        while not buf.endswith(self.PROMPT):
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise EOFError("HMP connection closed; got %r" % buf[-200:])
+            buf += chunk
+        return buf.decode(errors="replace")
+
+    def cmd(self, line):
+        """Output of one command line (echo stripped), '\\r\\n' line ends kept."""
+        self.sock.sendall(line.encode() + b"\r\n")
+        out = self._until_prompt()
+        out = out[: -len(self.PROMPT)]
+        echo = line + "\r\n"
+        if out.startswith(echo):
+            out = out[len(echo):]
+        return out
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+class RemoteRig:
+    """Our qemu-scsi-dev with -monitor/-qmp unix sockets, driven by stock
+    QEMU's x-pci-proxy-dev; the test holds the VMM's qtest socket.
+    `qtest_cls` is the qtest-bench QTest class (listening side)."""
+
+    def __init__(self, T, qemu, remote, tmp, disk, qtest_cls, extra_remote_args=()):
+        import subprocess
+        self.T = T
+        self.hmp_path = os.path.join(tmp, "hmp.sock")
+        self.qmp_path = os.path.join(tmp, "qmp.sock")
+        self.log = os.path.join(tmp, "remote.log")
+        qsock = os.path.join(tmp, "qtest.sock")
+        proxy_end, remote_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        rfd = remote_end.fileno()
+        self.remote = subprocess.Popen(
+            [remote, str(rfd), "-device", "lsi53c895a,id=lsi0",
+             "-drive", "id=d0,file=%s,format=raw,if=none" % disk,
+             "-device", "scsi-hd,id=sd0,drive=d0,bus=lsi0.0,scsi-id=0",
+             "-monitor", "unix:%s,server,nowait" % self.hmp_path,
+             "-qmp", "unix:%s,server,nowait" % self.qmp_path, "-D", self.log]
+            + list(extra_remote_args),
+            pass_fds=[rfd])
+        remote_end.close()
+        self.q = qtest_cls.listen(qsock)
+        pfd = proxy_end.fileno()
+        self.vmm = subprocess.Popen(
+            [qemu, "-machine", "pc,memory-backend=mem0", "-accel", "tcg", "-S", "-m", "128M",
+             "-object", "memory-backend-memfd,id=mem0,size=128M,share=on",
+             "-nodefaults", "-display", "none", "-qtest", "unix:" + qsock, "-qtest-log", "none",
+             "-device", "x-pci-proxy-dev,id=lsi0,fd=%d" % pfd],
+            pass_fds=[pfd], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proxy_end.close()
+        try:
+            self.q.accept(timeout=60, proc=self.vmm)
+            self.q.cmd("endianness")
+        except Exception:
+            self.stop()
+            raise
+
+    def stop(self):
+        try:
+            self.q.close()
+        except Exception:
+            pass
+        self.T.stop(self.vmm)
+        self.T.stop(self.remote)
+
+
+class Scsi:
+    """One SCSI command at a time through the lsi53c895a SCRIPTS engine, with
+    the shared qtest-bench's SCRIPTS assembler and driver (module `B`)."""
+
+    def __init__(self, B, q):
+        self.B, self.q = B, q
+        pci = B.PCI(q)
+        self.bdf = pci.find(0x1000, 0x0012)
+        if self.bdf is None:
+            raise RuntimeError("lsi53c895a not found on bus 0")
+        bars = pci.assign(self.bdf, pci.size_bars(self.bdf), B.IO_BASE, B.MMIO_BASE)
+        self.bars = {x["index"]: x for x in bars}
+        self.lsi = B.LSI(q, self.bars[0]["addr"], self.bars[1]["addr"], self.bars[2]["addr"])
+
+    def run(self, cdb, dlen, allow_check=False):
+        B = self.B
+        img = B.scsi_command_script(B.SLOT_BASE, 0, len(cdb), dlen, B.SCSI_BUF)
+        self.q.memwrite(B.SLOT_BASE, bytes(B.slot_with_cdb(img, cdb)))
+        self.lsi.run(B.SLOT_BASE)
+        st = self.q.memread(B.SLOT_BASE + 0x120, 1)[0]
+        if st != 0 and not (allow_check and st == 2):
+            raise RuntimeError("SCSI status 0x%02x for cdb %s" % (st, cdb.hex()))
+        return st
+
+    def ready(self):
+        for _ in range(8):
+            if self.run(bytes(6), 0, allow_check=True) == 0:
+                return
+        raise RuntimeError("TEST UNIT READY never GOOD")
