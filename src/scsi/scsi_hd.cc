@@ -103,7 +103,8 @@ public:
     DataDir start(uint32_t* expected_len) override;
     void continue_transfer() override;
     std::span<uint8_t> buffer() override {
-        return buf_ ? std::span<uint8_t>(buf_.get(), cur_len_) : std::span<uint8_t>();
+        uint8_t* b = bufs_[hba_idx_].get();
+        return b ? std::span<uint8_t>(b, cur_len_) : std::span<uint8_t>();
     }
     void cancel() override;
     Sense sense() const override { return sense_; }
@@ -112,7 +113,7 @@ public:
     void cancel_from_device() { cancel(); }
 
 private:
-    enum class Phase : uint8_t { New, WaitHba, WaitIo, Done, Cancelled };
+    enum class Phase : uint8_t { New, Active, Done, Cancelled };
     enum class Kind : uint8_t { Emulated, Read, Write, ModeSelect, Unmap, WriteSame };
 
     bool live() const { return phase_ != Phase::Done && phase_ != Phase::Cancelled; }
@@ -137,11 +138,15 @@ private:
     DataDir start_write_same();
     DataDir start_unmap();
     DataDir no_data_good();
-    bool set_buffer(size_t n);
+    bool set_buffer(size_t n) { return ensure_buffer(0, n); }
+    bool ensure_buffer(int idx, size_t n);
     void set_expected(uint32_t n);
-    void issue_read();
-    void read_done(IoStatus st);
-    void write_done(IoStatus st);
+    void announce(int idx, uint32_t len);
+    void issue_read(int idx);
+    void read_done(int idx, uint32_t len, IoStatus st);
+    void pump_read();
+    void pump_write();
+    void write_done(int idx, IoStatus st);
     void after_writes();
     void data_out_received();
     void finish_mode_select();
@@ -154,7 +159,7 @@ private:
     block::BlockBackend::Done guard(F f) {
         return [self = std::static_pointer_cast<HdRequest>(shared_from_this()),
                 f](IoStatus st) mutable {
-            if (self->phase_ != Phase::WaitIo) return;
+            if (!self->live()) return;
             f(self.get(), std::move(st));
         };
     }
@@ -165,13 +170,29 @@ private:
     Phase phase_ = Phase::New;
     Kind kind_ = Kind::Emulated;
     Sense sense_ = kNoSense;
-    std::unique_ptr<uint8_t, FreeDeleter> buf_;
-    size_t buf_size_ = 0;
-    uint32_t cur_len_ = 0;      // bytes of the chunk announced to the HBA
+    // Two chunk buffers so the disk and the HBA can work at the same time
+    // (the second one only for commands longer than a chunk).
+    std::array<std::unique_ptr<uint8_t, FreeDeleter>, 2> bufs_;
+    std::array<size_t, 2> buf_size_{};
+    int hba_idx_ = 0;         // buffer of the chunk announced to the HBA
+    bool hba_busy_ = false;   // announced and not yet continued
+    uint32_t cur_len_ = 0;    // bytes of that chunk
     uint32_t expected_ = 0;
     uint32_t* expected_out_ = nullptr;  // start()'s out parameter while it runs
     uint32_t moved_ = 0;        // bytes handed to or taken from the HBA
-    // READ/WRITE progress, in bytes on the disk.
+    // READ: bytes not yet requested from the disk; the chunk being read and
+    // the one read and waiting for the HBA.
+    uint64_t rd_off_ = 0, rd_left_ = 0;
+    int rd_inflight_ = -1;
+    int ready_idx_ = -1;
+    uint32_t ready_len_ = 0;
+    // WRITE: bytes not yet announced to the HBA; where the HBA's chunk goes;
+    // buffers with a write in flight.
+    uint64_t ann_off_ = 0, ann_left_ = 0;
+    uint64_t hba_off_ = 0;
+    std::array<bool, 2> wr_busy_{};
+    unsigned wr_inflight_ = 0;
+    // WRITE SAME range.
     uint64_t io_off_ = 0;
     uint64_t io_left_ = 0;
     bool flush_after_ = false;
@@ -225,7 +246,7 @@ DataDir HdRequest::start(uint32_t* expected_len) {
     auto self = shared_from_this();
     *expected_len = 0;
     if (phase_ != Phase::New || !dev_) return DataDir::None;
-    phase_ = Phase::WaitIo;  // nothing may re-enter until a phase is chosen
+    phase_ = Phase::Active;
     expected_out_ = expected_len;
     DataDir d = dispatch();
     expected_out_ = nullptr;
@@ -239,13 +260,21 @@ void HdRequest::set_expected(uint32_t n) {
     if (expected_out_) *expected_out_ = n;
 }
 
-bool HdRequest::set_buffer(size_t n) {
-    if (n > buf_size_) {
-        buf_ = alloc_aligned(n);
-        buf_size_ = buf_ ? n : 0;
-        if (!buf_) return false;
+bool HdRequest::ensure_buffer(int idx, size_t n) {
+    if (n > buf_size_[idx]) {
+        bufs_[idx] = alloc_aligned(n);
+        buf_size_[idx] = bufs_[idx] ? n : 0;
+        if (!bufs_[idx]) return false;
     }
     return true;
+}
+
+// Hands a chunk to the HBA. It may continue from inside the call.
+void HdRequest::announce(int idx, uint32_t len) {
+    hba_idx_ = idx;
+    cur_len_ = len;
+    hba_busy_ = true;
+    if (client_) client_->transfer_data(*this, len);
 }
 
 DataDir HdRequest::no_data_good() {
@@ -343,15 +372,12 @@ DataDir HdRequest::start_emulated(EmulResult r, uint32_t alloc) {
     uint32_t n = r.exact_alloc ? alloc : std::min<uint32_t>(alloc, static_cast<uint32_t>(r.data.size()));
     if (n == 0) return no_data_good();
     if (!set_buffer(n)) return fail(kInvalidField);
-    std::memset(buf_.get(), 0, n);
-    std::memcpy(buf_.get(), r.data.data(), std::min<size_t>(n, r.data.size()));
+    std::memset(bufs_[0].get(), 0, n);
+    std::memcpy(bufs_[0].get(), r.data.data(), std::min<size_t>(n, r.data.size()));
     kind_ = Kind::Emulated;
     dir_ = DataDir::FromDevice;
-    cur_len_ = n;
-    phase_ = Phase::WaitHba;
     moved_ = n;
-    auto self = shared_from_this();
-    if (client_) client_->transfer_data(*this, n);
+    announce(0, n);
     return DataDir::FromDevice;
 }
 
@@ -372,32 +398,30 @@ DataDir HdRequest::start_request_sense() {
 }
 
 void HdRequest::continue_transfer() {
-    if (phase_ != Phase::WaitHba) return;
+    if (!live() || !hba_busy_) return;
     auto self = shared_from_this();
+    hba_busy_ = false;
     switch (kind_) {
         case Kind::Emulated:
             complete_good();
             return;
         case Kind::Read:
-            if (io_left_ == 0) {
-                complete_good();
-                return;
-            }
-            issue_read();
+            pump_read();
             return;
         case Kind::Write: {
-            phase_ = Phase::WaitIo;
+            const int idx = hba_idx_;
             moved_ += cur_len_;
-            uint64_t off = io_off_;
-            dev_->backend_.write(off, std::span<const uint8_t>(buf_.get(), cur_len_),
-                                 guard([](HdRequest* r, IoStatus st) { r->write_done(std::move(st)); }));
+            wr_busy_[idx] = true;
+            ++wr_inflight_;
+            dev_->backend_.write(hba_off_, std::span<const uint8_t>(bufs_[idx].get(), cur_len_),
+                                 guard([idx](HdRequest* r, IoStatus st) { r->write_done(idx, std::move(st)); }));
+            pump_write();
             return;
         }
         case Kind::ModeSelect:
         case Kind::Unmap:
         case Kind::WriteSame:
             moved_ += cur_len_;
-            phase_ = Phase::WaitIo;
             data_out_received();
             return;
     }
@@ -452,64 +476,95 @@ DataDir HdRequest::start_rw() {
     if (bytes > UINT32_MAX) return fail(kInvalidField);
     if (bytes == 0) return no_data_good();
     set_expected(static_cast<uint32_t>(bytes));
-    io_off_ = lba * bs;
-    io_left_ = bytes;
-    if (!set_buffer(std::min<uint64_t>(bytes, kChunkBytes))) return fail(kInvalidField);
+    const uint32_t chunk = static_cast<uint32_t>(std::min<uint64_t>(bytes, kChunkBytes));
+    if (!ensure_buffer(0, chunk)) return fail(kInvalidField);
+    if (bytes > kChunkBytes && !ensure_buffer(1, chunk)) return fail(kInvalidField);
     if (!write) {
         kind_ = Kind::Read;
         dir_ = DataDir::FromDevice;
-        issue_read();
+        rd_off_ = lba * bs;
+        rd_left_ = bytes;
+        issue_read(0);
         return DataDir::FromDevice;
     }
     kind_ = Kind::Write;
     dir_ = DataDir::ToDevice;
     flush_after_ = verify || (flags & 0x08) || dev_->state_.write_cache == WriteCache::Off;
-    cur_len_ = static_cast<uint32_t>(std::min<uint64_t>(io_left_, kChunkBytes));
-    phase_ = Phase::WaitHba;
-    if (client_) client_->transfer_data(*this, cur_len_);
+    ann_off_ = lba * bs;
+    ann_left_ = bytes;
+    pump_write();
     return DataDir::ToDevice;
 }
 
-void HdRequest::issue_read() {
-    phase_ = Phase::WaitIo;
-    cur_len_ = static_cast<uint32_t>(std::min<uint64_t>(io_left_, kChunkBytes));
-    dev_->backend_.read(io_off_, std::span<uint8_t>(buf_.get(), cur_len_),
-                        guard([](HdRequest* r, IoStatus st) { r->read_done(std::move(st)); }));
+void HdRequest::issue_read(int idx) {
+    const uint32_t len = static_cast<uint32_t>(std::min<uint64_t>(rd_left_, kChunkBytes));
+    const uint64_t off = rd_off_;
+    rd_off_ += len;
+    rd_left_ -= len;
+    rd_inflight_ = idx;
+    dev_->backend_.read(off, std::span<uint8_t>(bufs_[idx].get(), len),
+                        guard([idx, len](HdRequest* r, IoStatus st) { r->read_done(idx, len, std::move(st)); }));
 }
 
-void HdRequest::read_done(IoStatus st) {
+void HdRequest::read_done(int idx, uint32_t len, IoStatus st) {
+    rd_inflight_ = -1;
     if (!st) return io_failed(st, false);
-    io_off_ += cur_len_;
-    io_left_ -= cur_len_;
-    moved_ += cur_len_;
-    phase_ = Phase::WaitHba;
-    if (client_) client_->transfer_data(*this, cur_len_);
+    ready_idx_ = idx;
+    ready_len_ = len;
+    pump_read();
 }
 
-void HdRequest::write_done(IoStatus st) {
-    if (!st) return io_failed(st, true);
-    io_off_ += cur_len_;
-    io_left_ -= cur_len_;
-    if (io_left_ > 0) {
-        cur_len_ = static_cast<uint32_t>(std::min<uint64_t>(io_left_, kChunkBytes));
-        phase_ = Phase::WaitHba;
-        if (client_) client_->transfer_data(*this, cur_len_);
+// Keeps one chunk with the HBA and reads the next one meanwhile.
+void HdRequest::pump_read() {
+    if (hba_busy_) return;
+    if (ready_idx_ >= 0) {
+        const int idx = ready_idx_;
+        const uint32_t len = ready_len_;
+        ready_idx_ = -1;
+        if (rd_inflight_ < 0 && rd_left_ > 0) issue_read(1 - idx);
+        moved_ += len;
+        announce(idx, len);
         return;
     }
-    after_writes();
+    if (rd_inflight_ >= 0) return;  // the next chunk is on its way
+    if (rd_left_ > 0) {
+        issue_read(hba_idx_);
+        return;
+    }
+    complete_good();
+}
+
+// Lets the HBA fill a free buffer while the other one is being written.
+void HdRequest::pump_write() {
+    if (hba_busy_) return;
+    if (ann_left_ > 0) {
+        int idx = !wr_busy_[0] ? 0 : (!wr_busy_[1] && bufs_[1]) ? 1 : -1;
+        if (idx < 0) return;  // both buffers are being written
+        const uint32_t len = static_cast<uint32_t>(std::min<uint64_t>(ann_left_, kChunkBytes));
+        hba_off_ = ann_off_;
+        ann_off_ += len;
+        ann_left_ -= len;
+        announce(idx, len);
+        return;
+    }
+    if (wr_inflight_ == 0) after_writes();
+}
+
+void HdRequest::write_done(int idx, IoStatus st) {
+    wr_busy_[idx] = false;
+    --wr_inflight_;
+    if (!st) return io_failed(st, true);
+    pump_write();
 }
 
 // GOOD only once the data is where the guest was promised it is.
 void HdRequest::after_writes() {
     if (!flush_after_) {
-        phase_ = Phase::WaitHba;
         complete_good();
         return;
     }
-    phase_ = Phase::WaitIo;
     dev_->backend_.flush(guard([](HdRequest* r, IoStatus st) {
         if (!st) return r->io_failed(st, true);
-        r->phase_ = Phase::WaitHba;
         r->complete_good();
     }));
 }
@@ -517,7 +572,6 @@ void HdRequest::after_writes() {
 DataDir HdRequest::start_flush() {
     dev_->backend_.flush(guard([](HdRequest* r, IoStatus st) {
         if (!st) return r->io_failed(st, true);
-        r->phase_ = Phase::WaitHba;
         r->complete_good();
     }));
     return DataDir::None;
@@ -546,13 +600,11 @@ DataDir HdRequest::start_verify() {
 
 DataDir HdRequest::start_data_out(Kind k, uint32_t len) {
     if (!set_buffer(len)) return fail(kInvalidField);
-    std::memset(buf_.get(), 0, len);
+    std::memset(bufs_[0].get(), 0, len);
     kind_ = k;
     dir_ = DataDir::ToDevice;
     set_expected(len);
-    cur_len_ = len;
-    phase_ = Phase::WaitHba;
-    if (client_) client_->transfer_data(*this, len);
+    announce(0, len);
     return DataDir::ToDevice;
 }
 
@@ -566,9 +618,8 @@ void HdRequest::data_out_received() {
 }
 
 void HdRequest::finish_mode_select() {
-    phase_ = Phase::WaitHba;
     const bool ten = cdb_[0] == op::kModeSelect10;
-    auto out = parse_mode_select(dev_->view(), ten, std::span<const uint8_t>(buf_.get(), cur_len_));
+    auto out = parse_mode_select(dev_->view(), ten, std::span<const uint8_t>(bufs_[0].get(), cur_len_));
     if (!out.ok) {
         complete_check(out.sense);
         return;
@@ -590,7 +641,7 @@ DataDir HdRequest::start_unmap() {
 }
 
 void HdRequest::finish_unmap() {
-    std::span<const uint8_t> p(buf_.get(), cur_len_);
+    std::span<const uint8_t> p(bufs_[0].get(), cur_len_);
     auto bad = [&](Sense s) {
         complete_check(s);
     };
@@ -615,12 +666,10 @@ void HdRequest::finish_unmap() {
 
 void HdRequest::unmap_next() {
     if (unmap_next_ >= unmap_.size()) {
-        phase_ = Phase::WaitHba;
         complete_good();
         return;
     }
     auto [off, len] = unmap_[unmap_next_++];
-    phase_ = Phase::WaitIo;
     dev_->backend_.discard(off, len, guard([](HdRequest* r, IoStatus st) {
         if (!st) return r->io_failed(st, true);
         r->unmap_next();
@@ -659,7 +708,7 @@ DataDir HdRequest::start_write_same() {
 
 void HdRequest::finish_write_same() {
     const uint32_t bs = dev_->state_.block_size;
-    const uint8_t* b = buf_.get();
+    uint8_t* b = bufs_[0].get();
     const bool zero = std::all_of(b, b + bs, [](uint8_t x) { return x == 0; });
     if (zero) {
         dev_->backend_.write_zeroes(io_off_, io_left_, guard([](HdRequest* r, IoStatus st) {
@@ -668,8 +717,8 @@ void HdRequest::finish_write_same() {
         }));
         return;
     }
-    for (uint64_t o = bs; o < io_left_; o += bs) std::memcpy(buf_.get() + o, b, bs);
-    dev_->backend_.write(io_off_, std::span<const uint8_t>(buf_.get(), io_left_),
+    for (uint64_t o = bs; o < io_left_; o += bs) std::memcpy(b + o, b, bs);
+    dev_->backend_.write(io_off_, std::span<const uint8_t>(b, io_left_),
                          guard([](HdRequest* r, IoStatus st) {
                              if (!st) return r->io_failed(st, true);
                              r->after_writes();

@@ -34,7 +34,7 @@ struct Outcome {
     int transfers = 0;
 };
 
-enum class Continue : uint8_t { Deferred, Inline };
+enum class Continue : uint8_t { Deferred, Inline, Manual };
 
 // A minimal HBA: takes each data-in chunk, fills each data-out chunk from
 // `out`, and continues from the event loop like a real controller would.
@@ -55,6 +55,7 @@ public:
             for (uint32_t i = 0; i < len; ++i) b[i] = out_pos_ < out_.size() ? out_[out_pos_++] : 0;
         }
         auto self = req.shared_from_this();
+        if (how_ == Continue::Manual) return;
         if (how_ == Continue::Inline) {
             req.continue_transfer();
         } else {
@@ -601,7 +602,7 @@ TEST_F(ScsiHdTest, HostIoErrorsBecomeSense) {
     fault_->add_rule({FaultOp::Flush, 0, 0, EIO, 0, 1});
     expect_sense(run({0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0}), kWriteError);
     // A failure in the middle of a multi-chunk write.
-    fault_->add_rule({FaultOp::Write, 256 * 1024, 1, EIO, 0, 1});
+    fault_->add_rule({FaultOp::Write, 0, 1, EIO, 0, 1});  // the first chunk
     auto big = run(rw10(0x2a, 0, 1000), pattern(1000 * 512, 3));
     expect_sense(big, kWriteError);
     EXPECT_GT(big.residual, 0u);
@@ -808,7 +809,57 @@ TEST_F(ScsiHdTest, CancelDuringWriteChunkIsSafe) {
     backend_->drain();
     for (int i = 0; i < 10; ++i) loop_.run_once(1);
     EXPECT_FALSE(o.completed);
+    EXPECT_EQ(o.transfers, 2);  // the second chunk was offered while the first was written
+}
+
+TEST_F(ScsiHdTest, ReadsAheadWhileTheHbaHoldsAChunk) {
+    const uint32_t n = 768;  // three chunks
+    auto data = pattern(n * 512, 21);
+    img_->write(0, data);
+    Outcome o;
+    FakeHba hba(loop_, o, {}, Continue::Manual);
+    auto req = dev_->new_request(1, 0, rw10(0x28, 0, n), &hba);
+    EXPECT_EQ(req->start(&o.expected), DataDir::FromDevice);
+    for (int i = 0; i < 20000 && o.transfers < 1; ++i) loop_.run_once(10);
+    ASSERT_EQ(o.transfers, 1);
+    backend_->drain();
+    // The HBA has not taken chunk 1 yet, chunk 2 is already read.
+    EXPECT_EQ(backend_->stats().rd_ops, 2u);
     EXPECT_EQ(o.transfers, 1);
+    for (int k = 0; k < 3 && !o.completed; ++k) {
+        req->continue_transfer();
+        for (int i = 0; i < 20000 && !o.completed && o.transfers < k + 2; ++i) loop_.run_once(10);
+    }
+    ASSERT_TRUE(o.completed);
+    expect_good(o);
+    EXPECT_EQ(o.data, data);
+    EXPECT_EQ(o.residual, 0u);
+}
+
+TEST_F(ScsiHdTest, NextWriteChunkIsFilledWhileThePreviousIsWritten) {
+    open(4 << 20, ScsiHdProps{}, block::ReadOnly::No, true);
+    const uint32_t n = 768;
+    auto data = pattern(n * 512, 22);
+    Outcome o;
+    FakeHba hba(loop_, o, data, Continue::Manual);
+    auto req = dev_->new_request(1, 0, rw10(0x2a, 0, n), &hba);
+    EXPECT_EQ(req->start(&o.expected), DataDir::ToDevice);
+    ASSERT_EQ(o.transfers, 1);
+    fault_->close_gate();
+    req->continue_transfer();
+    fault_->wait_for_waiting(1);
+    EXPECT_EQ(o.transfers, 2);  // offered before chunk 1 reached the disk
+    req->continue_transfer();
+    fault_->wait_for_waiting(2);
+    EXPECT_EQ(o.transfers, 2);  // both buffers busy: wait
+    fault_->open_gate();
+    for (int i = 0; i < 20000 && o.transfers < 3; ++i) loop_.run_once(10);
+    ASSERT_EQ(o.transfers, 3);
+    EXPECT_FALSE(o.completed);
+    req->continue_transfer();
+    for (int i = 0; i < 20000 && !o.completed; ++i) loop_.run_once(10);
+    expect_good(o);
+    EXPECT_EQ(img_->read(0, n * 512), data);
 }
 
 TEST_F(ScsiHdTest, DeviceDestroyedWithIoInFlight) {
