@@ -13,13 +13,14 @@ PKGS="build-essential cmake pkg-config python3 git
   qemu-system-x86 qemu-utils socat e2fsprogs dosfstools cpio busybox-static
   util-linux procps"
 
-# one dpkg-query for all: packages not installed (or unknown) are listed
-missing=$(dpkg-query -W -f='${Package} ${db:Status-Abbrev}\n' $PKGS 2>/dev/null | awk '$2 != "ii" { print $1 }')
+# one dpkg-query for all of them; whatever is not fully installed is missing
+installed=" $(dpkg-query -W -f='${Package} ${db:Status-Abbrev}\n' $PKGS 2>/dev/null | awk '$2 == "ii" { printf "%s ", $1 }')"
+missing=""
 for p in $PKGS; do
-    dpkg-query -W -f='${Package}\n' "$p" >/dev/null 2>&1 || missing="$missing $p"
+    case $installed in *" $p "*) ;; *) missing="$missing $p" ;; esac
 done
-missing=$(echo $missing | tr ' ' '\n' | sort -u | tr '\n' ' ')
-if [ -n "${missing% }" ]; then
+missing=${missing# }
+if [ -n "$missing" ]; then
     echo "setup: installing: $missing"
     SUDO=""
     [ "$(id -u)" = 0 ] || SUDO=sudo

@@ -12,6 +12,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstdlib>
 #include <list>
 #include <memory>
 #include <string>
@@ -155,7 +156,7 @@ private:
     Status write_header_field(size_t off, std::span<const uint8_t> bytes);
     Status set_incompat(uint64_t bits);
     Status rebuild_refcounts();
-    Result<std::vector<uint64_t>> count_references();
+    Result<std::vector<uint32_t>> count_references();
 
     std::unique_ptr<BlockDriver> file_;
     std::unique_ptr<BlockDriver> backing_;
@@ -188,7 +189,11 @@ private:
     // One decompressed cluster, keyed by its L2 entry.
     uint64_t zcache_entry_ = 0;
     std::vector<uint8_t> zcache_;
-    std::vector<uint8_t> cow_buf_;
+    // Page aligned so that cache=none needs no bounce buffer for COW writes.
+    struct FreeDeleter {
+        void operator()(uint8_t* p) const { std::free(p); }
+    };
+    std::unique_ptr<uint8_t, FreeDeleter> cow_buf_;
     std::vector<uint8_t> zero_cluster_;
 };
 

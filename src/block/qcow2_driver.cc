@@ -431,8 +431,11 @@ Status Qcow2Driver::write_in_cluster(uint64_t g, uint64_t coff, std::span<const 
         MPQ_TRY(check_not_metadata(m.host, cs_, "data cluster"));
         return write_host(m.host + coff, data);
     }
-    cow_buf_.resize(cs_);
-    std::span<uint8_t> buf(cow_buf_);
+    if (!cow_buf_) {
+        cow_buf_.reset(static_cast<uint8_t*>(std::aligned_alloc(4096, std::max<uint64_t>(cs_, 4096))));
+        if (!cow_buf_) return fail_errno(ENOMEM, "qcow2: no memory for a cluster buffer");
+    }
+    std::span<uint8_t> buf(cow_buf_.get(), cs_);
     const bool whole = coff == 0 && data.size() == cs_;
     if (owned && m.kind == Kind::Zero) {
         // Preallocated zero cluster: fill it in place, then drop the flag.

@@ -288,18 +288,19 @@ Status Qcow2Driver::set_incompat(uint64_t bits) {
     return {};
 }
 
-Result<std::vector<uint64_t>> Qcow2Driver::count_references() {
+Result<std::vector<uint32_t>> Qcow2Driver::count_references() {
     constexpr uint64_t kMaxRebuildClusters = 1ull << 25;
     const uint64_t nb = (file_size_ + cs_ - 1) >> cb_;
     if (nb > kMaxRebuildClusters)
         return fail_errno(EFBIG, "qcow2: image too large to count its references ({} clusters); "
                                  "run 'qemu-img check -r all' on it", nb);
-    std::vector<uint64_t> rc(nb, 0);
+    std::vector<uint32_t> rc(nb, 0);  // 4 bytes a cluster: 128 MiB at the limit
     auto ref = [&](uint64_t off, uint64_t len, const char* what) -> Status {
         if (len == 0) return {};
         if (off >= file_size_ || len > (nb << cb_) - off)
             return corrupt(fmt::format("{} at {:#x} lies past the end of the file", what, off));
-        for (uint64_t c = off >> cb_; c <= (off + len - 1) >> cb_; c++) rc[c]++;
+        for (uint64_t c = off >> cb_; c <= (off + len - 1) >> cb_; c++)
+            if (rc[c] != UINT32_MAX) rc[c]++;  // saturates: far past any refcount a width allows
         return {};
     };
     std::vector<uint8_t> l2(cs_);
@@ -346,7 +347,7 @@ Result<CheckReport> Qcow2Driver::check() {
     if (!read_only_ && !broken_) MPQ_TRY(flush_metadata());
     auto refs = count_references();
     if (!refs) return refs.take_error();
-    std::vector<uint64_t>& rc = *refs;
+    std::vector<uint32_t>& rc = *refs;
     CheckReport r;
     // The refcount structures count too (ones past the end are corrupt).
     auto add = [&](uint64_t off, uint64_t len) {
@@ -395,7 +396,7 @@ Result<CheckReport> Qcow2Driver::check() {
 Status Qcow2Driver::rebuild_refcounts() {
     auto refs = count_references();
     if (!refs) return refs.take_error();
-    std::vector<uint64_t>& rc = *refs;
+    std::vector<uint32_t>& rc = *refs;
     const uint64_t nb = rc.size();
     for (uint64_t c = 0; c < nb; c++)
         if (rc[c] > refcount_max_)

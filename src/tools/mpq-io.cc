@@ -7,6 +7,7 @@
 
 #include <cerrno>
 #include <chrono>
+#include <cstdlib>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
@@ -36,7 +37,7 @@ void usage() {
                  "  flush                        flush to stable storage\n"
                  "  verify FILE OFF LEN          compare the range with the same range of FILE\n"
                  "  info                         print format details\n"
-                 "  bench randread|randwrite|seqread|seqwrite BS COUNT [SEED]\n"
+                 "  bench randread|randwrite|seqread|seqwrite BS COUNT [SEED|step=N]\n"
                  "  writeloop SEED COUNT MAXLEN  flushed random writes, each reported when durable\n"
                  "sizes take k/M/G suffixes (powers of 1024)\n");
 }
@@ -215,34 +216,52 @@ struct Tool {
         return {};
     }
 
+    // `step=N` replays qemu-img bench's offset sequence (0, N, 2N, ... mod
+    // disk size) so that both tools see the same requests.
     Status cmd_bench(const std::vector<std::string>& a) {
-        if (a.size() < 4 || a.size() > 5) return fail("bench: usage: bench MODE BS COUNT [SEED]");
+        if (a.size() < 4 || a.size() > 5) return fail("bench: usage: bench MODE BS COUNT [SEED|step=N]");
         const std::string& mode = a[1];
         auto bs = parse_size(a[2]);
         auto count = parse_size(a[3]);
         if (!bs || !count || *bs == 0 || *bs > (64 << 20)) return fail("bench: bad block size or count");
-        uint64_t seed = 1;
+        uint64_t seed = 1, step = 0;
         if (a.size() == 5) {
-            auto s = parse_size(a[4]);
-            if (!s) return s.take_error();
-            seed = *s;
+            bool is_step = a[4].rfind("step=", 0) == 0;
+            auto v = parse_size(is_step ? a[4].substr(5) : a[4]);
+            if (!v) return v.take_error();
+            (is_step ? step : seed) = *v;
         }
         bool rnd = mode == "randread" || mode == "randwrite";
         bool wr = mode == "randwrite" || mode == "seqwrite";
         if (!rnd && mode != "seqread" && mode != "seqwrite") return fail("bench: unknown mode '{}'", mode);
-        uint64_t blocks = drv->length() / *bs;
+        const uint64_t size = drv->length();
+        uint64_t blocks = size / *bs;
         if (blocks == 0) return fail("bench: disk smaller than one block");
-        std::vector<uint8_t> buf(*bs, 0x5a);
+        if (!rnd && step == 0) step = *bs;
+        // Page aligned, as a guest's buffers are: cache=none needs no bounce.
+        std::unique_ptr<uint8_t, decltype(&std::free)> mem(
+            static_cast<uint8_t*>(std::aligned_alloc(4096, (*bs + 4095) & ~uint64_t(4095))), &std::free);
+        if (!mem) return fail("bench: out of memory");
+        std::memset(mem.get(), 0x5a, *bs);
+        std::span<uint8_t> buf(mem.get(), *bs);
         std::mt19937_64 rng(seed);
+        uint64_t off = 0;
         auto t0 = std::chrono::steady_clock::now();
         for (uint64_t i = 0; i < *count; i++) {
-            uint64_t blk = rnd ? rng() % blocks : i % blocks;
-            if (wr) MPQ_TRY(drv->pwrite(blk * *bs, buf));
-            else MPQ_TRY(drv->pread(blk * *bs, buf));
+            uint64_t cur = off;
+            if (step) {
+                off = (off + step) % size;
+                if (cur + *bs > size) cur = 0;
+            } else {
+                cur = (rng() % blocks) * *bs;
+            }
+            if (wr) MPQ_TRY(drv->pwrite(cur, buf));
+            else MPQ_TRY(drv->pread(cur, buf));
         }
-        if (wr) MPQ_TRY(drv->flush());
+        // Like qemu-img bench, the final flush is not part of the timed run.
         double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         if (secs <= 0) secs = 1e-9;
+        if (wr) MPQ_TRY(drv->flush());
         std::printf("bench %s bs=%llu ops=%llu secs=%.4f iops=%.1f MBps=%.2f\n", mode.c_str(),
                     (unsigned long long)*bs, (unsigned long long)*count, secs, double(*count) / secs,
                     double(*count) * double(*bs) / secs / 1e6);

@@ -9,6 +9,7 @@ with `qemu-img check` and `qemu-img compare`; a writer killed with SIGKILL
 leaves an image that `qemu-img check` accepts (leaks allowed) with every
 completed write readable.
 """
+import json
 import os
 import random
 import shutil
@@ -32,8 +33,11 @@ def run(cmd, check=True, cwd=None):
     return p
 
 
-def random_source(path, size, rng, holes=True):
-    data = bytearray(rng.randbytes(size))
+def random_source(path, size, rng, holes=True, compressible=False):
+    if compressible:  # few distinct bytes: deflate/zstd shrink every cluster
+        data = bytearray(rng.choices(b"qcow2 mpq", k=size))
+    else:
+        data = bytearray(rng.randbytes(size))
     if holes:  # zero runs so that the converted image has unallocated parts
         for _ in range(size // (256 * 1024)):
             off = rng.randrange(0, size)
@@ -167,7 +171,7 @@ def converted_case(tmp, rng, name, opts, size, cluster, compressed=False, nops=1
         d = os.path.join(tmp, name.replace("=", "_").replace(",", "_"))
         os.makedirs(d)
         src = os.path.join(d, "src.raw")
-        data = random_source(src, size, rng)
+        data = random_source(src, size, rng, compressible=compressed)
         img = os.path.join(d, "img.qcow2")
         cmd = [QEMU_IMG, "convert", "-f", "raw", "-O", "qcow2"]
         if compressed:
@@ -175,6 +179,9 @@ def converted_case(tmp, rng, name, opts, size, cluster, compressed=False, nops=1
         if opts:
             cmd += ["-o", opts]
         run(cmd + [src, img])
+        if compressed:
+            js = json.loads(run([QEMU_IMG, "check", "--output=json", img]).stdout)
+            assert js.get("compressed-clusters", 0) > 0, "no compressed clusters: %s" % js
         mpq_verify(img, src, size)
         qemu_compare(img, src)
         info = run([MPQ_IO, "-r", img, "-c", "info"]).stdout
@@ -347,6 +354,44 @@ def crash_case(tmp, rng, name, opts, rounds=4):
     body()
 
 
+@case("hostile images and failing commands give clear errors and exit 1")
+def hostile_case(tmp, rng):
+    d = os.path.join(tmp, "hostile")
+    os.makedirs(d)
+    img = os.path.join(d, "img.qcow2")
+    run([QEMU_IMG, "create", "-q", "-f", "qcow2", "-o", "cluster_size=65536", img, "4M"])
+    run([QEMU_IO, "-c", "write -P 0x21 0 64k", img])
+    good = open(img, "rb").read()
+
+    def expect_fail(data, cmds, needle, ro=True):
+        bad = os.path.join(d, "bad.qcow2")
+        with open(bad, "wb") as f:
+            f.write(data)
+        args = [MPQ_IO] + (["-r"] if ro else []) + [bad]
+        for c in cmds:
+            args += ["-c", c]
+        p = run(args, check=False)
+        assert p.returncode == 1, "exit %d for %s: %s" % (p.returncode, needle, p.stderr)
+        assert needle in p.stderr, "expected %r in %r" % (needle, p.stderr)
+
+    def patch(off, value, width=8):
+        b = bytearray(good)
+        b[off:off + width] = value.to_bytes(width, "big")
+        return bytes(b)
+
+    l1_off = int.from_bytes(good[40:48], "big")
+    expect_fail(patch(72, 1 << 9), ["info"], "unsupported incompatible feature")
+    expect_fail(patch(4, 4, 4), ["info"], "unsupported qcow2 version 4")
+    expect_fail(patch(20, 30, 4), ["info"], "cluster size")
+    expect_fail(patch(40, 12345), ["info"], "not cluster aligned")
+    expect_fail(patch(36, 0xffffffff, 4), ["info"], "L1 table too large")
+    expect_fail(patch(72, 2), ["write 0 4k"], "marked corrupt", ro=False)
+    expect_fail(patch(l1_off, (1 << 63) | 0x10200), ["read 0 4k"], "not cluster aligned")
+    expect_fail(good, ["read -P 0x22 0 4k"], "pattern mismatch")
+    expect_fail(good, ["read 4M 1"], "beyond the disk")
+    expect_fail(good, ["frobnicate"], "unknown command")
+
+
 def main():
     if not QEMU_IMG or not QEMU_IO:
         print("SKIP: qemu-img/qemu-io not installed")
@@ -378,6 +423,7 @@ def main():
         backing_case(tmp, rng, "short_raw", "raw", "cluster_size=4096", 3 * MiB, 6 * MiB)
         backing_case(tmp, rng, "v2_raw", "raw", "compat=0.10,cluster_size=4096", 4 * MiB, 4 * MiB, v2=True)
         snapshot_case(tmp, rng)
+        hostile_case(tmp, rng)
         long_mix(tmp, rng, "cluster_size=65536", 32 * MiB, 65536, 3000)
         long_mix(tmp, rng, "cluster_size=512,refcount_bits=64", 4 * MiB, 512, 1500)
         crash_case(tmp, rng, "64k", "cluster_size=65536")

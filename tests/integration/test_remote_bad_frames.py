@@ -188,6 +188,14 @@ def main():
         log.new()
 
         chk.eq(T.fd_count(proc.pid), base_fds, "no fd leaked by bad frames")
+        # A new SET_IRQFD replaces the pair: the old one is closed, not kept.
+        irq2, rs2 = eventfd(), eventfd()
+        keep += [irq2, rs2]
+        for _ in range(3):
+            a.set_irqfd(irq2, rs2)
+        alive("SET_IRQFD replacement")
+        chk.eq(T.fd_count(proc.pid), base_fds, "replaced irqfd pairs are closed")
+        chk.eq(log.new(), "", "valid SET_IRQFD logs nothing")
 
         # --- out of sync: truncated frame on B drops B only
         b.send_raw(T.Wire.header(T.PCI_CFGREAD, 12) + b"\0" * 4)

@@ -200,7 +200,7 @@ def shared_e2e(workload, fmt="raw", fstype=None):
     if fstype:
         argv += ["--fstype", fstype]
     if workload == "perf":
-        argv += ["--perf-mb", "32", "--perf-reps", "2"]
+        argv += ["--perf-mb", "16", "--perf-reps", "1"]
     rc, out, err = gt.run(argv, sb, timeout=500)
     if rc != 0 or not re.search(r"^E2E PASS", out, re.M):
         gt.fail(f"guest-e2e {workload}/{fmt}{'/' + fstype if fstype else ''} with our remote: rc={rc}")

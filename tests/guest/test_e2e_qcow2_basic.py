@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
-"""Perf mode: 4 stock remotes, 4 MiB per disk, data verified."""
+"""Shared guest-e2e harness, basic workload, qcow2 disk, our remote."""
 import os
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
 import guestcases  # noqa: E402
 
-guestcases.perf_mode("stock")
+guestcases.shared_e2e("basic", fmt="qcow2")

@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
-"""Launcher --self-test, raw + qcow2 disk on one controller, stock QEMU's remote."""
+"""Shared guest-e2e harness, fs workload (vfat), raw disk, our remote."""
 import os
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
 import guestcases  # noqa: E402
 
-guestcases.two_disks("stock")
+guestcases.shared_e2e("fs", fstype="vfat")
