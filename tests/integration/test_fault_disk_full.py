@@ -16,7 +16,6 @@ KIND = os.environ.get("MPQ_FAULT_REMOTE", "ours")
 DRIVE_OPTS = os.environ.get("MPQ_FAULT_DRIVE_OPTS", "")  # e.g. ",werror=report" for stock
 
 
-KNOWN = []
 
 
 def mount_tmpfs(path, size):
@@ -87,14 +86,6 @@ def enospc(fmt, tmp):
             subprocess.run(["qemu-img", "convert", "-O", "raw", disk, raw], check=True)
             disk = raw
         lost = [lba for lba, data in acked if fr.file_blocks(disk, lba, nblk) != data]
-        if lost and fmt == "qcow2" and not os.environ.get("MPQ_FAULT_STRICT"):
-            # Known bug, reported to h-qcow2: new L2 tables are only written at
-            # flush time; on a full disk that write fails at exit and every
-            # acknowledged write mapped through them is lost. Set
-            # MPQ_FAULT_STRICT=1 to make this fail; remove this branch once fixed.
-            KNOWN.append("ENOSPC/qcow2: %d of %d acknowledged writes lost at exit "
-                         "(first LBAs %s)" % (len(lost), len(acked), lost[:4]))
-            return
         assert not lost, "%s: acknowledged writes at LBAs %s not on the image" % (fmt, lost[:8])
     finally:
         umount(mnt)
@@ -140,8 +131,6 @@ def run():
         enospc("qcow2", tmp)
     with fr.TmpDir() as tmp:
         eio(tmp)
-    if KNOWN:
-        fr.skip("known bug(s), everything else passed: " + "; ".join(KNOWN))
 
 
 if __name__ == "__main__":

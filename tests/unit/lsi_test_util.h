@@ -158,6 +158,7 @@ inline FakeRequest::FakeRequest(FakeDisk* d, uint32_t tag, unsigned lun, std::sp
                                 scsi::RequestClient* c)
     : scsi::Request(tag, lun, c), disk_(d), cdb_(cdb.begin(), cdb.end()) {
     d->tags_seen.push_back(tag);
+    cdb_.resize(16);  // short CDBs read as zero-padded
 }
 
 inline void FakeRequest::complete(scsi::Status st) {
