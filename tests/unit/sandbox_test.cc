@@ -178,6 +178,11 @@ TEST(SandboxApply, OffDoesNothing) {
 }
 
 TEST(SandboxApply, SteadyStateWorkKeepsRunning) {
+#if defined(__SANITIZE_ADDRESS__)
+    // ASan's runtime makes syscalls of its own on thread start (sigaltstack,
+    // pipe2, sched_getaffinity, ...): the release policy is what this checks.
+    GTEST_SKIP() << "sanitizer runtime syscalls are outside the steady-state policy";
+#endif
     auto r = run_child([](int out) {
         std::vector<char> before(1 << 20, 'x');
         if (apply_or_exit({}, out)) return 90;
