@@ -73,7 +73,106 @@ def main():
     for i, argv in enumerate(argvs):
         for sel in (0, 1):
             write(t, "argv%d-%d" % (i, sel), bytes([sel]) + b"\0".join(a.encode() for a in argv))
+    lsi_seeds()
+    dispatch_seeds()
+    qmp_seeds()
     return 0
+
+
+def qmp_seeds():
+    t = "qmp_fuzz"
+    neg = b'{"execute":"qmp_capabilities"}\n'
+    cmds = [b'{"execute":"query-pci"}', b'{"execute":"query-block","id":1}',
+            b'{"execute":"query-blockstats"}', b'{"execute":"query-status"}',
+            b'{"execute":"query-commands"}', b'{"execute":"query-version"}',
+            b'{"execute":"system_reset"}', b'{"execute":"query-chardev"}',
+            b'{"execute":"human-monitor-command","arguments":{"command-line":"info pci"}}',
+            b'{"execute":"human-monitor-command","arguments":{"command-line":"info block"}}',
+            b'{"execute":"human-monitor-command","arguments":{"command-line":"help"}}',
+            b'{"execute":"quit"}', b'{"execute":"nope","arguments":{"x":[1,{"y":null}]}}',
+            b'[1,2,{"a":"\\u0041"}] 12 "str" {"execute":', b'{"exec-oob":"query-status"}']
+    for i, c in enumerate(cmds):
+        write(t, "cmd%02d" % i, bytes([0x7f]) + neg + c + b"\n")
+        write(t, "split%02d" % i, bytes([0x01]) + neg + c + b"\n")
+
+
+def dispatch_seeds():
+    """wire_dispatch_fuzz: what stock x-pci-proxy-dev sends, then a guest
+    starting a tiny SCRIPTS program that raises an interrupt."""
+    t = "wire_dispatch_fuzz"
+
+    def ch(data, nfds=0, memfd=False, settle=False):
+        return bytes([len(data), nfds | (8 if memfd else 0) | (16 if settle else 0)]) + data
+
+    # SYNC_SYSMEM: one 64 KiB region at gpa 0; the memfd holds this chunk's
+    # bytes, so a script placed after the frame lands at gpa 208.
+    gpa = [0] * 8
+    size = [0x10000] + [0] * 7
+    off = [0] * 8
+    sysmem = frame(0, struct.pack("<8Q8Q8q", *gpa, *size, *off))
+    script = struct.pack("<II", 0x98080000, 0x600D)  # INT 0x600d
+    setup = ch(sysmem + script, 1, memfd=True) + ch(frame(6), 2)
+    setup += ch(cfg(3, 0x00)) + ch(cfg(2, 0x10, 0xC000, 4)) + ch(cfg(2, 0x14, 0xE0000000, 4))
+    setup += ch(cfg(2, 0x04, 0x7, 2)) + ch(cfg(3, 0x04, 0, 2))
+    write(t, "setup", setup)
+    go = setup + ch(bar(4, 0xE000002C, 208, 4, 1), settle=True) + ch(bar(5, 0xE0000014, 0, 1, 1))
+    go += ch(bar(5, 0xE000000C, 0, 1, 1)) + ch(bar(5, 0xC014, 0, 1, 0))
+    write(t, "script-int", go)
+    write(t, "reset", setup + ch(frame(7)) + ch(cfg(3, 0x10)))
+    write(t, "probe-select", ch(bar(5, 0x4D50514558540001, 1, 0, 0)) +
+          ch(frame(64, b"lsi0".ljust(64, b"\0"))) + ch(frame(64, b"nope".ljust(64, b"\0"))))
+    write(t, "bad", ch(cfg(3, 0xFE, 0, 2)) + ch(bar(5, 0xDEAD0000, 0, 4, 1)) + ch(frame(6), 1))
+
+
+def lsi_seeds():
+    """lsi_fuzz inputs: SCSI command scripts assembled by the qtest-bench
+    SCRIPTS assembler (dev-time only), started through DSP."""
+    shared = os.environ.get("MPQ_SHARED_DIR", os.path.join(HERE, "..", "..", "shared"))
+    bench = os.path.join(shared, "tools", "qtest-bench")
+    if not os.path.exists(os.path.join(bench, "lsi_bench.py")):
+        print("lsi seeds skipped: no qtest-bench")
+        return
+    sys.dont_write_bytecode = True
+    sys.path.insert(0, bench)
+    import lsi_bench as lb
+
+    def op(kind, off=0, size=2, val=0):
+        return struct.pack("<BHBI", kind, off, size, val)
+
+    slot, buf = 0x1000, 0x8000
+    cmds = {
+        "tur": (bytes(6), 0),
+        "inquiry": (bytes([0x12, 0, 0, 0, 36, 0]), 36),
+        "read10": (lb.cdb_rw10(False, 3, 2), 1024),
+        "write10": (lb.cdb_rw10(True, 5, 1), 512),
+        "capacity": (bytes([0x25]) + bytes(9), 8),
+        "sense": (bytes([0x03, 0, 0, 0, 18, 0]), 18),
+        "sync": (bytes([0x35]) + bytes(9), 0),
+    }
+    for name, (cdb, dlen) in cmds.items():
+        img = lb.scsi_command_script(slot, 0, len(cdb), dlen, buf)
+        ram = bytearray(0x9000)
+        ram[slot:slot + 0x200] = lb.slot_with_cdb(img, cdb)
+        ram[buf:buf + 0x400] = bytes((i * 7) & 0xFF for i in range(0x400))
+        ops = (op(8, val=slot) + op(7, val=31) + op(1, off=lb.ISTAT0, size=0) +
+               op(1, off=lb.DSTAT, size=0) + op(1, off=lb.SIST0, size=0) +
+               op(1, off=lb.DSPS, size=2))
+        # The power-on UNIT ATTENTION first eats one command: run it twice.
+        ops = ops + ops
+        write("lsi_fuzz", name, struct.pack("<H", len(ops)) + ops + bytes(ram))
+    # A memory-move script and a register-only poke sequence.
+    sc = lb.Script(slot)
+    sc.memmove(256, 0x2000, 0x3000)
+    sc.int_(lb.VEC_DONE)
+    ram = bytearray(0x4000)
+    code = sc.assemble()
+    ram[slot:slot + len(code)] = code
+    ops = op(8, val=slot) + op(7, val=8)
+    write("lsi_fuzz", "memmove", struct.pack("<H", len(ops)) + ops + bytes(ram))
+    ops = b"".join(op(0, off=o, size=0, val=v) for o, v in
+                   ((lb.ISTAT0, 0x40), (lb.ISTAT0, 0), (lb.DMODE, 0x80), (lb.DIEN, 0x7F),
+                    (lb.SIEN0, 0xFF), (lb.DCNTL, 0x04), (lb.SCRATCHA, 0x55)))
+    write("lsi_fuzz", "regs", struct.pack("<H", len(ops)) + ops)
 
 
 if __name__ == "__main__":

@@ -261,18 +261,15 @@ shell() {
         echo "  /dev/$d  $(( $(cat /sys/block/$d/size) / 2048 )) MiB  $(cat /sys/block/$d/device/vendor 2>/dev/null) $(cat /sys/block/$d/device/model 2>/dev/null)"
     done
     echo "busybox shell; 'poweroff' (or exit) ends the VM; Ctrl-C in the launcher stops everything."
-    # busybox's poweroff/reboot would only signal init (this script, busy
-    # waiting for the shell): make them end the VM directly, after a sync.
-    for cmd in poweroff halt reboot; do
-        for dir in /bin /sbin; do
-            [ -e "$dir/$cmd" ] || [ -L "$dir/$cmd" ] || continue
-            rm -f "$dir/$cmd"
-            printf '#!/bin/sh\nsync\nexec /bin/busybox poweroff -f\n' >"$dir/$cmd"
-            chmod 755 "$dir/$cmd"
-        done
-    done
     echo "MPQ-GUEST: shell"
-    setsid cttyhack sh -l || sh
+    # busybox's poweroff/halt/reboot signal PID 1 (USR2/USR1/TERM): this script.
+    # The shell runs as a background job so that `wait` returns for the trap.
+    trap 'echo "MPQ-GUEST: power off requested"; halt_ok' USR1 USR2 TERM
+    setsid cttyhack sh -l </dev/console >/dev/console 2>&1 &
+    shell_pid=$!
+    while kill -0 "$shell_pid" 2>/dev/null; do
+        wait "$shell_pid"
+    done
     echo "MPQ-GUEST: shell exited"
     halt_ok
 }

@@ -382,6 +382,11 @@ Result<TableCache::Entry*> Qcow2Driver::l2_for_write(uint64_t l1i) {
     }
     auto off = alloc_cluster();
     if (!off) return off.take_error();
+    // Write the new table at once: the file must own its space before a
+    // guest write that lands in it is acknowledged. Left to the cache, an
+    // ENOSPC at write-back would lose writes the guest saw complete; failing
+    // here only leaks the cluster.
+    MPQ_TRY(write_host(*off, content));
     if (old) l2_cache_->drop(old);
     if (l2_cache_->full()) MPQ_TRY(evict_l2());
     auto& e = l2_cache_->insert(*off, std::move(content), true);

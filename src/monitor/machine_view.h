@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -104,6 +105,11 @@ public:
 
 // Helpers for adapters: describe what the process already owns.
 PciDeviceInfo describe_pci_device(const pci::PciDevice& dev, unsigned slot, std::string qdev_id);
+// Identity, subsystem and interrupt from config reads (`read(off, len)`),
+// for functions that are not a local PciDevice (a proxy, chipset functions).
+// Regions are left to the caller, who knows the BAR layout without sizing.
+PciDeviceInfo describe_pci_config(const std::function<uint32_t(uint32_t, unsigned)>& read,
+                                  unsigned slot, unsigned function, std::string qdev_id);
 BlockDeviceInfo describe_block_backend(block::BlockBackend& be, std::string node_name,
                                        std::string qdev);
 

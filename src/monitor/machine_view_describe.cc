@@ -33,6 +33,26 @@ PciDeviceInfo describe_pci_device(const pci::PciDevice& dev, unsigned slot, std:
     return info;
 }
 
+PciDeviceInfo describe_pci_config(const std::function<uint32_t(uint32_t, unsigned)>& read,
+                                  unsigned slot, unsigned function, std::string qdev_id) {
+    PciDeviceInfo info;
+    info.slot = slot;
+    info.function = function;
+    info.vendor = static_cast<uint16_t>(read(pci::kVendorId, 2));
+    info.device = static_cast<uint16_t>(read(pci::kDeviceId, 2));
+    info.revision = static_cast<uint8_t>(read(pci::kRevision, 1));
+    info.class_code = read(pci::kClassProg, 1) | read(pci::kClassProg + 1, 1) << 8 |
+                      read(pci::kClassProg + 2, 1) << 16;
+    info.subsys_vendor = static_cast<uint16_t>(read(pci::kSubsysVendor, 2));
+    info.subsys_id = static_cast<uint16_t>(read(pci::kSubsysId, 2));
+    uint32_t pin = read(pci::kIntPin, 1);
+    // All-ones config (a function that went away) has no sane pin.
+    info.irq_pin = pin <= 4 ? static_cast<uint8_t>(pin) : 0;
+    if (info.irq_pin) info.irq = read(pci::kIntLine, 1);
+    info.qdev_id = std::move(qdev_id);
+    return info;
+}
+
 BlockDeviceInfo describe_block_backend(block::BlockBackend& be, std::string node_name,
                                        std::string qdev) {
     const block::DriveOptions& o = be.options();

@@ -200,6 +200,40 @@ Result<RecvState> Channel::recv(Frame& out) {
     return RecvState::Frame;
 }
 
+Result<RecvState> Channel::recv_reply(Frame& out) {
+    if (!sock_) return fail("receive: channel closed");
+    if (rx_have_ != 0) return recv(out);
+    iovec iov[2] = {{&rx_.hdr, sizeof(Header)}, {rx_.payload.data(), sizeof(uint64_t)}};
+    msghdr msg{};
+    msg.msg_iov = iov;
+    msg.msg_iovlen = 2;
+    ssize_t n;
+    do {
+        n = ::recvmsg(sock_.get(), &msg, MSG_CMSG_CLOEXEC);
+    } while (n < 0 && errno == EINTR);
+    if (n < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK) return RecvState::WouldBlock;
+        int e = errno;
+        return rx_fail(fail_errno(e, "receive: {}", std::strerror(e)));
+    }
+    if (n == 0) return RecvState::Closed;
+    if (msg.msg_flags & MSG_CTRUNC) rx_.ctrunc = true;  // fds offered: the kernel closed them
+    rx_have_ = static_cast<size_t>(n);
+    if (rx_have_ >= sizeof(Header)) {
+        if (rx_.hdr.size > kMaxPayload) {
+            uint64_t sz = rx_.hdr.size;
+            int32_t cmd = rx_.hdr.cmd;
+            return rx_fail(fail("receive: {} (cmd {}) payload size {} exceeds {}", cmd_name(cmd), cmd,
+                                sz, kMaxPayload));
+        }
+        if (rx_have_ > sizeof(Header) + rx_.hdr.size) {
+            return rx_fail(fail("receive: {} bytes beyond a {}-byte reply", rx_have_ - sizeof(Header) - rx_.hdr.size,
+                                sizeof(Header) + rx_.hdr.size));
+        }
+    }
+    return recv(out);  // completes the frame (or just hands it over)
+}
+
 const char* cmd_name(int32_t cmd) {
     switch (cmd) {
     case static_cast<int32_t>(Cmd::SyncSysmem): return "SYNC_SYSMEM";

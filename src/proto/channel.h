@@ -99,6 +99,14 @@ public:
     // broken frame have been closed.
     Result<RecvState> recv(Frame& out);
 
+    // Proxy side only (h-vmm): the reply to a synchronous request. A remote
+    // never sends anything unsolicited, so the header and a u64 RET payload
+    // are read with one recvmsg instead of two; a reply of another size is
+    // completed as recv() does. Bytes past the frame, or fds (a RET never
+    // carries any; they are discarded and reported as truncated control
+    // data, which validate() rejects), mean the peer is out of protocol.
+    Result<RecvState> recv_reply(Frame& out);
+
     // A frame has been partly received.
     bool mid_frame() const { return rx_have_ != 0; }
 

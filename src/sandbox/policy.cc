@@ -19,6 +19,15 @@
 #include <sys/prctl.h>
 #include <termios.h>
 
+#if defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define MPQ_HAS_ASAN 1
+#endif
+#endif
+#ifndef MPQ_HAS_ASAN
+#define MPQ_HAS_ASAN 0
+#endif
+
 namespace mpq::sandbox {
 namespace {
 
@@ -127,6 +136,9 @@ void remote_steady_state(std::vector<Rule>& r, int self_pid) {
     r.push_back({"nanosleep", {}, "back-off sleeps (older libc path)"});
     r.push_back({"getrandom", {}, "hash seeds, std::random_device"});
     r.push_back({"prctl", {eq(0, PR_SET_NAME)}, "worker threads name themselves"});
+#if defined(__SANITIZE_ADDRESS__) || MPQ_HAS_ASAN
+    r.push_back({"sigaltstack", {}, "sanitizer builds only: ASan gives each new thread a signal stack"});
+#endif
 }
 
 void add_obsolete(std::vector<Rule>& r) {

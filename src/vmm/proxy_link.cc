@@ -41,6 +41,7 @@ Result<std::shared_ptr<ProxyLink>> ProxyLink::create(UniqueFd sock, std::string 
     ::setsockopt(sock.get(), SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
     std::shared_ptr<ProxyLink> l(new ProxyLink());
     l->ch_ = proto::Channel(std::move(sock));
+    l->ch_.set_send_timeout_ms(static_cast<int>(reply_timeout_ms));
     l->name_ = std::move(name);
     return l;
 }
@@ -90,7 +91,7 @@ Result<uint64_t> ProxyLink::exchange(Cmd cmd, std::span<const uint8_t> payload, 
         mark_broken(st.error().message);
         return fail("{}", reason_);
     }
-    auto r = ch_.recv(rx_);
+    auto r = ch_.recv_reply(rx_);
     std::string why;
     if (!r.ok()) {
         why = r.error().message;

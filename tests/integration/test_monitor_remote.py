@@ -103,6 +103,27 @@ def check_shapes(chk, ours, stock):
     chk.eq(ours["query-name"], stock["query-name"], "query-name without -name")
 
 
+def check_stdio(chk, remote, disk):
+    """-monitor stdio and -qmp stdio: commands on stdin, quit ends the process."""
+    cases = (("-monitor", b"info block\ninfo status\nquit\n", "VM status: running\r\n"),
+             ("-qmp", b'{"execute":"qmp_capabilities"}{"execute":"query-status"}\n'
+                      b'{"execute":"quit"}\n', '"reason": "host-qmp-quit"'))
+    for opt, stdin, want in cases:
+        a, b = socket.socketpair()
+        try:
+            r = subprocess.run(
+                [remote, str(b.fileno()), "-device", "lsi53c895a,id=lsi0",
+                 "-drive", "id=d0,file=%s,format=raw,if=none" % disk,
+                 "-device", "scsi-hd,drive=d0,bus=lsi0.0,scsi-id=0", opt, "stdio"],
+                pass_fds=[b.fileno()], input=stdin, capture_output=True, timeout=60)
+            out = r.stdout.decode(errors="replace")
+            chk.check(r.returncode == 0 and want in out,
+                      "%s stdio answers and quits (rc %d): %r" % (opt, r.returncode, out[-120:]))
+        finally:
+            a.close()
+            b.close()
+
+
 def main():
     qemu = T.stock_qemu_or_skip()
     remote = T.program("qemu-scsi-dev")
@@ -120,6 +141,7 @@ def main():
     with open(disk, "wb") as f:
         f.write(rng.randbytes(DISK_MB << 20))
     stock = stock_shapes(qemu, tmp, disk)
+    check_stdio(chk, remote, disk)
     rig = RemoteRig(T, qemu, remote, tmp, disk, QTest)
     hmp_path, qmp_path, log, q, rproc = rig.hmp_path, rig.qmp_path, rig.log, rig.q, rig.remote
     try:

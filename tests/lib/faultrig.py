@@ -198,7 +198,8 @@ class Rig:
     def log(self, which):
         path = self.remote_log if which == "remote" else self.vmm_log
         for f in (self._rlog, self._vlog):
-            f.flush()
+            if not f.closed:
+                f.flush()
         with open(path, "rb") as f:
             return f.read().decode(errors="replace")
 

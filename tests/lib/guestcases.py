@@ -207,3 +207,34 @@ def shared_e2e(workload, fmt="raw", fstype=None):
     sb.assert_clean()
     sb.cleanup()
     print("PASS")
+
+
+def interactive_shell(remote):
+    """The main job's interactive form: typed commands reach the guest shell, their output
+    comes back, `poweroff` ends the VM and the launcher exits 0."""
+    sb, base = _begin("shell", remote)
+    argv = [sys.executable, gt.LAUNCHER] + base + ["--timeout", "300"]
+    gt.log("$ " + " ".join(argv) + " (commands on stdin)")
+    p = subprocess.Popen(argv, env=sb.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True)
+    seen = []
+    if not gt.wait_for_line(p, r"MPQ-GUEST: shell", 240, seen):
+        p.kill()
+        gt.fail("the guest shell did not come up")
+    time.sleep(1)
+    p.stdin.write("echo typed-$((6*7)); dd if=/dev/sda bs=512 count=2 2>/dev/null | wc -c; poweroff\n")
+    p.stdin.flush()
+    try:
+        out, _ = p.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        gt.fail("poweroff did not end the VM")
+    text = "".join(seen) + out
+    sys.stdout.write(out)
+    if "typed-42" not in text or not re.search(r"^1024\r?$", text, re.M):
+        gt.fail("the typed command's output did not come back")
+    if p.returncode != 0 or "MPQ-GUEST: power off requested" not in text:
+        gt.fail(f"poweroff in the guest must end the run with status 0 (got {p.returncode})")
+    sb.assert_clean()
+    sb.cleanup()
+    print("PASS")
