@@ -138,6 +138,7 @@ void remote_steady_state(std::vector<Rule>& r, int self_pid) {
     r.push_back({"prctl", {eq(0, PR_SET_NAME)}, "worker threads name themselves"});
 #if defined(__SANITIZE_ADDRESS__) || MPQ_HAS_ASAN
     r.push_back({"sigaltstack", {}, "sanitizer builds only: ASan gives each new thread a signal stack"});
+    r.push_back({"pipe2", {}, "sanitizer builds only: ASan probes memory by writing it into a pipe"});
 #endif
 }
 
