@@ -20,7 +20,9 @@ hardening() {
         -DCMAKE_CXX_FLAGS=-Wno-error=maybe-uninitialized >build-asan.log 2>&1 || {
         cat build-asan.log; return 1; }
     cmake --build build-asan -j "$(nproc)" || return 1
-    (cd build-asan && ctest -L unit --output-on-failure -j "$(nproc)") || return 1
+    # SandboxApply installs a real seccomp filter, which the ASan runtime trips
+    # over (it needs syscalls the steady state forbids); the plain build runs it.
+    (cd build-asan && ctest -L unit -E "^SandboxApply\\." --output-on-failure -j "$(nproc)") || return 1
     make fuzz-smoke || return 1
 }
 if ! hardening; then
