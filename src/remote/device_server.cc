@@ -123,6 +123,13 @@ void DeviceServer::on_readable(Conn& c) {
     for (int i = 0; i < kMaxFramesPerWakeup; i++) {
         auto r = c.ch.recv(frame_);
         if (!r.ok()) {
+            // A peer that dies with our replies still unread (a killed VMM)
+            // resets the socket: that is the proxy going away, not bad input.
+            if (r.error().err == ECONNRESET) {
+                log::info("{}: peer went away (connection reset)", c.name);
+                drop(c, true);
+                return;
+            }
             log::error("{}: {}; dropping the connection", c.name, r.error().message);
             drop(c, false);
             return;
