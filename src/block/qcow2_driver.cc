@@ -382,6 +382,9 @@ Result<TableCache::Entry*> Qcow2Driver::l2_for_write(uint64_t l1i) {
     }
     auto off = alloc_cluster();
     if (!off) return off.take_error();
+    // Refcounts claim a live table is free: a hostile or damaged image. The
+    // cache must never hold two entries for one offset.
+    if (l2_cache_->find(*off)) return corrupt("refcount of an L2 table in use is zero");
     // Write the new table at once: the file must own its space before a
     // guest write that lands in it is acknowledged. Left to the cache, an
     // ENOSPC at write-back would lose writes the guest saw complete; failing
