@@ -45,6 +45,43 @@ ArgCmp masked_eq(unsigned arg, uint64_t mask, uint64_t value) {
 }
 ArgCmp eq(unsigned arg, uint64_t value) { return ArgCmp{arg, SCMP_CMP_EQ, value}; }
 
+#if defined(__SANITIZE_ADDRESS__) || MPQ_HAS_ASAN
+// Sanitizer builds only (they never ship): what the ASan/LSan runtime does
+// on its own inside a sandboxed process. Found by running the ASan remote
+// through the integration tests with action=log and reading the kernel's
+// seccomp records (type=1326). Without these the sandboxed remote dies by
+// SIGSYS at exit (LSan's leak check) or while printing a report.
+void sanitizer_runtime(std::vector<Rule>& r) {
+    const char* why_thread = "sanitizer builds only: ASan sets up each new thread";
+    r.push_back({"sigaltstack", {}, why_thread, 0, Scope::SanitizerBuild});
+    r.push_back({"sched_getaffinity", {}, why_thread, 0, Scope::SanitizerBuild});
+    r.push_back({"pipe2", {}, "sanitizer builds only: ASan probes memory by writing it into a pipe", 0,
+                 Scope::SanitizerBuild});
+    // LSan's exit-time check stops the world: a tracer task (clone with
+    // CLONE_UNTRACED, no CLONE_THREAD) lists /proc/PID/task and ptrace-attaches
+    // every thread to scan their registers and stacks.
+    constexpr uint64_t kTracerFlags = CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_UNTRACED;
+    r.push_back({"clone",
+                 {masked_eq(0, kThreadFlags | kForbiddenCloneFlags, kTracerFlags)},
+                 "sanitizer builds only: LSan's tracer task (exactly its flags)", 0,
+                 Scope::SanitizerBuild});
+    const char* why_lsan = "sanitizer builds only: LSan's exit-time leak check";
+    for (const char* n : {"ptrace", "wait4", "getppid", "getdents64", "getdents"})
+        r.push_back({n, {}, why_lsan, 0, Scope::SanitizerBuild});
+    for (uint64_t opt : {PR_SET_PTRACER, PR_SET_PDEATHSIG, PR_GET_DUMPABLE, PR_SET_DUMPABLE})
+        r.push_back({"prctl", {eq(0, opt)}, why_lsan, 0, Scope::SanitizerBuild});
+    // Reports and the leak check read /proc/self/maps, /proc/PID/task and
+    // the binary's debug info (GCC's in-process symbolizer): read-only.
+    constexpr uint64_t kWriting = O_WRONLY | O_RDWR | O_CREAT | O_TRUNC | O_APPEND;
+    r.push_back({"openat", {masked_eq(2, kWriting, 0)},
+                 "sanitizer builds only: /proc and debug info, read-only", 0,
+                 Scope::SanitizerBuild});
+    r.push_back({"open", {masked_eq(1, kWriting, 0)},
+                 "sanitizer builds only: /proc and debug info, read-only", 0,
+                 Scope::SanitizerBuild});
+}
+#endif
+
 void remote_steady_state(std::vector<Rule>& r, int self_pid) {
     // --- I/O on fds that are already open -------------------------------
     r.push_back({"read", {}, "wire frames, eventfd wake-ups, monitor input"});
@@ -137,8 +174,7 @@ void remote_steady_state(std::vector<Rule>& r, int self_pid) {
     r.push_back({"getrandom", {}, "hash seeds, std::random_device"});
     r.push_back({"prctl", {eq(0, PR_SET_NAME)}, "worker threads name themselves"});
 #if defined(__SANITIZE_ADDRESS__) || MPQ_HAS_ASAN
-    r.push_back({"sigaltstack", {}, "sanitizer builds only: ASan gives each new thread a signal stack"});
-    r.push_back({"pipe2", {}, "sanitizer builds only: ASan probes memory by writing it into a pipe"});
+    sanitizer_runtime(r);
 #endif
 }
 

@@ -25,6 +25,7 @@ struct Rule {
     std::vector<ArgCmp> args;
     const char* why;
     int errno_value = 0;
+    Scope scope = Scope::Always;
 };
 
 // The rules for `role` with the option groups applied. `self_pid` narrows

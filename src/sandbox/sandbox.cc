@@ -27,6 +27,15 @@
 #include "sandbox/policy.h"
 #include "util/log.h"
 
+#if defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define MPQ_HAS_ASAN 1
+#endif
+#endif
+#ifndef MPQ_HAS_ASAN
+#define MPQ_HAS_ASAN 0
+#endif
+
 namespace mpq::sandbox {
 namespace {
 
@@ -125,10 +134,19 @@ Status pivot_to_empty_root() {
     if (::mount("mpq-sandbox", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
                 "size=16k,nr_inodes=16,mode=0755") != 0)
         return fail_errno(errno, "sandbox: mount tmpfs: {}", std::strerror(errno));
+#if defined(__SANITIZE_ADDRESS__) || MPQ_HAS_ASAN
+    // Sanitizer builds only: LSan's exit-time check and ASan's reports read
+    // /proc/PID/task and /proc/self/maps, so the whole /proc stays visible.
+    if (::mkdir("/tmp/proc", 0555) != 0)
+        return fail_errno(errno, "sandbox: mkdir /tmp/proc: {}", std::strerror(errno));
+    if (::mount("/proc", "/tmp/proc", nullptr, MS_BIND | MS_REC, nullptr) != 0)
+        return fail_errno(errno, "sandbox: bind /proc: {}", std::strerror(errno));
+#else
     for (const char* d : {"/tmp/proc", "/tmp/proc/self", "/tmp/proc/self/fd"})
         if (::mkdir(d, 0555) != 0) return fail_errno(errno, "sandbox: mkdir {}: {}", d, std::strerror(errno));
     if (::mount("/proc/self/fd", "/tmp/proc/self/fd", nullptr, MS_BIND, nullptr) != 0)
         return fail_errno(errno, "sandbox: bind /proc/self/fd: {}", std::strerror(errno));
+#endif
     if (::chdir("/tmp") != 0) return fail_errno(errno, "sandbox: chdir: {}", std::strerror(errno));
     // pivot_root(".", ".") stacks the old root on top of the new one; the
     // detach below then drops it (see pivot_root(2) NOTES).
@@ -290,11 +308,12 @@ Status apply(const SandboxOptions& opts, std::span<const int> keep_fds, Role rol
 std::vector<PolicyEntry> describe_policy(const SandboxOptions& opts, Role role) {
     std::vector<PolicyEntry> out;
     for (const Rule& r : build_rules(opts, role, 1)) {
-        auto it = std::find_if(out.begin(), out.end(),
-                               [&](const PolicyEntry& e) { return e.name == r.name; });
+        auto it = std::find_if(out.begin(), out.end(), [&](const PolicyEntry& e) {
+            return e.name == r.name && e.scope == r.scope;
+        });
         if (it == out.end()) {
             out.push_back(PolicyEntry{r.name, seccomp_syscall_resolve_name(r.name),
-                                      !r.args.empty(), r.errno_value, r.why});
+                                      !r.args.empty(), r.errno_value, r.why, r.scope});
         } else {
             it->has_arg_filter = it->has_arg_filter || !r.args.empty();
         }

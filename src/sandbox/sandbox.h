@@ -74,13 +74,20 @@ Status apply(const SandboxOptions& opts, std::span<const int> keep_fds,
 // `namespaces=on`. apply() finishes the job (pivot to an empty root).
 Status prepare(const SandboxOptions& opts);
 
-// The policy as data, for review, tests and the README count.
+// Whether a policy rule exists in every build or only in sanitizer builds
+// (the ASan/LSan runtime's own syscalls; such builds never ship).
+enum class Scope : uint8_t { Always, SanitizerBuild };
+
+// The policy as data, for review, tests and the README count. Sanitizer-
+// build rules are separate entries (scope SanitizerBuild), never merged
+// into an entry of the shipping policy.
 struct PolicyEntry {
     std::string name;   // syscall name
     int nr = -1;        // x86_64 number
     bool has_arg_filter = false;
     int errno_value = 0;  // != 0: the call fails with this errno instead of running
     std::string why;
+    Scope scope = Scope::Always;
 };
 std::vector<PolicyEntry> describe_policy(const SandboxOptions& opts,
                                          Role role = Role::RemoteSteadyState);
