@@ -177,17 +177,20 @@ Result<std::vector<BlkdebugRule>> parse_blkdebug_config(std::string_view text,
             sections.push_back(Section{a, lineno, {}});
             continue;
         }
-        // key = "value"
+        // key = "value", optionally followed by a # comment (QEMU ignores
+        // whatever follows the closing quote; we allow only a comment).
         size_t eq = line.find('=');
         if (eq == std::string_view::npos) return fail("{}:{}: parse error", origin, lineno);
         std::string_view key = trim(line.substr(0, eq));
-        std::string_view val = trim(line.substr(eq + 1));
+        std::string_view rest = trim(line.substr(eq + 1));
+        size_t close = rest.size() > 1 ? rest.find('"', 1) : std::string_view::npos;
         if (key.empty() || key.find_first_of(" \t\"") != std::string_view::npos ||
-            val.size() < 2 || val.front() != '"' || val.back() != '"')
+            rest.empty() || rest.front() != '"' || close == std::string_view::npos)
             return fail("{}:{}: parse error (want: key = \"value\")", origin, lineno);
-        val = val.substr(1, val.size() - 2);
-        if (val.find('"') != std::string_view::npos)
-            return fail("{}:{}: parse error", origin, lineno);
+        std::string_view val = rest.substr(1, close - 1);
+        std::string_view tail = trim(rest.substr(close + 1));
+        if (!tail.empty() && tail.front() != '#')
+            return fail("{}:{}: parse error after the value", origin, lineno);
         if (sections.empty()) return fail("{}:{}: no group defined", origin, lineno);
         sections.back().kv.emplace_back(std::string(key), std::string(val));
     }

@@ -55,6 +55,16 @@ TEST(BlkdebugConfig, ParsesQemuSyntax) {
     EXPECT_EQ(rules[1].new_state, 2u);
 }
 
+TEST(BlkdebugConfig, TrailingCommentsAreAllowedOtherTextIsNot) {
+    auto rules = parse_ok("[inject-error]\nevent = \"write_aio\"   # the data writes\n");
+    ASSERT_EQ(rules.size(), 1u);
+    EXPECT_EQ(rules[0].event, BlkdebugEvent::WriteAio);
+    EXPECT_NE(parse_err("[inject-error]\nevent = \"write_aio\" x\n").find("parse error"),
+              std::string::npos);
+    EXPECT_NE(parse_err("[inject-error]\nevent = \"write_aio\n").find("parse error"),
+              std::string::npos);
+}
+
 TEST(BlkdebugConfig, DefaultsAreQemus) {
     auto rules = parse_ok("[inject-error]\nevent = \"read_aio\"\n");
     ASSERT_EQ(rules.size(), 1u);
