@@ -133,7 +133,10 @@ int main(int argc, char** argv) {
         proc.on_last_connection_gone([&](int code) {
             log::info("no connection left; stopped (-no-shutdown), waiting for quit");
             mon_view.set_state(monitor::RunState::Shutdown);
-            if (*monitors) (*monitors)->shutdown_event(code == 0 ? "guest-shutdown" : "host-error");
+            // Stock's remote asks for a shutdown with cause guest-shutdown
+            // (guest: true) when its proxy goes away.
+            if (*monitors)
+                (*monitors)->shutdown_event(code == 0 ? "guest-shutdown" : "host-error", code == 0);
             shutdown_reported = true;
         });
     }
@@ -195,7 +198,7 @@ int main(int argc, char** argv) {
     int rc = loop.run();
     // monitor hook: tell QMP clients why we stop, unless a monitor's quit already did.
     if (*monitors && !mon_view.quit_requested() && !shutdown_reported)
-        (*monitors)->shutdown_event(rc == 0 ? "guest-shutdown" : "host-error");
+        (*monitors)->shutdown_event(rc == 0 ? "guest-shutdown" : "host-error", rc == 0);
     loop.remove_fd(sfd.get());
     proc.shutdown();
     return rc;

@@ -12,9 +12,11 @@ What the guest does to the disk (guest-init.sh, `perf`): REPS passes of one
 O_DIRECT write of LEN bytes at offset 1 MiB (dd bs=1M, conv=fsync) and one
 O_DIRECT read of the same bytes, then one O_DIRECT read of LEN to verify.
 O_DIRECT means no page cache: the bytes reach the device exactly once.
-Its own extra I/O: the kernel's partition scan when sd attaches (page-cache
-reads near the start of the disk, nothing written; nothing is mounted), and
-SeaBIOS only sends INQUIRY / READ CAPACITY (not counted as reads). So:
+Its own extra I/O is reads only, all before the workload: the firmware's
+and the kernel's look at the new disk (SeaBIOS's boot-sector read, the
+partition scan's page-cache reads near the start of the disk; 12800 bytes =
+3 pages + 1 sector with Debian 12's kernel). Nothing is mounted, so nothing
+else writes. So:
   wr_bytes          == LEN * REPS                     exactly
   rd_bytes - LEN * (REPS + 1) == the scan's reads,  which is
     - measured: the scan holds the disk's open_mutex, so it has finished
@@ -140,6 +142,9 @@ def main():
     problems = []
     if status.get("status") != "shutdown" or status.get("running") is not False:
         problems.append(f"query-status after the guest ended: {status}")
+    shutdown = [e["data"] for e in qmp.events if e["event"] == "SHUTDOWN"]
+    if shutdown[:1] != [{"guest": True, "reason": "guest-shutdown"}]:
+        problems.append(f"SHUTDOWN event when the VMM went away: {shutdown}")
     if final["device"] != "d0" or info["inserted"]["image"]["virtual-size"] != 64 * MiB:
         problems.append(f"wrong device: {final['device']} / {info['inserted']['image']}")
     if s["wr_bytes"] != LEN * REPS:
