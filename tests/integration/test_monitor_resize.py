@@ -19,6 +19,7 @@ disk and sets write thresholds. Checked, on the image file and through SCSI:
 """
 import os
 import random
+import shutil
 import socket
 import subprocess
 import sys
@@ -205,6 +206,7 @@ def main():
     finally:
         rig.stop()
     qcow2_refused_and_no_shutdown(chk, remote, tmp)
+    shutil.rmtree(tmp, ignore_errors=True)
     chk.finish()
 
 
