@@ -18,6 +18,7 @@
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <termios.h>
+#include <unistd.h>
 
 #if defined(__has_feature)
 #if __has_feature(address_sanitizer)
@@ -178,6 +179,29 @@ void remote_steady_state(std::vector<Rule>& r, int self_pid) {
 #endif
 }
 
+// The supervisor outside the PID namespace: waits for the device process,
+// forwards SIGTERM/SIGINT/SIGHUP to it, then exits the same way. It holds no
+// fd but stdio and one pipe end.
+void pidns_supervisor(std::vector<Rule>& r, int child_pid) {
+    r.push_back({"rt_sigtimedwait", {}, "waiting for SIGCHLD and the signals it forwards"});
+    r.push_back({"wait4", {}, "reaping the device process"});
+    r.push_back({"kill", {eq(0, static_cast<uint64_t>(child_pid))},
+                 "forwarding a signal to the device process only"});
+    r.push_back({"kill", {eq(0, static_cast<uint64_t>(getpid()))},
+                 "re-raising the device process's fatal signal on itself"});
+    r.push_back({"rt_sigprocmask", {}, "unblocking the signal it re-raises"});
+    r.push_back({"rt_sigaction", {}, "default action for the signal it re-raises"});
+    r.push_back({"write", {}, "a message on stderr"});
+    r.push_back({"rt_sigreturn", {}, "returning from a signal handler"});
+    r.push_back({"restart_syscall", {}, "a wait restarted after a signal"});
+    r.push_back({"exit_group", {}, "exiting with the device process's status"});
+    r.push_back({"exit", {}, "exiting"});
+#if defined(__SANITIZE_ADDRESS__) || MPQ_HAS_ASAN
+    r.push_back({"sigaltstack", {}, "sanitizer builds only: ASan's signal stack on the way out",
+                 0, Scope::SanitizerBuild});
+#endif
+}
+
 void add_obsolete(std::vector<Rule>& r) {
     for (const char* n : {"_sysctl", "create_module", "get_kernel_syms", "query_module",
                           "sysfs", "uselib", "ustat"})
@@ -222,6 +246,10 @@ std::vector<Rule> build_rules(const SandboxOptions& opts, Role role, int self_pi
         case Role::RemoteSteadyState:
             remote_steady_state(r, self_pid);
             break;
+        case Role::PidNamespaceSupervisor:
+            // self_pid is the device process here: the only kill() target.
+            pidns_supervisor(r, self_pid);
+            return r;  // QEMU's groups and open= concern the device process only
     }
     if (opts.obsolete == Group::Allow) add_obsolete(r);
     if (opts.elevate_privileges == Group::Allow) add_elevate_privileges(r);

@@ -222,7 +222,9 @@ uint32_t default_action(Action a) {
     return SCMP_ACT_KILL_PROCESS;
 }
 
-Status load_filter(const SandboxOptions& opts, Role role) {
+}  // namespace
+
+Status load_filter(const SandboxOptions& opts, Role role, int pid) {
     scmp_filter_ctx ctx = seccomp_init(default_action(opts.action));
     if (!ctx) return fail("sandbox: seccomp_init failed");
     struct Release {
@@ -236,7 +238,7 @@ Status load_filter(const SandboxOptions& opts, Role role) {
     rc = seccomp_attr_set(ctx, SCMP_FLTATR_ACT_BADARCH, SCMP_ACT_KILL_PROCESS);
     if (rc != 0) return fail_errno(-rc, "sandbox: seccomp badarch: {}", std::strerror(-rc));
 
-    for (const Rule& r : build_rules(opts, role, static_cast<int>(getpid()))) {
+    for (const Rule& r : build_rules(opts, role, pid)) {
         int nr = seccomp_syscall_resolve_name(r.name);
         if (nr == __NR_SCMP_ERROR) return fail("sandbox: unknown syscall '{}' in policy", r.name);
         std::vector<scmp_arg_cmp> cmps;
@@ -253,10 +255,18 @@ Status load_filter(const SandboxOptions& opts, Role role) {
     return {};
 }
 
+namespace {
+
 }  // namespace
 
 Status prepare(const SandboxOptions& opts) {
-    if (opts.mode == Mode::Off || opts.namespaces == Namespaces::Keep) return {};
+    if (opts.mode == Mode::Off) return {};
+    if (opts.pid_namespace == Namespaces::New) {
+        if (thread_count() > 1)
+            return fail("sandbox: pidns=on must be prepared before any thread exists");
+        MPQ_TRY(enter_pid_namespace(opts));  // from here on: the child
+    }
+    if (opts.namespaces == Namespaces::Keep) return {};
     if (thread_count() > 1)
         return fail("sandbox: namespaces=on must be prepared before any thread exists");
     if (geteuid() != 0) {
@@ -300,7 +310,7 @@ Status apply(const SandboxOptions& opts, std::span<const int> keep_fds, Role rol
     if (opts.action == Action::Trap) MPQ_TRY(install_trap_handler());
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0)
         return fail_errno(errno, "sandbox: PR_SET_NO_NEW_PRIVS: {}", std::strerror(errno));
-    MPQ_TRY(load_filter(opts, role));
+    MPQ_TRY(load_filter(opts, role, static_cast<int>(getpid())));
     log::debug("sandbox on: {} stray fd(s) closed", closed);
     return {};
 }

@@ -91,6 +91,9 @@ TEST(SandboxOptions, ParsesQemuSyntax) {
     EXPECT_EQ(parse_ok("on,namespaces=on").namespaces, sb::Namespaces::New);
     EXPECT_EQ(parse_ok("on,open=ro").open, sb::OpenPolicy::ReadOnly);
     EXPECT_EQ(parse_ok("on,nofile-margin=8").nofile_margin, 8u);
+    EXPECT_EQ(parse_ok("on,pidns=on").pid_namespace, sb::Namespaces::New);
+    EXPECT_EQ(parse_ok("on").pid_namespace, sb::Namespaces::Keep);
+    EXPECT_FALSE(sb::parse_option("on,pidns=maybe").ok());
 }
 
 TEST(SandboxOptions, LaterOptionsComposeOnEarlierOnes) {
@@ -173,6 +176,26 @@ TEST(SandboxPolicy, QemuGroupsAddTheirSyscallsBack) {
     EXPECT_TRUE(has(parse_ok("on,obsolete=allow"), "ustat"));
     EXPECT_TRUE(has(parse_ok("on,open=ro"), "openat"));
     EXPECT_FALSE(has(parse_ok("on"), "openat"));
+}
+
+TEST(SandboxPolicy, PidNamespaceSupervisorCanOnlyWaitAndSignal) {
+    // Whatever -sandbox groups say: they concern the device process.
+    auto p = sb::describe_policy(parse_ok("on,spawn=allow,open=rw"),
+                                 sb::Role::PidNamespaceSupervisor);
+    size_t n = 0;
+    for (const auto& e : p) {
+        if (e.scope != sb::Scope::Always) continue;
+        ++n;
+        EXPECT_FALSE(e.why.empty()) << e.name;
+        for (std::string_view bad : {"execve", "openat", "open", "socket", "clone", "clone3",
+                                     "fork", "ptrace", "mmap", "read", "connect", "accept4"})
+            EXPECT_NE(e.name, bad) << "supervisor must not have " << bad;
+        if (e.name == "kill") {
+            EXPECT_TRUE(e.has_arg_filter) << "kill only to the device process and itself";
+        }
+    }
+    EXPECT_GT(n, 0u);
+    EXPECT_LE(n, 12u);
 }
 
 TEST(SandboxPolicy, SanitizerAdditionsOnlyInSanitizerBuilds) {
