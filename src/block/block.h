@@ -111,6 +111,7 @@ private:
     struct Impl;
     void submit(std::unique_ptr<Job> j);
     void finish(std::unique_ptr<Job> j);
+    void complete_soon(std::unique_ptr<Job> j);
     void process_completions();
 
     EventLoop& loop_;
