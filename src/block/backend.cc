@@ -118,13 +118,13 @@ void BlockBackend::Impl::worker(BlockBackend* bb) {
 BlockBackend::BlockBackend(EventLoop& loop, std::unique_ptr<BlockDriver> drv, DriveOptions opts)
     : loop_(loop), drv_(std::move(drv)), opts_(std::move(opts)), impl_(std::make_unique<Impl>()) {
     impl_->cq->owner = this;
-    if (opts_.aio == AioMode::IoUring || opts_.aio == AioMode::Native) {
+    if (opts_.aio != AioMode::Threads) {
         if (auto* f = dynamic_cast<FileDriver*>(drv_.get())) {
             impl_->uring = make_uring_engine(
                 loop_, *f,
                 [](void* ctx, JobPtr j) { static_cast<BlockBackend*>(ctx)->finish(std::move(j)); },
-                this);
-        } else {
+                this, opts_.aio == AioMode::Auto ? UringChoice::Auto : UringChoice::Asked);
+        } else if (opts_.aio != AioMode::Auto) {
             log::info("drive '{}': aio={} applies to raw files only; {} uses I/O threads",
                       opts_.id, opts_.aio == AioMode::Native ? "native" : "io_uring",
                       drv_->format_name());

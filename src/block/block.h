@@ -36,7 +36,9 @@ public:
 };
 
 enum class CacheMode : uint8_t { Writeback, None, Writethrough, Directsync, Unsafe };
-enum class AioMode : uint8_t { Threads, Native, IoUring };
+// Auto (no aio= given): io_uring for raw files where the kernel allows it,
+// I/O threads otherwise; the guest sees no difference, only the latency does.
+enum class AioMode : uint8_t { Auto, Threads, Native, IoUring };
 enum class ReadOnly : uint8_t { No, Yes };
 
 // What `-drive` says about a disk.
@@ -46,7 +48,7 @@ struct DriveOptions {
     std::string format;  // "", "raw", "qcow2" ("" = probe)
     ReadOnly read_only = ReadOnly::No;
     CacheMode cache = CacheMode::Writeback;
-    AioMode aio = AioMode::Threads;
+    AioMode aio = AioMode::Auto;
     uint64_t l2_cache_size = 0;  // qcow2 metadata cache bound in bytes; 0 = default
 };
 
