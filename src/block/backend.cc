@@ -3,6 +3,7 @@
 // thread, where the statistics are kept.
 #include <time.h>
 
+#include <algorithm>
 #include <condition_variable>
 #include <deque>
 #include <mutex>
@@ -189,6 +190,7 @@ void BlockBackend::read(uint64_t off, std::span<uint8_t> buf, Done done) {
 }
 
 void BlockBackend::write(uint64_t off, std::span<const uint8_t> buf, Done done) {
+    check_write_threshold(off, buf.size());
     // The driver only reads from it; the const is dropped to share Job.
     submit(make_job(JobKind::Write, off, const_cast<uint8_t*>(buf.data()), buf.size(),
                     std::move(done)));
@@ -199,10 +201,12 @@ void BlockBackend::flush(Done done) {
 }
 
 void BlockBackend::discard(uint64_t off, uint64_t len, Done done) {
+    check_write_threshold(off, len);
     submit(make_job(JobKind::Discard, off, nullptr, len, std::move(done)));
 }
 
 void BlockBackend::write_zeroes(uint64_t off, uint64_t len, Done done) {
+    check_write_threshold(off, len);
     submit(make_job(JobKind::WriteZeroes, off, nullptr, len, std::move(done)));
 }
 
@@ -224,6 +228,7 @@ void BlockBackend::finish(std::unique_ptr<Job> j) {
         case JobKind::WriteZeroes:
             if (ok) { ++stats_.wr_ops; stats_.wr_bytes += j->len; } else { ++stats_.failed_wr_ops; }
             stats_.wr_total_time_ns += t;
+            stats_.wr_highest_offset = std::max(stats_.wr_highest_offset, j->off + j->len);
             break;
         case JobKind::Flush:
             if (ok) ++stats_.flush_ops; else ++stats_.failed_flush_ops;

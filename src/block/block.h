@@ -33,6 +33,9 @@ public:
     // True if calls may run concurrently from several threads (raw files);
     // false makes the backend serialise them (qcow2 metadata).
     virtual bool concurrent_safe() const = 0;
+    // Changes the image's length (block_resize). Drivers that cannot say so
+    // with QEMU's words; nothing is changed then.
+    virtual Status truncate(uint64_t new_len);
 };
 
 enum class CacheMode : uint8_t { Writeback, None, Writethrough, Directsync, Unsafe };
@@ -74,6 +77,9 @@ struct BlockStats {
     uint64_t failed_rd_ops = 0, failed_wr_ops = 0, failed_flush_ops = 0, failed_unmap_ops = 0;
     uint64_t rd_total_time_ns = 0, wr_total_time_ns = 0, flush_total_time_ns = 0, unmap_total_time_ns = 0;
     uint64_t last_io_ns = 0;  // monotonic time of the last completion (idle time)
+    // QEMU's wr_highest_offset: the largest end (offset + length) of any
+    // write or write-zeroes request, successful or not.
+    uint64_t wr_highest_offset = 0;
 };
 
 struct Job;  // one queued request (backend internals)
@@ -109,7 +115,25 @@ public:
     // and the kernel allowed it).
     bool uses_io_uring() const;
 
+    // --- monitor hooks (h-mon; defined in backend_admin.cc) ---
+    // QEMU's write threshold (block-set-write-threshold): the first write,
+    // write-zeroes or discard whose end goes past `threshold` calls `hit`
+    // with that end, on the loop thread before the request is queued, and
+    // the threshold is cleared (it fires once). 0 switches it off.
+    using ThresholdHit = std::function<void(uint64_t end, uint64_t threshold)>;
+    void set_write_threshold(uint64_t threshold, ThresholdHit hit);
+    uint64_t write_threshold() const { return write_threshold_; }
+    // block_resize: waits for every request in flight (blocking the loop
+    // for that long, as QEMU's drained section), then changes the length.
+    Status resize(uint64_t new_len);
+
 private:
+    void check_write_threshold(uint64_t off, uint64_t len) {
+        if (write_threshold_ != 0 && (off >= write_threshold_ || len > write_threshold_ - off))
+            [[unlikely]] write_threshold_hit(off, len);
+    }
+    void write_threshold_hit(uint64_t off, uint64_t len);
+
     struct Impl;
     void submit(std::unique_ptr<Job> j);
     void finish(std::unique_ptr<Job> j);
@@ -121,6 +145,8 @@ private:
     DriveOptions opts_;
     BlockStats stats_;
     unsigned in_flight_ = 0;
+    uint64_t write_threshold_ = 0;
+    ThresholdHit threshold_hit_;
     std::unique_ptr<Impl> impl_;
 };
 

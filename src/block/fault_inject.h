@@ -58,6 +58,7 @@ public:
     Status discard(uint64_t off, uint64_t len) override;
     Status write_zeroes(uint64_t off, uint64_t len) override;
     bool concurrent_safe() const override { return inner_->concurrent_safe(); }
+    Status truncate(uint64_t new_len) override { return inner_->truncate(new_len); }
 
 private:
     Status check(FaultOp op, uint64_t off, uint64_t len);

@@ -281,6 +281,24 @@ Status FileDriver::flush() {
     return {};
 }
 
+Status FileDriver::truncate(uint64_t new_len) {
+    if (read_only()) return refuse_write("resize");
+    if (new_len > static_cast<uint64_t>(INT64_MAX))
+        return fail_errno(EFBIG, "'{}': size {} is too large", path_, new_len);
+    if (block_device_) {
+        if (new_len == length()) return {};
+        // A device's size is not ours to change (QEMU: "Cannot grow device files").
+        return fail_errno(ENOTSUP, "Cannot {} device files", new_len > length() ? "grow" : "shrink");
+    }
+    while (::ftruncate(fd_.get(), static_cast<off_t>(new_len)) != 0) {
+        if (errno == EINTR) continue;
+        int e = errno;
+        return fail_errno(e, "'{}': resize to {} bytes failed: {}", path_, new_len, std::strerror(e));
+    }
+    size_.store(new_len);
+    return {};
+}
+
 Status FileDriver::discard(uint64_t off, uint64_t len) {
     if (read_only()) return refuse_write("discard");
     if (range_overflows(off, len)) return fail_errno(EINVAL, "discard range overflows");

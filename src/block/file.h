@@ -26,6 +26,7 @@ public:
     Status discard(uint64_t off, uint64_t len) override;
     Status write_zeroes(uint64_t off, uint64_t len) override;
     bool concurrent_safe() const override { return true; }
+    Status truncate(uint64_t new_len) override;
 
     // For the io_uring engine, which submits straight to the fd.
     int fd() const { return fd_.get(); }

@@ -1,6 +1,7 @@
 #include "monitor/commands.h"
 
 #include <algorithm>
+#include <cstdint>
 #include <time.h>
 
 #include <fmt/format.h>
@@ -34,6 +35,56 @@ Json remote_devices_json(const std::vector<RemoteDeviceInfo>& devs) {
         out.push_back(std::move(j));
     }
     return out;
+}
+
+// QEMU's bdrv_lookup_bs(): `device` (a BlockBackend name) first, then a node name.
+const BlockDeviceInfo* find_block(const std::vector<BlockDeviceInfo>& all, const Json& args,
+                                  std::string& err) {
+    std::string device = args.contains("device") ? args["device"].get<std::string>() : "";
+    std::string node = args.contains("node-name") ? args["node-name"].get<std::string>() : "";
+    if (!device.empty())
+        for (const auto& b : all)
+            if (b.device == device) return &b;
+    if (!node.empty())
+        for (const auto& b : all)
+            if (b.node_name == node) return &b;
+    err = fmt::format("Cannot find device='{}' nor node-name='{}'", device, node);
+    return nullptr;
+}
+
+QmpReply block_resize(CommandEnv& env, const Json& args) {
+    const Json& size = args["size"];
+    if (size.is_number_unsigned() && size.get<uint64_t>() > static_cast<uint64_t>(INT64_MAX))
+        return QmpReply::err(kGenericError, "Invalid parameter type for 'size', expected: integer");
+    auto all = env.view.block_devices();
+    std::string err;
+    const BlockDeviceInfo* b = find_block(all, args, err);
+    if (!b) return QmpReply::err(kGenericError, err);
+    if (size.get<int64_t>() < 0)
+        return QmpReply::err(kGenericError, "Parameter 'size' expects a >0 size");
+    auto st = env.view.block_resize(b->device, static_cast<uint64_t>(size.get<int64_t>()));
+    if (!st) return QmpReply::err(kGenericError, st.error().message);
+    return QmpReply::ok();
+}
+
+QmpReply set_write_threshold(CommandEnv& env, const Json& args) {
+    std::string node = args["node-name"].get<std::string>();
+    uint64_t threshold = args["write-threshold"].get<uint64_t>();
+    auto all = env.view.block_devices();
+    auto it = std::find_if(all.begin(), all.end(), [&](const auto& b) { return b.node_name == node; });
+    // QEMU looks node names up only, and says "Device" when it finds none.
+    if (it == all.end()) return QmpReply::err(kGenericError, fmt::format("Device '{}' not found", node));
+    std::weak_ptr<bool> alive = env.alive;
+    EventSink* events = &env.events;
+    auto hit = [alive, events, node](uint64_t end, uint64_t thr) {
+        if (!alive.lock()) return;
+        events->emit(kEventBlockWriteThreshold, Json{{"node-name", node},
+                                                     {"amount-exceeded", end - thr},
+                                                     {"write-threshold", thr}});
+    };
+    auto st = env.view.set_write_threshold(it->device, threshold, std::move(hit));
+    if (!st) return QmpReply::err(kGenericError, st.error().message);
+    return QmpReply::ok();
 }
 
 }  // namespace
@@ -128,7 +179,7 @@ Json block_info_json(const BlockDeviceInfo& b) {
     for (const char* k : {"bps", "bps_rd", "bps_wr", "iops", "iops_rd", "iops_wr"}) ins[k] = 0;
     ins["image"] = std::move(image);
     ins["cache"] = cache_json(b.cache);
-    ins["write_threshold"] = 0;
+    ins["write_threshold"] = b.write_threshold;
     ins["backing_file_depth"] = 0;
 
     Json j = Json::object();
@@ -156,7 +207,7 @@ Json block_stats_json(const BlockDeviceInfo& b, uint64_t now_ns) {
     st["wr_total_time_ns"] = s.wr_total_time_ns;
     st["flush_total_time_ns"] = s.flush_total_time_ns;
     st["unmap_total_time_ns"] = s.unmap_total_time_ns;
-    st["wr_highest_offset"] = 0;  // not counted by our BlockBackend
+    st["wr_highest_offset"] = s.wr_highest_offset;
     st["rd_merged"] = 0;
     st["wr_merged"] = 0;
     st["unmap_merged"] = 0;
@@ -253,6 +304,15 @@ void register_commands(QmpDispatcher& d, CommandEnv& env) {
               if (!env.run_hmp) return QmpReply::err(kGenericError, "HMP is not available");
               return QmpReply::ok(env.run_hmp(args["command-line"].get<std::string>()));
           });
+
+    d.add("block_resize",
+          {{"device", ArgType::String, true}, {"node-name", ArgType::String, true},
+           {"size", ArgType::Int, false}},
+          [&env](const Json& args) { return block_resize(env, args); });
+
+    d.add("block-set-write-threshold",
+          {{"node-name", ArgType::String, false}, {"write-threshold", ArgType::UInt, false}},
+          [&env](const Json& args) { return set_write_threshold(env, args); });
 
     d.add("system_reset", {}, [&env](const Json&) {
         auto st = env.view.system_reset();

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -17,6 +18,7 @@ class Hmp;
 inline constexpr std::string_view kEventShutdown = "SHUTDOWN";
 inline constexpr std::string_view kEventReset = "RESET";
 inline constexpr std::string_view kEventBlockIoError = "BLOCK_IO_ERROR";
+inline constexpr std::string_view kEventBlockWriteThreshold = "BLOCK_WRITE_THRESHOLD";
 // mpqemu's own (not in QEMU): a remote device process's channel went away.
 // data: {"id": <device id>, "reason": <text>}. The X_ prefix marks it as an
 // extension, as QAPI's x- prefix does for commands.
@@ -31,6 +33,9 @@ struct CommandEnv {
     std::function<void(std::function<void()>)> defer;
     // Runs one HMP command line for human-monitor-command; set by the owner.
     std::function<std::string(const std::string&)> run_hmp;
+    // Expires with the env: callbacks a command leaves behind (a write
+    // threshold's) check it before touching `events`.
+    std::shared_ptr<bool> alive = std::make_shared<bool>(true);
 };
 
 // Registers every command into `d`. `env` must outlive `d`.

@@ -1,6 +1,7 @@
 #include "monitor/hmp.h"
 
 #include <array>
+#include <cstdint>
 #include <vector>
 
 #include <fmt/format.h>
@@ -17,6 +18,7 @@ struct HelpLine {
 };
 
 constexpr HelpLine kCommands[] = {
+    {"block_resize", "device size", "resize a block image (size in MiB unless suffixed K, M, G, T)"},
     {"help|?", "[cmd]", "show the help"},
     {"info", "[subcommand]", "show various information about the system state"},
     {"quit|q", "", "quit the emulator"},
@@ -33,6 +35,32 @@ constexpr HelpLine kInfo[] = {
     {"status", "", "show the current VM status (running|paused)"},
     {"version", "", "show the version of QEMU"},
 };
+
+// HMP's size arguments: an integer with an optional K/M/G/T/B suffix
+// (powers of 1024), MiB when there is none, as QEMU's 'o' arguments.
+bool parse_hmp_size(std::string_view text, uint64_t& out) {
+    uint64_t v = 0;
+    size_t i = 0;
+    for (; i < text.size() && text[i] >= '0' && text[i] <= '9'; ++i) {
+        if (v > (UINT64_MAX - 9) / 10) return false;
+        v = v * 10 + static_cast<uint64_t>(text[i] - '0');
+    }
+    if (i == 0 || text.size() - i > 1) return false;
+    unsigned shift = 20;
+    if (i < text.size()) {
+        switch (text[i] | 0x20) {
+            case 'b': shift = 0; break;
+            case 'k': shift = 10; break;
+            case 'm': shift = 20; break;
+            case 'g': shift = 30; break;
+            case 't': shift = 40; break;
+            default: return false;
+        }
+    }
+    if (shift && v > (static_cast<uint64_t>(INT64_MAX) >> shift)) return false;
+    out = v << shift;
+    return out <= static_cast<uint64_t>(INT64_MAX);
+}
 
 std::string help_line(std::string_view prefix, const HelpLine& h) {
     return fmt::format("{}{} {} -- {}\n", prefix, h.name, h.params, h.text);
@@ -267,6 +295,13 @@ std::string Hmp::run(std::string_view line) const {
     Json r;
     std::string err;
     if (cmd == "system_reset") return call("system_reset", Json::object(), r, err) ? "" : err;
+    if (cmd == "block_resize") {
+        uint64_t size = 0;
+        if (a1.empty() || a2.empty()) return "block_resize: device and size are required\n";
+        if (!parse_hmp_size(a2, size)) return "invalid size\n";
+        Json args{{"device", std::string(a1)}, {"size", size}};
+        return call("block_resize", args, r, err) ? "" : err;
+    }
     if (cmd == "quit" || cmd == "q") return call("quit", Json::object(), r, err) ? "" : err;
     return fmt::format("unknown command: '{}'\n", cmd);
 }

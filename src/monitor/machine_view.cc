@@ -13,4 +13,12 @@ std::string_view run_state_name(RunState s) {
     return "running";
 }
 
+Status MachineView::block_resize(std::string_view, uint64_t) {
+    return fail("Image format driver does not support resize");
+}
+
+Status MachineView::set_write_threshold(std::string_view device, uint64_t, ThresholdHit) {
+    return fail("Device '{}' not found", device);
+}
+
 }  // namespace mpq::monitor

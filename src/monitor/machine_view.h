@@ -63,6 +63,7 @@ struct BlockDeviceInfo {
     block::CacheMode cache = block::CacheMode::Writeback;
     block::BlockStats stats;       // counted by the BlockBackend
     unsigned in_flight = 0;
+    uint64_t write_threshold = 0;  // block-set-write-threshold; 0 = none
 };
 
 struct ChardevInfo {
@@ -94,6 +95,15 @@ public:
     // Character devices other than the monitors' own (which the monitor lists itself).
     virtual std::vector<ChardevInfo> chardevs() { return {}; }
     virtual std::vector<RemoteDeviceInfo> remote_devices() { return {}; }
+
+    // block_resize of drive `device` (a BlockDeviceInfo::device the command
+    // already looked up): changes the image, then tells the disk using it.
+    virtual Status block_resize(std::string_view device, uint64_t size);
+    // block-set-write-threshold on drive `device`; `hit` runs once, on the
+    // loop thread, when a write first reaches past it (0 = off).
+    using ThresholdHit = std::function<void(uint64_t end, uint64_t threshold)>;
+    virtual Status set_write_threshold(std::string_view device, uint64_t threshold,
+                                       ThresholdHit hit);
 
     // Resets every device as QEMU's system_reset does. Errors are reported
     // to the client; the monitor emits the RESET event on success.

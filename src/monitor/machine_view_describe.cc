@@ -67,6 +67,7 @@ BlockDeviceInfo describe_block_backend(block::BlockBackend& be, std::string node
     b.cache = o.cache;
     b.stats = be.stats();
     b.in_flight = be.in_flight();
+    b.write_threshold = be.write_threshold();
     return b;
 }
 

@@ -31,6 +31,7 @@ namespace {
 constexpr std::string_view kAccepted[] = {
     "device", "drive", "object", "machine", "M", "chardev", "mon", "monitor", "qmp", "name",
     "display", "nographic", "nodefaults", "D", "d", "sandbox", "run-with", "S", "trace",
+    "no-shutdown",
     "h", "help", "version"};
 
 // Test-only (not in --help): the sandbox integration test makes the process
@@ -124,6 +125,21 @@ int main(int argc, char** argv) {
     remote::RemoteMachineView mon_view(proc);
     auto monitors = remote::start_monitors(proc, mon_view);
     if (!monitors.ok()) return die(monitors.error());
+    // -no-shutdown, as QEMU's: when the proxy goes away the process stays up
+    // (status "shutdown") until a monitor's quit or a signal, so that its
+    // monitors can still be read, e.g. the final block statistics.
+    bool shutdown_reported = false;
+    if (cl->has("no-shutdown")) {
+        proc.on_last_connection_gone([&](int code) {
+            log::info("no connection left; stopped (-no-shutdown), waiting for quit");
+            mon_view.set_state(monitor::RunState::Shutdown);
+            // Stock's remote asks for a shutdown with cause guest-shutdown
+            // (guest: true) when its proxy goes away.
+            if (*monitors)
+                (*monitors)->shutdown_event(code == 0 ? "guest-shutdown" : "host-error", code == 0);
+            shutdown_reported = true;
+        });
+    }
     // ==== end h-mon hook ===========================================================
 
 
@@ -181,8 +197,8 @@ int main(int argc, char** argv) {
     log::info("serving {} device(s) on {} socket(s)", proc.functions().size(), proc.bindings().size());
     int rc = loop.run();
     // monitor hook: tell QMP clients why we stop, unless a monitor's quit already did.
-    if (*monitors && !mon_view.quit_requested())
-        (*monitors)->shutdown_event(rc == 0 ? "guest-shutdown" : "host-error");
+    if (*monitors && !mon_view.quit_requested() && !shutdown_reported)
+        (*monitors)->shutdown_event(rc == 0 ? "guest-shutdown" : "host-error", rc == 0);
     loop.remove_fd(sfd.get());
     proc.shutdown();
     return rc;

@@ -48,6 +48,24 @@ std::vector<monitor::RemoteDeviceInfo> RemoteMachineView::remote_devices() {
     return out;
 }
 
+Status RemoteMachineView::block_resize(std::string_view device, uint64_t size) {
+    block::BlockBackend* be = proc_.find_backend(device);
+    if (!be) return fail("Device '{}' not found", device);
+    MPQ_TRY(be->resize(size));
+    // QEMU's resize callback: the disk raises CAPACITY DATA HAS CHANGED.
+    for (const auto& d : proc_.disks())
+        if (d.drive == device && d.dev) d.dev->capacity_changed();
+    return {};
+}
+
+Status RemoteMachineView::set_write_threshold(std::string_view device, uint64_t threshold,
+                                              ThresholdHit hit) {
+    block::BlockBackend* be = proc_.find_backend(device);
+    if (!be) return fail("Device '{}' not found", device);
+    be->set_write_threshold(threshold, std::move(hit));
+    return {};
+}
+
 Status RemoteMachineView::system_reset() {
     proc_.reset_devices();
     return {};

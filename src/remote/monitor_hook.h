@@ -15,17 +15,23 @@ public:
 
     monitor::Role role() const override { return monitor::Role::Remote; }
     std::string name() const override { return proc_.name(); }
-    monitor::RunState run_state() const override { return monitor::RunState::Running; }
+    monitor::RunState run_state() const override { return state_; }
     std::vector<monitor::PciDeviceInfo> pci_devices() override;
     std::vector<monitor::BlockDeviceInfo> block_devices() override;
     std::vector<monitor::RemoteDeviceInfo> remote_devices() override;
+    Status block_resize(std::string_view device, uint64_t size) override;
+    Status set_write_threshold(std::string_view device, uint64_t threshold,
+                               ThresholdHit hit) override;
     Status system_reset() override;
     void quit() override;
     bool quit_requested() const { return quit_requested_; }
+    // -no-shutdown: the proxy went away and the process stays up, stopped.
+    void set_state(monitor::RunState s) { state_ = s; }
 
 private:
     RemoteProcess& proc_;
     bool quit_requested_ = false;
+    monitor::RunState state_ = monitor::RunState::Running;
 };
 
 // Parses the process's -chardev/-mon/-monitor/-qmp options and opens the

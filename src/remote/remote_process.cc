@@ -346,6 +346,10 @@ Status RemoteProcess::start() {
     server_ = std::make_unique<DeviceServer>(loop_, memory_, [this](bool orderly) {
         // Stock's remote exits when its proxy goes away; so do we once the
         // last socket is gone.
+        if (last_gone_) {
+            last_gone_(orderly ? 0 : 1);
+            return;
+        }
         log::info("no connection left; exiting");
         quit(orderly ? 0 : 1);
     });

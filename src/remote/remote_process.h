@@ -4,6 +4,7 @@
 // backends, the monitor/chardev options, the event loop, reset and quit.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -88,6 +89,9 @@ public:
     void reset_devices();
     // Ends the event loop with `code` (monitor quit, last socket gone).
     void quit(int code);
+    // monitor hook (h-mon), for -no-shutdown: called instead of quit(code)
+    // when the last connection is gone.
+    void on_last_connection_gone(std::function<void(int code)> fn) { last_gone_ = std::move(fn); }
     // After the loop ended: stop serving, flush every writable drive and
     // wait for all I/O (QEMU flushes its block devices on exit too).
     void shutdown();
@@ -109,6 +113,7 @@ private:
     std::vector<opts::Option> monitor_options_;
     std::vector<SocketBinding> bindings_;
     std::unique_ptr<DeviceServer> server_;
+    std::function<void(int)> last_gone_;
 };
 
 }  // namespace mpq::remote

@@ -39,6 +39,7 @@ inline constexpr Sense kReadError{0x03, 0x11, 0x00};   // MEDIUM ERROR, unrecove
 inline constexpr Sense kWriteError{0x03, 0x0c, 0x00};  // MEDIUM ERROR, write error
 inline constexpr Sense kSpaceExhausted{0x07, 0x27, 0x07};
 inline constexpr Sense kResetOccurred{0x06, 0x29, 0x00};  // UNIT ATTENTION power on/reset
+inline constexpr Sense kCapacityChanged{0x06, 0x2a, 0x09};  // UNIT ATTENTION capacity data has changed
 inline constexpr Sense kCommandAborted{0x0b, 0x00, 0x06};
 
 enum class DataDir : uint8_t { None, FromDevice, ToDevice };
@@ -103,6 +104,10 @@ public:
     // Bus reset / device reset: cancels everything in flight, raises a unit attention.
     virtual void reset() = 0;
     virtual const std::string& id() const = 0;
+    // The medium's size changed under the device (block_resize): a disk
+    // raises CAPACITY DATA HAS CHANGED, unless a reset's unit attention is
+    // already pending (it outranks it, as in QEMU).
+    virtual void capacity_changed() {}
 };
 
 class Bus {

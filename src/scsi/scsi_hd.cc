@@ -96,6 +96,9 @@ public:
                                          RequestClient* client) override;
     void reset() override;
     const std::string& id() const override { return props_.id; }
+    void capacity_changed() override {
+        if (!state_.unit_attention) state_.capacity_changed = true;
+    }
 
     HdView view() const {
         return HdView{props_, state_, device_id_, blocks(), backend_.read_only()};
@@ -245,6 +248,7 @@ void ScsiHd::reset() {
     auto reqs = active_;
     for (auto* r : reqs) r->cancel_from_device();
     state_.unit_attention = true;
+    state_.capacity_changed = false;  // the reset's unit attention outranks it
 }
 
 void HdRequest::cancel() {
@@ -334,11 +338,13 @@ DataDir HdRequest::dispatch() {
     }
 
     ScsiHdState& s = dev_->state_;
-    if (s.unit_attention && opc != op::kInquiry && opc != op::kReportLuns &&
-        opc != op::kRequestSense) {
+    if ((s.unit_attention || s.capacity_changed) && opc != op::kInquiry &&
+        opc != op::kReportLuns && opc != op::kRequestSense) {
         // Reported once; REQUEST SENSE then returns it from the sense data.
-        s.unit_attention = false;
-        return fail(kResetOccurred);
+        Sense ua = s.unit_attention ? kResetOccurred : kCapacityChanged;
+        if (s.unit_attention) s.unit_attention = false;
+        else s.capacity_changed = false;
+        return fail(ua);
     }
 
     if (is_rw(opc)) return start_rw();
@@ -417,6 +423,9 @@ DataDir HdRequest::start_request_sense() {
     if (s.unit_attention) {
         sn = kResetOccurred;
         s.unit_attention = false;
+    } else if (s.capacity_changed) {
+        sn = kCapacityChanged;
+        s.capacity_changed = false;
     } else {
         sn = s.sense;
     }

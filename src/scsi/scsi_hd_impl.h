@@ -97,6 +97,7 @@ std::vector<uint8_t> build_sense(Sense s, bool descriptor);
 // Plain device state: everything a save/restore needs.
 struct ScsiHdState {
     bool unit_attention = false;  // a reset happened and has not been reported
+    bool capacity_changed = false;  // a resize happened and has not been reported
     Sense sense = kNoSense;       // of the last CHECK CONDITION, for REQUEST SENSE
     WriteCache write_cache = WriteCache::On;
     uint32_t block_size = 512;

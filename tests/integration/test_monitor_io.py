@@ -10,6 +10,7 @@ clients that disconnect mid-command are forgotten, and neither stalls the
 device.
 """
 import os
+import shutil
 import random
 import socket
 import sys
@@ -158,6 +159,7 @@ def main():
                "a new client sees the same counters")
     finally:
         rig.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
     chk.finish()
 
 

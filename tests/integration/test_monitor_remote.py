@@ -300,6 +300,7 @@ def main():
         chk.eq(rc, 0, "remote exits 0 after quit")
     finally:
         rig.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
     chk.finish()
 
 

@@ -12,6 +12,7 @@ dies; SHUTDOWN and exit status 0 on quit.
 """
 import os
 import re
+import shutil
 import signal
 import socket
 import sys
@@ -126,6 +127,7 @@ def main():
         chk.check(not os.path.exists(qmp_path), "QMP socket removed at exit")
     finally:
         rig.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
     chk.finish()
 
 

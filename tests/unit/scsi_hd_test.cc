@@ -328,6 +328,40 @@ TEST_F(ScsiHdTest, RequestSenseReturnsLastErrorOnceAndShortTransfer) {
     EXPECT_EQ(o.data[2], 0x24);
 }
 
+// block_resize (h-mon): the backend grows, the disk raises CAPACITY DATA HAS
+// CHANGED once, and READ CAPACITY reports the new size.
+TEST_F(ScsiHdTest, CapacityChangeAfterResize) {
+    ASSERT_TRUE(backend_->resize(8 << 20).ok());
+    dev_->capacity_changed();
+    expect_good(run({0x12, 0, 0, 0, 36, 0}));  // INQUIRY passes a unit attention
+    auto o = run({0x00, 0, 0, 0, 0, 0});
+    expect_sense(o, kCapacityChanged);
+    Sense s = request_sense();
+    EXPECT_EQ(s.key, 0x06);
+    EXPECT_EQ(s.asc, 0x2a);
+    EXPECT_EQ(s.ascq, 0x09);
+    expect_good(run({0x00, 0, 0, 0, 0, 0}));
+    o = run({0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0});
+    expect_good(o);
+    EXPECT_EQ(o.data, (std::vector<uint8_t>{0, 0, 0x3f, 0xff, 0, 0, 0x02, 0x00}));
+
+    // A pending reset outranks it: one unit attention (the reset's), then none.
+    dev_->reset();
+    dev_->capacity_changed();
+    expect_sense(run({0x00, 0, 0, 0, 0, 0}), kResetOccurred);
+    expect_good(run({0x00, 0, 0, 0, 0, 0}));
+    // ... and a reset replaces a pending capacity change.
+    dev_->capacity_changed();
+    dev_->reset();
+    expect_sense(run({0x00, 0, 0, 0, 0, 0}), kResetOccurred);
+    expect_good(run({0x00, 0, 0, 0, 0, 0}));
+    // REQUEST SENSE reports and clears it directly.
+    dev_->capacity_changed();
+    s = request_sense();
+    EXPECT_EQ(s.asc, 0x2a);
+    expect_good(run({0x00, 0, 0, 0, 0, 0}));
+}
+
 TEST_F(ScsiHdTest, ReadCapacity) {
     auto o = run({0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0});
     expect_good(o);
