@@ -39,8 +39,14 @@ public:
 };
 
 enum class CacheMode : uint8_t { Writeback, None, Writethrough, Directsync, Unsafe };
-enum class AioMode : uint8_t { Threads, Native, IoUring };
+// Auto (no aio= given): io_uring for raw files where the kernel allows it,
+// I/O threads otherwise; the guest sees no difference, only the latency does.
+enum class AioMode : uint8_t { Auto, Threads, Native, IoUring };
 enum class ReadOnly : uint8_t { No, Yes };
+// QEMU's blkdebug error injection between the format and the file.
+// UnderFormat: `file=blkdebug:...` (a format above raises read/write_aio);
+// Top: `driver=blkdebug` (no format above it, as in QEMU).
+enum class Blkdebug : uint8_t { Off, UnderFormat, Top };
 
 // What `-drive` says about a disk.
 struct DriveOptions {
@@ -49,12 +55,17 @@ struct DriveOptions {
     std::string format;  // "", "raw", "qcow2" ("" = probe)
     ReadOnly read_only = ReadOnly::No;
     CacheMode cache = CacheMode::Writeback;
-    AioMode aio = AioMode::Threads;
+    AioMode aio = AioMode::Auto;
     uint64_t l2_cache_size = 0;  // qcow2 metadata cache bound in bytes; 0 = default
+    // `file=blkdebug:RULES:IMAGE` or `driver=blkdebug,config=RULES,image.filename=IMAGE`:
+    // `file` is then the image, `blkdebug_config` the rules file ("" = no rules).
+    Blkdebug blkdebug = Blkdebug::Off;
+    std::string blkdebug_config;
 };
 
-// Reads the block-related `-drive` keys (file, id, format, if, cache, aio,
-// readonly, l2-cache-size, and QEMU's cache.direct / cache.no-flush). Unknown
+// Reads the block-related `-drive` keys (file, id, format/driver, if, cache, aio,
+// readonly, l2-cache-size, QEMU's cache.direct / cache.no-flush, and blkdebug's
+// config / image.filename / image.driver). Unknown
 // keys and bad values are errors; options that belong to the caller (media,
 // index, ...) must be filtered out before.
 Result<DriveOptions> parse_drive_options(
@@ -135,6 +146,7 @@ private:
     struct Impl;
     void submit(std::unique_ptr<Job> j);
     void finish(std::unique_ptr<Job> j);
+    void complete_soon(std::unique_ptr<Job> j);
     void process_completions();
 
     EventLoop& loop_;

@@ -3,7 +3,9 @@
 #include <cerrno>
 #include <cstring>
 
+#include "block/blkdebug.h"
 #include "block/block.h"
+#include "block/fault_inject.h"
 #include "block/file.h"
 #include "util/log.h"
 
@@ -62,15 +64,30 @@ Result<DriveOptions> parse_drive_options(
     // QEMU's cache= is shorthand for cache.direct + cache.no-flush (+ writethrough).
     int direct = -1, no_flush = -1;
     bool have_cache = false;
+    bool driver_blkdebug = false;
+    std::string blkdebug_key;  // the first blkdebug-only key seen
+    std::string image_filename;
     for (const auto& [k, v] : kv) {
         if (k == "file") {
             o.file = v;
         } else if (k == "id") {
             o.id = v;
-        } else if (k == "format") {
+        } else if ((k == "format" || k == "driver") && v == "blkdebug") {
+            driver_blkdebug = true;
+        } else if (k == "format" || k == "driver") {
             if (v != "raw" && v != "qcow2" && v != "file")
                 return fail("Unknown driver '{}'", v);
             o.format = v == "file" ? "raw" : v;
+        } else if (k == "config") {
+            if (blkdebug_key.empty()) blkdebug_key = k;
+            o.blkdebug_config = v;
+        } else if (k == "image.filename") {
+            if (blkdebug_key.empty()) blkdebug_key = k;
+            image_filename = v;
+        } else if (k == "image.driver") {
+            if (blkdebug_key.empty()) blkdebug_key = k;
+            if (v != "file" && v != "host_device")
+                return fail("blkdebug: image.driver '{}' is not supported (file, host_device)", v);
         } else if (k == "if") {
             if (v != "none")
                 return fail("interface '{}' is not supported here (use if=none and -device)", v);
@@ -121,6 +138,35 @@ Result<DriveOptions> parse_drive_options(
         o.cache != CacheMode::Directsync)
         return fail("aio=native was specified, but it requires cache.direct=on, which was "
                     "not specified.");
+    if (driver_blkdebug) {
+        // blkdebug is the top node, straight on the file: the guest sees the
+        // image's bytes (no format layer), as QEMU's driver=blkdebug.
+        if (!o.format.empty()) return fail("driver=blkdebug and format={} both given", o.format);
+        o.blkdebug = Blkdebug::Top;
+        o.format = "raw";
+        if (!image_filename.empty()) {
+            if (!o.file.empty() && o.file != image_filename)
+                return fail("blkdebug: both file= and image.filename= given");
+            o.file = image_filename;
+        }
+    } else if (!blkdebug_key.empty()) {
+        return fail("Invalid parameter '{}' (only with driver=blkdebug)", blkdebug_key);
+    }
+    // QEMU's legacy filename syntax: blkdebug:[RULES]:IMAGE
+    constexpr std::string_view kPrefix = "blkdebug:";
+    if (o.file.starts_with(kPrefix)) {
+        std::string rest = o.file.substr(kPrefix.size());
+        size_t c = rest.find(':');
+        if (c == std::string::npos)
+            return fail("blkdebug requires both config file and image path");
+        if (c > 0) {
+            if (!o.blkdebug_config.empty() && o.blkdebug_config != rest.substr(0, c))
+                return fail("blkdebug: two different config files given");
+            o.blkdebug_config = rest.substr(0, c);
+        }
+        o.file = rest.substr(c + 1);
+        if (o.blkdebug == Blkdebug::Off) o.blkdebug = Blkdebug::UnderFormat;
+    }
     if (o.file.empty()) return fail("drive '{}': no file= given", o.id);
     return o;
 }
@@ -129,6 +175,21 @@ Result<std::unique_ptr<BlockDriver>> open_drive(const DriveOptions& opts) {
     auto file = FileDriver::open(opts);
     if (!file) return file.take_error();
     std::unique_ptr<BlockDriver> drv(std::move(file.value()));
+    if (opts.blkdebug != Blkdebug::Off) {
+        std::vector<BlkdebugRule> rules;
+        if (!opts.blkdebug_config.empty()) {
+            auto r = read_blkdebug_config(opts.blkdebug_config);
+            if (!r) return r.take_error();
+            rules = std::move(*r);
+        }
+        auto fi = std::make_unique<FaultInjectDriver>(std::move(drv));
+        // driver=blkdebug is the top node: parse_drive_options set format
+        // "raw" for it, but no raw layer above raises read/write_aio.
+        BlkdebugPosition pos = opts.blkdebug == Blkdebug::Top ? BlkdebugPosition::Top
+                                                              : BlkdebugPosition::UnderFormat;
+        fi->set_blkdebug(std::make_unique<BlkdebugRules>(std::move(rules), pos));
+        drv = std::move(fi);
+    }
 
     std::string fmt = opts.format;
     if (fmt.empty()) {

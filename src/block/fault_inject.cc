@@ -10,6 +10,11 @@ void FaultInjectDriver::add_rule(const FaultRule& r) {
     rules_.push_back(r);
 }
 
+void FaultInjectDriver::set_blkdebug(std::unique_ptr<BlkdebugRules> rules) {
+    std::lock_guard lk(mu_);
+    blkdebug_ = std::move(rules);
+}
+
 void FaultInjectDriver::clear_rules() {
     std::lock_guard lk(mu_);
     rules_.clear();
@@ -49,6 +54,21 @@ Status FaultInjectDriver::check(FaultOp op, uint64_t off, uint64_t len) {
         cv_.wait(lk, [&] { return !gate_closed_; });
         --waiting_;
     }
+    if (blkdebug_) {
+        BlkdebugIo io = BlkdebugIo::Read;
+        switch (op) {
+            case FaultOp::Read: io = BlkdebugIo::Read; break;
+            case FaultOp::Write: io = BlkdebugIo::Write; break;
+            case FaultOp::Flush: io = BlkdebugIo::Flush; break;
+            case FaultOp::Discard: io = BlkdebugIo::Discard; break;
+            case FaultOp::WriteZeroes: io = BlkdebugIo::WriteZeroes; break;
+            case FaultOp::Any: break;  // never passed in: each call names its kind
+        }
+        if (int err = blkdebug_->on_request(io, off, len); err != 0) {
+            ++injected_;
+            return fail_errno(err, "blkdebug: injected error: {}", std::strerror(err));
+        }
+    }
     for (auto& r : rules_) {
         if (!(static_cast<uint32_t>(r.ops) & static_cast<uint32_t>(op))) continue;
         bool whole = op == FaultOp::Flush;
@@ -72,8 +92,10 @@ Status FaultInjectDriver::pread(uint64_t off, std::span<uint8_t> buf) {
 }
 
 Status FaultInjectDriver::pwrite(uint64_t off, std::span<const uint8_t> buf) {
-    MPQ_TRY(check(FaultOp::Write, off, buf.size()));
-    return inner_->pwrite(off, buf);
+    Status st = check(FaultOp::Write, off, buf.size());
+    if (st.ok()) st = inner_->pwrite(off, buf);
+    if (blkdebug_) blkdebug_->after_request(BlkdebugIo::Write);
+    return st;
 }
 
 Status FaultInjectDriver::flush() {
@@ -87,8 +109,10 @@ Status FaultInjectDriver::discard(uint64_t off, uint64_t len) {
 }
 
 Status FaultInjectDriver::write_zeroes(uint64_t off, uint64_t len) {
-    MPQ_TRY(check(FaultOp::WriteZeroes, off, len));
-    return inner_->write_zeroes(off, len);
+    Status st = check(FaultOp::WriteZeroes, off, len);
+    if (st.ok()) st = inner_->write_zeroes(off, len);
+    if (blkdebug_) blkdebug_->after_request(BlkdebugIo::WriteZeroes);
+    return st;
 }
 
 }  // namespace mpq::block

@@ -9,6 +9,7 @@
 #include <mutex>
 #include <vector>
 
+#include "block/blkdebug.h"
 #include "block/block.h"
 
 namespace mpq::block {
@@ -39,6 +40,10 @@ public:
     explicit FaultInjectDriver(std::unique_ptr<BlockDriver> inner) : inner_(std::move(inner)) {}
 
     void add_rule(const FaultRule& r);
+    // QEMU blkdebug rules (-drive file=blkdebug:...), consulted before the
+    // FaultRules; owned by the driver.
+    void set_blkdebug(std::unique_ptr<BlkdebugRules> rules);
+    const BlkdebugRules* blkdebug() const { return blkdebug_.get(); }
     void clear_rules();
     // While closed, every request waits (on its I/O thread) until open_gate().
     void close_gate();
@@ -67,6 +72,7 @@ private:
     mutable std::mutex mu_;
     mutable std::condition_variable cv_;
     std::vector<FaultRule> rules_;
+    std::unique_ptr<BlkdebugRules> blkdebug_;  // has its own lock
     bool gate_closed_ = false;
     unsigned waiting_ = 0;
     uint64_t injected_ = 0;

@@ -25,7 +25,7 @@ constexpr std::string_view kScsiHdKeys[] = {
 constexpr std::string_view kDriveKeys[] = {
     "id", "file", "format", "if", "cache", "aio", "readonly", "read-only", "l2-cache-size", "media",
     "index", "discard", "detect-zeroes", "werror", "rerror", "snapshot", "cache.direct",
-    "cache.no-flush"};
+    "cache.no-flush", "driver", "config", "image.filename", "image.driver"};
 constexpr std::string_view kRemoteObjectKeys[] = {"qom-type", "id", "devid", "fd"};
 constexpr std::string_view kMachineKeys[] = {"type", "vfio-user", "auto-shutdown"};
 
@@ -155,7 +155,8 @@ Status RemoteProcess::add_drive(const Option& o) {
         if (!b.ok()) return o.error(b.error());
         if (*b) return o.error("snapshot=on is not supported");
     }
-    if (kv.get("file").empty()) return o.error("A block device must be specified for \"file\"");
+    if (kv.get("file").empty() && kv.get("image.filename").empty())
+        return o.error("A block device must be specified for \"file\"");
     // The block layer owns the meaning of its keys (cache modes, aio, ...);
     // what only the drive front end knows is filtered out here.
     std::vector<std::pair<std::string, std::string>> block_kv;

@@ -87,6 +87,10 @@ Result<SandboxOptions> parse_option(std::string_view value, SandboxOptions base)
             auto b = parse_bool(key, val);
             if (!b) return b.take_error();
             o.namespaces = *b ? Namespaces::New : Namespaces::Keep;
+        } else if (key == "pidns") {
+            auto b = parse_bool(key, val);
+            if (!b) return b.take_error();
+            o.pid_namespace = *b ? Namespaces::New : Namespaces::Keep;
         } else if (key == "open") {
             if (val == "deny") o.open = OpenPolicy::Deny;
             else if (val == "ro") o.open = OpenPolicy::ReadOnly;

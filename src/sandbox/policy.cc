@@ -18,6 +18,7 @@
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <termios.h>
+#include <unistd.h>
 
 #if defined(__has_feature)
 #if __has_feature(address_sanitizer)
@@ -44,6 +45,43 @@ ArgCmp masked_eq(unsigned arg, uint64_t mask, uint64_t value) {
     return ArgCmp{arg, SCMP_CMP_MASKED_EQ, mask, value};
 }
 ArgCmp eq(unsigned arg, uint64_t value) { return ArgCmp{arg, SCMP_CMP_EQ, value}; }
+
+#if defined(__SANITIZE_ADDRESS__) || MPQ_HAS_ASAN
+// Sanitizer builds only (they never ship): what the ASan/LSan runtime does
+// on its own inside a sandboxed process. Found by running the ASan remote
+// through the integration tests with action=log and reading the kernel's
+// seccomp records (type=1326). Without these the sandboxed remote dies by
+// SIGSYS at exit (LSan's leak check) or while printing a report.
+void sanitizer_runtime(std::vector<Rule>& r) {
+    const char* why_thread = "sanitizer builds only: ASan sets up each new thread";
+    r.push_back({"sigaltstack", {}, why_thread, 0, Scope::SanitizerBuild});
+    r.push_back({"sched_getaffinity", {}, why_thread, 0, Scope::SanitizerBuild});
+    r.push_back({"pipe2", {}, "sanitizer builds only: ASan probes memory by writing it into a pipe", 0,
+                 Scope::SanitizerBuild});
+    // LSan's exit-time check stops the world: a tracer task (clone with
+    // CLONE_UNTRACED, no CLONE_THREAD) lists /proc/PID/task and ptrace-attaches
+    // every thread to scan their registers and stacks.
+    constexpr uint64_t kTracerFlags = CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_UNTRACED;
+    r.push_back({"clone",
+                 {masked_eq(0, kThreadFlags | kForbiddenCloneFlags, kTracerFlags)},
+                 "sanitizer builds only: LSan's tracer task (exactly its flags)", 0,
+                 Scope::SanitizerBuild});
+    const char* why_lsan = "sanitizer builds only: LSan's exit-time leak check";
+    for (const char* n : {"ptrace", "wait4", "getppid", "getdents64", "getdents"})
+        r.push_back({n, {}, why_lsan, 0, Scope::SanitizerBuild});
+    for (uint64_t opt : {PR_SET_PTRACER, PR_SET_PDEATHSIG, PR_GET_DUMPABLE, PR_SET_DUMPABLE})
+        r.push_back({"prctl", {eq(0, opt)}, why_lsan, 0, Scope::SanitizerBuild});
+    // Reports and the leak check read /proc/self/maps, /proc/PID/task and
+    // the binary's debug info (GCC's in-process symbolizer): read-only.
+    constexpr uint64_t kWriting = O_WRONLY | O_RDWR | O_CREAT | O_TRUNC | O_APPEND;
+    r.push_back({"openat", {masked_eq(2, kWriting, 0)},
+                 "sanitizer builds only: /proc and debug info, read-only", 0,
+                 Scope::SanitizerBuild});
+    r.push_back({"open", {masked_eq(1, kWriting, 0)},
+                 "sanitizer builds only: /proc and debug info, read-only", 0,
+                 Scope::SanitizerBuild});
+}
+#endif
 
 void remote_steady_state(std::vector<Rule>& r, int self_pid) {
     // --- I/O on fds that are already open -------------------------------
@@ -137,8 +175,30 @@ void remote_steady_state(std::vector<Rule>& r, int self_pid) {
     r.push_back({"getrandom", {}, "hash seeds, std::random_device"});
     r.push_back({"prctl", {eq(0, PR_SET_NAME)}, "worker threads name themselves"});
 #if defined(__SANITIZE_ADDRESS__) || MPQ_HAS_ASAN
-    r.push_back({"sigaltstack", {}, "sanitizer builds only: ASan gives each new thread a signal stack"});
-    r.push_back({"pipe2", {}, "sanitizer builds only: ASan probes memory by writing it into a pipe"});
+    sanitizer_runtime(r);
+#endif
+}
+
+// The supervisor outside the PID namespace: waits for the device process,
+// forwards SIGTERM/SIGINT/SIGHUP to it, then exits the same way. It holds no
+// fd but stdio and one pipe end.
+void pidns_supervisor(std::vector<Rule>& r, int child_pid) {
+    r.push_back({"rt_sigtimedwait", {}, "waiting for SIGCHLD and the signals it forwards"});
+    r.push_back({"wait4", {}, "reaping the device process"});
+    r.push_back({"kill", {eq(0, static_cast<uint64_t>(child_pid))},
+                 "forwarding a signal to the device process only"});
+    r.push_back({"kill", {eq(0, static_cast<uint64_t>(getpid()))},
+                 "re-raising the device process's fatal signal on itself"});
+    r.push_back({"rt_sigprocmask", {}, "unblocking the signal it re-raises"});
+    r.push_back({"rt_sigaction", {}, "default action for the signal it re-raises"});
+    r.push_back({"write", {}, "a message on stderr"});
+    r.push_back({"rt_sigreturn", {}, "returning from a signal handler"});
+    r.push_back({"restart_syscall", {}, "a wait restarted after a signal"});
+    r.push_back({"exit_group", {}, "exiting with the device process's status"});
+    r.push_back({"exit", {}, "exiting"});
+#if defined(__SANITIZE_ADDRESS__) || MPQ_HAS_ASAN
+    r.push_back({"sigaltstack", {}, "sanitizer builds only: ASan's signal stack on the way out",
+                 0, Scope::SanitizerBuild});
 #endif
 }
 
@@ -186,6 +246,10 @@ std::vector<Rule> build_rules(const SandboxOptions& opts, Role role, int self_pi
         case Role::RemoteSteadyState:
             remote_steady_state(r, self_pid);
             break;
+        case Role::PidNamespaceSupervisor:
+            // self_pid is the device process here: the only kill() target.
+            pidns_supervisor(r, self_pid);
+            return r;  // QEMU's groups and open= concern the device process only
     }
     if (opts.obsolete == Group::Allow) add_obsolete(r);
     if (opts.elevate_privileges == Group::Allow) add_elevate_privileges(r);

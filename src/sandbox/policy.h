@@ -25,10 +25,18 @@ struct Rule {
     std::vector<ArgCmp> args;
     const char* why;
     int errno_value = 0;
+    Scope scope = Scope::Always;
 };
 
 // The rules for `role` with the option groups applied. `self_pid` narrows
 // signals to our own process.
 std::vector<Rule> build_rules(const SandboxOptions& opts, Role role, int self_pid);
+
+// no_new_privs is the caller's job; this loads the filter for `role`
+// (TSYNC, non-x86_64 ABIs killed); `pid` as for build_rules. In sandbox.cc.
+Status load_filter(const SandboxOptions& opts, Role role, int pid);
+
+// pidns=on: unshare(CLONE_NEWPID) and fork; returns in the child only. In pidns.cc.
+Status enter_pid_namespace(const SandboxOptions& opts);
 
 }  // namespace mpq::sandbox

@@ -27,6 +27,15 @@
 #include "sandbox/policy.h"
 #include "util/log.h"
 
+#if defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define MPQ_HAS_ASAN 1
+#endif
+#endif
+#ifndef MPQ_HAS_ASAN
+#define MPQ_HAS_ASAN 0
+#endif
+
 namespace mpq::sandbox {
 namespace {
 
@@ -125,10 +134,19 @@ Status pivot_to_empty_root() {
     if (::mount("mpq-sandbox", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
                 "size=16k,nr_inodes=16,mode=0755") != 0)
         return fail_errno(errno, "sandbox: mount tmpfs: {}", std::strerror(errno));
+#if defined(__SANITIZE_ADDRESS__) || MPQ_HAS_ASAN
+    // Sanitizer builds only: LSan's exit-time check and ASan's reports read
+    // /proc/PID/task and /proc/self/maps, so the whole /proc stays visible.
+    if (::mkdir("/tmp/proc", 0555) != 0)
+        return fail_errno(errno, "sandbox: mkdir /tmp/proc: {}", std::strerror(errno));
+    if (::mount("/proc", "/tmp/proc", nullptr, MS_BIND | MS_REC, nullptr) != 0)
+        return fail_errno(errno, "sandbox: bind /proc: {}", std::strerror(errno));
+#else
     for (const char* d : {"/tmp/proc", "/tmp/proc/self", "/tmp/proc/self/fd"})
         if (::mkdir(d, 0555) != 0) return fail_errno(errno, "sandbox: mkdir {}: {}", d, std::strerror(errno));
     if (::mount("/proc/self/fd", "/tmp/proc/self/fd", nullptr, MS_BIND, nullptr) != 0)
         return fail_errno(errno, "sandbox: bind /proc/self/fd: {}", std::strerror(errno));
+#endif
     if (::chdir("/tmp") != 0) return fail_errno(errno, "sandbox: chdir: {}", std::strerror(errno));
     // pivot_root(".", ".") stacks the old root on top of the new one; the
     // detach below then drops it (see pivot_root(2) NOTES).
@@ -204,7 +222,9 @@ uint32_t default_action(Action a) {
     return SCMP_ACT_KILL_PROCESS;
 }
 
-Status load_filter(const SandboxOptions& opts, Role role) {
+}  // namespace
+
+Status load_filter(const SandboxOptions& opts, Role role, int pid) {
     scmp_filter_ctx ctx = seccomp_init(default_action(opts.action));
     if (!ctx) return fail("sandbox: seccomp_init failed");
     struct Release {
@@ -218,7 +238,7 @@ Status load_filter(const SandboxOptions& opts, Role role) {
     rc = seccomp_attr_set(ctx, SCMP_FLTATR_ACT_BADARCH, SCMP_ACT_KILL_PROCESS);
     if (rc != 0) return fail_errno(-rc, "sandbox: seccomp badarch: {}", std::strerror(-rc));
 
-    for (const Rule& r : build_rules(opts, role, static_cast<int>(getpid()))) {
+    for (const Rule& r : build_rules(opts, role, pid)) {
         int nr = seccomp_syscall_resolve_name(r.name);
         if (nr == __NR_SCMP_ERROR) return fail("sandbox: unknown syscall '{}' in policy", r.name);
         std::vector<scmp_arg_cmp> cmps;
@@ -235,10 +255,18 @@ Status load_filter(const SandboxOptions& opts, Role role) {
     return {};
 }
 
+namespace {
+
 }  // namespace
 
 Status prepare(const SandboxOptions& opts) {
-    if (opts.mode == Mode::Off || opts.namespaces == Namespaces::Keep) return {};
+    if (opts.mode == Mode::Off) return {};
+    if (opts.pid_namespace == Namespaces::New) {
+        if (thread_count() > 1)
+            return fail("sandbox: pidns=on must be prepared before any thread exists");
+        MPQ_TRY(enter_pid_namespace(opts));  // from here on: the child
+    }
+    if (opts.namespaces == Namespaces::Keep) return {};
     if (thread_count() > 1)
         return fail("sandbox: namespaces=on must be prepared before any thread exists");
     if (geteuid() != 0) {
@@ -282,7 +310,7 @@ Status apply(const SandboxOptions& opts, std::span<const int> keep_fds, Role rol
     if (opts.action == Action::Trap) MPQ_TRY(install_trap_handler());
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0)
         return fail_errno(errno, "sandbox: PR_SET_NO_NEW_PRIVS: {}", std::strerror(errno));
-    MPQ_TRY(load_filter(opts, role));
+    MPQ_TRY(load_filter(opts, role, static_cast<int>(getpid())));
     log::debug("sandbox on: {} stray fd(s) closed", closed);
     return {};
 }
@@ -290,11 +318,12 @@ Status apply(const SandboxOptions& opts, std::span<const int> keep_fds, Role rol
 std::vector<PolicyEntry> describe_policy(const SandboxOptions& opts, Role role) {
     std::vector<PolicyEntry> out;
     for (const Rule& r : build_rules(opts, role, 1)) {
-        auto it = std::find_if(out.begin(), out.end(),
-                               [&](const PolicyEntry& e) { return e.name == r.name; });
+        auto it = std::find_if(out.begin(), out.end(), [&](const PolicyEntry& e) {
+            return e.name == r.name && e.scope == r.scope;
+        });
         if (it == out.end()) {
             out.push_back(PolicyEntry{r.name, seccomp_syscall_resolve_name(r.name),
-                                      !r.args.empty(), r.errno_value, r.why});
+                                      !r.args.empty(), r.errno_value, r.why, r.scope});
         } else {
             it->has_arg_filter = it->has_arg_filter || !r.args.empty();
         }

@@ -26,8 +26,10 @@ enum class Action : uint8_t {
     Trap,  // SIGSYS handler reports it on stderr and the syscall fails with ENOSYS
 };
 enum class Group : uint8_t { Deny, Allow };
-// Which steady state a policy describes. Only the remote has one so far.
-enum class Role : uint8_t { RemoteSteadyState };
+// Which steady state a policy describes: the device process, or the tiny
+// supervisor that stays outside when the device process gets its own PID
+// namespace (`pidns=on`).
+enum class Role : uint8_t { RemoteSteadyState, PidNamespaceSupervisor };
 enum class Namespaces : uint8_t { Keep, New };
 enum class OpenPolicy : uint8_t { Deny, ReadOnly, ReadWrite };
 
@@ -46,6 +48,9 @@ struct SandboxOptions {
     OpenPolicy open = OpenPolicy::Deny;
     // Fresh mount (empty tmpfs root), network and IPC namespaces.
     Namespaces namespaces = Namespaces::Keep;
+    // `pidns=on` (root only): the device process runs as PID 1 of a new PID
+    // namespace, under a supervisor that forwards signals and its exit status.
+    Namespaces pid_namespace = Namespaces::Keep;
     // Run as this user (root only): setgroups/setgid/setuid. Empty = stay.
     std::string run_as_user;
     // Extra fds allowed above what is open when the sandbox closes the door
@@ -71,16 +76,26 @@ Status apply(const SandboxOptions& opts, std::span<const int> keep_fds,
 
 // Work that must happen while the process is still single-threaded (before
 // any worker thread or io_uring exists): entering namespaces. A no-op unless
-// `namespaces=on`. apply() finishes the job (pivot to an empty root).
+// `namespaces=on` or `pidns=on`. apply() finishes the job (pivot to an empty
+// root). With `pidns=on` the process forks: only the child (PID 1 of the new
+// namespace) returns; the parent becomes a sandboxed supervisor that never
+// returns (it exits with the child's status, or dies by the child's signal).
 Status prepare(const SandboxOptions& opts);
 
-// The policy as data, for review, tests and the README count.
+// Whether a policy rule exists in every build or only in sanitizer builds
+// (the ASan/LSan runtime's own syscalls; such builds never ship).
+enum class Scope : uint8_t { Always, SanitizerBuild };
+
+// The policy as data, for review, tests and the README count. Sanitizer-
+// build rules are separate entries (scope SanitizerBuild), never merged
+// into an entry of the shipping policy.
 struct PolicyEntry {
     std::string name;   // syscall name
     int nr = -1;        // x86_64 number
     bool has_arg_filter = false;
     int errno_value = 0;  // != 0: the call fails with this errno instead of running
     std::string why;
+    Scope scope = Scope::Always;
 };
 std::vector<PolicyEntry> describe_policy(const SandboxOptions& opts,
                                          Role role = Role::RemoteSteadyState);

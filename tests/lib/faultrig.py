@@ -57,6 +57,11 @@ def remote_binary():
     return p if os.access(p, os.X_OK) else None
 
 
+def vmm_binary():
+    p = os.path.join(build_dir(), "mpqemu-system-x86_64")
+    return p if os.access(p, os.X_OK) else None
+
+
 def need_peers():
     if not QEMU:
         skip("qemu-system-x86_64 not installed")
@@ -88,9 +93,14 @@ class Rig:
     """Starts remote + VMM; `lsi` is lsi_bench's driver once start() ran."""
 
     def __init__(self, tmp, disk, fmt="raw", remote="ours", remote_args=(), drive_opts="",
-                 env=None):
+                 env=None, vmm="stock", drive=None):
         self.tmp, self.disk, self.fmt = tmp, disk, fmt
         self.kind = remote
+        # "stock": qemu-system-x86_64 with x-pci-proxy-dev; "ours":
+        # mpqemu-system-x86_64 with pci-proxy-dev (qtest accelerator).
+        self.vmm_kind = vmm
+        # A whole -drive value instead of the one built from disk/fmt.
+        self.drive = drive
         self.remote_args = list(remote_args)
         self.drive_opts = drive_opts
         self.env = env
@@ -100,7 +110,8 @@ class Rig:
         self.vmm_log = os.path.join(tmp, "vmm.log")
 
     def remote_cmd(self, fd):
-        drive = "id=d0,file=%s,format=%s,if=none%s" % (self.disk, self.fmt, self.drive_opts)
+        drive = self.drive or "id=d0,file=%s,format=%s,if=none%s" % (
+            self.disk, self.fmt, self.drive_opts)
         if self.kind == "stock":
             return [QEMU, "-machine", "x-remote", "-nodefaults", "-display", "none",
                     "-device", "lsi53c895a,id=lsi0", "-drive", drive,
@@ -119,11 +130,16 @@ class Rig:
                                        pass_fds=[rs.fileno()] + list(extra_pass_fds),
                                        stdin=subprocess.DEVNULL, stdout=self._rlog,
                                        stderr=subprocess.STDOUT, env=self.env)
-        vmm = [QEMU, "-machine", "pc,memory-backend=mem0", "-accel", "tcg", "-S",
-               "-m", "%dM" % MEM_MB,
-               "-object", "memory-backend-memfd,id=mem0,size=%dM,share=on" % MEM_MB,
-               "-nodefaults", "-display", "none", "-qtest", "unix:" + sock,
-               "-qtest-log", "none", "-device", "x-pci-proxy-dev,id=lsi0,fd=%d" % ms.fileno()]
+        common = ["-machine", "pc,memory-backend=mem0", "-m", "%dM" % MEM_MB,
+                  "-object", "memory-backend-memfd,id=mem0,size=%dM,share=on" % MEM_MB,
+                  "-nodefaults", "-display", "none", "-qtest", "unix:" + sock,
+                  "-qtest-log", "none"]
+        if self.vmm_kind == "ours":
+            vmm = [vmm_binary(), "-accel", "qtest"] + common + [
+                "-device", "pci-proxy-dev,id=lsi0,socket=%d" % ms.fileno()]
+        else:
+            vmm = [QEMU, "-accel", "tcg", "-S"] + common + [
+                "-device", "x-pci-proxy-dev,id=lsi0,fd=%d" % ms.fileno()]
         self.vmm = subprocess.Popen(vmm, pass_fds=[ms.fileno()], stdin=subprocess.DEVNULL,
                                     stdout=self._vlog, stderr=subprocess.STDOUT)
         ms.close()
