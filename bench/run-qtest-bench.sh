@@ -9,7 +9,9 @@
 # measured, and a summary compares both at the end.
 # Usage: bench/run-qtest-bench.sh [lsi_bench.py options, e.g. --quick or --reps 3]
 # Env: MPQ_BUILD_DIR (default ./build), MPQ_SHARED_DIR (default ../shared),
-#      OUT (default /tmp/mpq-bench/vmm), QEMU (default qemu-system-x86_64).
+#      OUT (default /tmp/mpq-bench/vmm), QEMU (default qemu-system-x86_64),
+#      TARGETS (default "stock-multi stock-single vmm-ours vmm-stock vmm-inproc";
+#      the first is the baseline; stock-ours is also known).
 set -eu
 src=$(cd "$(dirname "$0")/.." && pwd)
 build=${MPQ_BUILD_DIR:-$src/build}
@@ -35,16 +37,17 @@ if [ -x "$build/bench/vmm_socketpair_bench" ]; then
     "$build/bench/vmm_socketpair_bench" --benchmark_format=json --benchmark_out="$rtt_json" >/dev/null
 fi
 
-set -- --qemu "$qemu" --tmp "$out" --json "$out/qtest-bench.json" --markdown "$out/qtest-bench.md" \
-    --target stock-multi --target stock-single \
-    --target vmm-ours --target vmm-stock --target vmm-inproc \
+targets=${TARGETS:-stock-multi stock-single vmm-ours vmm-stock vmm-inproc}
+if [ "${MPQ_BENCH_STOCK_VMM_OURS:-0}" = 1 ]; then
+    targets="$targets stock-ours"
+fi
+# The user's options stay first; targets and templates are appended.
+for t in $targets; do set -- "$@" --target "$t"; done
+set -- "$@" --qemu "$qemu" --tmp "$out" --json "$out/qtest-bench.json" --markdown "$out/qtest-bench.md" \
     --custom vmm-ours "$vmm $common -device pci-proxy-dev,id=lsi0,socket={fd}" "$our_remote" \
     --custom vmm-stock "$vmm $common -device x-pci-proxy-dev,id=lsi0,fd={fd}" "$stock_remote" \
     --custom vmm-inproc "$vmm $common -device lsi53c895a,id=lsi0 $disk" \
-    "$@"
-if [ "${MPQ_BENCH_STOCK_VMM_OURS:-0}" = 1 ]; then
-    set -- "$@" --target stock-ours --custom stock-ours "$stock_main -device x-pci-proxy-dev,id=lsi0,fd={fd}" "$our_remote"
-fi
+    --custom stock-ours "$stock_main -device x-pci-proxy-dev,id=lsi0,fd={fd}" "$our_remote"
 rc=0
 python3 "$bench" "$@" || rc=$?
 

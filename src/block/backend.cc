@@ -37,6 +37,8 @@ struct CompletionQueue {
     BlockBackend* owner = nullptr;  // cleared (on the loop thread) by ~BlockBackend
 };
 
+enum class Wake : uint8_t { Post, Defer };
+
 struct BlockBackend::Impl {
     std::shared_ptr<CompletionQueue> cq = std::make_shared<CompletionQueue>();
     std::mutex mu;
@@ -47,10 +49,40 @@ struct BlockBackend::Impl {
     bool stopping = false;
     std::vector<std::thread> workers;
     std::unique_ptr<UringEngine> uring;
+    FileDriver* cached_reads = nullptr;  // buffered raw file: try the page cache first
 
     void worker(BlockBackend* bb);
+    static void queue_completion(EventLoop& loop, const std::shared_ptr<CompletionQueue>& cq,
+                                 JobPtr j, Wake how);
     static void run_job(BlockDriver& drv, Job& j);
 };
+
+// Hands a finished job to the loop thread: Post from an I/O thread, Defer
+// from the loop thread itself.
+void BlockBackend::Impl::queue_completion(EventLoop& loop, const std::shared_ptr<CompletionQueue>& cq,
+                             JobPtr j, Wake how) {
+    bool wake = false;
+    {
+        std::lock_guard lk(cq->mu);
+        cq->done.push_back(std::move(j));
+        if (!cq->post_pending) cq->post_pending = wake = true;
+    }
+    if (!wake) return;
+    std::weak_ptr<CompletionQueue> weak = cq;
+    auto run = [weak] {
+        auto q = weak.lock();
+        if (!q) return;
+        BlockBackend* owner;
+        {
+            std::lock_guard l(q->mu);
+            q->post_pending = false;
+            owner = q->owner;
+        }
+        if (owner) owner->process_completions();
+    };
+    if (how == Wake::Post) loop.post(run);
+    else loop.defer(run);
+}
 
 void BlockBackend::Impl::run_job(BlockDriver& drv, Job& j) {
     switch (j.kind) {
@@ -77,26 +109,7 @@ void BlockBackend::Impl::worker(BlockBackend* bb) {
         ++running;
         lk.unlock();
         run_job(drv, *j);
-        bool post = false;
-        {
-            std::lock_guard clk(cq->mu);
-            cq->done.push_back(std::move(j));
-            if (!cq->post_pending) cq->post_pending = post = true;
-        }
-        if (post) {
-            std::weak_ptr<CompletionQueue> weak = cq;
-            loop.post([weak] {
-                auto q = weak.lock();
-                if (!q) return;
-                BlockBackend* owner;
-                {
-                    std::lock_guard l(q->mu);
-                    q->post_pending = false;
-                    owner = q->owner;
-                }
-                if (owner) owner->process_completions();
-            });
-        }
+        queue_completion(loop, cq, std::move(j), Wake::Post);
         lk.lock();
         --running;
         if (running == 0 && queue.empty()) idle_cv.notify_all();
@@ -106,18 +119,20 @@ void BlockBackend::Impl::worker(BlockBackend* bb) {
 BlockBackend::BlockBackend(EventLoop& loop, std::unique_ptr<BlockDriver> drv, DriveOptions opts)
     : loop_(loop), drv_(std::move(drv)), opts_(std::move(opts)), impl_(std::make_unique<Impl>()) {
     impl_->cq->owner = this;
-    if (opts_.aio == AioMode::IoUring || opts_.aio == AioMode::Native) {
+    if (opts_.aio != AioMode::Threads) {
         if (auto* f = dynamic_cast<FileDriver*>(drv_.get())) {
             impl_->uring = make_uring_engine(
                 loop_, *f,
                 [](void* ctx, JobPtr j) { static_cast<BlockBackend*>(ctx)->finish(std::move(j)); },
-                this);
-        } else {
+                this, opts_.aio == AioMode::Auto ? UringChoice::Auto : UringChoice::Asked);
+        } else if (opts_.aio != AioMode::Auto) {
             log::info("drive '{}': aio={} applies to raw files only; {} uses I/O threads",
                       opts_.id, opts_.aio == AioMode::Native ? "native" : "io_uring",
                       drv_->format_name());
         }
     }
+    if (auto* f = dynamic_cast<FileDriver*>(drv_.get()); f && !f->direct())
+        impl_->cached_reads = f;
     unsigned n = drv_->concurrent_safe() ? kWorkers : 1;
     for (unsigned i = 0; i < n; ++i) impl_->workers.emplace_back([this] { impl_->worker(this); });
 }
@@ -140,6 +155,14 @@ bool BlockBackend::uses_io_uring() const { return impl_->uring != nullptr; }
 void BlockBackend::submit(std::unique_ptr<Job> j) {
     ++in_flight_;
     j->submit_ns = monotonic_ns();
+    // A read the page cache holds needs no thread and no ring: served here,
+    // completed on the next loop round like any other.
+    if (j->kind == JobKind::Read && impl_->cached_reads &&
+        impl_->cached_reads->read_cached(j->off, std::span<uint8_t>(j->buf, j->len))) {
+        j->end_ns = monotonic_ns();
+        complete_soon(std::move(j));
+        return;
+    }
     if (impl_->uring) {
         j = impl_->uring->submit(std::move(j));
         if (!j) return;
@@ -185,6 +208,10 @@ void BlockBackend::discard(uint64_t off, uint64_t len, Done done) {
 void BlockBackend::write_zeroes(uint64_t off, uint64_t len, Done done) {
     check_write_threshold(off, len);
     submit(make_job(JobKind::WriteZeroes, off, nullptr, len, std::move(done)));
+}
+
+void BlockBackend::complete_soon(std::unique_ptr<Job> j) {
+    Impl::queue_completion(loop_, impl_->cq, std::move(j), Wake::Defer);
 }
 
 void BlockBackend::finish(std::unique_ptr<Job> j) {

@@ -47,8 +47,12 @@ public:
     virtual void wait_all() = 0;
 };
 
+// Asked: the user wrote aio=io_uring/native, so a refusal is worth a log line.
+enum class UringChoice : uint8_t { Asked, Auto };
+
 // Null with a logged reason when the kernel or the file does not allow it.
 std::unique_ptr<UringEngine> make_uring_engine(EventLoop& loop, FileDriver& file,
-                                               UringEngine::Complete complete, void* ctx);
+                                               UringEngine::Complete complete, void* ctx,
+                                               UringChoice why);
 
 }  // namespace mpq::block

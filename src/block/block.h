@@ -39,7 +39,9 @@ public:
 };
 
 enum class CacheMode : uint8_t { Writeback, None, Writethrough, Directsync, Unsafe };
-enum class AioMode : uint8_t { Threads, Native, IoUring };
+// Auto (no aio= given): io_uring for raw files where the kernel allows it,
+// I/O threads otherwise; the guest sees no difference, only the latency does.
+enum class AioMode : uint8_t { Auto, Threads, Native, IoUring };
 enum class ReadOnly : uint8_t { No, Yes };
 // QEMU's blkdebug error injection between the format and the file.
 // UnderFormat: `file=blkdebug:...` (a format above raises read/write_aio);
@@ -53,7 +55,7 @@ struct DriveOptions {
     std::string format;  // "", "raw", "qcow2" ("" = probe)
     ReadOnly read_only = ReadOnly::No;
     CacheMode cache = CacheMode::Writeback;
-    AioMode aio = AioMode::Threads;
+    AioMode aio = AioMode::Auto;
     uint64_t l2_cache_size = 0;  // qcow2 metadata cache bound in bytes; 0 = default
     // `file=blkdebug:RULES:IMAGE` or `driver=blkdebug,config=RULES,image.filename=IMAGE`:
     // `file` is then the image, `blkdebug_config` the rules file ("" = no rules).
@@ -144,6 +146,7 @@ private:
     struct Impl;
     void submit(std::unique_ptr<Job> j);
     void finish(std::unique_ptr<Job> j);
+    void complete_soon(std::unique_ptr<Job> j);
     void process_completions();
 
     EventLoop& loop_;

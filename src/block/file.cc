@@ -5,6 +5,7 @@
 #include <linux/fs.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -147,6 +148,35 @@ Status FileDriver::read_full(uint64_t off, uint8_t* p, uint64_t len) {
         len -= static_cast<uint64_t>(n);
     }
     return {};
+}
+
+bool FileDriver::read_cached(uint64_t off, std::span<uint8_t> buf) {
+    if (!nowait_ok_ || direct() || buf.empty() || range_overflows(off, buf.size())) return false;
+    uint8_t* p = buf.data();
+    uint64_t len = buf.size();
+    while (len > 0) {
+        iovec iov{p, len};
+        ssize_t n = ::preadv2(fd_.get(), &iov, 1, static_cast<off_t>(off), RWF_NOWAIT);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            // EAGAIN: not all cached. EOPNOTSUPP/EINVAL: the kernel or file
+            // cannot say, so never ask again. Real errors (EIO) are left to
+            // the ordinary read, which reports them.
+            if (errno == EOPNOTSUPP || errno == EINVAL || errno == ENOSYS) nowait_ok_ = false;
+            return false;
+        }
+        if (n == 0) {
+            // RWF_NOWAIT may also stop short at an uncached page; only a
+            // read at or past the known end is the end of the file.
+            if (off < length()) return false;
+            std::memset(p, 0, len);
+            return true;
+        }
+        p += n;
+        off += static_cast<uint64_t>(n);
+        len -= static_cast<uint64_t>(n);
+    }
+    return true;
 }
 
 Status FileDriver::write_full(uint64_t off, const uint8_t* p, uint64_t len) {

@@ -39,6 +39,11 @@ public:
     const std::string& path() const { return path_; }
     // An engine that wrote past the end directly tells the driver.
     void note_written(uint64_t end);
+    // Reads `buf` from the page cache without waiting for the disk
+    // (RWF_NOWAIT). True when all of it was served; false when some of it
+    // would have to wait (or the kernel cannot tell), and the caller then
+    // reads it the ordinary way. Only for buffered files; loop thread only.
+    bool read_cached(uint64_t off, std::span<uint8_t> buf);
 
 private:
     FileDriver() = default;
@@ -57,6 +62,7 @@ private:
     bool block_device_ = false;
     uint32_t align_ = 1;
     std::atomic<uint64_t> size_{0};
+    bool nowait_ok_ = true;  // cleared once the kernel refuses RWF_NOWAIT
     // O_DIRECT read-modify-write of a partial block must not interleave with
     // another write to the same block: bounce writes take it exclusively,
     // aligned writes shared.

@@ -192,10 +192,12 @@ private:
 }  // namespace
 
 std::unique_ptr<UringEngine> make_uring_engine(EventLoop& loop, FileDriver& file,
-                                               UringEngine::Complete complete, void* ctx) {
+                                               UringEngine::Complete complete, void* ctx,
+                                               UringChoice why) {
     auto u = std::make_unique<Uring>(loop, file, complete, ctx);
     Status st = u->init();
     if (!st) {
+        if (why == UringChoice::Auto) return nullptr;  // threads, as the user did not choose
         log::info("'{}': io_uring not available ({}), using I/O threads", file.path(),
                   st.error().message);
         return nullptr;

@@ -29,8 +29,16 @@ void Frame::reset() {
 
 void Channel::close() {
     sock_.reset();
-    rx_.reset();
-    rx_have_ = 0;
+    for (auto& p : pending_) p.clear();
+    rx_begin_ = rx_end_ = 0;
+}
+
+void Channel::PendingFds::clear() {
+    for (unsigned i = 0; i < num; i++) fds[i].reset();
+    used = false;
+    at = 0;
+    num = dropped = 0;
+    ctrunc = false;
 }
 
 namespace {
@@ -113,37 +121,126 @@ Status Channel::send(int32_t cmd, std::span<const uint8_t> payload, std::span<co
 }
 
 Error Channel::rx_fail(Error e) {
-    rx_.reset();
-    rx_have_ = 0;
+    for (auto& p : pending_) p.clear();
+    rx_begin_ = rx_end_ = 0;
     return e;
+}
+
+bool Channel::frame_ready() const {
+    size_t have = rx_end_ - rx_begin_;
+    if (have < sizeof(Header)) return false;
+    Header h;
+    std::memcpy(&h, rxbuf_.data() + rx_begin_, sizeof h);
+    // An oversized header is "ready" too: recv() reports it at once.
+    return h.size > kMaxPayload || have >= sizeof h + h.size;
+}
+
+Result<bool> Channel::take_frame(Frame& out) {
+    size_t have = rx_end_ - rx_begin_;
+    if (have < sizeof(Header)) return false;
+    Header h;
+    std::memcpy(&h, rxbuf_.data() + rx_begin_, sizeof h);
+    if (h.size > kMaxPayload) {
+        return rx_fail(fail("receive: {} (cmd {}) payload size {} exceeds {}", cmd_name(h.cmd), h.cmd,
+                            h.size, kMaxPayload));
+    }
+    size_t len = sizeof h + h.size;
+    if (have < len) return false;
+    out.reset();
+    out.hdr = h;
+    std::memcpy(out.payload.data(), rxbuf_.data() + rx_begin_ + sizeof h, h.size);
+    PendingFds& p = pending_[0];
+    if (p.used && p.at == rx_begin_) {
+        for (unsigned i = 0; i < p.num; i++) out.fds[i] = std::move(p.fds[i]);
+        out.num_fds = p.num;
+        out.dropped_fds = p.dropped;
+        out.ctrunc = p.ctrunc;
+        p.num = 0;
+        p.clear();
+        std::swap(pending_[0], pending_[1]);
+    }
+    rx_begin_ += len;
+    if (rx_begin_ == rx_end_) rx_begin_ = rx_end_ = 0;
+    return true;
+}
+
+void Channel::compact() {
+    if (rx_begin_ == 0) return;
+    size_t have = rx_end_ - rx_begin_;
+    std::memmove(rxbuf_.data(), rxbuf_.data() + rx_begin_, have);
+    for (auto& p : pending_)
+        if (p.used) p.at -= rx_begin_;
+    rx_begin_ = 0;
+    rx_end_ = have;
+}
+
+void Channel::attach_fds(msghdr& msg, size_t old_end) {
+    // The last frame starting before rx_end_ (frame boundaries follow from
+    // the headers already buffered).
+    size_t s = rx_begin_;
+    while (rx_end_ - s >= sizeof(Header)) {
+        Header h;
+        std::memcpy(&h, rxbuf_.data() + s, sizeof h);
+        if (h.size > kMaxPayload) break;  // take_frame() reports it
+        size_t next = s + sizeof h + h.size;
+        if (next >= rx_end_) break;
+        s = next;
+    }
+    PendingFds* slot = nullptr;
+    for (auto& p : pending_) {
+        if (p.used && p.at == s) slot = &p;
+    }
+    if (!slot) {
+        for (auto& p : pending_) {
+            if (!p.used) {
+                slot = &p;
+                break;
+            }
+        }
+    }
+    bool mid = s < old_end;  // no frame starts in this read
+    for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+        size_t cnt = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        for (size_t i = 0; i < cnt; i++) {
+            int fd;
+            std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
+            if (slot && !mid && slot->num < kMaxFdsOnWire) {
+                slot->fds[slot->num++].reset(fd);
+            } else {
+                ::close(fd);
+                if (slot) slot->dropped++;
+            }
+        }
+    }
+    if (!slot) return;  // cannot happen (see pending_); the fds were closed
+    slot->used = true;
+    slot->at = s;
+    if ((msg.msg_flags & MSG_CTRUNC) || mid) slot->ctrunc = true;
+    // Too many, or in the wrong place: none of them is kept.
+    if (slot->dropped || slot->ctrunc) {
+        slot->dropped += slot->num;
+        for (unsigned i = 0; i < slot->num; i++) slot->fds[i].reset();
+        slot->num = 0;
+    }
 }
 
 Result<RecvState> Channel::recv(Frame& out) {
     if (!sock_) return fail("receive: channel closed");
     for (;;) {
-        size_t total = sizeof(Header) + (rx_have_ >= sizeof(Header) ? rx_.hdr.size : 0);
-        if (rx_have_ >= sizeof(Header) && rx_have_ == total) break;
+        auto t = take_frame(out);
+        if (!t.ok()) return t.take_error();
+        if (*t) return RecvState::Frame;
 
-        iovec iov;
-        if (rx_have_ < sizeof(Header)) {
-            iov = {reinterpret_cast<char*>(&rx_.hdr) + rx_have_, sizeof(Header) - rx_have_};
-        } else {
-            size_t off = rx_have_ - sizeof(Header);
-            iov = {rx_.payload.data() + off, total - rx_have_};
-        }
-        // Control space for up to 16 fds, as QEMU offers; only the first
-        // read of a frame may carry fds (the sender attaches them to its
-        // first sendmsg). Later reads pass no buffer: the kernel closes
-        // anything a misbehaving peer attached there.
+        compact();
+        iovec iov{rxbuf_.data() + rx_end_, kRxBufSize - rx_end_};
+        // Control space for up to 16 fds, as QEMU offers.
         alignas(cmsghdr) char ctl[CMSG_SPACE(sizeof(int) * kRecvFdSpace)];
         msghdr msg{};
         msg.msg_iov = &iov;
         msg.msg_iovlen = 1;
-        bool first = rx_have_ == 0;
-        if (first) {
-            msg.msg_control = ctl;
-            msg.msg_controllen = sizeof ctl;
-        }
+        msg.msg_control = ctl;
+        msg.msg_controllen = sizeof ctl;
         ssize_t n = ::recvmsg(sock_.get(), &msg, MSG_CMSG_CLOEXEC);
         if (n < 0) {
             if (errno == EINTR) continue;
@@ -151,87 +248,36 @@ Result<RecvState> Channel::recv(Frame& out) {
             int e = errno;
             return rx_fail(fail_errno(e, "receive: {}", std::strerror(e)));
         }
-        if (first && msg.msg_controllen > 0) {
-            for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
-                if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
-                size_t cnt = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-                for (size_t i = 0; i < cnt; i++) {
-                    int fd;
-                    std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
-                    if (rx_.num_fds < kMaxFdsOnWire) {
-                        rx_.fds[rx_.num_fds++].reset(fd);
-                    } else {
-                        ::close(fd);
-                        rx_.dropped_fds++;
-                    }
-                }
-            }
-            if (msg.msg_flags & MSG_CTRUNC) rx_.ctrunc = true;
-            // Too many: none of them is kept.
-            if (rx_.dropped_fds || rx_.ctrunc) {
-                rx_.dropped_fds += rx_.num_fds;
-                rx_.close_fds();
-            }
-        }
+        size_t old_end = rx_end_;
+        rx_end_ += static_cast<size_t>(n);
+        if (msg.msg_controllen > 0 || (msg.msg_flags & MSG_CTRUNC)) attach_fds(msg, old_end);
         if (n == 0) {
-            if (rx_have_ == 0) return RecvState::Closed;
-            size_t want = sizeof(Header) + (rx_have_ >= sizeof(Header) ? rx_.hdr.size : 0);
-            return rx_fail(fail("receive: EOF inside a frame ({} of {}{} bytes)", rx_have_,
-                                want, rx_have_ < sizeof(Header) ? "+" : ""));
-        }
-        rx_have_ += static_cast<size_t>(n);
-        if (rx_have_ == sizeof(Header) && rx_.hdr.size > kMaxPayload) {
-            uint64_t sz = rx_.hdr.size;
-            int32_t cmd = rx_.hdr.cmd;
-            return rx_fail(fail("receive: {} (cmd {}) payload size {} exceeds {}", cmd_name(cmd),
-                                cmd, sz, kMaxPayload));
+            size_t have = rx_end_ - rx_begin_;
+            if (have == 0) return RecvState::Closed;
+            Header h{};
+            std::memcpy(&h, rxbuf_.data() + rx_begin_, std::min(have, sizeof h));
+            return rx_fail(fail("receive: EOF inside a frame ({} of {}{} bytes)", have,
+                                sizeof(Header) + (have >= sizeof(Header) ? h.size : 0),
+                                have < sizeof(Header) ? "+" : ""));
         }
     }
-    out.reset();
-    out.hdr = rx_.hdr;
-    std::memcpy(out.payload.data(), rx_.payload.data(), rx_.hdr.size);
-    for (unsigned i = 0; i < rx_.num_fds; i++) out.fds[i] = std::move(rx_.fds[i]);
-    out.num_fds = rx_.num_fds;
-    out.dropped_fds = rx_.dropped_fds;
-    out.ctrunc = rx_.ctrunc;
-    rx_.num_fds = 0;
-    rx_.reset();
-    rx_have_ = 0;
-    return RecvState::Frame;
 }
 
 Result<RecvState> Channel::recv_reply(Frame& out) {
-    if (!sock_) return fail("receive: channel closed");
-    if (rx_have_ != 0) return recv(out);
-    iovec iov[2] = {{&rx_.hdr, sizeof(Header)}, {rx_.payload.data(), sizeof(uint64_t)}};
-    msghdr msg{};
-    msg.msg_iov = iov;
-    msg.msg_iovlen = 2;
-    ssize_t n;
-    do {
-        n = ::recvmsg(sock_.get(), &msg, MSG_CMSG_CLOEXEC);
-    } while (n < 0 && errno == EINTR);
-    if (n < 0) {
-        if (errno == EAGAIN || errno == EWOULDBLOCK) return RecvState::WouldBlock;
-        int e = errno;
-        return rx_fail(fail_errno(e, "receive: {}", std::strerror(e)));
+    auto r = recv(out);
+    if (r.ok() && *r == RecvState::Frame && mid_frame()) {
+        size_t extra = rx_end_ - rx_begin_;
+        return rx_fail(fail("receive: {} bytes beyond a {}-byte reply", extra, sizeof(Header) + out.size()));
     }
-    if (n == 0) return RecvState::Closed;
-    if (msg.msg_flags & MSG_CTRUNC) rx_.ctrunc = true;  // fds offered: the kernel closed them
-    rx_have_ = static_cast<size_t>(n);
-    if (rx_have_ >= sizeof(Header)) {
-        if (rx_.hdr.size > kMaxPayload) {
-            uint64_t sz = rx_.hdr.size;
-            int32_t cmd = rx_.hdr.cmd;
-            return rx_fail(fail("receive: {} (cmd {}) payload size {} exceeds {}", cmd_name(cmd), cmd,
-                                sz, kMaxPayload));
-        }
-        if (rx_have_ > sizeof(Header) + rx_.hdr.size) {
-            return rx_fail(fail("receive: {} bytes beyond a {}-byte reply", rx_have_ - sizeof(Header) - rx_.hdr.size,
-                                sizeof(Header) + rx_.hdr.size));
-        }
-    }
-    return recv(out);  // completes the frame (or just hands it over)
+    return r;
+}
+
+bool Channel::rx_feed(std::span<const uint8_t> bytes) {
+    compact();
+    if (bytes.size() > kRxBufSize - rx_end_) return false;
+    if (!bytes.empty()) std::memcpy(rxbuf_.data() + rx_end_, bytes.data(), bytes.size());
+    rx_end_ += bytes.size();
+    return true;
 }
 
 const char* cmd_name(int32_t cmd) {

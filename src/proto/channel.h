@@ -1,12 +1,21 @@
 // Frame transport over a SOCK_STREAM unix socket, byte-compatible with QEMU
 // 7.2's mpqemu channel: header + payload in one sendmsg (two iovecs) with the
-// fds as one SCM_RIGHTS message on that first sendmsg; the receiver reads the
-// header (collecting fds), then exactly `size` payload bytes.
+// fds as one SCM_RIGHTS message on that first sendmsg.
 //
-// The receive side is incremental so that it works on non-blocking sockets
-// driven by an event loop: a frame that arrives in pieces is kept in the
-// channel until it is complete, and a peer that stops mid-frame never blocks
-// us. On a blocking socket recv() simply waits for the whole frame.
+// The receive side is buffered: one recvmsg takes whatever the socket holds
+// (up to kRxBufSize bytes), so a request costs one syscall instead of two
+// (header, then payload), and frames a peer pipelines come out of the buffer
+// without any. It works on non-blocking sockets driven by an event loop: a
+// frame that arrives in pieces is kept until it is complete, and a peer that
+// stops mid-frame never blocks us. On a blocking socket recv() waits for the
+// rest of the frame.
+//
+// Fds: the kernel hands the fds of one sendmsg to the read that takes the
+// first byte of that sendmsg, and ends that read with its data. Since a
+// sender attaches fds to the sendmsg that starts a frame, they belong to the
+// last frame that starts inside the read that brought them. Fds that come
+// with a read in which no frame starts were attached mid-frame: they are
+// closed and that frame is rejected by validate().
 //
 // Received fds are returned as they came: we do not clear O_NONBLOCK as QEMU
 // does (file status flags are shared with the sender, and we poll anyway).
@@ -17,6 +26,8 @@
 #include <cstring>
 #include <span>
 #include <type_traits>
+
+struct msghdr;
 
 #include "proto/wire.h"
 #include "util/result.h"
@@ -99,24 +110,51 @@ public:
     // broken frame have been closed.
     Result<RecvState> recv(Frame& out);
 
-    // Proxy side only (h-vmm): the reply to a synchronous request. A remote
-    // never sends anything unsolicited, so the header and a u64 RET payload
-    // are read with one recvmsg instead of two; a reply of another size is
-    // completed as recv() does. Bytes past the frame, or fds (a RET never
-    // carries any; they are discarded and reported as truncated control
-    // data, which validate() rejects), mean the peer is out of protocol.
+    // Proxy side (h-vmm): the reply to a synchronous request, as recv(), but
+    // bytes buffered past the reply mean the peer sent something nobody asked
+    // for (a remote never does): an error, the stream is out of sync.
     Result<RecvState> recv_reply(Frame& out);
 
-    // A frame has been partly received.
-    bool mid_frame() const { return rx_have_ != 0; }
+    // Bytes are buffered (part of a frame, or frames not yet taken).
+    bool mid_frame() const { return rx_end_ != rx_begin_; }
+    // A whole frame is buffered: recv() returns it without a syscall. A
+    // caller that waits for readiness must drain these first.
+    bool frame_ready() const;
+
+    // For a caller that reads the socket itself (the proxy's io_uring path,
+    // which takes no fds): appends those bytes to the receive buffer as if
+    // recv() had read them. False if they do not fit (nothing is appended).
+    bool rx_feed(std::span<const uint8_t> bytes);
+
+    static constexpr size_t kRxBufSize = 512;  // more than one whole frame (16 + 192)
 
 private:
+    // Fds that arrived with a read, waiting for their frame to be complete.
+    struct PendingFds {
+        bool used = false;
+        size_t at = 0;  // buffer offset of the frame they belong to
+        unsigned num = 0;
+        unsigned dropped = 0;
+        bool ctrunc = false;
+        std::array<UniqueFd, kMaxFdsOnWire> fds;
+        void clear();
+    };
+
     Error rx_fail(Error e);
+    // Moves a complete buffered frame into `out`; false if none is complete.
+    Result<bool> take_frame(Frame& out);
+    void compact();
+    void attach_fds(msghdr& msg, size_t old_end);
 
     UniqueFd sock_;
     int send_timeout_ms_ = -1;
-    Frame rx_;          // frame being assembled
-    size_t rx_have_ = 0;  // bytes of header + payload received so far
+    alignas(8) std::array<uint8_t, kRxBufSize> rxbuf_{};
+    size_t rx_begin_ = 0;  // start of the first frame not yet taken
+    size_t rx_end_ = 0;    // end of the bytes received
+    // Before a read every complete frame has been taken, so at most the
+    // incomplete frame at rx_begin_ and one frame starting in the new read
+    // can have fds pending.
+    std::array<PendingFds, 2> pending_;
 };
 
 // The receiver's validity rules (spec §1.4, plus our stricter "no fds where

@@ -153,9 +153,19 @@ void DeviceServer::on_readable(Conn& c) {
         }
         // A peer that waits for our reply has sent nothing more, so probing
         // the socket again would only cost an EAGAIN recvmsg; a pipelining
-        // peer brings us straight back (epoll is level-triggered). Frames
-        // without a reply (SYNC_SYSMEM, SET_IRQFD) are drained right away.
-        if (reply_due(frame_.cmd())) return;
+        // peer brings us straight back (epoll is level-triggered) unless its
+        // next frames are in the channel's buffer already. Frames without a
+        // reply (SYNC_SYSMEM, SET_IRQFD) are drained right away.
+        if (reply_due(frame_.cmd()) && !c.ch.frame_ready()) return;
+    }
+    // Out of budget with frames still buffered: epoll will not report them
+    // (the socket may be empty), so come back after the other handlers.
+    if (c.ch.frame_ready()) {
+        Conn* raw = &c;
+        loop_.defer([this, raw] {
+            for (auto& p : conns_)
+                if (p.get() == raw) return on_readable(*raw);
+        });
     }
 }
 

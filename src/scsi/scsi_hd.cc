@@ -51,6 +51,28 @@ bool is_rw(uint8_t opc) {
     }
 }
 
+using ChunkBuf = std::unique_ptr<uint8_t, FreeDeleter>;
+
+// Chunk buffers outlive requests here so that the steady stream of a
+// sequential workload does not map, fault in and unmap 256 KiB per command.
+// Shared: a request may finish after its device is gone.
+class ChunkPool {
+public:
+    ChunkBuf take() {
+        if (free_.empty()) return alloc_aligned(kChunkBytes);
+        ChunkBuf b = std::move(free_.back());
+        free_.pop_back();
+        return b;
+    }
+    void give_back(ChunkBuf b) {
+        if (b && free_.size() < kKeep) free_.push_back(std::move(b));
+    }
+
+private:
+    static constexpr size_t kKeep = 4;  // two commands' double buffers
+    std::vector<ChunkBuf> free_;
+};
+
 }  // namespace
 
 class HdRequest;
@@ -90,18 +112,24 @@ public:
     std::string device_id_;
     std::unordered_set<HdRequest*> active_;
     uint64_t io_errors_ = 0;
+    std::shared_ptr<ChunkPool> pool_ = std::make_shared<ChunkPool>();
 };
 
 class HdRequest final : public Request {
 public:
     HdRequest(ScsiHd* dev, uint32_t tag, unsigned lun, std::span<const uint8_t> cdb,
               RequestClient* client)
-        : Request(tag, lun, client), dev_(dev) {
+        : Request(tag, lun, client), dev_(dev), pool_(dev->pool_) {
         cdb_len_ = std::min(cdb.size(), cdb_.size());
         std::copy_n(cdb.begin(), cdb_len_, cdb_.begin());
         dev_->active_.insert(this);
     }
-    ~HdRequest() override { detach(); }
+    ~HdRequest() override {
+        detach();
+        // Nothing can use the buffers any more: every I/O holds a reference.
+        for (size_t i = 0; i < bufs_.size(); i++)
+            if (buf_size_[i] == kChunkBytes) pool_->give_back(std::move(bufs_[i]));
+    }
 
     DataDir start(uint32_t* expected_len) override;
     void continue_transfer() override;
@@ -168,6 +196,7 @@ private:
     }
 
     ScsiHd* dev_;
+    std::shared_ptr<ChunkPool> pool_;
     std::array<uint8_t, kMaxCdb> cdb_{};
     size_t cdb_len_ = 0;
     Phase phase_ = Phase::New;
@@ -266,7 +295,8 @@ void HdRequest::set_expected(uint32_t n) {
 
 bool HdRequest::ensure_buffer(int idx, size_t n) {
     if (n > buf_size_[idx]) {
-        bufs_[idx] = alloc_aligned(n);
+        bufs_[idx] = n <= kChunkBytes ? pool_->take() : alloc_aligned(n);
+        if (n <= kChunkBytes) n = kChunkBytes;
         buf_size_[idx] = bufs_[idx] ? n : 0;
         if (!bufs_[idx]) return false;
     }

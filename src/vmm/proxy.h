@@ -20,6 +20,7 @@
 #include "util/unique_fd.h"
 #include "vmm/events.h"
 #include "vmm/guest_ram.h"
+#include "vmm/proxy_ring.h"
 
 namespace mpq {
 class EventLoop;
@@ -32,11 +33,17 @@ class ProxyDevice;
 inline constexpr uint32_t kDefaultReplyTimeoutMs = 5000;
 inline constexpr uint32_t kDefaultResampleWaitUs = 5000;
 
+// How a request waits for its reply: one io_uring_enter per access (with the
+// irq eventfds polled in the same ring), or plain sendmsg + recvmsg + poll.
+enum class LinkIo : uint8_t { Uring, Syscalls };
+
 class ProxyLink {
 public:
-    // Takes ownership of a connected AF_UNIX stream socket.
+    // Takes ownership of a connected AF_UNIX stream socket. LinkIo::Uring
+    // falls back to syscalls where io_uring is not available.
     static Result<std::shared_ptr<ProxyLink>> create(UniqueFd sock, std::string name,
-                                                     uint32_t reply_timeout_ms);
+                                                     uint32_t reply_timeout_ms,
+                                                     LinkIo io = LinkIo::Uring);
     ~ProxyLink();
 
     const std::string& name() const { return name_; }
@@ -69,6 +76,16 @@ public:
     void detach(ProxyDevice* dev);
     void mark_broken(const std::string& reason);
 
+    // The irq eventfd of a device on this link, polled by the ring: -1 when
+    // there is no ring (then the caller polls the fd itself).
+    int watch_irq(int fd) { return ring_ ? ring_->watch_irq(fd) : -1; }
+    void unwatch_irq(int slot) {
+        if (ring_) ring_->unwatch_irq(slot);
+    }
+    // The eventfd behind `slot` was written before the last reply arrived.
+    bool irq_signalled(int slot) { return ring_ && ring_->irq_signalled(slot); }
+    bool uses_ring() const { return ring_ != nullptr; }
+
 private:
     friend class ProxyDevice;
     ProxyLink() = default;
@@ -79,6 +96,8 @@ private:
 
     proto::Channel ch_;
     proto::Frame rx_;
+    std::unique_ptr<ProxyRing> ring_;
+    uint32_t timeout_ms_ = kDefaultReplyTimeoutMs;
     EventLoop* loop_ = nullptr;
     std::string name_;
     bool setup_done_ = false;
@@ -171,6 +190,7 @@ private:
 
     UniqueFd irqfd_, resamplefd_;
     bool irqfd_watched_ = false;
+    int irq_slot_ = -1;  // the link's ring polls irqfd_ (see ProxyRing)
     bool level_ = false;
 };
 

@@ -10,7 +10,9 @@
 //    right after every forwarded BAR access / config write, because the remote
 //    writes the eventfd before it sends the RET: an interrupt raised by the
 //    access itself (a SCRIPTS INT inside a DSP write) is reported before the
-//    access completes, as with an in-process device.
+//    access completes, as with an in-process device. With the link's io_uring
+//    that check costs no syscall: the eventfd is polled in the same ring as
+//    the reply, and its completion is there before the reply's (ProxyRing).
 //  * After an access that could lower the line (BAR read or write, config
 //    write, device reset) while we believe it is up: drain the irq eventfd,
 //    kick the resample eventfd and wait up to `resample_wait_us` for the
@@ -83,6 +85,7 @@ ProxyDevice::ProxyDevice(EventLoop& loop, std::shared_ptr<ProxyLink> link, Proxy
 
 ProxyDevice::~ProxyDevice() {
     if (irqfd_watched_) loop_.remove_fd(irqfd_.get());
+    if (irq_slot_ >= 0) link_->unwatch_irq(irq_slot_);
     link_->detach(this);
 }
 
@@ -134,6 +137,7 @@ Status ProxyDevice::realize(const GuestRam& ram) {
         return fail("cannot watch the irq eventfd of '{}'", opts_.id);
     }
     irqfd_watched_ = true;
+    irq_slot_ = link_->watch_irq(irqfd_.get());
     realized_ = true;
     link_->watch(loop_);
     return {};
@@ -365,7 +369,10 @@ void ProxyDevice::on_irqfd() {
 
 void ProxyDevice::irq_check_after_access() {
     if (broken_ || !irqfd_) return;
-    if (consume(irqfd_.get())) set_level(true);
+    // With the link's ring the eventfd is only read when its poll completed
+    // (no syscall on the common path); without it, every access polls it.
+    bool maybe = irq_slot_ < 0 || link_->irq_signalled(irq_slot_);
+    if (maybe && consume(irqfd_.get())) set_level(true);
     if (!level_) return;
     uint64_t one = 1;
     if (::write(resamplefd_.get(), &one, sizeof one) != sizeof one) return;
@@ -383,6 +390,10 @@ void ProxyDevice::link_broken(const std::string& reason) {
     if (irqfd_watched_) {
         loop_.remove_fd(irqfd_.get());
         irqfd_watched_ = false;
+    }
+    if (irq_slot_ >= 0) {
+        link_->unwatch_irq(irq_slot_);
+        irq_slot_ = -1;
     }
     if (!realized_) return;  // realize reports the error itself
     log::error("pci-proxy-dev '{}': remote device lost ({}); it now reads as all-ones and "

@@ -15,7 +15,7 @@ namespace mpq::vmm {
 using proto::Cmd;
 
 Result<std::shared_ptr<ProxyLink>> ProxyLink::create(UniqueFd sock, std::string name,
-                                                     uint32_t reply_timeout_ms) {
+                                                     uint32_t reply_timeout_ms, LinkIo io) {
     int type = 0, domain = 0;
     socklen_t len = sizeof type;
     if (::getsockopt(sock.get(), SOL_SOCKET, SO_TYPE, &type, &len) != 0) {
@@ -43,11 +43,16 @@ Result<std::shared_ptr<ProxyLink>> ProxyLink::create(UniqueFd sock, std::string 
     l->ch_ = proto::Channel(std::move(sock));
     l->ch_.set_send_timeout_ms(static_cast<int>(reply_timeout_ms));
     l->name_ = std::move(name);
+    l->timeout_ms_ = reply_timeout_ms;
+    if (io == LinkIo::Uring) l->ring_ = ProxyRing::create(l->ch_.fd());
     return l;
 }
 
 ProxyLink::~ProxyLink() {
     if (loop_) loop_->remove_fd(ch_.fd());
+    // The kernel may still write into a ring whose receive could not be
+    // cancelled: never free that memory.
+    if (ring_ && ring_->stuck()) (void)ring_.release();
 }
 
 void ProxyLink::watch(EventLoop& loop) {
@@ -87,12 +92,33 @@ void ProxyLink::mark_broken(const std::string& reason) {
 
 Result<uint64_t> ProxyLink::exchange(Cmd cmd, std::span<const uint8_t> payload, bool allow_empty) {
     if (broken_) return fail("{}", reason_);
-    if (auto st = ch_.send(cmd, payload); !st.ok()) {
+    std::string why;
+    if (ring_) {
+        // One io_uring_enter sends the request and brings the first bytes of
+        // the reply (normally all of it); the channel parses them and reads
+        // the rest of a reply that came in pieces.
+        proto::Header hdr{static_cast<int32_t>(cmd), 0, payload.size()};
+        auto got = ring_->exchange(hdr, payload, timeout_ms_);
+        if (!got.ok()) {
+            why = got.error().err == ETIMEDOUT
+                      ? fmt::format("no reply to {} (timeout)", proto::cmd_name(static_cast<int32_t>(cmd)))
+                      : got.error().message;
+        } else if (got->bytes == 0) {
+            why = "remote closed the connection";
+        } else if (got->ctrunc) {
+            why = fmt::format("reply to {} carries fds", proto::cmd_name(static_cast<int32_t>(cmd)));
+        } else if (!ch_.rx_feed(ring_->received(got->bytes))) {
+            why = "reply overflows the receive buffer";
+        }
+        if (!why.empty()) {
+            mark_broken(why);
+            return fail("{}", reason_);
+        }
+    } else if (auto st = ch_.send(cmd, payload); !st.ok()) {
         mark_broken(st.error().message);
         return fail("{}", reason_);
     }
     auto r = ch_.recv_reply(rx_);
-    std::string why;
     if (!r.ok()) {
         why = r.error().message;
     } else if (*r == proto::RecvState::WouldBlock) {

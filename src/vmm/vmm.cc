@@ -232,7 +232,7 @@ Status Vmm::add_device(const opts::Option& o) {
 
 Status Vmm::add_proxy(const opts::Option& o, const std::string& driver) {
 #if MPQ_ENABLE_MPQEMU
-    static constexpr std::string_view known[] = {"driver", "id", "fd", "socket", "addr", "x-reply-timeout-ms", "x-resample-wait-us"};
+    static constexpr std::string_view known[] = {"driver", "id", "fd", "socket", "addr", "x-reply-timeout-ms", "x-resample-wait-us", "x-uring"};
     if (auto st = opts::check_known_keys(o.kv, driver, known); !st.ok()) return o.error(st.error());
     std::string id = o.kv.get("id");
     std::string fdtext = o.kv.has("fd") ? o.kv.get("fd") : o.kv.get("socket");
@@ -253,12 +253,19 @@ Status Vmm::add_proxy(const opts::Option& o, const std::string& driver) {
         if (!t.ok()) return o.error(t.error());
         po.resample_wait_us = static_cast<uint32_t>(*t);
     }
+    // x-uring=off: plain sendmsg/recvmsg per access (for comparison runs).
+    LinkIo io = LinkIo::Uring;
+    if (o.kv.has("x-uring")) {
+        auto v = opts::parse_bool(o.kv.get("x-uring"), "x-uring");
+        if (!v.ok()) return o.error(v.error());
+        if (!*v) io = LinkIo::Syscalls;
+    }
     std::shared_ptr<ProxyLink> link;
     if (auto it = links_.find(fd); it != links_.end()) {
         link = it->second;
     } else {
         if (fd <= 2 || ::fcntl(fd, F_GETFD) < 0) return o.error("proxy: fd {} is not a socket", fd);
-        auto l = ProxyLink::create(UniqueFd(fd), fmt::format("socket {}", fd), timeout);
+        auto l = ProxyLink::create(UniqueFd(fd), fmt::format("socket {}", fd), timeout, io);
         if (!l.ok()) return o.error(l.error());
         link = *l;
         links_[fd] = link;

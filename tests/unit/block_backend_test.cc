@@ -316,4 +316,64 @@ TEST(BlockBackend, IoUringErrorsCarryErrno) {
 }
 
 }  // namespace
+
+// A buffered read the page cache holds is served without a thread, yet its
+// completion still runs later on the loop, never inside read().
+TEST(BlockBackend, CachedReadsCompleteOnTheLoopNotInline) {
+    TempImage img(1 << 20, 0x31);
+    EventLoop loop;
+    auto o = opts_for(img);
+    BlockBackend bb(loop, open_raw(o), o);
+    auto data = pattern(65536, 7);
+    int done = 0;
+    bb.write(65536, data, [&](Status st) {
+        EXPECT_TRUE(st);
+        ++done;
+    });
+    ASSERT_TRUE(run_until(loop, [&] { return done == 1; }));
+    std::vector<uint8_t> got(65536, 0xee);
+    // The last 4 KiB lie past the end of the file: zeroes.
+    bb.read((1 << 20) - 61440, got, [&](Status st) {
+        EXPECT_TRUE(st);
+        ++done;
+    });
+    std::vector<uint8_t> got2(65536, 0xee);
+    bb.read(65536, got2, [&](Status st) {
+        EXPECT_TRUE(st);
+        ++done;
+    });
+    EXPECT_EQ(done, 1) << "a completion ran inside read()";
+    ASSERT_TRUE(run_until(loop, [&] { return done == 3; }));
+    EXPECT_EQ(got2, data);
+    EXPECT_EQ(std::vector<uint8_t>(got.begin(), got.begin() + 61440), img.read((1 << 20) - 61440, 61440));
+    EXPECT_EQ(std::vector<uint8_t>(got.begin() + 61440, got.end()), std::vector<uint8_t>(4096, 0));
+    EXPECT_EQ(bb.stats().rd_ops, 2u);
+    EXPECT_EQ(bb.stats().rd_bytes, 2u * 65536);
+    EXPECT_EQ(bb.in_flight(), 0u);
+}
+
+TEST(FileDriver, ReadCachedServesThePageCacheAndZeroFillsPastTheEnd) {
+    TempImage img(3 * 4096 + 100, 0x42);
+    auto o = opts_for(img);
+    auto r = FileDriver::open(o);
+    ASSERT_TRUE(r.ok());
+    FileDriver& f = *r.value();
+    std::vector<uint8_t> warm(3 * 4096 + 100);
+    ASSERT_TRUE(f.pread(0, warm));  // now in the page cache
+    std::vector<uint8_t> buf(4 * 4096, 0xee);
+    if (!f.read_cached(0, buf)) GTEST_SKIP() << "this kernel cannot read with RWF_NOWAIT";
+    for (size_t i = 0; i < 3 * 4096 + 100; ++i) ASSERT_EQ(buf[i], 0x42) << i;
+    for (size_t i = 3 * 4096 + 100; i < buf.size(); ++i) ASSERT_EQ(buf[i], 0) << i;
+}
+
+TEST(FileDriver, ReadCachedNeverServesDirectIo) {
+    TempImage img(1 << 16, 0x42);
+    auto o = opts_for(img, AioMode::Threads, CacheMode::None);
+    auto r = FileDriver::open(o);
+    if (!r && r.error().err == EINVAL) GTEST_SKIP() << "no O_DIRECT here";
+    ASSERT_TRUE(r.ok());
+    std::vector<uint8_t> buf(4096);
+    EXPECT_FALSE(r.value()->read_cached(0, buf));
+}
+
 }  // namespace mpq::block

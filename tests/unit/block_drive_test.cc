@@ -27,7 +27,7 @@ TEST(BlockDriveOptions, Defaults) {
     ASSERT_TRUE(r.ok());
     EXPECT_EQ(r->format, "");
     EXPECT_EQ(r->cache, CacheMode::Writeback);
-    EXPECT_EQ(r->aio, AioMode::Threads);
+    EXPECT_EQ(r->aio, AioMode::Auto);
     EXPECT_EQ(r->read_only, ReadOnly::No);
 }
 

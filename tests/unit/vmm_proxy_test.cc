@@ -1,6 +1,8 @@
 // pci-proxy-dev against a fake remote on a socketpair: realize sequence,
 // BAR sizing/decoding/forwarding, config coherence, user-space INTx level,
-// MULTIDEV, and a remote that answers garbage, closes or hangs.
+// MULTIDEV, and a remote that answers garbage, closes, hangs, attaches fds to
+// a reply or sends it in pieces. Every case runs with both ways a link waits
+// for replies (io_uring, plain syscalls).
 #include <gtest/gtest.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -23,7 +25,7 @@ namespace {
 
 using proto::Cmd;
 
-enum class Fault { None, Garbage, Close, Hang };
+enum class Fault { None, Garbage, Close, Hang, FdOnRet, Split };
 
 struct FakeFunction {
     std::string id;
@@ -154,6 +156,19 @@ private:
         }
         if (fault_ == Fault::Close) return false;
         if (fault_ == Fault::Hang) return true;
+        if (fault_ == Fault::FdOnRet) {
+            UniqueFd e(::eventfd(0, EFD_CLOEXEC));
+            int fd = e.get();
+            return ch_.send(Cmd::Ret, std::span(reinterpret_cast<const uint8_t*>(&v), sizeof v),
+                            std::span<const int>(&fd, 1))
+                .ok();
+        }
+        if (fault_ == Fault::Split) {  // the header now, the value a little later
+            proto::Header h{static_cast<int32_t>(Cmd::Ret), 0, sizeof v};
+            if (::write(ch_.fd(), &h, sizeof h) != sizeof h) return false;
+            std::this_thread::sleep_for(std::chrono::milliseconds(2));
+            return ::write(ch_.fd(), &v, sizeof v) == sizeof v;
+        }
         return ch_.send_ret(v).ok();
     }
     bool handle(proto::Frame& f) {
@@ -255,15 +270,19 @@ public:
     void set_level(bool l) override { ev.push_back(l); }
 };
 
-class ProxyTest : public ::testing::Test {
+class ProxyTest : public ::testing::TestWithParam<LinkIo> {
 protected:
     void start(bool multidev = false, uint32_t timeout_ms = 2000) {
         int sv[2];
         ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
         remote = std::make_unique<FakeRemote>(UniqueFd(sv[1]), multidev);
-        auto l = ProxyLink::create(UniqueFd(sv[0]), "socket 3", timeout_ms);
+        auto l = ProxyLink::create(UniqueFd(sv[0]), "socket 3", timeout_ms, GetParam());
         ASSERT_TRUE(l.ok()) << l.error().message;
         link = *l;
+        if (GetParam() == LinkIo::Uring && !link->uses_ring()) GTEST_SKIP() << "no io_uring here";
+        if (GetParam() == LinkIo::Syscalls) {
+            ASSERT_FALSE(link->uses_ring());
+        }
         auto r = GuestRam::create(16 << 20, RamBacking::Memfd, RamShare::Shared, "ram");
         ASSERT_TRUE(r.ok());
         ram = std::move(*r);
@@ -290,7 +309,7 @@ protected:
     Line line;
 };
 
-TEST_F(ProxyTest, RealizeSequenceAndBarSizing) {
+TEST_P(ProxyTest, RealizeSequenceAndBarSizing) {
     start();
     auto d = make("lsi0");
     auto st = d->realize(*ram);
@@ -325,7 +344,7 @@ TEST_F(ProxyTest, RealizeSequenceAndBarSizing) {
     EXPECT_EQ(d->bars()[2].kind, ProxyBar::Kind::None);
 }
 
-TEST_F(ProxyTest, AnonymousRamIsRefused) {
+TEST_P(ProxyTest, AnonymousRamIsRefused) {
     start();
     auto r = GuestRam::create(1 << 20, RamBacking::Anonymous, RamShare::Private, "ram");
     ASSERT_TRUE(r.ok());
@@ -335,7 +354,7 @@ TEST_F(ProxyTest, AnonymousRamIsRefused) {
     EXPECT_NE(st.error().message.find("requires fd-backed guest RAM"), std::string::npos);
 }
 
-TEST_F(ProxyTest, BarsDecodeWhereProgrammedAndForwardAbsoluteAddresses) {
+TEST_P(ProxyTest, BarsDecodeWhereProgrammedAndForwardAbsoluteAddresses) {
     start();
     auto d = make("lsi0");
     ASSERT_TRUE(d->realize(*ram).ok());
@@ -368,7 +387,7 @@ TEST_F(ProxyTest, BarsDecodeWhereProgrammedAndForwardAbsoluteAddresses) {
     EXPECT_TRUE(d->decode(pci::AddressSpace::Io, 0xc000, 4));
 }
 
-TEST_F(ProxyTest, WideAndEdgeAccesses) {
+TEST_P(ProxyTest, WideAndEdgeAccesses) {
     start();
     auto d = make("lsi0");
     ASSERT_TRUE(d->realize(*ram).ok());
@@ -391,7 +410,7 @@ TEST_F(ProxyTest, WideAndEdgeAccesses) {
     EXPECT_EQ(s.back().b, 0xab000000u);  // merged into the dword read back
 }
 
-TEST_F(ProxyTest, InterruptLevelFollowsTheRemote) {
+TEST_P(ProxyTest, InterruptLevelFollowsTheRemote) {
     start();
     auto d = make("lsi0");
     ASSERT_TRUE(d->realize(*ram).ok());
@@ -412,7 +431,7 @@ TEST_F(ProxyTest, InterruptLevelFollowsTheRemote) {
     EXPECT_EQ(line.ev, std::vector<bool>({true, false, true, false}));
 }
 
-TEST_F(ProxyTest, ResetForwardsConfigResetAndDropsDecode) {
+TEST_P(ProxyTest, ResetForwardsConfigResetAndDropsDecode) {
     start();
     auto d = make("lsi0");
     ASSERT_TRUE(d->realize(*ram).ok());
@@ -430,7 +449,7 @@ TEST_F(ProxyTest, ResetForwardsConfigResetAndDropsDecode) {
     EXPECT_FALSE(d->broken());
 }
 
-TEST_F(ProxyTest, GarbageReplyBreaksTheDeviceOnce) {
+TEST_P(ProxyTest, GarbageReplyBreaksTheDeviceOnce) {
     start();
     auto d = make("lsi0");
     ASSERT_TRUE(d->realize(*ram).ok());
@@ -449,7 +468,7 @@ TEST_F(ProxyTest, GarbageReplyBreaksTheDeviceOnce) {
     EXPECT_EQ(lost.size(), 1u);
 }
 
-TEST_F(ProxyTest, RemoteEofReadsAllOnes) {
+TEST_P(ProxyTest, RemoteEofReadsAllOnes) {
     start();
     auto d = make("lsi0");
     ASSERT_TRUE(d->realize(*ram).ok());
@@ -461,7 +480,7 @@ TEST_F(ProxyTest, RemoteEofReadsAllOnes) {
     EXPECT_NE(lost[0].second.find("closed"), std::string::npos) << lost[0].second;
 }
 
-TEST_F(ProxyTest, HungRemoteTimesOutThenFailsFast) {
+TEST_P(ProxyTest, HungRemoteTimesOutThenFailsFast) {
     start(false, 200);
     auto d = make("lsi0");
     ASSERT_TRUE(d->realize(*ram).ok());
@@ -476,7 +495,7 @@ TEST_F(ProxyTest, HungRemoteTimesOutThenFailsFast) {
     EXPECT_EQ(static_cast<int>(remote->seen().size()), before);
 }
 
-TEST_F(ProxyTest, IdleCloseIsNoticedByTheLoop) {
+TEST_P(ProxyTest, IdleCloseIsNoticedByTheLoop) {
     start();
     auto d = make("lsi0");
     ASSERT_TRUE(d->realize(*ram).ok());
@@ -488,7 +507,7 @@ TEST_F(ProxyTest, IdleCloseIsNoticedByTheLoop) {
     EXPECT_EQ(d->config_read(0, 4), 0xffffffffu);
 }
 
-TEST_F(ProxyTest, MultiDevPairsByIdOnOneSocket) {
+TEST_P(ProxyTest, MultiDevPairsByIdOnOneSocket) {
     start(true);
     auto a = make("a");
     auto b = make("b");
@@ -513,7 +532,7 @@ TEST_F(ProxyTest, MultiDevPairsByIdOnOneSocket) {
     EXPECT_NE(st.error().message.find("no device 'nosuch'"), std::string::npos);
 }
 
-TEST_F(ProxyTest, StockRemoteCannotCarryTwoDevices) {
+TEST_P(ProxyTest, StockRemoteCannotCarryTwoDevices) {
     start(false);
     auto a = make("a");
     ASSERT_TRUE(a->realize(*ram).ok());
@@ -523,6 +542,37 @@ TEST_F(ProxyTest, StockRemoteCannotCarryTwoDevices) {
     EXPECT_NE(st.error().message.find("MULTIDEV"), std::string::npos);
     EXPECT_EQ(remote->count(static_cast<Cmd>(proto::kCmdSelectDevice)), 0);
 }
+
+TEST_P(ProxyTest, FdsOnAReplyBreakTheLink) {
+    start();
+    auto d = make("lsi0");
+    ASSERT_TRUE(d->realize(*ram).ok());
+    program(*d, 0xc000, 0xe0000000);
+    remote->set_fault(Fault::FdOnRet);
+    EXPECT_EQ(d->bar_read(1, 0x34, 4), 0xffffffffu);
+    EXPECT_TRUE(d->broken());
+    ASSERT_EQ(lost.size(), 1u);
+    EXPECT_NE(lost[0].second.find("fds"), std::string::npos) << lost[0].second;
+}
+
+TEST_P(ProxyTest, ReplyInPiecesIsCompleted) {
+    start();
+    auto d = make("lsi0");
+    ASSERT_TRUE(d->realize(*ram).ok());
+    program(*d, 0xc000, 0xe0000000);
+    d->bar_write(1, 0x34, 0x12345678, 4);
+    remote->set_fault(Fault::Split);
+    EXPECT_EQ(d->bar_read(1, 0x34, 4), 0x12345678u);
+    EXPECT_EQ(d->bar_read(0, 0x34, 2), 0x5678u);
+    EXPECT_FALSE(d->broken());
+    remote->set_fault(Fault::None);
+    EXPECT_EQ(d->config_read(0, 2), 0x1000u);
+}
+
+INSTANTIATE_TEST_SUITE_P(LinkIo, ProxyTest, ::testing::Values(LinkIo::Uring, LinkIo::Syscalls),
+                         [](const ::testing::TestParamInfo<LinkIo>& i) {
+                             return i.param == LinkIo::Uring ? "Uring" : "Syscalls";
+                         });
 
 TEST(VmmProxyLink, RefusesNonSockets) {
     int p[2];
