@@ -167,14 +167,22 @@ void EventLoop::run_once(int timeout_ms) {
     epoll_event evs[kMaxEvents];
     int n = ::epoll_wait(epfd_.get(), evs, kMaxEvents, t);
     if (n < 0 && errno != EINTR) log::error("event loop: epoll_wait: {}", std::strerror(errno));
+    // Work posted from other threads (block completions) runs before the fd
+    // handlers of the same round: a status poll that arrives together with
+    // a completion then already sees its effect.
+    for (int i = 0; i < n; i++) {
+        int fd = static_cast<int>(static_cast<uint32_t>(evs[i].data.u64));
+        if (fd == wake_fd_.get() && (evs[i].data.u64 >> 32) == 0) {
+            uint64_t v;
+            [[maybe_unused]] ssize_t r = ::read(wake_fd_.get(), &v, sizeof v);
+            run_deferred();
+            break;
+        }
+    }
     for (int i = 0; i < n; i++) {
         int fd = static_cast<int>(static_cast<uint32_t>(evs[i].data.u64));
         uint64_t gen = evs[i].data.u64 >> 32;
-        if (fd == wake_fd_.get() && gen == 0) {
-            uint64_t v;
-            [[maybe_unused]] ssize_t r = ::read(wake_fd_.get(), &v, sizeof v);
-            continue;
-        }
+        if (fd == wake_fd_.get() && gen == 0) continue;
         auto it = handlers_.find(fd);
         // Removed, or re-registered under the same number, by an earlier handler.
         if (it == handlers_.end() || it->second->generation != gen) continue;
