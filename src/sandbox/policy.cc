@@ -20,15 +20,6 @@
 #include <termios.h>
 #include <unistd.h>
 
-#if defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define MPQ_HAS_ASAN 1
-#endif
-#endif
-#ifndef MPQ_HAS_ASAN
-#define MPQ_HAS_ASAN 0
-#endif
-
 namespace mpq::sandbox {
 namespace {
 
@@ -46,7 +37,7 @@ ArgCmp masked_eq(unsigned arg, uint64_t mask, uint64_t value) {
 }
 ArgCmp eq(unsigned arg, uint64_t value) { return ArgCmp{arg, SCMP_CMP_EQ, value}; }
 
-#if defined(__SANITIZE_ADDRESS__) || MPQ_HAS_ASAN
+#if MPQ_SANITIZER_BUILD
 // Sanitizer builds only (they never ship): what the ASan/LSan runtime does
 // on its own inside a sandboxed process. Found by running the ASan remote
 // through the integration tests with action=log and reading the kernel's
@@ -174,7 +165,7 @@ void remote_steady_state(std::vector<Rule>& r, int self_pid) {
     r.push_back({"nanosleep", {}, "back-off sleeps (older libc path)"});
     r.push_back({"getrandom", {}, "hash seeds, std::random_device"});
     r.push_back({"prctl", {eq(0, PR_SET_NAME)}, "worker threads name themselves"});
-#if defined(__SANITIZE_ADDRESS__) || MPQ_HAS_ASAN
+#if MPQ_SANITIZER_BUILD
     sanitizer_runtime(r);
 #endif
 }
@@ -196,7 +187,7 @@ void pidns_supervisor(std::vector<Rule>& r, int child_pid) {
     r.push_back({"restart_syscall", {}, "a wait restarted after a signal"});
     r.push_back({"exit_group", {}, "exiting with the device process's status"});
     r.push_back({"exit", {}, "exiting"});
-#if defined(__SANITIZE_ADDRESS__) || MPQ_HAS_ASAN
+#if MPQ_SANITIZER_BUILD
     r.push_back({"sigaltstack", {}, "sanitizer builds only: ASan's signal stack on the way out",
                  0, Scope::SanitizerBuild});
 #endif

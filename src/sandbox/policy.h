@@ -8,6 +8,19 @@
 
 #include "sandbox/sandbox.h"
 
+// Sanitizer builds (GCC says so with __SANITIZE_ADDRESS__, clang with
+// __has_feature) need a few more syscalls for their runtimes.
+#if defined(__SANITIZE_ADDRESS__)
+#define MPQ_SANITIZER_BUILD 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define MPQ_SANITIZER_BUILD 1
+#endif
+#endif
+#ifndef MPQ_SANITIZER_BUILD
+#define MPQ_SANITIZER_BUILD 0
+#endif
+
 namespace mpq::sandbox {
 
 // One comparison on a syscall argument (libseccomp semantics).

@@ -27,15 +27,6 @@
 #include "sandbox/policy.h"
 #include "util/log.h"
 
-#if defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define MPQ_HAS_ASAN 1
-#endif
-#endif
-#ifndef MPQ_HAS_ASAN
-#define MPQ_HAS_ASAN 0
-#endif
-
 namespace mpq::sandbox {
 namespace {
 
@@ -134,7 +125,7 @@ Status pivot_to_empty_root() {
     if (::mount("mpq-sandbox", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
                 "size=16k,nr_inodes=16,mode=0755") != 0)
         return fail_errno(errno, "sandbox: mount tmpfs: {}", std::strerror(errno));
-#if defined(__SANITIZE_ADDRESS__) || MPQ_HAS_ASAN
+#if MPQ_SANITIZER_BUILD
     // Sanitizer builds only: LSan's exit-time check and ASan's reports read
     // /proc/PID/task and /proc/self/maps, so the whole /proc stays visible.
     if (::mkdir("/tmp/proc", 0555) != 0)
