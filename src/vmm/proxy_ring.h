@@ -72,7 +72,7 @@ private:
     io_uring ring_{};
     bool ring_ok_ = false;
     int sock_ = -1;
-    bool send_inflight_ = false, recv_inflight_ = false;
+    bool recv_inflight_ = false;
     int send_res_ = 0, recv_res_ = 0;
     bool stuck_ = false;
     std::vector<IrqSlot> irqs_;
