@@ -14,7 +14,6 @@ and SHUTDOWN events to every client, and a clean exit on `quit`.
 """
 import json
 import os
-import random
 import re
 import shutil
 import socket
@@ -25,7 +24,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "lib"))
 import mpqtest as T  # noqa: E402
-from monitor_client import HmpClient, QmpClient, RemoteRig, connect_unix  # noqa: E402
+from monitor_client import HmpClient, QmpClient, RemoteRig, connect_unix, bench_setup  # noqa: E402
 
 SHARED = os.environ.get("MPQ_SHARED_DIR") or os.path.join(HERE, "..", "..", "..", "shared")
 BENCH = os.path.join(SHARED, "tools", "qtest-bench")
@@ -125,21 +124,9 @@ def check_stdio(chk, remote, disk):
 
 
 def main():
-    qemu = T.stock_qemu_or_skip()
-    remote = T.program("qemu-scsi-dev")
-    if not os.path.exists(os.path.join(BENCH, "lsi_bench.py")):
-        print("SKIP: qtest-bench not found under MPQ_SHARED_DIR (%s)" % BENCH)
-        sys.exit(T.SKIP)
-    sys.path.insert(0, BENCH)
-    import lsi_bench as B  # noqa: E402
-    from qtest import QTest  # noqa: E402
-
-    chk = T.Checker()
-    tmp = T.tmpdir("mpq-monitor-")
-    disk = os.path.join(tmp, "disk.img")
-    rng = random.Random(1234)
-    with open(disk, "wb") as f:
-        f.write(rng.randbytes(DISK_MB << 20))
+    env = bench_setup(T, BENCH, "mpq-monitor-", DISK_MB, 1234)
+    qemu, remote, B, QTest = env.qemu, env.remote, env.B, env.QTest
+    chk, tmp, disk, rng = env.chk, env.tmp, env.disk, env.rng
     stock = stock_shapes(qemu, tmp, disk)
     check_stdio(chk, remote, disk)
     rig = RemoteRig(T, qemu, remote, tmp, disk, QTest)

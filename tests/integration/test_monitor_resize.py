@@ -18,7 +18,6 @@ disk and sets write thresholds. Checked, on the image file and through SCSI:
   wr_highest_offset follows the writes.
 """
 import os
-import random
 import shutil
 import socket
 import subprocess
@@ -27,7 +26,7 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "lib"))
 import mpqtest as T  # noqa: E402
-from monitor_client import HmpClient, QmpClient, RemoteRig, Scsi  # noqa: E402
+from monitor_client import HmpClient, QmpClient, RemoteRig, Scsi, bench_setup  # noqa: E402
 
 SHARED = os.environ.get("MPQ_SHARED_DIR") or os.path.join(HERE, "..", "..", "..", "shared")
 BENCH = os.path.join(SHARED, "tools", "qtest-bench")
@@ -101,21 +100,9 @@ def qcow2_refused_and_no_shutdown(chk, remote, tmp):
 
 
 def main():
-    qemu = T.stock_qemu_or_skip()
-    remote = T.program("qemu-scsi-dev")
-    if not os.path.exists(os.path.join(BENCH, "lsi_bench.py")):
-        print("SKIP: qtest-bench not found under MPQ_SHARED_DIR (%s)" % BENCH)
-        sys.exit(T.SKIP)
-    sys.path.insert(0, BENCH)
-    import lsi_bench as B  # noqa: E402
-    from qtest import QTest  # noqa: E402
-
-    chk = T.Checker()
-    tmp = T.tmpdir("mpq-monitor-resize-")
-    disk = os.path.join(tmp, "disk.img")
-    rng = random.Random(7)
-    with open(disk, "wb") as f:
-        f.write(rng.randbytes(DISK_MB * MiB))
+    env = bench_setup(T, BENCH, "mpq-monitor-resize-", DISK_MB, 7)
+    qemu, remote, B, QTest = env.qemu, env.remote, env.B, env.QTest
+    chk, tmp, disk, rng = env.chk, env.tmp, env.disk, env.rng
     rig = RemoteRig(T, qemu, remote, tmp, disk, QTest)
     q = rig.q
     try:

@@ -202,3 +202,29 @@ class Scsi:
             if self.run(bytes(6), 0, allow_check=True) == 0:
                 return
         raise RuntimeError("TEST UNIT READY never GOOD")
+
+
+def bench_setup(T, bench_dir, tmp_prefix, disk_mb, seed):
+    """The common start of the monitor tests that drive our remote through
+    stock QEMU's proxy with qtest-bench: peers found (or the test skips),
+    qtest-bench imported, a temp dir with a random raw disk of `disk_mb` MiB.
+    Returns a namespace: qemu, remote, B (lsi_bench), QTest, chk, tmp, disk,
+    rng (seeded, already used for the disk)."""
+    import random
+    import sys
+    import types
+    qemu = T.stock_qemu_or_skip()
+    remote = T.program("qemu-scsi-dev")
+    if not os.path.exists(os.path.join(bench_dir, "lsi_bench.py")):
+        print("SKIP: qtest-bench not found under MPQ_SHARED_DIR (%s)" % bench_dir)
+        sys.exit(T.SKIP)
+    sys.path.insert(0, bench_dir)
+    import lsi_bench as B  # noqa: E402
+    from qtest import QTest  # noqa: E402
+    tmp = T.tmpdir(tmp_prefix)
+    disk = os.path.join(tmp, "disk.img")
+    rng = random.Random(seed)
+    with open(disk, "wb") as f:
+        f.write(rng.randbytes(disk_mb << 20))
+    return types.SimpleNamespace(qemu=qemu, remote=remote, B=B, QTest=QTest, chk=T.Checker(),
+                                 tmp=tmp, disk=disk, rng=rng)
