@@ -119,10 +119,13 @@ void BlockBackend::Impl::worker(BlockBackend* bb) {
 BlockBackend::BlockBackend(EventLoop& loop, std::unique_ptr<BlockDriver> drv, DriveOptions opts)
     : loop_(loop), drv_(std::move(drv)), opts_(std::move(opts)), impl_(std::make_unique<Impl>()) {
     impl_->cq->owner = this;
+    // Raw files get the fast paths (io_uring, inline cached reads); formats
+    // and wrappers such as blkdebug always go through the driver on threads.
+    auto* file = dynamic_cast<FileDriver*>(drv_.get());
     if (opts_.aio != AioMode::Threads) {
-        if (auto* f = dynamic_cast<FileDriver*>(drv_.get())) {
+        if (file) {
             impl_->uring = make_uring_engine(
-                loop_, *f,
+                loop_, *file,
                 [](void* ctx, JobPtr j) { static_cast<BlockBackend*>(ctx)->finish(std::move(j)); },
                 this, opts_.aio == AioMode::Auto ? UringChoice::Auto : UringChoice::Asked);
         } else if (opts_.aio != AioMode::Auto) {
@@ -131,8 +134,7 @@ BlockBackend::BlockBackend(EventLoop& loop, std::unique_ptr<BlockDriver> drv, Dr
                       drv_->format_name());
         }
     }
-    if (auto* f = dynamic_cast<FileDriver*>(drv_.get()); f && !f->direct())
-        impl_->cached_reads = f;
+    if (file && !file->direct()) impl_->cached_reads = file;
     unsigned n = drv_->concurrent_safe() ? kWorkers : 1;
     for (unsigned i = 0; i < n; ++i) impl_->workers.emplace_back([this] { impl_->worker(this); });
 }

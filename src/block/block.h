@@ -120,7 +120,7 @@ public:
     // Blocks until every request has completed and its `done` ran (shutdown,
     // tests). Loop thread only; completions run inside it.
     void drain();
-    // True when requests go through io_uring (aio=io_uring/native on a raw file
+    // True when requests go through io_uring (a raw file without aio=threads,
     // and the kernel allowed it).
     bool uses_io_uring() const;
 
