@@ -225,6 +225,31 @@ void Channel::attach_fds(msghdr& msg, size_t old_end) {
     }
 }
 
+std::span<uint8_t> Channel::rx_space() {
+    compact();
+    return std::span(rxbuf_.data() + rx_end_, kRxBufSize - rx_end_);
+}
+
+Result<RecvState> Channel::rx_commit(size_t n, msghdr& msg) {
+    n = std::min(n, kRxBufSize - rx_end_);  // a caller's count, never trusted past the buffer
+    size_t old_end = rx_end_;
+    rx_end_ += n;
+    if (msg.msg_controllen > 0 || (msg.msg_flags & MSG_CTRUNC)) attach_fds(msg, old_end);
+    if (n > 0) return RecvState::WouldBlock;
+    size_t have = rx_end_ - rx_begin_;
+    if (have == 0) return RecvState::Closed;
+    Header h{};
+    std::memcpy(&h, rxbuf_.data() + rx_begin_, std::min(have, sizeof h));
+    return rx_fail(fail("receive: EOF inside a frame ({} of {}{} bytes)", have,
+                        sizeof(Header) + (have >= sizeof(Header) ? h.size : 0), have < sizeof(Header) ? "+" : ""));
+}
+
+Result<RecvState> Channel::next_buffered(Frame& out) {
+    auto t = take_frame(out);
+    if (!t.ok()) return t.take_error();
+    return *t ? RecvState::Frame : RecvState::WouldBlock;
+}
+
 Result<RecvState> Channel::recv(Frame& out) {
     if (!sock_) return fail("receive: channel closed");
     for (;;) {
@@ -232,8 +257,8 @@ Result<RecvState> Channel::recv(Frame& out) {
         if (!t.ok()) return t.take_error();
         if (*t) return RecvState::Frame;
 
-        compact();
-        iovec iov{rxbuf_.data() + rx_end_, kRxBufSize - rx_end_};
+        std::span<uint8_t> space = rx_space();
+        iovec iov{space.data(), space.size()};
         // Control space for up to 16 fds, as QEMU offers.
         alignas(cmsghdr) char ctl[CMSG_SPACE(sizeof(int) * kRecvFdSpace)];
         msghdr msg{};
@@ -248,18 +273,8 @@ Result<RecvState> Channel::recv(Frame& out) {
             int e = errno;
             return rx_fail(fail_errno(e, "receive: {}", std::strerror(e)));
         }
-        size_t old_end = rx_end_;
-        rx_end_ += static_cast<size_t>(n);
-        if (msg.msg_controllen > 0 || (msg.msg_flags & MSG_CTRUNC)) attach_fds(msg, old_end);
-        if (n == 0) {
-            size_t have = rx_end_ - rx_begin_;
-            if (have == 0) return RecvState::Closed;
-            Header h{};
-            std::memcpy(&h, rxbuf_.data() + rx_begin_, std::min(have, sizeof h));
-            return rx_fail(fail("receive: EOF inside a frame ({} of {}{} bytes)", have,
-                                sizeof(Header) + (have >= sizeof(Header) ? h.size : 0),
-                                have < sizeof(Header) ? "+" : ""));
-        }
+        auto c = rx_commit(static_cast<size_t>(n), msg);
+        if (!c.ok() || *c == RecvState::Closed) return c;
     }
 }
 

@@ -126,6 +126,19 @@ public:
     // recv() had read them. False if they do not fit (nothing is appended).
     bool rx_feed(std::span<const uint8_t> bytes);
 
+    // For a caller that reads the socket itself, fds included (the remote's
+    // io_uring loop), in three steps: a read into rx_space() (only when no
+    // whole frame is buffered, as recv() does), rx_commit() of what that read
+    // returned, then next_buffered() until WouldBlock.
+    std::span<uint8_t> rx_space();
+    // `n` bytes were put at rx_space() by a recvmsg with `msg` (its control
+    // data holds the fds, if any): they and the fds are kept as recv() keeps
+    // them. n == 0 is EOF: Closed at a frame boundary, an error inside one.
+    // Otherwise WouldBlock.
+    Result<RecvState> rx_commit(size_t n, msghdr& msg);
+    // The next whole buffered frame, without touching the socket.
+    Result<RecvState> next_buffered(Frame& out);
+
     static constexpr size_t kRxBufSize = 512;  // more than one whole frame (16 + 192)
 
 private:

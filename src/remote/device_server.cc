@@ -3,10 +3,13 @@
 #include <fcntl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 
 #include <algorithm>
+#include <array>
 #include <cerrno>
 #include <cstring>
+#include <vector>
 
 #include "pci/pci_device.h"
 #include "util/event_loop.h"
@@ -65,6 +68,7 @@ bool reply_due(int32_t cmd) {
 
 struct DeviceServer::Conn {
     proto::Channel ch;
+    std::shared_ptr<RingIo> ring;  // ring mode only
     std::vector<ServedDevice> devices;
     size_t selected = 0;
     uint64_t features = 0;
@@ -90,7 +94,7 @@ DeviceServer::DeviceServer(EventLoop& loop, GuestMemory& memory, OnIdle on_idle)
 }
 
 DeviceServer::~DeviceServer() {
-    for (auto& c : conns_) loop_.remove_fd(c->ch.fd());
+    for (auto& c : conns_) forget(*c);
 }
 
 Status DeviceServer::add_connection(UniqueFd sock, std::vector<ServedDevice> devices) {
@@ -113,8 +117,15 @@ Status DeviceServer::add_connection(UniqueFd sock, std::vector<ServedDevice> dev
     c->ch.set_send_timeout_ms(kSendTimeoutMs);
     c->devices = std::move(devices);
     Conn* raw = c.get();
-    if (!loop_.add_fd(raw->ch.fd(), FdEvents::Read, [this, raw](uint32_t) { on_readable(*raw); }))
+    if (loop_.ring_enabled()) {
+        raw->ring = make_ring_io(raw);
+        if (!ring_arm_recv(*raw)) {
+            forget(*raw);
+            return fail("fd {}: cannot queue a receive in the loop's ring", raw->ch.fd());
+        }
+    } else if (!loop_.add_fd(raw->ch.fd(), FdEvents::Read, [this, raw](uint32_t) { on_readable(*raw); })) {
         return fail("fd {}: cannot watch it", raw->ch.fd());
+    }
     conns_.push_back(std::move(c));
     return {};
 }
@@ -210,6 +221,11 @@ bool DeviceServer::handle(Conn& c, Frame& f) {
 
 void DeviceServer::reply(Conn& c, uint64_t v) {
     if (log::enabled(log::Level::Debug)) log::debug("{}: -> RET {:#x}", c.name, v);
+    if (c.ring) {
+        ring_queue(c, proto::Header{cmd_of(Cmd::Ret), 0, sizeof v},
+                   std::span(reinterpret_cast<const uint8_t*>(&v), sizeof v));
+        return;
+    }
     auto s = c.ch.send_ret(v);
     if (!s.ok()) {
         log::error("{}: {}", c.name, s.error().message);
@@ -218,6 +234,10 @@ void DeviceServer::reply(Conn& c, uint64_t v) {
 }
 
 void DeviceServer::reply_empty(Conn& c) {
+    if (c.ring) {
+        ring_queue(c, proto::Header{cmd_of(Cmd::Ret), 0, 0}, {});
+        return;
+    }
     auto s = c.ch.send_empty(Cmd::Ret);
     if (!s.ok()) {
         log::error("{}: {}", c.name, s.error().message);
@@ -226,7 +246,7 @@ void DeviceServer::reply_empty(Conn& c) {
 }
 
 void DeviceServer::drop(Conn& c, bool orderly) {
-    loop_.remove_fd(c.ch.fd());
+    forget(c);
     auto it = std::find_if(conns_.begin(), conns_.end(), [&](auto& p) { return p.get() == &c; });
     if (it != conns_.end()) conns_.erase(it);  // destroys c
     if (conns_.empty() && on_idle_) on_idle_(orderly);
@@ -350,6 +370,147 @@ void DeviceServer::do_select_device(Conn& c, const Frame& f) {
     }
     c.complain("SELECT_DEVICE: no device '{}' on this socket", printable(sel.id, n));
     reply(c, kAllOnes);
+}
+
+// ---- Ring mode: the socket is read and written through the event loop's
+// io_uring (see device_server.h). Each round of a connection is one linked
+// pair in the ring: the replies to the frames just served, then a receive
+// for the next request. Everything the kernel may still touch after a
+// connection is gone (the replies being sent, the receive's iovec, control
+// buffer and msghdr) lives in RingIo, which the receive's completion keeps
+// alive.
+
+namespace {
+
+constexpr int kMaxFramesPerRound = 64;  // then the loop runs other work first
+
+}  // namespace
+
+struct DeviceServer::RingIo {
+    Conn* conn = nullptr;  // null once the connection is gone
+    bool pending = false;  // a send+receive pair is in the ring
+    iovec iov{};
+    alignas(cmsghdr) std::array<char, CMSG_SPACE(sizeof(int) * proto::kRecvFdSpace)> ctl{};
+    msghdr msg{};
+    std::vector<uint8_t> sending;  // handed to the kernel with the pending pair
+    std::vector<uint8_t> queued;   // replies to the frames being served
+};
+
+std::shared_ptr<DeviceServer::RingIo> DeviceServer::make_ring_io(Conn* c) {
+    auto r = std::make_shared<RingIo>();
+    r->conn = c;
+    // Replies of a whole round (at most kMaxFramesPerRound RETs): never
+    // reallocated on the register path.
+    r->sending.reserve(kMaxFramesPerRound * (sizeof(proto::Header) + 8));
+    r->queued.reserve(kMaxFramesPerRound * (sizeof(proto::Header) + 8));
+    return r;
+}
+
+void DeviceServer::forget(Conn& c) {
+    if (!c.ring) {
+        loop_.remove_fd(c.ch.fd());
+        return;
+    }
+    c.ring->conn = nullptr;
+    if (c.ring->pending) loop_.ring_cancel(c.ch.fd());
+}
+
+bool DeviceServer::ring_arm_recv(Conn& c) {
+    RingIo& r = *c.ring;
+    std::span<uint8_t> space = c.ch.rx_space();
+    if (space.empty()) return false;  // cannot happen: every whole frame was taken first
+    r.iov = {space.data(), space.size()};
+    r.msg = msghdr{};
+    r.msg.msg_iov = &r.iov;
+    r.msg.msg_iovlen = 1;
+    r.msg.msg_control = r.ctl.data();
+    r.msg.msg_controllen = r.ctl.size();
+    r.sending.swap(r.queued);
+    r.queued.clear();
+    std::shared_ptr<RingIo> keep = c.ring;
+    auto send_failed = [this, keep](int res) {
+        if (keep->conn) log::error("{}: send: {}", keep->conn->name, std::strerror(-res));
+        // The receive linked behind it completes with -ECANCELED and drops
+        // the connection.
+    };
+    auto received = [this, keep](int res) {
+        keep->pending = false;
+        keep->sending.clear();  // the send finished before the receive began
+        if (keep->conn) ring_received(*keep->conn, res);
+    };
+    if (!loop_.ring_send_recvmsg(c.ch.fd(), r.sending, &r.msg, send_failed, received)) return false;
+    r.pending = true;
+    return true;
+}
+
+void DeviceServer::ring_received(Conn& c, int res) {
+    if (res < 0) {
+        if (res == -EINTR || res == -EAGAIN) {
+            if (!ring_arm_recv(c)) drop(c, false);
+            return;
+        }
+        if (res == -ECONNRESET) {  // as on_readable(): the proxy went away
+            log::info("{}: peer went away (connection reset)", c.name);
+            drop(c, true);
+            return;
+        }
+        log::error("{}: receive: {}; dropping the connection", c.name, std::strerror(-res));
+        drop(c, false);
+        return;
+    }
+    auto st = c.ch.rx_commit(static_cast<size_t>(res), c.ring->msg);
+    if (!st.ok()) {
+        log::error("{}: {}; dropping the connection", c.name, st.error().message);
+        drop(c, false);
+        return;
+    }
+    if (*st == proto::RecvState::Closed) {
+        log::info("{}: peer closed the connection", c.name);
+        drop(c, true);
+        return;
+    }
+    ring_serve_buffered(c);
+}
+
+void DeviceServer::ring_serve_buffered(Conn& c) {
+    for (int i = 0; i < kMaxFramesPerRound; i++) {
+        auto r = c.ch.next_buffered(frame_);
+        if (!r.ok()) {
+            log::error("{}: {}; dropping the connection", c.name, r.error().message);
+            drop(c, false);
+            return;
+        }
+        if (*r != proto::RecvState::Frame) {
+            // No whole frame is buffered: only now may the kernel write into
+            // the receive buffer again.
+            if (!ring_arm_recv(c)) {
+                log::error("{}: cannot queue a receive in the loop's ring; dropping the connection", c.name);
+                drop(c, false);
+            }
+            return;
+        }
+        stats_.frames++;
+        handle(c, frame_);
+        frame_.close_fds();
+        if (c.broken) {
+            drop(c, false);
+            return;
+        }
+    }
+    // A pipelining peer filled the buffer with frames: the rest after the
+    // other work of this round.
+    std::shared_ptr<RingIo> keep = c.ring;
+    loop_.defer([this, keep] {
+        if (keep->conn) ring_serve_buffered(*keep->conn);
+    });
+}
+
+void DeviceServer::ring_queue(Conn& c, const proto::Header& h, std::span<const uint8_t> payload) {
+    // Sent with the receive armed at the end of this round (ring_arm_recv).
+    RingIo& r = *c.ring;
+    const auto* hb = reinterpret_cast<const uint8_t*>(&h);
+    r.queued.insert(r.queued.end(), hb, hb + sizeof h);
+    r.queued.insert(r.queued.end(), payload.begin(), payload.end());
 }
 
 }  // namespace mpq::remote

@@ -4,6 +4,12 @@
 // is available (up to the first request that needs a reply), dispatches
 // without allocating and answers with one sendmsg.
 //
+// With the event loop in ring mode (EventLoop::enable_ring) a connection is
+// served through the loop's io_uring instead: a
+// receive is always pending on the socket and replies are queued sends, so
+// the loop's one io_uring_enter per round both sends the last reply and waits
+// for the next request.
+//
 // Unlike stock QEMU, bad input does not kill the process: a frame that was
 // read whole (unknown command, wrong size or fds, out-of-range access, bad
 // fd type) gets one log line and, where a reply is due, an all-ones RET; the
@@ -64,7 +70,17 @@ public:
 
 private:
     struct Conn;
+    struct RingIo;
     void on_readable(Conn& c);
+    // Stops watching `c` (epoll or ring); its pending ring operations are
+    // cancelled and find it gone when they complete.
+    void forget(Conn& c);
+    // Ring mode.
+    std::shared_ptr<RingIo> make_ring_io(Conn* c);
+    bool ring_arm_recv(Conn& c);
+    void ring_received(Conn& c, int res);
+    void ring_serve_buffered(Conn& c);
+    void ring_queue(Conn& c, const proto::Header& h, std::span<const uint8_t> payload);
     // false: the connection is gone (closed or out of sync).
     bool handle(Conn& c, proto::Frame& f);
     void reply(Conn& c, uint64_t v);

@@ -12,6 +12,7 @@
 
 #include <cerrno>
 #include <climits>
+#include <cstdlib>
 #include <cstring>
 #include <cstdio>
 #include <string>
@@ -117,6 +118,12 @@ int main(int argc, char** argv) {
     // ==== end h-hard hook ==========================================================
 
     EventLoop loop;
+    // The device sockets are served through the loop's io_uring (one syscall
+    // per request); MPQ_REMOTE_LOOP=epoll keeps the plain epoll loop, for
+    // comparison runs. Made before the sandbox closes io_uring_setup.
+    if (const char* m = std::getenv("MPQ_REMOTE_LOOP"); !m || std::string_view(m) != "epoll") {
+        if (!loop.enable_ring()) log::debug("event loop: epoll (no usable io_uring)");
+    }
     remote::RemoteProcess proc(loop);
     if (auto s = proc.configure(*cl, first_fd); !s.ok()) return die(s.error());
 

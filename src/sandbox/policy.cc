@@ -123,7 +123,7 @@ void remote_steady_state(std::vector<Rule>& r, int self_pid) {
     // Rings and AIO contexts are made at start-up; after that only
     // submission and completion. io_uring_setup/register stay closed so no new
     // (unrestricted) ring can appear.
-    r.push_back({"io_uring_enter", {}, "aio=io_uring submit/complete"});
+    r.push_back({"io_uring_enter", {}, "aio=io_uring submit/complete; the event loop's ring (device sockets)"});
     r.push_back({"io_submit", {}, "aio=native submission"});
     r.push_back({"io_getevents", {}, "aio=native completion"});
     r.push_back({"io_pgetevents", {}, "aio=native completion (newer libaio)"});

@@ -1,6 +1,13 @@
 // Single-threaded epoll event loop: fd handlers, one-shot timers and deferred
 // calls. Everything a device does runs on this thread; other threads (block
 // I/O workers) hand results back through post(), which is thread-safe.
+//
+// Ring mode (enable_ring()): the loop waits in io_uring_enter instead of
+// epoll_wait, with the epoll fd itself polled in the ring, so fd handlers work
+// as before; in addition a caller can receive from and send on a socket
+// through the ring. A server that answers each request that way costs one
+// syscall per request: the enter that submits the previous reply also waits
+// for the next request (instead of epoll_wait + recvmsg + sendmsg).
 #pragma once
 
 #include <cstdint>
@@ -8,10 +15,14 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <span>
 #include <unordered_map>
 #include <vector>
 
 #include "util/unique_fd.h"
+
+struct msghdr;
+struct io_uring;
 
 namespace mpq {
 
@@ -43,6 +54,28 @@ public:
     // Thread-safe version of defer(): wakes the loop.
     void post(Callback cb);
 
+    // Ring mode; false (and the loop stays on epoll) where io_uring or the
+    // features it needs are missing. Call before any ring_* and before a
+    // sandbox closes io_uring_setup.
+    bool enable_ring();
+    bool ring_enabled() const { return ring_ != nullptr; }
+    // A receive on a socket through the ring, after sending `reply` (if not
+    // empty) on it: the send goes first and the receive starts only once
+    // all of it went out (so when `received` runs, `reply`'s memory is free
+    // again). `received` gets the recvmsg result (bytes, 0 at EOF, or
+    // -errno; -ECANCELED after ring_cancel or a failed send); `send_failed`
+    // runs only if the send fails. Both run on the loop thread. Everything
+    // the kernel reads or writes (msg and what it points to, reply) must
+    // stay valid until `received` has run: keep it alive in its captures.
+    // Submitted with the loop's next wait, or earlier if the loop has other
+    // work to run first. False if the ring is off or full.
+    using RingDone = std::function<void(int res)>;
+    bool ring_send_recvmsg(int fd, std::span<const uint8_t> reply, msghdr* msg, RingDone send_failed,
+                           RingDone received);
+    // Cancels every ring operation on `fd` (call it before closing `fd`);
+    // their handlers still run, with -ECANCELED.
+    void ring_cancel(int fd);
+
     // Runs until stop(). Returns the exit code given to stop().
     int run();
     // Runs one round: waits up to `timeout_ms` (-1 forever) for events.
@@ -53,7 +86,11 @@ public:
     static uint64_t now_ns();
 
 private:
+    struct Ring;
     void run_deferred();
+    void wait_epoll(int timeout_ms);
+    void wait_ring(int timeout_ms);
+    void dispatch_epoll(int timeout_ms);
     int next_timeout_ms() const;
     void fire_timers();
 
@@ -76,6 +113,7 @@ private:
     std::vector<Callback> posted_;
     bool stopped_ = false;
     int exit_code_ = 0;
+    std::unique_ptr<Ring> ring_;
 };
 
 }  // namespace mpq
