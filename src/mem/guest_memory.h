@@ -39,6 +39,16 @@ public:
     std::span<uint8_t> map(uint64_t gpa, uint64_t len) override;
 
     size_t region_count() const { return maps_.size(); }
+
+    // Pre-faulting of fd-backed guest RAM before the first device access to
+    // each granule (see guest_memory.cc). Process-wide; it turns itself off
+    // when the kernel or the sandbox refuses MADV_POPULATE_*.
+    enum class Populate { Off, On };
+    static void set_populate(Populate p);
+    static Populate populate();
+    static constexpr uint64_t kPopulateGranule = 64 * 1024;
+    // Granules of the current table already populated (or given up on).
+    uint64_t populated_granules() const;
     // Pages of mapped guest RAM that vanished under us (the VMM shrank its
     // file) and were replaced by zero pages instead of killing the process.
     static uint64_t lost_page_faults();
@@ -53,8 +63,13 @@ private:
         // identity, to recognise a repeated table
         uint64_t dev, ino;
         int64_t offset;
+        // One bit per kPopulateGranule of [map_base, map_base + map_len):
+        // set once that granule was pre-faulted. Empty for host regions.
+        std::vector<uint64_t> populated;
     };
-    const Mapping* find(uint64_t gpa, uint64_t len) const;
+    enum class Access { Read, Write };
+    Mapping* find(uint64_t gpa, uint64_t len);
+    static void prefault(Mapping& m, const uint8_t* host, size_t len, Access a);
     static Status check_faults(uint64_t before, uint64_t gpa, size_t len);
     std::vector<Mapping> maps_;  // sorted by gpa
 };

@@ -135,7 +135,11 @@ void remote_steady_state(std::vector<Rule>& r, int self_pid) {
                  "thread stack guards, malloc arenas (never PROT_EXEC)"});
     r.push_back({"munmap", {}, "freeing memory, dropping old guest RAM mappings"});
     r.push_back({"mremap", {}, "realloc of large blocks"});
-    r.push_back({"madvise", {}, "free() and exiting threads give memory back"});
+    // Any advice: besides these only pre-faulting, and no advice reaches
+    // beyond this process's own mappings.
+    r.push_back({"madvise", {},
+                 "free() and exiting threads give memory back; MADV_POPULATE_WRITE/READ "
+                 "pre-fault guest RAM before DMA (mem/guest_memory.cc)"});
     r.push_back({"brk", {}, "malloc's main heap"});
     // --- threads and synchronisation -----------------------------------------
     r.push_back({"futex", {}, "mutexes, condition variables, thread join"});
