@@ -208,7 +208,9 @@ size_t GuestMemory::file_io(Mapping& m, size_t off, uint8_t* buf, size_t len, Ac
     if (a == Access::Write && m.may_shrink) {
         // pwrite past the end would grow the VMM's file instead of failing
         // like a store through the mapping; a VMM that seals its file
-        // (F_SEAL_SHRINK, stock's default) saves this check.
+        // (F_SEAL_SHRINK, stock's default) saves this check. A truncate
+        // racing it can at worst regrow the file up to the size the VMM
+        // shared with us, never beyond.
         struct stat st;
         if (::fstat(m.file.get(), &st) != 0 || static_cast<uint64_t>(st.st_size) < foff + len) return 0;
     }
