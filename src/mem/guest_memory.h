@@ -39,22 +39,59 @@ public:
     std::span<uint8_t> map(uint64_t gpa, uint64_t len) override;
 
     size_t region_count() const { return maps_.size(); }
+
+    // How device accesses reach fd-backed guest RAM this process has not
+    // touched yet (see guest_memory.cc): through the file (pread/pwrite) and
+    // after kRent accesses to a granule by pre-faulting it (MADV_POPULATE_*)
+    // and copying through the mapping. Both are process-wide switches;
+    // populate turns itself off when the kernel or the sandbox refuses it.
+    enum class Populate { Off, On };
+    enum class FileIo { Off, On };
+    static void set_populate(Populate p);
+    static Populate populate();
+    static void set_file_io(FileIo f);
+    static constexpr uint64_t kPopulateGranule = 64 * 1024;
+    static constexpr uint8_t kRent = 16;
+    // Granules of the current table that are accessed through the mapping
+    // (pre-faulted, or given up on).
+    uint64_t populated_granules() const;
+    // Accesses (or parts of one) moved with pread/pwrite since the table was set.
+    uint64_t file_accesses() const { return file_accesses_; }
+
     // Pages of mapped guest RAM that vanished under us (the VMM shrank its
     // file) and were replaced by zero pages instead of killing the process.
     static uint64_t lost_page_faults();
 
 private:
     struct Mapping {
-        uint64_t gpa;
-        uint64_t size;
-        uint8_t* host;
-        size_t map_len;   // length passed to mmap (0: not ours to unmap)
-        void* map_base;
+        uint64_t gpa = 0;
+        uint64_t size = 0;
+        uint8_t* host = nullptr;
+        size_t map_len = 0;  // length passed to mmap (0: not ours to unmap)
+        void* map_base = nullptr;
         // identity, to recognise a repeated table
-        uint64_t dev, ino;
-        int64_t offset;
+        uint64_t dev = 0, ino = 0;
+        int64_t offset = 0;
+        // One entry per kPopulateGranule of [map_base, map_base + map_len):
+        // kHot once the granule is accessed through the mapping, else how
+        // many accesses went through the file. Empty for host regions.
+        std::vector<uint8_t> heat;
+        UniqueFd file;           // our own descriptor of the file; invalid: no file I/O
+        uint64_t file_base = 0;  // file offset of map_base
+        bool may_shrink = true;  // no F_SEAL_SHRINK: check the size before pwrite
     };
-    const Mapping* find(uint64_t gpa, uint64_t len) const;
+    enum class Access { Read, Write };
+    enum class Route { Mapping, File };
+    static constexpr uint8_t kHot = 0xff;
+    Mapping* find(uint64_t gpa, uint64_t len);
+    static void open_for_file_io(Mapping& m, int fd);
+    static void prefault(Mapping& m, size_t off, size_t len, Access a);
+    static void populate_run(Mapping& m, uint64_t first, uint64_t end, Access a);
+    static Route route(Mapping& m, size_t off, size_t len, Access a);
+    size_t file_io(Mapping& m, size_t off, uint8_t* buf, size_t len, Access a);
+    void copy_in(Mapping& m, uint64_t gpa, uint8_t* out, size_t n);
+    void copy_out(Mapping& m, uint64_t gpa, const uint8_t* in, size_t n);
+    uint64_t file_accesses_ = 0;
     static Status check_faults(uint64_t before, uint64_t gpa, size_t len);
     std::vector<Mapping> maps_;  // sorted by gpa
 };

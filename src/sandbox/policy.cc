@@ -109,6 +109,10 @@ void remote_steady_state(std::vector<Rule>& r, int self_pid) {
     r.push_back({"getsockopt", {}, "SO_ERROR / SO_PEERCRED on existing sockets"});
     for (uint64_t cmd : {F_GETFL, F_SETFL, F_GETFD, F_SETFD})
         r.push_back({"fcntl", {eq(1, cmd)}, "O_NONBLOCK / FD_CLOEXEC on received fds"});
+    r.push_back({"fcntl", {eq(1, F_DUPFD_CLOEXEC)},
+                 "GuestMemory keeps its own fd of each SYNC_SYSMEM file for pread/pwrite DMA"});
+    r.push_back({"fcntl", {eq(1, F_GET_SEALS)},
+                 "GuestMemory asks whether guest RAM can shrink (else it checks before pwrite)"});
     // ioctl: only harmless queries. io_uring needs none.
     r.push_back({"ioctl", {eq(1, TCGETS)}, "stdio asks whether stderr is a tty"});
     r.push_back({"ioctl", {eq(1, FIONREAD)}, "bytes pending on a socket"});
@@ -135,7 +139,11 @@ void remote_steady_state(std::vector<Rule>& r, int self_pid) {
                  "thread stack guards, malloc arenas (never PROT_EXEC)"});
     r.push_back({"munmap", {}, "freeing memory, dropping old guest RAM mappings"});
     r.push_back({"mremap", {}, "realloc of large blocks"});
-    r.push_back({"madvise", {}, "free() and exiting threads give memory back"});
+    // Any advice: besides these only pre-faulting, and no advice reaches
+    // beyond this process's own mappings.
+    r.push_back({"madvise", {},
+                 "free() and exiting threads give memory back; MADV_POPULATE_WRITE/READ "
+                 "pre-fault guest RAM that DMA uses often (mem/guest_memory.cc)"});
     r.push_back({"brk", {}, "malloc's main heap"});
     // --- threads and synchronisation -----------------------------------------
     r.push_back({"futex", {}, "mutexes, condition variables, thread join"});
