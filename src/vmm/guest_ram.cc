@@ -1,5 +1,6 @@
 #include "vmm/guest_ram.h"
 
+#include <fcntl.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -9,7 +10,7 @@
 namespace mpq::vmm {
 
 Result<std::unique_ptr<GuestRam>> GuestRam::create(uint64_t size, RamBacking backing,
-                                                   RamShare share, const std::string& name) {
+                                                   RamShare share, const std::string& name, RamSeal seal) {
     if (size == 0 || size % 4096) return fail("RAM size {:#x} must be a non-zero multiple of 4 KiB", size);
     if (size > (uint64_t{1} << 40)) return fail("RAM size {:#x} too large", size);
     std::unique_ptr<GuestRam> r(new GuestRam());
@@ -17,10 +18,15 @@ Result<std::unique_ptr<GuestRam>> GuestRam::create(uint64_t size, RamBacking bac
     int flags = MAP_NORESERVE;
     int fd = -1;
     if (backing == RamBacking::Memfd) {
-        r->fd_.reset(::memfd_create(name.c_str(), MFD_CLOEXEC));
+        unsigned mfd = MFD_CLOEXEC | (seal == RamSeal::Sealed ? MFD_ALLOW_SEALING : 0u);
+        r->fd_.reset(::memfd_create(name.c_str(), mfd));
         if (!r->fd_) return fail_errno(errno, "memfd_create: {}", std::strerror(errno));
         if (::ftruncate(r->fd_.get(), static_cast<off_t>(size)) != 0) {
             return fail_errno(errno, "cannot size guest RAM memfd to {:#x}: {}", size, std::strerror(errno));
+        }
+        if (seal == RamSeal::Sealed &&
+            ::fcntl(r->fd_.get(), F_ADD_SEALS, F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL) != 0) {
+            return fail_errno(errno, "cannot seal the guest RAM memfd: {}", std::strerror(errno));
         }
         fd = r->fd_.get();
         r->share_ = share;

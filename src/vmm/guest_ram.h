@@ -17,6 +17,11 @@ namespace mpq::vmm {
 
 enum class RamBacking : uint8_t { Anonymous, Memfd };
 enum class RamShare : uint8_t { Shared, Private };
+// memory-backend-memfd's seal= (QEMU's default on): the memfd can neither
+// grow nor shrink, nor take new seals, once sized. A remote then knows its
+// mapping of guest RAM cannot lose pages under it, and can write guest RAM
+// through the file without checking its size first.
+enum class RamSeal : uint8_t { Sealed, Unsealed };
 
 inline constexpr uint64_t kPciHoleStart = 0xe0000000ull;  // low RAM ends here at most
 inline constexpr uint64_t kBigLowRam = 0xc0000000ull;     // low RAM when RAM >= kPciHoleStart
@@ -31,7 +36,8 @@ struct RamRegionInfo {
 class GuestRam final : public DmaSpace {
 public:
     static Result<std::unique_ptr<GuestRam>> create(uint64_t size, RamBacking backing,
-                                                    RamShare share, const std::string& name);
+                                                    RamShare share, const std::string& name,
+                                                    RamSeal seal = RamSeal::Sealed);
     ~GuestRam() override;
     GuestRam(const GuestRam&) = delete;
     GuestRam& operator=(const GuestRam&) = delete;

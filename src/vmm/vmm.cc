@@ -33,6 +33,7 @@ struct MemBackend {
     uint64_t size = 0;
     RamBacking backing = RamBacking::Anonymous;
     RamShare share = RamShare::Private;
+    RamSeal seal = RamSeal::Sealed;
 };
 
 bool machine_type_ok(std::string_view t) {
@@ -114,6 +115,11 @@ Status Vmm::build_ram() {
             share = *s;
         }
         b.share = share ? RamShare::Shared : RamShare::Private;
+        if (o->kv.has("seal")) {
+            auto s = opts::parse_bool(o->kv.get("seal"), "seal");
+            if (!s.ok()) return o->error(s.error());
+            b.seal = *s ? RamSeal::Sealed : RamSeal::Unsealed;
+        }
         if (o->kv.get("hugetlb") == "on") return o->error("hugetlb is not supported");
         if (backends.count(b.id)) return o->error("attempt to add duplicate property '{}'", b.id);
         backends[b.id] = b;
@@ -160,7 +166,8 @@ Status Vmm::build_ram() {
         chosen.backing = RamBacking::Anonymous;
         chosen.share = RamShare::Private;
     }
-    auto ram = GuestRam::create(ram_size, chosen.backing, chosen.share, mem_id.empty() ? "pc.ram" : mem_id);
+    auto ram = GuestRam::create(ram_size, chosen.backing, chosen.share, mem_id.empty() ? "pc.ram" : mem_id,
+                                chosen.seal);
     if (!ram.ok()) return ram.take_error();
     machine_ = std::make_unique<Machine>(loop_, std::move(*ram));
     return {};

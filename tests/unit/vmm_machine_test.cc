@@ -1,5 +1,8 @@
 // Machine dispatch: RAM vs. BAR decode vs. unassigned, access splitting,
 // INTx through the PIIX3 routes to intercepted lines, reset via 0xcf9.
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <gtest/gtest.h>
 
 #include "util/event_loop.h"
@@ -144,6 +147,21 @@ TEST(VmmGuestRam, LayoutAndBounds) {
     auto p = GuestRam::create(1 << 20, RamBacking::Memfd, RamShare::Private, "p");
     ASSERT_TRUE(p.ok());
     EXPECT_EQ((*p)->shareable_fd(), -1);
+}
+
+TEST(VmmGuestRam, MemfdSealedByDefaultAsQemu) {
+    // seal=on (the default): a remote can rely on the size it was given.
+    auto r = GuestRam::create(1 << 20, RamBacking::Memfd, RamShare::Shared, "s");
+    ASSERT_TRUE(r.ok());
+    int fd = (*r)->shareable_fd();
+    int seals = ::fcntl(fd, F_GET_SEALS);
+    EXPECT_EQ(seals & (F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL), F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL);
+    EXPECT_NE(::ftruncate(fd, 4096), 0);
+    EXPECT_NE(::ftruncate(fd, 2 << 20), 0);
+    auto u = GuestRam::create(1 << 20, RamBacking::Memfd, RamShare::Shared, "u", RamSeal::Unsealed);
+    ASSERT_TRUE(u.ok());
+    int useals = ::fcntl((*u)->shareable_fd(), F_GET_SEALS);
+    EXPECT_EQ(useals & (F_SEAL_GROW | F_SEAL_SHRINK), 0);
 }
 
 }  // namespace
