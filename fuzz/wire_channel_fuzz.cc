@@ -5,19 +5,24 @@
 // SET_IRQFD and SYNC_SYSMEM carry).
 //
 // Input format, repeated: [len:u8][flags:u8][len bytes]; flags bits 0..3 =
-// number of fds to attach (0..15), bit 4 = memfds instead of eventfds.
+// number of fds to attach (0..15), bit 4 = memfds instead of eventfds. Bit 7
+// of the first chunk's flags reads the socket as the remote's io_uring loop
+// does (its own recvmsg into rx_space(), rx_commit(), next_buffered())
+// instead of Channel::recv.
 // Checks: no crash/UB/leak (ASan), and no fd leaks: every received fd is
 // closed by the channel or frame, whatever the bytes were.
 #include <fcntl.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <cstddef>
 #include <cstdio>
 #include <cstdint>
 #include <cstring>
+#include <span>
 #include <string_view>
 #include <vector>
 
@@ -86,6 +91,33 @@ bool drain(mpq::proto::Channel& ch, mpq::proto::Frame& f) {
     return true;
 }
 
+// The ring server's way: one recvmsg of ours per round, then every whole
+// buffered frame.
+bool drain_external(mpq::proto::Channel& ch, mpq::proto::Frame& f) {
+    for (int guard = 0; guard < 4096; ++guard) {
+        for (;;) {
+            auto r = ch.next_buffered(f);
+            if (!r.ok()) return false;
+            if (*r != mpq::proto::RecvState::Frame) break;
+            (void)mpq::proto::validate(f, mpq::proto::Role::Remote);
+            f.close_fds();
+        }
+        std::span<uint8_t> space = ch.rx_space();
+        iovec iov{space.data(), space.size()};
+        alignas(cmsghdr) char ctl[CMSG_SPACE(sizeof(int) * mpq::proto::kRecvFdSpace)];
+        msghdr msg{};
+        msg.msg_iov = &iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = ctl;
+        msg.msg_controllen = sizeof ctl;
+        ssize_t n = ::recvmsg(ch.fd(), &msg, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
+        if (n < 0) return true;  // EAGAIN: wait for the next chunk
+        auto c = ch.rx_commit(static_cast<size_t>(n), msg);
+        if (!c.ok() || *c == mpq::proto::RecvState::Closed) return false;
+    }
+    return true;
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
@@ -97,6 +129,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         static mpq::proto::Frame frame;  // 200+ bytes of payload: keep it off the stack
         size_t pos = 0;
         bool alive = true;
+        const bool external = size >= 2 && (data[1] & 0x80);
+        auto pump = [&] { return external ? drain_external(ch, frame) : drain(ch, frame); };
         while (alive && pos + 2 <= size) {
             size_t len = data[pos];
             unsigned flags = data[pos + 1];
@@ -104,11 +138,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
             if (len > size - pos) len = size - pos;
             send_chunk(sv[0], data + pos, len, flags & 15, flags & 16);
             pos += len;
-            alive = drain(ch, frame);
+            alive = pump();
         }
         if (alive) {
             ::shutdown(sv[0], SHUT_WR);
-            (void)drain(ch, frame);
+            (void)pump();
         }
         frame.reset();
     }

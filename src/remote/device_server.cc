@@ -428,7 +428,7 @@ bool DeviceServer::ring_arm_recv(Conn& c) {
     r.sending.swap(r.queued);
     r.queued.clear();
     std::shared_ptr<RingIo> keep = c.ring;
-    auto send_failed = [this, keep](int res) {
+    auto send_failed = [keep](int res) {
         if (keep->conn) log::error("{}: send: {}", keep->conn->name, std::strerror(-res));
         // The receive linked behind it completes with -ECANCELED and drops
         // the connection.
