@@ -306,6 +306,7 @@ const char* cmd_name(int32_t cmd) {
     case static_cast<int32_t>(Cmd::SetIrqfd): return "SET_IRQFD";
     case static_cast<int32_t>(Cmd::DeviceReset): return "DEVICE_RESET";
     case kCmdSelectDevice: return "SELECT_DEVICE";
+    case kCmdBarWritePosted: return "BAR_WRITE_POSTED";
     default: return "unknown command";
     }
 }
@@ -379,7 +380,8 @@ Status validate(const Frame& f, Role receiver) {
     case static_cast<int32_t>(Cmd::PciCfgWrite):
     case static_cast<int32_t>(Cmd::PciCfgRead): return validate_cfg(f);
     case static_cast<int32_t>(Cmd::BarWrite):
-    case static_cast<int32_t>(Cmd::BarRead): return validate_bar(f);
+    case static_cast<int32_t>(Cmd::BarRead):
+    case kCmdBarWritePosted: return validate_bar(f);
     case static_cast<int32_t>(Cmd::SetIrqfd): return validate_set_irqfd(f);
     case static_cast<int32_t>(Cmd::DeviceReset): return validate_device_reset(f);
     case kCmdSelectDevice: return validate_select_device(f);

@@ -24,13 +24,18 @@ inline constexpr int32_t kNumStockCmds = 8;
 // stock remote answers with all-ones (size 0 is not a power of two), so stock
 // peers never see anything else from us.
 inline constexpr int32_t kCmdSelectDevice = 64;  // payload: device id, NUL-padded, 64 bytes
+// A BAR write the remote does not answer (PCI writes are posted): payload
+// BarAccess as BAR_WRITE. Carried out in stream order, so every later request
+// on the socket sees its effect.
+inline constexpr int32_t kCmdBarWritePosted = 65;
 inline constexpr size_t kDeviceIdLen = 64;
 inline constexpr uint64_t kExtProbeAddr = 0x4d50514558540001ull;  // "MPQEXT" v1
 inline constexpr uint64_t kExtReplyMagic = 0x4d50000000000000ull;   // | granted feature bits
 inline constexpr uint64_t kExtReplyMagicMask = 0xffff000000000000ull;
 inline constexpr uint64_t kExtFeatureMask = 0x0000ffffffffffffull;  // bits 0..47
-inline constexpr uint64_t kFeatMultiDev = 1ull << 0;  // several devices per socket, SELECT_DEVICE
-inline constexpr uint64_t kSupportedFeatures = kFeatMultiDev;
+inline constexpr uint64_t kFeatMultiDev = 1ull << 0;       // several devices per socket, SELECT_DEVICE
+inline constexpr uint64_t kFeatPostedWrites = 1ull << 1;   // BAR_WRITE_POSTED
+inline constexpr uint64_t kSupportedFeatures = kFeatMultiDev | kFeatPostedWrites;
 
 struct SelectDevice {
     char id[kDeviceIdLen];  // NUL-padded; an id of exactly 64 bytes has no NUL

@@ -209,7 +209,11 @@ bool DeviceServer::handle(Conn& c, Frame& f) {
     case cmd_of(Cmd::PciCfgRead): do_cfg_read(c, f); break;
     case cmd_of(Cmd::PciCfgWrite): do_cfg_write(c, f); break;
     case cmd_of(Cmd::BarRead): do_bar_read(c, f); break;
-    case cmd_of(Cmd::BarWrite): do_bar_write(c, f); break;
+    case cmd_of(Cmd::BarWrite): do_bar_write(c, f, Ack::Ret); break;
+    case proto::kCmdBarWritePosted:
+        if (c.features & proto::kFeatPostedWrites) do_bar_write(c, f, Ack::None);
+        else c.complain("BAR_WRITE_POSTED without a negotiated POSTED_WRITES; ignored");
+        break;
     case cmd_of(Cmd::SyncSysmem): do_sync_sysmem(c, f); break;
     case cmd_of(Cmd::SetIrqfd): do_set_irqfd(c, f); break;
     case cmd_of(Cmd::DeviceReset): do_device_reset(c); break;
@@ -302,11 +306,15 @@ void DeviceServer::do_bar_read(Conn& c, const Frame& f) {
     reply(c, mask_to(c.dev().dev->bar_read(hit->bar, hit->offset, b.size), b.size));
 }
 
-void DeviceServer::do_bar_write(Conn& c, const Frame& f) {
+void DeviceServer::ack(Conn& c, Ack a, uint64_t v) {
+    if (a == Ack::Ret) reply(c, v);
+}
+
+void DeviceServer::do_bar_write(Conn& c, const Frame& f, Ack a) {
     auto b = f.as<proto::BarAccess>();
     if (!valid_access_size(b.size) || b.memory > 1) {
         c.complain("BAR_WRITE at {:#x}: bad access size {} / space {}", b.addr, b.size, b.memory);
-        reply(c, kAllOnes);
+        ack(c, a, kAllOnes);
         return;
     }
     auto space = b.memory ? pci::AddressSpace::Memory : pci::AddressSpace::Io;
@@ -314,14 +322,14 @@ void DeviceServer::do_bar_write(Conn& c, const Frame& f) {
     if (!hit) {
         if (b.memory) {
             c.complain("BAR_WRITE at {:#x} size {}: no BAR decodes this memory address", b.addr, b.size);
-            reply(c, kAllOnes);
+            ack(c, a, kAllOnes);
         } else {
-            reply(c, 0);  // writes to unclaimed ports are dropped
+            ack(c, a, 0);  // writes to unclaimed ports are dropped
         }
         return;
     }
     c.dev().dev->bar_write(hit->bar, hit->offset, mask_to(b.val, b.size), b.size);
-    reply(c, 0);
+    ack(c, a, 0);
 }
 
 void DeviceServer::do_sync_sysmem(Conn& c, Frame& f) {

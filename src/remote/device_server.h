@@ -91,7 +91,10 @@ private:
     void do_cfg_read(Conn& c, const proto::Frame& f);
     void do_cfg_write(Conn& c, const proto::Frame& f);
     void do_bar_read(Conn& c, const proto::Frame& f);
-    void do_bar_write(Conn& c, const proto::Frame& f);
+    // Ack::None: a posted write (BAR_WRITE_POSTED), nothing goes back.
+    enum class Ack : uint8_t { Ret, None };
+    void do_bar_write(Conn& c, const proto::Frame& f, Ack ack);
+    void ack(Conn& c, Ack a, uint64_t v);
     void do_sync_sysmem(Conn& c, proto::Frame& f);
     void do_set_irqfd(Conn& c, proto::Frame& f);
     void do_device_reset(Conn& c);

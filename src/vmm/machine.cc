@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <utility>
 
 #include "util/event_loop.h"
 #include "util/log.h"
@@ -109,11 +110,13 @@ void Machine::mmio_write(uint64_t addr, uint64_t val, unsigned size) {
 }
 
 void Machine::mem_read(uint64_t addr, std::span<uint8_t> out) {
+    bool fenced = false;  // only RAM needs it: a BAR access is ordered on its own socket
     size_t done = 0;
     while (done < out.size()) {
         uint64_t a = addr + done;
         size_t left = out.size() - done;
         if (uint64_t c = ram_->contiguous(a)) {
+            if (!std::exchange(fenced, true)) fence();
             size_t n = static_cast<size_t>(std::min<uint64_t>(c, left));
             std::memcpy(out.data() + done, ram_->host(a, n), n);
             done += n;
@@ -127,11 +130,13 @@ void Machine::mem_read(uint64_t addr, std::span<uint8_t> out) {
 }
 
 void Machine::mem_write(uint64_t addr, std::span<const uint8_t> in) {
+    bool fenced = false;  // only RAM needs it: a BAR access is ordered on its own socket
     size_t done = 0;
     while (done < in.size()) {
         uint64_t a = addr + done;
         size_t left = in.size() - done;
         if (uint64_t c = ram_->contiguous(a)) {
+            if (!std::exchange(fenced, true)) fence();
             size_t n = static_cast<size_t>(std::min<uint64_t>(c, left));
             std::memcpy(ram_->host(a, n), in.data() + done, n);
             done += n;
@@ -146,12 +151,14 @@ void Machine::mem_write(uint64_t addr, std::span<const uint8_t> in) {
 }
 
 void Machine::mem_fill(uint64_t addr, uint64_t len, uint8_t byte) {
+    bool fenced = false;  // only RAM needs it: a BAR access is ordered on its own socket
     uint64_t done = 0;
     uint8_t chunk[256];
     std::memset(chunk, byte, sizeof chunk);
     while (done < len) {
         uint64_t a = addr + done;
         if (uint64_t c = ram_->contiguous(a)) {
+            if (!std::exchange(fenced, true)) fence();
             uint64_t n = std::min(c, len - done);
             std::memset(ram_->host(a, n), byte, n);
             done += n;

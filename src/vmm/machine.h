@@ -64,6 +64,13 @@ public:
 
     // System reset: chipset, then every reset handler in registration order.
     void add_reset_handler(std::function<void()> fn) { reset_handlers_.push_back(std::move(fn)); }
+    // Called before guest RAM is read or written from outside the devices
+    // (qtest): a device's posted writes must have been carried out, or RAM
+    // could show the state before the DMA they started.
+    void add_fence(std::function<void()> fn) { fences_.push_back(std::move(fn)); }
+    void fence() {
+        for (auto& f : fences_) f();
+    }
     void system_reset();
     // Asked by the guest (0xcf9) or a monitor: runs from the event loop.
     void request_reset();
@@ -95,6 +102,7 @@ private:
     VirtualClock clock_;
     std::vector<std::unique_ptr<IntxPin>> pins_;
     std::vector<std::function<void()>> reset_handlers_;
+    std::vector<std::function<void()>> fences_;
     std::vector<std::shared_ptr<void>> owned_;
     std::function<void(int, bool)> irq_listener_;
     bool reset_pending_ = false;

@@ -41,9 +41,12 @@ class ProxyLink {
 public:
     // Takes ownership of a connected AF_UNIX stream socket. LinkIo::Uring
     // falls back to syscalls where io_uring is not available.
+    // `offer`: the MPQEXT features we ask the remote for (a subset of
+    // kSupportedFeatures; x-posted-writes=off takes POSTED_WRITES out).
     static Result<std::shared_ptr<ProxyLink>> create(UniqueFd sock, std::string name,
                                                      uint32_t reply_timeout_ms,
-                                                     LinkIo io = LinkIo::Uring);
+                                                     LinkIo io = LinkIo::Uring,
+                                                     uint64_t offer = proto::kSupportedFeatures);
     ~ProxyLink();
 
     const std::string& name() const { return name_; }
@@ -63,6 +66,15 @@ public:
     // needed). On any failure the link is marked broken and every device on
     // it is told; the caller gets the error.
     Result<uint64_t> call(ProxyDevice& dev, proto::Cmd cmd, std::span<const uint8_t> payload);
+    // A BAR write without reply (POSTED_WRITES negotiated): it returns once
+    // the frame is on the socket. The remote carries it out before anything
+    // sent after it, so only observers outside this socket need fence().
+    Status post_write(ProxyDevice& dev, std::span<const uint8_t> bar_access);
+    bool posts_writes() const { return (features_ & proto::kFeatPostedWrites) != 0; }
+    // Returns once the remote has carried out every write posted so far (one
+    // round trip if any is outstanding, none otherwise): guest RAM read by
+    // anyone else then shows what those writes made the device do.
+    void fence();
     // A request without reply (SET_IRQFD) addressed to `dev`.
     Status post(ProxyDevice& dev, proto::Cmd cmd, std::span<const uint8_t> payload,
                 std::span<const int> fds);
@@ -98,6 +110,8 @@ private:
     proto::Frame rx_;
     std::unique_ptr<ProxyRing> ring_;
     uint32_t timeout_ms_ = kDefaultReplyTimeoutMs;
+    uint64_t offer_ = proto::kSupportedFeatures;
+    bool posted_pending_ = false;  // a posted write may not be carried out yet
     EventLoop* loop_ = nullptr;
     std::string name_;
     bool setup_done_ = false;

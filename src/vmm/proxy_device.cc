@@ -23,6 +23,10 @@
 //    line is up pay for this; config reads cannot change the level and skip it.
 //  * No kick on a plain irq event: while the line stays up that would make the
 //    two processes ping-pong resample/irq forever.
+//  * BAR writes are posted (no RET awaited) when the remote grants
+//    POSTED_WRITES and the line is down: an interrupt such a write raises is
+//    seen on the event loop or with the next access's reply. Guest RAM read
+//    outside the socket is fenced first (Machine::fence, ProxyLink::fence).
 //
 // Config space: reads are always forwarded (the remote owns it). Writes
 // update a local shadow of COMMAND and the BARs through write masks derived
@@ -309,6 +313,13 @@ uint64_t ProxyDevice::bar_access(bool write, int bar, uint64_t offset, uint64_t 
     a.val = write ? (val & ones(size)) : 0;
     a.size = size;
     a.memory = b.kind == ProxyBar::Kind::Io ? 0 : 1;
+    // A write is posted (no round trip) while the line is down: with the
+    // line up, the write may be what lowers it, which only the synchronous
+    // check after the reply can tell.
+    if (write && !level_ && link_->posts_writes()) {
+        (void)link_->post_write(*this, bytes_of(a));
+        return 0;
+    }
     auto r = link_->call(*this, write ? Cmd::BarWrite : Cmd::BarRead, bytes_of(a));
     if (!r.ok()) return ones(size);
     irq_check_after_access();

@@ -15,7 +15,7 @@ namespace mpq::vmm {
 using proto::Cmd;
 
 Result<std::shared_ptr<ProxyLink>> ProxyLink::create(UniqueFd sock, std::string name,
-                                                     uint32_t reply_timeout_ms, LinkIo io) {
+                                                     uint32_t reply_timeout_ms, LinkIo io, uint64_t offer) {
     int type = 0, domain = 0;
     socklen_t len = sizeof type;
     if (::getsockopt(sock.get(), SOL_SOCKET, SO_TYPE, &type, &len) != 0) {
@@ -44,6 +44,7 @@ Result<std::shared_ptr<ProxyLink>> ProxyLink::create(UniqueFd sock, std::string 
     l->ch_.set_send_timeout_ms(static_cast<int>(reply_timeout_ms));
     l->name_ = std::move(name);
     l->timeout_ms_ = reply_timeout_ms;
+    l->offer_ = offer & proto::kSupportedFeatures;
     if (io == LinkIo::Uring) l->ring_ = ProxyRing::create(l->ch_.fd());
     return l;
 }
@@ -135,6 +136,7 @@ Result<uint64_t> ProxyLink::exchange(Cmd cmd, std::span<const uint8_t> payload, 
         mark_broken(why);
         return fail("{}", reason_);
     }
+    posted_pending_ = false;  // the reply came after everything sent before it
     return rx_.size() == 0 ? uint64_t{0} : rx_.as<uint64_t>();
 }
 
@@ -157,6 +159,26 @@ Status ProxyLink::select(ProxyDevice& dev) {
 Result<uint64_t> ProxyLink::call(ProxyDevice& dev, Cmd cmd, std::span<const uint8_t> payload) {
     MPQ_TRY(select(dev));
     return exchange(cmd, payload, cmd == Cmd::DeviceReset);
+}
+
+Status ProxyLink::post_write(ProxyDevice& dev, std::span<const uint8_t> bar_access) {
+    if (broken_) return fail("{}", reason_);
+    if (!posts_writes()) return fail("posted writes not negotiated on {}", name_);
+    MPQ_TRY(select(dev));
+    if (auto st = ch_.send(proto::kCmdBarWritePosted, bar_access); !st.ok()) {
+        mark_broken(st.error().message);
+        return fail("{}", reason_);
+    }
+    posted_pending_ = true;
+    return {};
+}
+
+void ProxyLink::fence() {
+    if (!posted_pending_ || broken_) return;
+    // Any request will do: its reply comes after the remote handled every
+    // frame before it. The vendor ID of whichever device is selected.
+    proto::PciConf p{0, 0, 2};
+    (void)exchange(Cmd::PciCfgRead, std::span(reinterpret_cast<const uint8_t*>(&p), sizeof p), false);
 }
 
 Status ProxyLink::post(ProxyDevice& dev, Cmd cmd, std::span<const uint8_t> payload,
@@ -216,7 +238,7 @@ Status ProxyLink::setup(const GuestRam& ram) {
     // frame so that, with MULTIDEV, SELECT_DEVICE can precede SET_IRQFD.
     proto::BarAccess probe{};
     probe.addr = proto::kExtProbeAddr;
-    probe.val = proto::kSupportedFeatures;
+    probe.val = offer_;
     probe.size = 0;
     probe.memory = 0;
     auto r = exchange(Cmd::BarRead, std::span(reinterpret_cast<const uint8_t*>(&probe), sizeof probe),
@@ -224,7 +246,7 @@ Status ProxyLink::setup(const GuestRam& ram) {
     if (!r.ok()) return r.take_error();
     if ((*r & proto::kExtReplyMagicMask) == proto::kExtReplyMagic) {
         negotiated_ = true;
-        features_ = *r & proto::kExtFeatureMask & proto::kSupportedFeatures;
+        features_ = *r & proto::kExtFeatureMask & offer_;
     }
     return {};
 }

@@ -239,7 +239,7 @@ Status Vmm::add_device(const opts::Option& o) {
 
 Status Vmm::add_proxy(const opts::Option& o, const std::string& driver) {
 #if MPQ_ENABLE_MPQEMU
-    static constexpr std::string_view known[] = {"driver", "id", "fd", "socket", "addr", "x-reply-timeout-ms", "x-resample-wait-us", "x-uring"};
+    static constexpr std::string_view known[] = {"driver", "id", "fd", "socket", "addr", "x-reply-timeout-ms", "x-resample-wait-us", "x-uring", "x-posted-writes"};
     if (auto st = opts::check_known_keys(o.kv, driver, known); !st.ok()) return o.error(st.error());
     std::string id = o.kv.get("id");
     std::string fdtext = o.kv.has("fd") ? o.kv.get("fd") : o.kv.get("socket");
@@ -267,15 +267,27 @@ Status Vmm::add_proxy(const opts::Option& o, const std::string& driver) {
         if (!v.ok()) return o.error(v.error());
         if (!*v) io = LinkIo::Syscalls;
     }
+    // x-posted-writes=off: every BAR write waits for its RET, as with a stock
+    // remote (the first device on a socket decides).
+    uint64_t offer = proto::kSupportedFeatures;
+    if (o.kv.has("x-posted-writes")) {
+        auto v = opts::parse_bool(o.kv.get("x-posted-writes"), "x-posted-writes");
+        if (!v.ok()) return o.error(v.error());
+        if (!*v) offer &= ~proto::kFeatPostedWrites;
+    }
     std::shared_ptr<ProxyLink> link;
     if (auto it = links_.find(fd); it != links_.end()) {
         link = it->second;
     } else {
         if (fd <= 2 || ::fcntl(fd, F_GETFD) < 0) return o.error("proxy: fd {} is not a socket", fd);
-        auto l = ProxyLink::create(UniqueFd(fd), fmt::format("socket {}", fd), timeout, io);
+        auto l = ProxyLink::create(UniqueFd(fd), fmt::format("socket {}", fd), timeout, io, offer);
         if (!l.ok()) return o.error(l.error());
         link = *l;
         links_[fd] = link;
+        std::weak_ptr<ProxyLink> weak = link;
+        machine_->add_fence([weak] {
+            if (auto p = weak.lock()) p->fence();
+        });
     }
     auto devfn = pick_devfn(o);
     if (!devfn.ok()) return devfn.take_error();

@@ -169,12 +169,27 @@ def main():
         logged("DEVICE_RESET size 8", "DEVICE_RESET: payload size 8, expected 0")
         chk.eq(a.select("lsi1"), ALL, "SELECT_DEVICE before negotiation -> all-ones")
         logged("SELECT early", "without a negotiated MULTIDEV")
+        # A posted write before POSTED_WRITES is granted: ignored, and no RET
+        # (the next reply read is the BAR_READ's own).
+        a.bar_write_posted(0xFEBE0010, 0x12345678, 4, True)
+        chk.eq(a.bar_read(0xFEBE0010, 4, True), 0xCAFEF00D, "early posted write ignored, no RET for it")
+        logged("posted early", "without a negotiated POSTED_WRITES")
         chk.eq(a.bar_read(0xFEBE0010, 4, True), 0xCAFEF00D, "SCRIPTS RAM intact after all that")
         log.new()
 
         # --- MPQEXT / MULTIDEV on the first-arg socket (carries lsi0 and lsi1)
-        chk.eq(a.negotiate(0xFF), T.EXT_REPLY_MAGIC | T.FEAT_MULTIDEV, "MPQEXT grants MULTIDEV only")
-        chk.check("MPQEXT v1 negotiated, features 0x1" in log.new(), "negotiation logged")
+        chk.eq(a.negotiate(0xFF), T.EXT_REPLY_MAGIC | T.FEAT_MULTIDEV | T.FEAT_POSTED_WRITES,
+               "MPQEXT grants MULTIDEV and POSTED_WRITES only")
+        chk.check("MPQEXT v1 negotiated, features 0x3" in log.new(), "negotiation logged")
+        # Posted writes once granted: no RET, carried out before the next request;
+        # a bad one is logged, answered with nothing, and the stream stays in sync.
+        a.bar_write_posted(0xFEBE0014, 0x0BADBEEF, 4, True)
+        a.bar_write_posted(0xFEBE0010, 0x5EED0001, 4, True)
+        a.bar_write_posted(0xFEBE0010, 1, 3, True)
+        chk.eq(a.bar_read(0xFEBE0010, 4, True), 0x5EED0001, "posted writes carried out in order")
+        chk.eq(a.bar_read(0xFEBE0014, 4, True), 0x0BADBEEF, "posted write to the next word")
+        logged("posted bad size", "bad access size 3")
+        chk.eq(a.bar_write(0xFEBE0010, 0xCAFEF00D, 4, True), 0, "plain BAR_WRITE still answered")
         chk.eq(a.select("lsi1"), 0, "SELECT_DEVICE lsi1")
         chk.eq(a.cfg_read(0x18, 4), 0, "lsi1 has its own (unprogrammed) config")
         chk.eq(a.select("nope\x01"), ALL, "SELECT_DEVICE unknown -> all-ones")

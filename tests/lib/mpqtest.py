@@ -52,9 +52,11 @@ def tmpdir(prefix):
 
 SYNC_SYSMEM, RET, PCI_CFGWRITE, PCI_CFGREAD, BAR_WRITE, BAR_READ, SET_IRQFD, DEVICE_RESET = range(8)
 SELECT_DEVICE = 64
+BAR_WRITE_POSTED = 65
 EXT_PROBE_ADDR = 0x4D50514558540001
 EXT_REPLY_MAGIC = 0x4D50000000000000
 FEAT_MULTIDEV = 1
+FEAT_POSTED_WRITES = 2
 ALL_ONES = (1 << 64) - 1
 
 _HDR = struct.Struct("<i4xQ")
@@ -141,6 +143,10 @@ class Wire:
     def bar_write(self, addr, val, size, memory):
         self.send(BAR_WRITE, _BAR.pack(addr, val, size, 1 if memory else 0))
         return self.ret()
+
+    def bar_write_posted(self, addr, val, size, memory):
+        """No reply comes back (POSTED_WRITES), so none is read."""
+        self.send(BAR_WRITE_POSTED, _BAR.pack(addr, val, size, 1 if memory else 0))
 
     def reset(self):
         self.send(DEVICE_RESET)
