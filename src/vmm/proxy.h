@@ -46,7 +46,8 @@ public:
     static Result<std::shared_ptr<ProxyLink>> create(UniqueFd sock, std::string name,
                                                      uint32_t reply_timeout_ms,
                                                      LinkIo io = LinkIo::Uring,
-                                                     uint64_t offer = proto::kSupportedFeatures);
+                                                     uint64_t offer = proto::kSupportedFeatures,
+                                                     uint32_t poll_us = kDefaultPollUs);
     ~ProxyLink();
 
     const std::string& name() const { return name_; }
@@ -111,6 +112,7 @@ private:
     std::unique_ptr<ProxyRing> ring_;
     uint32_t timeout_ms_ = kDefaultReplyTimeoutMs;
     uint64_t offer_ = proto::kSupportedFeatures;
+    PollPolicy poll_;  // ring path: poll or sleep for replies (reply_poll.h)
     bool posted_pending_ = false;  // a posted write may not be carried out yet
     EventLoop* loop_ = nullptr;
     std::string name_;

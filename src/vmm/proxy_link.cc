@@ -15,7 +15,8 @@ namespace mpq::vmm {
 using proto::Cmd;
 
 Result<std::shared_ptr<ProxyLink>> ProxyLink::create(UniqueFd sock, std::string name,
-                                                     uint32_t reply_timeout_ms, LinkIo io, uint64_t offer) {
+                                                     uint32_t reply_timeout_ms, LinkIo io, uint64_t offer,
+                                                     uint32_t poll_us) {
     int type = 0, domain = 0;
     socklen_t len = sizeof type;
     if (::getsockopt(sock.get(), SOL_SOCKET, SO_TYPE, &type, &len) != 0) {
@@ -45,6 +46,7 @@ Result<std::shared_ptr<ProxyLink>> ProxyLink::create(UniqueFd sock, std::string 
     l->name_ = std::move(name);
     l->timeout_ms_ = reply_timeout_ms;
     l->offer_ = offer & proto::kSupportedFeatures;
+    l->poll_ = PollPolicy(poll_us);
     if (io == LinkIo::Uring) l->ring_ = ProxyRing::create(l->ch_.fd());
     return l;
 }
@@ -99,7 +101,7 @@ Result<uint64_t> ProxyLink::exchange(Cmd cmd, std::span<const uint8_t> payload, 
         // the reply (normally all of it); the channel parses them and reads
         // the rest of a reply that came in pieces.
         proto::Header hdr{static_cast<int32_t>(cmd), 0, payload.size()};
-        auto got = ring_->exchange(hdr, payload, timeout_ms_);
+        auto got = ring_->exchange(hdr, payload, timeout_ms_, poll_);
         if (!got.ok()) {
             why = got.error().err == ETIMEDOUT
                       ? fmt::format("no reply to {} (timeout)", proto::cmd_name(static_cast<int32_t>(cmd)))

@@ -24,11 +24,13 @@ constexpr uint64_t irq_tag(size_t slot) { return (uint64_t{slot} << 8) | kTagIrq
 constexpr int kCancelWaitRounds = 10;  // x 100 ms
 constexpr unsigned kMaxWakeups = 1024;  // irq completions while one reply is awaited
 
-uint64_t now_ms() {
+uint64_t now_ns() {
     timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
-    return static_cast<uint64_t>(ts.tv_sec) * 1000 + static_cast<uint64_t>(ts.tv_nsec) / 1000000;
+    return static_cast<uint64_t>(ts.tv_sec) * 1000000000 + static_cast<uint64_t>(ts.tv_nsec);
 }
+
+uint64_t now_ms() { return now_ns() / 1000000; }
 
 }  // namespace
 
@@ -167,8 +169,21 @@ void ProxyRing::cancel_inflight() {
     }
 }
 
+void ProxyRing::poll_for_reply(uint64_t start_ns, uint64_t window_ns) {
+    // With deferred task work a reply that reached the socket becomes a
+    // completion only inside io_uring_enter: each round is one enter that
+    // does not wait, then a look at the completion queue.
+    if (io_uring_submit(&ring_) < 0) return;
+    reap();
+    while (recv_inflight_ && now_ns() - start_ns < window_ns) {
+        if (io_uring_get_events(&ring_) < 0) return;
+        reap();
+    }
+}
+
 Result<ProxyRing::Reply> ProxyRing::exchange(proto::Header hdr, std::span<const uint8_t> payload,
-                                             uint32_t timeout_ms) {
+                                             uint32_t timeout_ms, PollPolicy& policy) {
+    const uint64_t start_ns = now_ns();
     if (!ring_ok_ || stuck_) return fail("proxy ring unusable");
     if (payload.size() > proto::kMaxPayload) return fail("payload of {} bytes", payload.size());
     arm_irqs();
@@ -192,6 +207,7 @@ Result<ProxyRing::Reply> ProxyRing::exchange(proto::Header hdr, std::span<const 
     send_res_ = 0;
     recv_res_ = 0;
 
+    if (uint64_t w = policy.poll_ns()) poll_for_reply(start_ns, w);
     uint64_t deadline = 0;  // taken only if a first wait ends without the reply
     uint32_t wait_ms = timeout_ms ? timeout_ms : 1;
     for (unsigned round = 0; recv_inflight_; ++round) {
@@ -213,6 +229,7 @@ Result<ProxyRing::Reply> ProxyRing::exchange(proto::Header hdr, std::span<const 
         }
         wait_ms = static_cast<uint32_t>(deadline - now);
     }
+    policy.record(now_ns() - start_ns);
     if (send_res_ < 0) return fail_errno(-send_res_, "send: {}", std::strerror(-send_res_));
     if (recv_res_ < 0) return fail_errno(-recv_res_, "receive: {}", std::strerror(-recv_res_));
     return Reply{static_cast<size_t>(recv_res_), (rmsg_.msg_flags & MSG_CTRUNC) != 0};

@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "proto/wire.h"
+#include "vmm/reply_poll.h"
 #include "util/result.h"
 
 namespace mpq::vmm {
@@ -47,9 +48,11 @@ public:
         bool ctrunc = false;  // the peer attached fds (the kernel closed them)
     };
     // Sends header + payload and waits for the first bytes of the reply
-    // (at most kRxSize), all within `timeout_ms`. On error or timeout the
-    // request is cancelled before returning.
-    Result<Reply> exchange(proto::Header hdr, std::span<const uint8_t> payload, uint32_t timeout_ms);
+    // (at most kRxSize), all within `timeout_ms`: polling the ring first
+    // when `policy` says so (reply_poll.h), then sleeping in io_uring_enter.
+    // On error or timeout the request is cancelled before returning.
+    Result<Reply> exchange(proto::Header hdr, std::span<const uint8_t> payload, uint32_t timeout_ms,
+                           PollPolicy& policy);
     std::span<const uint8_t> received(size_t n) const { return std::span(rx_.data(), n); }
 
     // A cancelled request never completed: the ring must not be freed.
@@ -68,6 +71,7 @@ private:
     void arm_irqs();
     void reap();
     void cancel_inflight();
+    void poll_for_reply(uint64_t start_ns, uint64_t window_ns);
 
     io_uring ring_{};
     bool ring_ok_ = false;

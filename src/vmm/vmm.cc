@@ -239,7 +239,7 @@ Status Vmm::add_device(const opts::Option& o) {
 
 Status Vmm::add_proxy(const opts::Option& o, const std::string& driver) {
 #if MPQ_ENABLE_MPQEMU
-    static constexpr std::string_view known[] = {"driver", "id", "fd", "socket", "addr", "x-reply-timeout-ms", "x-resample-wait-us", "x-uring", "x-posted-writes"};
+    static constexpr std::string_view known[] = {"driver", "id", "fd", "socket", "addr", "x-reply-timeout-ms", "x-resample-wait-us", "x-uring", "x-posted-writes", "x-poll-us"};
     if (auto st = opts::check_known_keys(o.kv, driver, known); !st.ok()) return o.error(st.error());
     std::string id = o.kv.get("id");
     std::string fdtext = o.kv.has("fd") ? o.kv.get("fd") : o.kv.get("socket");
@@ -275,12 +275,20 @@ Status Vmm::add_proxy(const opts::Option& o, const std::string& driver) {
         if (!v.ok()) return o.error(v.error());
         if (!*v) offer &= ~proto::kFeatPostedWrites;
     }
+    // x-poll-us: the longest busy-poll for a reply when polling measures
+    // faster than sleeping (reply_poll.h); 0 always sleeps.
+    uint32_t poll_us = kDefaultPollUs;
+    if (o.kv.has("x-poll-us")) {
+        auto t = opts::parse_uint(o.kv.get("x-poll-us"), "x-poll-us", 10000);
+        if (!t.ok()) return o.error(t.error());
+        poll_us = static_cast<uint32_t>(*t);
+    }
     std::shared_ptr<ProxyLink> link;
     if (auto it = links_.find(fd); it != links_.end()) {
         link = it->second;
     } else {
         if (fd <= 2 || ::fcntl(fd, F_GETFD) < 0) return o.error("proxy: fd {} is not a socket", fd);
-        auto l = ProxyLink::create(UniqueFd(fd), fmt::format("socket {}", fd), timeout, io, offer);
+        auto l = ProxyLink::create(UniqueFd(fd), fmt::format("socket {}", fd), timeout, io, offer, poll_us);
         if (!l.ok()) return o.error(l.error());
         link = *l;
         links_[fd] = link;
