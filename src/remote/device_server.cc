@@ -9,6 +9,7 @@
 #include <array>
 #include <cerrno>
 #include <cstring>
+#include <utility>
 #include <vector>
 
 #include "pci/pci_device.h"
@@ -73,7 +74,18 @@ struct DeviceServer::Conn {
     size_t selected = 0;
     uint64_t features = 0;
     uint64_t bad_frames = 0;
-    bool broken = false;  // a reply could not be sent
+    bool broken = false;      // a reply could not be sent
+    bool peer_gone = false;   // ... because the proxy had gone away (an orderly end)
+
+    // A failed reply send: a proxy that died with our reply on its way
+    // (EPIPE, ECONNRESET) is the VM going away, anything else an error.
+    void send_failed(const Status& st) {
+        broken = true;
+        int e = st.error().err;
+        peer_gone = e == EPIPE || e == ECONNRESET;
+        if (peer_gone) log::info("{}: peer went away before our reply", name);
+        else log::error("{}: {}", name, st.error().message);
+    }
     std::string name;     // for log lines
 
     ServedDevice& dev() { return devices[selected]; }
@@ -159,7 +171,7 @@ void DeviceServer::on_readable(Conn& c) {
         handle(c, frame_);
         frame_.close_fds();  // whatever the handler did not take
         if (c.broken) {
-            drop(c, false);
+            drop(c, c.peer_gone);
             return;
         }
         // A peer that waits for our reply has sent nothing more, so probing
@@ -230,11 +242,7 @@ void DeviceServer::reply(Conn& c, uint64_t v) {
                    std::span(reinterpret_cast<const uint8_t*>(&v), sizeof v));
         return;
     }
-    auto s = c.ch.send_ret(v);
-    if (!s.ok()) {
-        log::error("{}: {}", c.name, s.error().message);
-        c.broken = true;
-    }
+    if (auto s = c.ch.send_ret(v); !s.ok()) c.send_failed(s);
 }
 
 void DeviceServer::reply_empty(Conn& c) {
@@ -242,11 +250,7 @@ void DeviceServer::reply_empty(Conn& c) {
         ring_queue(c, proto::Header{cmd_of(Cmd::Ret), 0, 0}, {});
         return;
     }
-    auto s = c.ch.send_empty(Cmd::Ret);
-    if (!s.ok()) {
-        log::error("{}: {}", c.name, s.error().message);
-        c.broken = true;
-    }
+    if (auto s = c.ch.send_empty(Cmd::Ret); !s.ok()) c.send_failed(s);
 }
 
 void DeviceServer::drop(Conn& c, bool orderly) {
@@ -402,6 +406,7 @@ struct DeviceServer::RingIo {
     msghdr msg{};
     std::vector<uint8_t> sending;  // handed to the kernel with the pending pair
     std::vector<uint8_t> queued;   // replies to the frames being served
+    int send_error = 0;            // errno of a failed reply send (its receive is then cancelled)
 };
 
 std::shared_ptr<DeviceServer::RingIo> DeviceServer::make_ring_io(Conn* c) {
@@ -437,7 +442,11 @@ bool DeviceServer::ring_arm_recv(Conn& c) {
     r.queued.clear();
     std::shared_ptr<RingIo> keep = c.ring;
     auto send_failed = [keep](int res) {
-        if (keep->conn) log::error("{}: send: {}", keep->conn->name, std::strerror(-res));
+        keep->send_error = -res;
+        // A proxy that died with our reply on its way is the VM going away,
+        // as ECONNRESET on a receive (said in ring_received).
+        if (keep->conn && res != -EPIPE && res != -ECONNRESET)
+            log::error("{}: send: {}", keep->conn->name, std::strerror(-res));
         // The receive linked behind it completes with -ECANCELED and drops
         // the connection.
     };
@@ -457,7 +466,9 @@ void DeviceServer::ring_received(Conn& c, int res) {
             if (!ring_arm_recv(c)) drop(c, false);
             return;
         }
-        if (res == -ECONNRESET) {  // as on_readable(): the proxy went away
+        int send_error = std::exchange(c.ring->send_error, 0);
+        if (res == -ECONNRESET || (res == -ECANCELED && (send_error == EPIPE || send_error == ECONNRESET))) {
+            // As on_readable(): the proxy went away.
             log::info("{}: peer went away (connection reset)", c.name);
             drop(c, true);
             return;
@@ -501,7 +512,7 @@ void DeviceServer::ring_serve_buffered(Conn& c) {
         handle(c, frame_);
         frame_.close_fds();
         if (c.broken) {
-            drop(c, false);
+            drop(c, c.peer_gone);
             return;
         }
     }

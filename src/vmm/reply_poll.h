@@ -19,7 +19,11 @@
 
 namespace mpq::vmm {
 
-inline constexpr uint32_t kDefaultPollUs = 60;
+// Off by default (x-poll-us=60 turns it on) until a CI failure is understood:
+// one of the two CI runs with it on saw our VMM read back a wrong SCRATCHA
+// from a stock remote under ASan and load, not reproduced since
+// (bench/README.md).
+inline constexpr uint32_t kDefaultPollUs = 0;
 
 class PollPolicy {
 public:

@@ -193,6 +193,18 @@ TEST_P(Fixture, SyncSysmemFeedsDmaAndEofIsOrderly) {
     EXPECT_EQ(server.connections(), 0u);
 }
 
+TEST_P(Fixture, ProxyGoneBeforeTheReplyIsAnOrderlyEnd) {
+    // A VMM killed with a request on the wire: the reply cannot be sent.
+    // That is the VM going away, not bad input (the process exits 0).
+    PciConf p{0, 0, 4};
+    ASSERT_TRUE(proxy.send_struct(Cmd::PciCfgRead, p).ok());
+    proxy.close();
+    for (int i = 0; i < 20 && !idle; ++i) loop.run_once(50);
+    EXPECT_TRUE(idle);
+    EXPECT_TRUE(orderly);
+    EXPECT_EQ(server.connections(), 0u);
+}
+
 TEST(RemoteServer, RefusesNonSockets) {
     EventLoop loop;
     GuestMemory mem;
