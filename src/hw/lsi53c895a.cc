@@ -106,6 +106,24 @@ void LsiController::bar_write(int bar, uint64_t off, uint64_t val, unsigned size
         reg_write(static_cast<uint8_t>(off + i), static_cast<uint8_t>(val >> (8 * i)));
 }
 
+// Registers a read of which changes the chip: everything else reads stored
+// state and may be served from the proxy's mirror.
+static bool read_has_side_effect(unsigned off) {
+    return off == kDstat || off == kCtest2 || off == kSist0 || off == kSist1;
+}
+
+pci::RegWindow LsiController::reg_window() const {
+    pci::RegWindow w;
+    w.bars = 0b011;  // the I/O BAR and the MMIO BAR decode the same register file
+    for (unsigned off = 0; off < pci::kRegWindowSize; ++off) w.pure[off] = !read_has_side_effect(off);
+    return w;
+}
+
+void LsiController::reg_window_fill(std::span<uint8_t, pci::kRegWindowSize> image) {
+    for (unsigned off = 0; off < pci::kRegWindowSize; ++off)
+        if (!read_has_side_effect(off)) image[off] = reg_read(static_cast<uint8_t>(off));
+}
+
 // ----------------------------------------------------------- registers ----
 
 uint8_t LsiController::reg_read(uint8_t off) {
