@@ -60,6 +60,8 @@ TEST_F(Regs, RegWindowIsTheRegisterFileWithoutSideEffects) {
     wb(L::kIstat0, L::kIstatSigp);
     wl(L::kScratchA, 0x10203040);
     wl(L::kDsa, 0xcafe0000);
+    wl(0x60 + 4 * 5, 0x89abcdef);  // SCRATCHH
+    wl(L::kUa, 0x13572468);
     std::array<uint8_t, pci::kRegWindowSize> image{}, again{};
     lsi->reg_window_fill(image);
     lsi->reg_window_fill(again);
@@ -69,6 +71,9 @@ TEST_F(Regs, RegWindowIsTheRegisterFileWithoutSideEffects) {
         EXPECT_EQ(image[off], rb(static_cast<uint8_t>(off))) << "offset " << off;
     }
     EXPECT_EQ(image[L::kScratchA + 1], 0x30);
+    EXPECT_EQ(image[0x60 + 4 * 5 + 3], 0x89);
+    EXPECT_EQ(image[L::kUa], 0x68);
+    EXPECT_EQ(image[0xfc], 0xff);  // no register there
     // The side effects are all still pending after two fills and a sweep.
     EXPECT_TRUE(irq.level);
     EXPECT_TRUE(rb(L::kCtest2) & L::kCtest2Sigp);
