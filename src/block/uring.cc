@@ -12,6 +12,7 @@
 #include "block/file.h"
 #include "util/event_loop.h"
 #include "util/log.h"
+#include "util/uring_restrict.h"
 
 namespace mpq::block {
 
@@ -33,13 +34,19 @@ public:
     }
 
     Status init() {
-        int r = io_uring_queue_init(kRingEntries, &ring_, 0);
+        // Created disabled and restricted before first use to what this
+        // engine submits (util/uring_restrict.h).
+        io_uring_params p{};
+        p.flags = IORING_SETUP_R_DISABLED;
+        int r = io_uring_queue_init_params(kRingEntries, &ring_, &p);
         if (r < 0) return fail_errno(-r, "io_uring_setup: {}", std::strerror(-r));
         ring_ok_ = true;
         efd_.reset(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
         if (!efd_) return fail_errno(errno, "eventfd: {}", std::strerror(errno));
         r = io_uring_register_eventfd(&ring_, efd_.get());
         if (r < 0) return fail_errno(-r, "io_uring_register_eventfd: {}", std::strerror(-r));
+        const uint8_t ops[] = {IORING_OP_READ, IORING_OP_WRITE, IORING_OP_FSYNC};
+        MPQ_TRY(restrict_uring(ring_.ring_fd, ops, 0));
         if (!loop_.add_fd(efd_.get(), FdEvents::Read, [this](uint32_t) { on_event(); }))
             return fail("cannot watch the io_uring eventfd");
         registered_ = true;

@@ -4,7 +4,6 @@
 #include <poll.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
-#include <sys/syscall.h>
 #include <time.h>
 
 #include <algorithm>
@@ -14,6 +13,7 @@
 #include <unistd.h>
 
 #include "util/log.h"
+#include "util/uring_restrict.h"
 
 namespace mpq {
 namespace {
@@ -164,22 +164,9 @@ bool EventLoop::enable_ring() {
         log::debug("event loop: no io_uring ({}); staying on epoll", std::strerror(-err));
         return false;
     }
-    io_uring_restriction res[5] = {};
     const uint8_t ops[] = {IORING_OP_RECVMSG, IORING_OP_SEND, IORING_OP_POLL_ADD, IORING_OP_ASYNC_CANCEL};
-    for (size_t i = 0; i < 4; ++i) {
-        res[i].opcode = IORING_RESTRICTION_SQE_OP;
-        res[i].sqe_op = ops[i];
-    }
-    res[4].opcode = IORING_RESTRICTION_SQE_FLAGS_ALLOWED;
-    res[4].sqe_flags = IOSQE_IO_LINK | IOSQE_CQE_SKIP_SUCCESS;
-    // Debian's liburing 2.3 declares but does not export the two helpers.
-    auto reg = [&](unsigned op, void* arg, unsigned n) {
-        long rc = ::syscall(__NR_io_uring_register, r->ring.ring_fd, op, arg, n);
-        return rc < 0 ? -errno : 0;
-    };
-    if ((err = reg(IORING_REGISTER_RESTRICTIONS, res, 5)) != 0 ||
-        (err = reg(IORING_REGISTER_ENABLE_RINGS, nullptr, 0)) != 0) {
-        log::debug("event loop: cannot restrict the io_uring ({}); staying on epoll", std::strerror(-err));
+    if (auto st = restrict_uring(r->ring.ring_fd, ops, IOSQE_IO_LINK | IOSQE_CQE_SKIP_SUCCESS); !st.ok()) {
+        log::debug("event loop: {}; staying on epoll", st.error().message);
         io_uring_queue_exit(&r->ring);
         return false;
     }
