@@ -57,6 +57,7 @@ public:
     uint64_t features() const { return features_; }
     bool negotiated() const { return negotiated_; }
     size_t device_count() const { return devices_.size(); }
+    uint32_t reply_timeout_ms() const { return timeout_ms_; }
 
     // First use: SYNC_SYSMEM, then the MPQEXT probe. Idempotent.
     Status setup(const GuestRam& ram);
@@ -184,6 +185,7 @@ private:
     void apply_local_write(uint32_t off, uint32_t val, unsigned len);
     void recompute_mappings();
     Status probe_bars();
+    void await_remote_startup();
     // Interrupt level tracking (see design notes in proxy_device.cc).
     void irq_check_after_access();
     void on_irqfd();
