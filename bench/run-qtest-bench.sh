@@ -4,13 +4,15 @@
 #   vmm-ours    our VMM (mpqemu-system-x86_64) + our remote (qemu-scsi-dev)
 #   vmm-stock   our VMM + stock QEMU's x-remote
 #   vmm-inproc  our VMM with the controller in-process
+#   vmm-sock    vmm-ours with x-reg-mirror=off: every register read is a
+#               BAR_READ round trip (the message path the mirror skips)
 # MPQ_BENCH_STOCK_VMM_OURS=1 adds stock-ours (stock VMM + our remote).
 # Before it, the plain socketpair round trip (bench/vmm_socketpair_bench) is
 # measured, and a summary compares both at the end.
 # Usage: bench/run-qtest-bench.sh [lsi_bench.py options, e.g. --quick or --reps 3]
 # Env: MPQ_BUILD_DIR (default ./build), MPQ_SHARED_DIR (default ../shared),
 #      OUT (default /tmp/mpq-bench/vmm), QEMU (default qemu-system-x86_64),
-#      TARGETS (default "stock-multi stock-single vmm-ours vmm-stock vmm-inproc";
+#      TARGETS (default "stock-multi stock-single vmm-ours vmm-sock vmm-stock vmm-inproc";
 #      the first is the baseline; stock-ours is also known).
 set -eu
 src=$(cd "$(dirname "$0")/.." && pwd)
@@ -37,7 +39,7 @@ if [ -x "$build/bench/vmm_socketpair_bench" ]; then
     "$build/bench/vmm_socketpair_bench" --benchmark_format=json --benchmark_out="$rtt_json" >/dev/null
 fi
 
-targets=${TARGETS:-stock-multi stock-single vmm-ours vmm-stock vmm-inproc}
+targets=${TARGETS:-stock-multi stock-single vmm-ours vmm-sock vmm-stock vmm-inproc}
 if [ "${MPQ_BENCH_STOCK_VMM_OURS:-0}" = 1 ]; then
     targets="$targets stock-ours"
 fi
@@ -45,6 +47,7 @@ fi
 for t in $targets; do set -- "$@" --target "$t"; done
 set -- "$@" --qemu "$qemu" --tmp "$out" --json "$out/qtest-bench.json" --markdown "$out/qtest-bench.md" \
     --custom vmm-ours "$vmm $common -device pci-proxy-dev,id=lsi0,socket={fd}" "$our_remote" \
+    --custom vmm-sock "$vmm $common -device pci-proxy-dev,id=lsi0,socket={fd},x-reg-mirror=off" "$our_remote" \
     --custom vmm-stock "$vmm $common -device x-pci-proxy-dev,id=lsi0,fd={fd}" "$stock_remote" \
     --custom vmm-inproc "$vmm $common -device lsi53c895a,id=lsi0 $disk" \
     --custom stock-ours "$stock_main -device x-pci-proxy-dev,id=lsi0,fd={fd}" "$our_remote"
@@ -71,14 +74,14 @@ def med(k, t):
 print("\n## Summary (load average at the end: %s)" % " ".join("%.2f" % x for x in doc["meta"]["loadavg"]))
 if rtt:
     print("socketpair round trip (40 B out, 24 B back): %.1f us (%s)" % (rtt, " / ".join("%.1f" % r for r in rtts)))
-for t in ("vmm-ours", "vmm-stock", "stock-ours", "stock-multi", "vmm-inproc", "stock-single"):
+for t in ("vmm-ours", "vmm-sock", "vmm-stock", "stock-ours", "stock-multi", "vmm-inproc", "stock-single"):
     m = med("lat_mmio_minus_ram_readl_us", t)
     if m is None:
         continue
     ratio = " = %.2fx the round trip" % (m / rtt) if rtt else ""
     print("%-12s proxied MMIO read cost %.1f us%s" % (t, m, ratio))
 base_i, base_s = med("scsi_randread_4k_iops", "stock-multi"), med("scsi_seqread_1MiB_MBps", "stock-multi")
-for t in ("vmm-ours", "vmm-stock", "vmm-inproc"):
+for t in ("vmm-ours", "vmm-sock", "vmm-stock", "vmm-inproc"):
     i, s = med("scsi_randread_4k_iops", t), med("scsi_seqread_1MiB_MBps", t)
     if i and base_i:
         print("%-12s 4k randread %.0f IOPS (%.2fx stock-multi)" % (t, i, i / base_i))
@@ -103,6 +106,10 @@ if m is not None and rtt:
     if pm is not None:
         print("    (same hop without the client's wake-ups, pipelined batches: %.1f us = %.2fx; a check, not the target)"
               % (pm, pm / rtt))
+    sm = med("lat_mmio_minus_ram_readl_us", "vmm-sock")
+    if sm is not None:
+        print("    (the same read as a BAR_READ round trip, x-reg-mirror=off = vmm-sock: %.1f us = %.2fx)"
+              % (sm, sm / rtt))
 else:
     print("(a) not measured (needs --only lat and the vmm-ours target)")
 for k, what in (("scsi_randread_4k_iops", "4 KiB random-read IOPS"), ("scsi_seqread_1MiB_MBps", "1 MiB seq-read MB/s")):

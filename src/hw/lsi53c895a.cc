@@ -106,6 +106,33 @@ void LsiController::bar_write(int bar, uint64_t off, uint64_t val, unsigned size
         reg_write(static_cast<uint8_t>(off + i), static_cast<uint8_t>(val >> (8 * i)));
 }
 
+// Registers a read of which changes the chip: everything else reads stored
+// state and may be served from the proxy's mirror.
+static bool read_has_side_effect(unsigned off) {
+    return off == kDstat || off == kCtest2 || off == kSist0 || off == kSist1;
+}
+
+pci::RegWindow LsiController::reg_window() const {
+    pci::RegWindow w;
+    w.bars = 0b011;  // the I/O BAR and the MMIO BAR decode the same register file
+    for (unsigned off = 0; off < pci::kRegWindowSize; ++off) w.pure[off] = !read_has_side_effect(off);
+    return w;
+}
+
+void LsiController::reg_window_fill(std::span<uint8_t, pci::kRegWindowSize> image) {
+    // Runs at the end of every event-loop round of the remote: the named
+    // registers through reg_read, the dword banks above them (scratch C..R,
+    // the 64-bit/move registers) a dword at a time, as reg_read decodes them.
+    for (unsigned off = 0; off < kScratchC; ++off)
+        if (!read_has_side_effect(off)) image[off] = reg_read(static_cast<uint8_t>(off));
+    LsiRegs& r = s_.regs;
+    for (unsigned off = kScratchC; off < pci::kRegWindowSize; off += 4) {
+        uint32_t* w = off < kScratchEnd ? &r.scratch_cr[(off - kScratchC) / 4] : wide_reg(r, static_cast<uint8_t>(off));
+        for (unsigned i = 0; i < 4; ++i) image[off + i] = w ? byte_of(*w, i) : kUnknownRead;
+    }
+    static_assert(kScratchEnd == kMmrs && kScratchC % 4 == 0, "the dword banks are contiguous");
+}
+
 // ----------------------------------------------------------- registers ----
 
 uint8_t LsiController::reg_read(uint8_t off) {

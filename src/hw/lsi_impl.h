@@ -38,6 +38,8 @@ public:
     uint64_t bar_read(int bar, uint64_t off, unsigned size) override;
     void bar_write(int bar, uint64_t off, uint64_t val, unsigned size) override;
     void device_reset() override;
+    pci::RegWindow reg_window() const override;
+    void reg_window_fill(std::span<uint8_t, pci::kRegWindowSize> image) override;
     scsi::Bus& bus() override { return bus_; }
     const std::string& id() const override { return id_; }
     LsiState save_state() const override { return s_; }

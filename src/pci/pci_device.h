@@ -3,6 +3,8 @@
 #pragma once
 
 #include <array>
+#include <bitset>
+#include <span>
 #include <cstdint>
 
 #include "mem/dma.h"
@@ -58,6 +60,13 @@ struct PciConfigState {
     bool irq_level = false;
 };
 
+inline constexpr unsigned kRegWindowSize = 256;
+
+struct RegWindow {
+    uint32_t bars = 0;                   // bit i: BAR i offsets [0, kRegWindowSize) are the window
+    std::bitset<kRegWindowSize> pure;    // bytes a read of which changes nothing
+};
+
 class PciDevice : public PciFunction {
 public:
     explicit PciDevice(const PciIdentity& id);
@@ -68,6 +77,14 @@ public:
 
     // Full PCI reset (power-on): config registers and the device.
     void pci_reset();
+
+    // The register window a proxy may read from shared memory (MPQEXT
+    // REG_MIRROR, proto/reg_mirror.h): which BARs alias it and which of its
+    // bytes read without side effects. No window by default.
+    virtual RegWindow reg_window() const { return {}; }
+    // Fills the current read value of every pure byte of the window (the
+    // others are not looked at). Must not change the device.
+    virtual void reg_window_fill(std::span<uint8_t, kRegWindowSize> image) { (void)image; }
 
     // The new line learns the current level (if asserted).
     void attach_irq(IrqLine* line);

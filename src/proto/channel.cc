@@ -307,6 +307,7 @@ const char* cmd_name(int32_t cmd) {
     case static_cast<int32_t>(Cmd::DeviceReset): return "DEVICE_RESET";
     case kCmdSelectDevice: return "SELECT_DEVICE";
     case kCmdBarWritePosted: return "BAR_WRITE_POSTED";
+    case kCmdMirrorSetup: return "MIRROR_SETUP";
     default: return "unknown command";
     }
 }
@@ -346,6 +347,7 @@ Status validate_bar(const Frame& f) { return check(f, {sizeof(BarAccess), 0, 0})
 Status validate_set_irqfd(const Frame& f) { return check(f, {0, 2, 2}); }
 Status validate_device_reset(const Frame& f) { return check(f, {0, 0, 0}); }
 Status validate_select_device(const Frame& f) { return check(f, {sizeof(SelectDevice), 0, 0}); }
+Status validate_mirror_setup(const Frame& f) { return check(f, {sizeof(MirrorSetup), 1, 1}); }
 
 // Replies (proxy side): RET with a u64, or empty after DEVICE_RESET.
 Status validate_ret(const Frame& f) {
@@ -385,6 +387,7 @@ Status validate(const Frame& f, Role receiver) {
     case static_cast<int32_t>(Cmd::SetIrqfd): return validate_set_irqfd(f);
     case static_cast<int32_t>(Cmd::DeviceReset): return validate_device_reset(f);
     case kCmdSelectDevice: return validate_select_device(f);
+    case kCmdMirrorSetup: return validate_mirror_setup(f);
     case static_cast<int32_t>(Cmd::Ret): return fail("RET sent to the remote (it is a reply)");
     default: return fail("unknown command {}", f.cmd());
     }

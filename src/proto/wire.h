@@ -28,6 +28,10 @@ inline constexpr int32_t kCmdSelectDevice = 64;  // payload: device id, NUL-padd
 // BarAccess as BAR_WRITE. Carried out in stream order, so every later request
 // on the socket sees its effect.
 inline constexpr int32_t kCmdBarWritePosted = 65;
+// Hands the remote the shared page of the selected device's register mirror
+// (proto/reg_mirror.h): payload MirrorSetup, 1 fd (a sealed memfd), RET 0 when
+// the remote publishes into it from now on, all-ones when it will not.
+inline constexpr int32_t kCmdMirrorSetup = 66;
 inline constexpr size_t kDeviceIdLen = 64;
 inline constexpr uint64_t kExtProbeAddr = 0x4d50514558540001ull;  // "MPQEXT" v1
 inline constexpr uint64_t kExtReplyMagic = 0x4d50000000000000ull;   // | granted feature bits
@@ -35,12 +39,18 @@ inline constexpr uint64_t kExtReplyMagicMask = 0xffff000000000000ull;
 inline constexpr uint64_t kExtFeatureMask = 0x0000ffffffffffffull;  // bits 0..47
 inline constexpr uint64_t kFeatMultiDev = 1ull << 0;       // several devices per socket, SELECT_DEVICE
 inline constexpr uint64_t kFeatPostedWrites = 1ull << 1;   // BAR_WRITE_POSTED
-inline constexpr uint64_t kSupportedFeatures = kFeatMultiDev | kFeatPostedWrites;
+inline constexpr uint64_t kFeatRegMirror = 1ull << 2;     // MIRROR_SETUP, reads from shared memory
+inline constexpr uint64_t kSupportedFeatures = kFeatMultiDev | kFeatPostedWrites | kFeatRegMirror;
 
 struct SelectDevice {
     char id[kDeviceIdLen];  // NUL-padded; an id of exactly 64 bytes has no NUL
 };
 static_assert(sizeof(SelectDevice) == kDeviceIdLen);
+
+struct MirrorSetup {
+    uint64_t page_size;  // kMirrorPageSize (reg_mirror.h): both sides agree on the layout
+};
+static_assert(sizeof(MirrorSetup) == 8);
 
 inline constexpr size_t kMaxPayload = 192;  // size of QEMU's payload union
 inline constexpr unsigned kMaxFdsOnWire = 8;  // QEMU's fd array

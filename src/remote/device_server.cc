@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "pci/pci_device.h"
+#include "remote/reg_mirror.h"
 #include "util/event_loop.h"
 #include "util/log.h"
 
@@ -59,6 +60,7 @@ bool reply_due(int32_t cmd) {
     case cmd_of(Cmd::BarWrite):
     case cmd_of(Cmd::DeviceReset):
     case proto::kCmdSelectDevice:
+    case proto::kCmdMirrorSetup:
         return true;
     default:
         return false;
@@ -76,6 +78,8 @@ struct DeviceServer::Conn {
     uint64_t bad_frames = 0;
     bool broken = false;      // a reply could not be sent
     bool peer_gone = false;   // ... because the proxy had gone away (an orderly end)
+    uint64_t posted_done = 0;  // BAR_WRITE_POSTED frames handled, valid or not (REG_MIRROR)
+    std::vector<std::unique_ptr<RegMirror>> mirrors;  // by device index, empty without REG_MIRROR
 
     // A failed reply send: a proxy that died with our reply on its way
     // (EPIPE, ECONNRESET) is the VM going away, anything else an error.
@@ -106,6 +110,7 @@ DeviceServer::DeviceServer(EventLoop& loop, GuestMemory& memory, OnIdle on_idle)
 }
 
 DeviceServer::~DeviceServer() {
+    if (round_hooks_) loop_.set_round_hooks({}, {});
     for (auto& c : conns_) forget(*c);
 }
 
@@ -210,6 +215,9 @@ void DeviceServer::trace(const Conn& c, const Frame& f) {
 
 bool DeviceServer::handle(Conn& c, Frame& f) {
     if (log::enabled(log::Level::Debug)) trace(c, f);
+    // The proxy counts every posted frame it sent; so do we, whatever its
+    // fate, or its mirror reads would wait for one that never comes.
+    if (f.cmd() == proto::kCmdBarWritePosted) c.posted_done++;
     auto v = proto::validate(f, proto::Role::Remote);
     if (!v.ok()) {
         stats_.bad_frames++;
@@ -230,6 +238,7 @@ bool DeviceServer::handle(Conn& c, Frame& f) {
     case cmd_of(Cmd::SetIrqfd): do_set_irqfd(c, f); break;
     case cmd_of(Cmd::DeviceReset): do_device_reset(c); break;
     case proto::kCmdSelectDevice: do_select_device(c, f); break;
+    case proto::kCmdMirrorSetup: do_mirror_setup(c, f); break;
     default: break;  // validate() admits nothing else
     }
     return true;
@@ -382,6 +391,46 @@ void DeviceServer::do_select_device(Conn& c, const Frame& f) {
     }
     c.complain("SELECT_DEVICE: no device '{}' on this socket", printable(sel.id, n));
     reply(c, kAllOnes);
+}
+
+void DeviceServer::do_mirror_setup(Conn& c, Frame& f) {
+    if (!(c.features & proto::kFeatRegMirror)) {
+        c.complain("MIRROR_SETUP without a negotiated REG_MIRROR");
+        reply(c, kAllOnes);
+        return;
+    }
+    auto setup = f.as<proto::MirrorSetup>();
+    if (setup.page_size != proto::kMirrorPageSize) {
+        c.complain("MIRROR_SETUP: page size {}, expected {}", setup.page_size, proto::kMirrorPageSize);
+        reply(c, kAllOnes);
+        return;
+    }
+    auto m = RegMirror::attach(f.take_fd(0), *c.dev().dev, c.dev().irq);
+    if (!m.ok()) {
+        // Not the peer's fault when the device has no window: no complaint.
+        log::info("{}: no register mirror for {}: {}", c.name, c.dev().id, m.error().message);
+        reply(c, kAllOnes);
+        return;
+    }
+    if (c.mirrors.size() != c.devices.size()) c.mirrors.resize(c.devices.size());
+    c.mirrors[c.selected] = std::move(*m);  // a second page replaces the first
+    if (!round_hooks_) {
+        loop_.set_round_hooks([this] { mirrors_begin(); }, [this] { mirrors_publish(); });
+        round_hooks_ = true;
+    }
+    reply(c, 0);
+}
+
+void DeviceServer::mirrors_begin() {
+    for (auto& c : conns_)
+        for (auto& m : c->mirrors)
+            if (m) m->begin();
+}
+
+void DeviceServer::mirrors_publish() {
+    for (auto& c : conns_)
+        for (auto& m : c->mirrors)
+            if (m) m->publish(c->posted_done);
 }
 
 // ---- Ring mode: the socket is read and written through the event loop's

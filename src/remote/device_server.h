@@ -99,6 +99,10 @@ private:
     void do_set_irqfd(Conn& c, proto::Frame& f);
     void do_device_reset(Conn& c);
     void do_select_device(Conn& c, const proto::Frame& f);
+    void do_mirror_setup(Conn& c, proto::Frame& f);
+    // Round hooks of the loop, installed with the first mirror.
+    void mirrors_begin();
+    void mirrors_publish();
 
     EventLoop& loop_;
     GuestMemory& memory_;
@@ -107,6 +111,7 @@ private:
     proto::Frame frame_;  // reused for every frame
     ServerStats stats_;
     std::vector<RamRegion> regions_;  // reused for SYNC_SYSMEM
+    bool round_hooks_ = false;
 };
 
 }  // namespace mpq::remote

@@ -350,8 +350,14 @@ void EventLoop::run_once(int timeout_ms) {
             std::lock_guard lk(posted_mu_);
             busy = !posted_.empty();
         }
-        if (busy) (void)io_uring_submit(&ring_->ring);
+        if (busy) {
+            // The replies leave now, so the round ends here for its hooks;
+            // timers and deferred work start another.
+            leave_round();
+            (void)io_uring_submit(&ring_->ring);
+        }
     }
+    enter_round();
     fire_timers();
     // Work that deferred more work (a completion resuming SCRIPTS that then
     // defer their next step) runs on at once for a few batches instead of
@@ -361,12 +367,31 @@ void EventLoop::run_once(int timeout_ms) {
         run_deferred();
         if (deferred_.empty()) break;
     }
+    leave_round();
+}
+
+void EventLoop::set_round_hooks(Callback begin, Callback end) {
+    round_begin_ = std::move(begin);
+    round_end_ = std::move(end);
+}
+
+void EventLoop::enter_round() {
+    if (in_round_) return;
+    in_round_ = true;
+    if (round_begin_) round_begin_();
+}
+
+void EventLoop::leave_round() {
+    if (!in_round_) return;
+    in_round_ = false;
+    if (round_end_) round_end_();
 }
 
 void EventLoop::dispatch_epoll(int timeout_ms) {
     epoll_event evs[kMaxEvents];
     int n = ::epoll_wait(epfd_.get(), evs, kMaxEvents, timeout_ms);
     if (n < 0 && errno != EINTR) log::error("event loop: epoll_wait: {}", std::strerror(errno));
+    enter_round();
     // Work posted from other threads (block completions) runs before the fd
     // handlers of the same round: a status poll that arrives together with
     // a completion then already sees its effect.
@@ -407,6 +432,7 @@ void EventLoop::wait_ring(int timeout_ms) {
     int ret = io_uring_submit_and_wait_timeout(&r.ring, &c, 1, timeout_ms >= 0 ? &ts : nullptr, nullptr);
     if (ret < 0 && ret != -ETIME && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY)
         log::error("event loop: io_uring_enter: {}", std::strerror(-ret));
+    enter_round();
     bool epoll_ready = false;
     r.batch.clear();
     r.reap(epoll_ready);

@@ -76,6 +76,13 @@ public:
     // their handlers still run, with -ECANCELED.
     void ring_cancel(int fd);
 
+    // Called once per round: `begin` when the wait returns, before any
+    // handler runs; `end` after the round's last callback, before the next
+    // wait (which, in ring mode, is when queued replies are submitted).
+    // Everything a handler changes therefore happens between the two. Empty
+    // callbacks remove the hooks.
+    void set_round_hooks(Callback begin, Callback end);
+
     // Runs until stop(). Returns the exit code given to stop().
     int run();
     // Runs one round: waits up to `timeout_ms` (-1 forever) for events.
@@ -93,6 +100,8 @@ private:
     void dispatch_epoll(int timeout_ms);
     int next_timeout_ms() const;
     void fire_timers();
+    void enter_round();
+    void leave_round();
 
     // Handlers are shared so that one removed (or replaced) while it runs
     // stays alive until it returns; `generation` tells a stale epoll event
@@ -114,6 +123,8 @@ private:
     bool stopped_ = false;
     int exit_code_ = 0;
     std::unique_ptr<Ring> ring_;
+    Callback round_begin_, round_end_;
+    bool in_round_ = false;
 };
 
 }  // namespace mpq

@@ -16,6 +16,7 @@
 
 #include "pci/pci_function.h"
 #include "proto/channel.h"
+#include "proto/reg_mirror.h"
 #include "util/result.h"
 #include "util/unique_fd.h"
 #include "vmm/events.h"
@@ -73,6 +74,11 @@ public:
     // sent after it, so only observers outside this socket need fence().
     Status post_write(ProxyDevice& dev, std::span<const uint8_t> bar_access);
     bool posts_writes() const { return (features_ & proto::kFeatPostedWrites) != 0; }
+    // BAR_WRITE_POSTED frames sent so far (what a register mirror must have
+    // caught up with before it answers).
+    uint64_t posted_sent() const { return posted_sent_; }
+    // A request with one fd (MIRROR_SETUP): sent without the ring.
+    Result<uint64_t> call_with_fd(ProxyDevice& dev, int32_t cmd, std::span<const uint8_t> payload, int fd);
     // Returns once the remote has carried out every write posted so far (one
     // round trip if any is outstanding, none otherwise): guest RAM read by
     // anyone else then shows what those writes made the device do.
@@ -104,7 +110,8 @@ private:
     friend class ProxyDevice;
     ProxyLink() = default;
     Status select(ProxyDevice& dev);
-    Result<uint64_t> exchange(proto::Cmd cmd, std::span<const uint8_t> payload, bool allow_empty);
+    Result<uint64_t> exchange(proto::Cmd cmd, std::span<const uint8_t> payload, bool allow_empty,
+                              std::span<const int> fds = {});
 
     void on_idle_event(uint32_t events);
 
@@ -115,6 +122,7 @@ private:
     uint64_t offer_ = proto::kSupportedFeatures;
     PollPolicy poll_;  // ring path: poll or sleep for replies (reply_poll.h)
     bool posted_pending_ = false;  // a posted write may not be carried out yet
+    uint64_t posted_sent_ = 0;
     EventLoop* loop_ = nullptr;
     std::string name_;
     bool setup_done_ = false;
@@ -162,6 +170,9 @@ public:
     uint16_t subsys_id() const { return subsys_; }
     const ProxyLink& link() const { return *link_; }
     const std::array<ProxyBar, pci::kNumBars>& bars() const { return bars_; }
+    // The remote publishes this device's register window (REG_MIRROR).
+    bool mirrored() const { return mirror_ != nullptr; }
+    uint64_t mirror_hits() const { return mirror_hits_; }
     bool irq_level() const { return level_; }
 
     uint32_t config_read(uint32_t off, unsigned len) override;
@@ -186,6 +197,11 @@ private:
     void recompute_mappings();
     Status probe_bars();
     void await_remote_startup();
+    // REG_MIRROR: hands the remote a page for this device's register window.
+    // Failure only means every read keeps going over the socket.
+    void setup_mirror();
+    // Every BAR_WRITE_POSTED so far is carried out, by this device's page.
+    bool mirror_caught_up(uint64_t posted_sent) const;
     // Interrupt level tracking (see design notes in proxy_device.cc).
     void irq_check_after_access();
     void on_irqfd();
@@ -210,6 +226,8 @@ private:
     bool irqfd_watched_ = false;
     int irq_slot_ = -1;  // the link's ring polls irqfd_ (see ProxyRing)
     bool level_ = false;
+    const proto::MirrorPage* mirror_ = nullptr;  // mapped read-only; see proto/reg_mirror.h
+    uint64_t mirror_hits_ = 0;
 };
 
 }  // namespace mpq::vmm

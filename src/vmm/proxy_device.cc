@@ -46,8 +46,10 @@
 // the same absolute addresses; a memory access is only forwarded when the
 // shadow says a BAR of the remote decodes all of it. Accesses that would end
 // past 0xFC+4 are done as the last dword (stock remotes exit on them).
+#include <fcntl.h>
 #include <poll.h>
 #include <sys/eventfd.h>
+#include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -102,6 +104,7 @@ ProxyDevice::ProxyDevice(EventLoop& loop, std::shared_ptr<ProxyLink> link, Proxy
     : loop_(loop), link_(std::move(link)), opts_(std::move(opts)), events_(events) {}
 
 ProxyDevice::~ProxyDevice() {
+    if (mirror_) ::munmap(const_cast<proto::MirrorPage*>(mirror_), proto::kMirrorPageSize);
     if (irqfd_watched_) loop_.remove_fd(irqfd_.get());
     if (irq_slot_ >= 0) link_->unwatch_irq(irq_slot_);
     link_->detach(this);
@@ -157,6 +160,7 @@ Status ProxyDevice::realize(const GuestRam& ram) {
     }
     irqfd_watched_ = true;
     irq_slot_ = link_->watch_irq(irqfd_.get());
+    if (link_->features() & proto::kFeatRegMirror) setup_mirror();
     realized_ = true;
     link_->watch(loop_);
     return {};
@@ -255,6 +259,40 @@ Status ProxyDevice::probe_bars() {
     return {};
 }
 
+void ProxyDevice::setup_mirror() {
+    UniqueFd fd(::memfd_create("mpq-reg-mirror", MFD_CLOEXEC | MFD_ALLOW_SEALING));
+    if (!fd) {
+        log::info("pci-proxy-dev '{}': no register mirror: memfd_create: {}", opts_.id, std::strerror(errno));
+        return;
+    }
+    // Sealed before the remote sees it: neither side can shrink the page
+    // under the other's mapping.
+    if (::ftruncate(fd.get(), proto::kMirrorPageSize) != 0 ||
+        ::fcntl(fd.get(), F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0) {
+        log::info("pci-proxy-dev '{}': no register mirror: {}", opts_.id, std::strerror(errno));
+        return;
+    }
+    void* p = ::mmap(nullptr, proto::kMirrorPageSize, PROT_READ, MAP_SHARED, fd.get(), 0);
+    if (p == MAP_FAILED) {
+        log::info("pci-proxy-dev '{}': no register mirror: mmap: {}", opts_.id, std::strerror(errno));
+        return;
+    }
+    proto::MirrorSetup setup{proto::kMirrorPageSize};
+    auto r = link_->call_with_fd(*this, proto::kCmdMirrorSetup, bytes_of(setup), fd.get());
+    if (!r.ok() || *r != 0) {
+        ::munmap(p, proto::kMirrorPageSize);
+        if (r.ok()) log::info("pci-proxy-dev '{}': the remote keeps no register mirror", opts_.id);
+        return;
+    }
+    mirror_ = static_cast<const proto::MirrorPage*>(p);
+}
+
+bool ProxyDevice::mirror_caught_up(uint64_t posted_sent) const {
+    if (!mirror_) return false;
+    auto done = proto::mirror_posted_done(*mirror_);
+    return done && *done == posted_sent;
+}
+
 void ProxyDevice::recompute_mappings() {
     auto get32 = [&](uint32_t off) {
         return uint32_t{shadow_[off]} | uint32_t{shadow_[off + 1]} << 8 |
@@ -350,6 +388,15 @@ uint64_t ProxyDevice::bar_access(bool write, int bar, uint64_t offset, uint64_t 
     if (broken_ || bar < 0 || bar >= pci::kNumBars) return ones(size);
     const ProxyBar& b = bars_[bar];
     if (b.mapped == ProxyBar::kUnmapped) return ones(size);
+    if (!write && mirror_) {
+        if (auto m = proto::mirror_read(*mirror_, bar, offset, size, link_->posted_sent())) {
+            ++mirror_hits_;
+            // The remote signalled the eventfd before it published a raised
+            // line: take it now, as the reply of a forwarded read would.
+            if (m->irq_level && !level_ && consume(irqfd_.get())) set_level(true);
+            return m->value & ones(size);
+        }
+    }
     proto::BarAccess a{};
     a.addr = b.mapped + offset;
     a.val = write ? (val & ones(size)) : 0;

@@ -93,10 +93,11 @@ void ProxyLink::mark_broken(const std::string& reason) {
     for (auto* d : devs) d->link_broken(reason);
 }
 
-Result<uint64_t> ProxyLink::exchange(Cmd cmd, std::span<const uint8_t> payload, bool allow_empty) {
+Result<uint64_t> ProxyLink::exchange(Cmd cmd, std::span<const uint8_t> payload, bool allow_empty,
+                                     std::span<const int> fds) {
     if (broken_) return fail("{}", reason_);
     std::string why;
-    if (ring_) {
+    if (ring_ && fds.empty()) {
         // One io_uring_enter sends the request and brings the first bytes of
         // the reply (normally all of it); the channel parses them and reads
         // the rest of a reply that came in pieces.
@@ -117,7 +118,7 @@ Result<uint64_t> ProxyLink::exchange(Cmd cmd, std::span<const uint8_t> payload, 
             mark_broken(why);
             return fail("{}", reason_);
         }
-    } else if (auto st = ch_.send(cmd, payload); !st.ok()) {
+    } else if (auto st = ch_.send(cmd, payload, fds); !st.ok()) {
         mark_broken(st.error().message);
         return fail("{}", reason_);
     }
@@ -172,11 +173,26 @@ Status ProxyLink::post_write(ProxyDevice& dev, std::span<const uint8_t> bar_acce
         return fail("{}", reason_);
     }
     posted_pending_ = true;
+    ++posted_sent_;
     return {};
+}
+
+Result<uint64_t> ProxyLink::call_with_fd(ProxyDevice& dev, int32_t cmd, std::span<const uint8_t> payload,
+                                         int fd) {
+    MPQ_TRY(select(dev));
+    return exchange(static_cast<Cmd>(cmd), payload, false, std::span<const int>(&fd, 1));
 }
 
 void ProxyLink::fence() {
     if (!posted_pending_ || broken_) return;
+    // A register mirror that has published every posted write says the same
+    // as a round trip would, for free.
+    for (auto* d : devices_) {
+        if (d->mirror_caught_up(posted_sent_)) {
+            posted_pending_ = false;
+            return;
+        }
+    }
     // Any request will do: its reply comes after the remote handled every
     // frame before it. The vendor ID of whichever device is selected.
     proto::PciConf p{0, 0, 2};

@@ -239,7 +239,7 @@ Status Vmm::add_device(const opts::Option& o) {
 
 Status Vmm::add_proxy(const opts::Option& o, const std::string& driver) {
 #if MPQ_ENABLE_MPQEMU
-    static constexpr std::string_view known[] = {"driver", "id", "fd", "socket", "addr", "x-reply-timeout-ms", "x-resample-wait-us", "x-uring", "x-posted-writes", "x-poll-us"};
+    static constexpr std::string_view known[] = {"driver", "id", "fd", "socket", "addr", "x-reply-timeout-ms", "x-resample-wait-us", "x-uring", "x-posted-writes", "x-poll-us", "x-reg-mirror"};
     if (auto st = opts::check_known_keys(o.kv, driver, known); !st.ok()) return o.error(st.error());
     std::string id = o.kv.get("id");
     std::string fdtext = o.kv.has("fd") ? o.kv.get("fd") : o.kv.get("socket");
@@ -274,6 +274,12 @@ Status Vmm::add_proxy(const opts::Option& o, const std::string& driver) {
         auto v = opts::parse_bool(o.kv.get("x-posted-writes"), "x-posted-writes");
         if (!v.ok()) return o.error(v.error());
         if (!*v) offer &= ~proto::kFeatPostedWrites;
+    }
+    // x-reg-mirror=off: every register read goes over the socket.
+    if (o.kv.has("x-reg-mirror")) {
+        auto v = opts::parse_bool(o.kv.get("x-reg-mirror"), "x-reg-mirror");
+        if (!v.ok()) return o.error(v.error());
+        if (!*v) offer &= ~proto::kFeatRegMirror;
     }
     // x-poll-us: the longest busy-poll for a reply when polling measures
     // faster than sleeping (reply_poll.h); 0 always sleeps.

@@ -11,6 +11,7 @@ serving its other socket, and exits (status 1) once the last one is gone.
 Also covers MPQEXT negotiation and SELECT_DEVICE on the first-arg socket,
 which carries both controllers.
 """
+import fcntl
 import os
 import socket
 import subprocess
@@ -178,9 +179,23 @@ def main():
         log.new()
 
         # --- MPQEXT / MULTIDEV on the first-arg socket (carries lsi0 and lsi1)
-        chk.eq(a.negotiate(0xFF), T.EXT_REPLY_MAGIC | T.FEAT_MULTIDEV | T.FEAT_POSTED_WRITES,
-               "MPQEXT grants MULTIDEV and POSTED_WRITES only")
-        chk.check("MPQEXT v1 negotiated, features 0x3" in log.new(), "negotiation logged")
+        page = os.memfd_create("mirror", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        keep.append(page)
+        os.ftruncate(page, 4096)
+        fcntl.fcntl(page, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK)
+        chk.eq(a.mirror_setup([page]), ALL, "MIRROR_SETUP before negotiation -> all-ones")
+        logged("mirror early", "without a negotiated REG_MIRROR")
+        chk.eq(a.negotiate(0xFF), T.EXT_REPLY_MAGIC | T.FEAT_MULTIDEV | T.FEAT_POSTED_WRITES | T.FEAT_REG_MIRROR,
+               "MPQEXT grants MULTIDEV, POSTED_WRITES and REG_MIRROR only")
+        chk.check("MPQEXT v1 negotiated, features 0x7" in log.new(), "negotiation logged")
+        chk.eq(a.mirror_setup([]), ALL, "MIRROR_SETUP without its fd -> all-ones")
+        logged("mirror no fd", "MIRROR_SETUP: 0 fds, expected 1")
+        chk.eq(a.mirror_setup([page], 1 << 20), ALL, "MIRROR_SETUP with a wrong page size -> all-ones")
+        logged("mirror page size", "page size 1048576, expected 4096")
+        chk.eq(a.mirror_setup([irq]), ALL, "MIRROR_SETUP with an eventfd -> all-ones")
+        logged("mirror eventfd", "not a memfd")
+        chk.eq(a.mirror_setup([page]), 0, "MIRROR_SETUP with a sealed memfd -> 0")
+        log.new()
         # Posted writes once granted: no RET, carried out before the next request;
         # a bad one is logged, answered with nothing, and the stream stays in sync.
         a.bar_write_posted(0xFEBE0014, 0x0BADBEEF, 4, True)

@@ -68,7 +68,7 @@ def run(c, tmp, disk, remote_argv, props, label, want_features):
 
 def main():
     c = R.Checker()
-    for name, props, feats in (("posted", "", "0x3"), ("synchronous", ",x-posted-writes=off", "0x1")):
+    for name, props, feats in (("posted", "", "0x7"), ("synchronous", ",x-posted-writes=off", "0x5")):
         tmp = R.tmpdir("mpq-posted-")
         disk = R.make_disk(os.path.join(tmp, "d.img"), 4)
         run(c, tmp, disk, R.our_remote_argv([("lsi0", disk)]), props, "our remote, " + name, feats)

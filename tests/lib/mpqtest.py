@@ -53,10 +53,12 @@ def tmpdir(prefix):
 SYNC_SYSMEM, RET, PCI_CFGWRITE, PCI_CFGREAD, BAR_WRITE, BAR_READ, SET_IRQFD, DEVICE_RESET = range(8)
 SELECT_DEVICE = 64
 BAR_WRITE_POSTED = 65
+MIRROR_SETUP = 66
 EXT_PROBE_ADDR = 0x4D50514558540001
 EXT_REPLY_MAGIC = 0x4D50000000000000
 FEAT_MULTIDEV = 1
 FEAT_POSTED_WRITES = 2
+FEAT_REG_MIRROR = 4
 ALL_ONES = (1 << 64) - 1
 
 _HDR = struct.Struct("<i4xQ")
@@ -166,6 +168,10 @@ class Wire:
 
     def negotiate(self, features):
         self.send(BAR_READ, _BAR.pack(EXT_PROBE_ADDR, features, 0, 0))
+        return self.ret()
+
+    def mirror_setup(self, fds, page_size=4096):
+        self.send(MIRROR_SETUP, _U64.pack(page_size), fds)
         return self.ret()
 
     def select(self, dev_id):

@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -191,4 +192,34 @@ TEST(EventLoop, WriteInterest) {
     ASSERT_TRUE(loop.modify_fd(e.get(), FdEvents::Read));
     loop.run_once(0);
     EXPECT_EQ(seen, 0u);
+}
+
+// The register mirror relies on this: everything a round runs happens
+// between its begin and end hooks, exactly once each per round.
+TEST(EventLoop, RoundHooksEncloseEveryCallback) {
+    EventLoop loop;
+    std::vector<std::string> seen;
+    loop.set_round_hooks([&] { seen.push_back("begin"); }, [&] { seen.push_back("end"); });
+    int efd = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    ASSERT_GE(efd, 0);
+    ASSERT_TRUE(loop.add_fd(efd, FdEvents::Read, [&](uint32_t) {
+        uint64_t v;
+        ASSERT_EQ(::read(efd, &v, sizeof v), 8);
+        seen.push_back("fd");
+        loop.defer([&] { seen.push_back("deferred"); });
+    }));
+    loop.add_timer(0, [&] { seen.push_back("timer"); });
+    uint64_t one = 1;
+    ASSERT_EQ(::write(efd, &one, sizeof one), 8);
+    loop.run_once(100);
+    EXPECT_EQ(seen, (std::vector<std::string>{"begin", "fd", "timer", "deferred", "end"}));
+    seen.clear();
+    loop.run_once(0);  // an idle round is still one round
+    EXPECT_EQ(seen, (std::vector<std::string>{"begin", "end"}));
+    loop.set_round_hooks({}, {});
+    seen.clear();
+    loop.run_once(0);
+    EXPECT_TRUE(seen.empty());
+    loop.remove_fd(efd);
+    ::close(efd);
 }

@@ -43,6 +43,44 @@ TEST_F(Regs, IoAndMmioMirror) {
     EXPECT_EQ(rl(L::kUa), 0x12345678u);
 }
 
+// The register mirror (REG_MIRROR) serves the window's pure bytes without
+// asking the device: they must read as bar_read does, and filling the window
+// must not fire the read-to-clear side effects it leaves out.
+TEST_F(Regs, RegWindowIsTheRegisterFileWithoutSideEffects) {
+    pci::RegWindow w = lsi->reg_window();
+    EXPECT_EQ(w.bars, 0b011u);  // I/O and MMIO, not SCRIPTS RAM
+    for (unsigned off : {L::kDstat, L::kCtest2, L::kSist0, L::kSist1}) EXPECT_FALSE(w.pure[off]) << off;
+    EXPECT_EQ(w.pure.count(), pci::kRegWindowSize - 4);
+    // Pending state behind each side-effect register: DSTAT.SIR (an INT),
+    // ISTAT.SIGP (CTEST2 clears it).
+    wb(L::kDien, L::kDstatSir);
+    prog(0x1000, {kInt, 0x77});
+    run(0x1000);
+    for (int i = 0; i < 100 && !(rb(L::kIstat0) & L::kIstatDip); ++i) loop.run_once(1);
+    wb(L::kIstat0, L::kIstatSigp);
+    wl(L::kScratchA, 0x10203040);
+    wl(L::kDsa, 0xcafe0000);
+    wl(0x60 + 4 * 5, 0x89abcdef);  // SCRATCHH
+    wl(L::kUa, 0x13572468);
+    std::array<uint8_t, pci::kRegWindowSize> image{}, again{};
+    lsi->reg_window_fill(image);
+    lsi->reg_window_fill(again);
+    EXPECT_EQ(image, again);
+    for (unsigned off = 0; off < pci::kRegWindowSize; ++off) {
+        if (!w.pure[off]) continue;
+        EXPECT_EQ(image[off], rb(static_cast<uint8_t>(off))) << "offset " << off;
+    }
+    EXPECT_EQ(image[L::kScratchA + 1], 0x30);
+    EXPECT_EQ(image[0x60 + 4 * 5 + 3], 0x89);
+    EXPECT_EQ(image[L::kUa], 0x68);
+    EXPECT_EQ(image[0xfc], 0xff);  // no register there
+    // The side effects are all still pending after two fills and a sweep.
+    EXPECT_TRUE(irq.level);
+    EXPECT_TRUE(rb(L::kCtest2) & L::kCtest2Sigp);
+    EXPECT_EQ(rb(L::kDstat) & L::kDstatSir, L::kDstatSir);
+    EXPECT_FALSE(irq.level);
+}
+
 TEST_F(Regs, RegtestWideDstatRead) {
     // sym_regtest: 32-bit write/read at 0x0c must not read back all ones.
     wl(0x0c, 0xffffffff);

@@ -1,0 +1,44 @@
+// The remote's side of MPQEXT REG_MIRROR (proto/reg_mirror.h): one device's
+// register window published into the page its proxy handed over.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+
+#include "pci/pci_device.h"
+#include "proto/reg_mirror.h"
+#include "util/result.h"
+#include "util/unique_fd.h"
+
+namespace mpq::remote {
+
+class EventfdIrqLine;
+
+class RegMirror {
+public:
+    // Maps the page behind `fd` (closed on return, as every received fd).
+    // Refuses a device without a window and a page the sender could still
+    // shrink: a truncated mapping would fault in this process.
+    static Result<std::unique_ptr<RegMirror>> attach(UniqueFd fd, pci::PciDevice& dev,
+                                                     const EventfdIrqLine* irq);
+    ~RegMirror();
+    RegMirror(const RegMirror&) = delete;
+    RegMirror& operator=(const RegMirror&) = delete;
+
+    // The device may change from now on: readers go over the socket.
+    void begin();
+    // The device is as it will stay until the next begin(): publish it.
+    // `posted_done`: BAR_WRITE_POSTED frames carried out on the socket.
+    void publish(uint64_t posted_done);
+
+private:
+    RegMirror(proto::MirrorPage* page, pci::PciDevice& dev, const EventfdIrqLine* irq);
+
+    proto::MirrorPage* page_;
+    pci::PciDevice& dev_;
+    const EventfdIrqLine* irq_;
+    pci::RegWindow window_;
+    uint32_t seq_ = 0;  // ours: never read back from the page, which the peer can write too
+};
+
+}  // namespace mpq::remote
