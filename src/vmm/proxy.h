@@ -58,6 +58,7 @@ public:
     uint64_t features() const { return features_; }
     bool negotiated() const { return negotiated_; }
     size_t device_count() const { return devices_.size(); }
+    uint32_t reply_timeout_ms() const { return timeout_ms_; }
 
     // First use: SYNC_SYSMEM, then the MPQEXT probe. Idempotent.
     Status setup(const GuestRam& ram);
@@ -195,6 +196,7 @@ private:
     void apply_local_write(uint32_t off, uint32_t val, unsigned len);
     void recompute_mappings();
     Status probe_bars();
+    void await_remote_startup();
     // REG_MIRROR: hands the remote a page for this device's register window.
     // Failure only means every read keeps going over the socket.
     void setup_mirror();

@@ -28,6 +28,18 @@
 //    seen on the event loop or with the next access's reply. Guest RAM read
 //    outside the socket is fenced first (Machine::fence, ProxyLink::fence).
 //
+// Startup of a stock remote: QEMU 7.2's x-remote starts reading the socket
+// (machine-init-done notifier) before its own startup system reset, and
+// carries out every frame already queued until it first finds the socket
+// empty; only then does that reset run, clearing COMMAND, the BARs and the
+// device registers. Under load the remote keeps finding our next request
+// waiting (it is descheduled after each RET), so the reset could land in the
+// middle of the BAR probe (a BAR sized as absent or 64 KiB) or after the
+// guest programmed the BARs (the remote then exits on "Bad address"). So
+// before the BAR probe, with a remote that did not negotiate MPQEXT, we kick
+// the resample eventfd and send nothing until the remote has drained it: its
+// resample handler runs in its main loop, which starts after that reset.
+//
 // Config space: reads are always forwarded (the remote owns it). Writes
 // update a local shadow of COMMAND and the BARs through write masks derived
 // from the realize-time probe, then go to the remote raw, so both sides decode
@@ -38,8 +50,10 @@
 #include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
+#include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -125,6 +139,7 @@ Status ProxyDevice::realize(const GuestRam& ram) {
     if (!irqfd_ || !resamplefd_) return fail_errno(errno, "eventfd: {}", std::strerror(errno));
     int fds[2] = {irqfd_.get(), resamplefd_.get()};
     MPQ_TRY(link_->post(*this, Cmd::SetIrqfd, {}, fds));
+    await_remote_startup();
 
     auto v = cfg_read_raw(pci::kVendorId, 2);
     if (!v.ok()) return v.take_error();
@@ -149,6 +164,33 @@ Status ProxyDevice::realize(const GuestRam& ram) {
     realized_ = true;
     link_->watch(loop_);
     return {};
+}
+
+void ProxyDevice::await_remote_startup() {
+    if (link_->negotiated()) return;  // our remote: no reset after it starts reading
+    uint64_t one = 1;
+    if (::write(resamplefd_.get(), &one, sizeof one) != sizeof one) return;
+    // Nothing else is sent meanwhile: the remote must find the socket empty
+    // to reach its main loop. Bounded: a remote that never drains the kick
+    // (not QEMU 7.2) only costs this wait once.
+    const uint64_t limit_us = uint64_t{std::max<uint32_t>(link_->reply_timeout_ms(), 1)} * 1000;
+    uint64_t waited_us = 0, step_us = 20;
+    for (;;) {
+        pollfd p{resamplefd_.get(), POLLIN, 0};
+        int r = ::poll(&p, 1, 0);
+        if (r == 0) return;  // drained: the remote's startup reset is behind us
+        if (r < 0 && errno != EINTR) return;
+        if (waited_us >= limit_us) {
+            log::warn("pci-proxy-dev '{}': the remote did not drain the resample eventfd within {} ms; "
+                      "continuing (its startup reset may still undo early configuration)",
+                      opts_.id, limit_us / 1000);
+            return;
+        }
+        timespec ts{0, static_cast<long>(step_us) * 1000};
+        ::nanosleep(&ts, nullptr);
+        waited_us += step_us;
+        step_us = std::min<uint64_t>(step_us * 2, 1000);
+    }
 }
 
 Status ProxyDevice::probe_bars() {

@@ -19,10 +19,11 @@
 
 namespace mpq::vmm {
 
-// Off by default (x-poll-us=60 turns it on) until a CI failure is understood:
-// one of the two CI runs with it on saw our VMM read back a wrong SCRATCHA
-// from a stock remote under ASan and load, not reproduced since
-// (bench/README.md).
+// Off by default (x-poll-us=60 turns it on) since a CI failure seen with it
+// on: our VMM read back a wrong SCRATCHA from a stock remote. That failure
+// was not polling (this policy sleeps for a link's first kEpoch exchanges; it
+// was a stock remote's late startup reset, see ProxyDevice::
+// await_remote_startup); turning the default back on is a measurement call.
 inline constexpr uint32_t kDefaultPollUs = 0;
 
 class PollPolicy {

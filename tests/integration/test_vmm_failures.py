@@ -5,9 +5,11 @@ reads as all-ones, writes are dropped, later accesses do not block, the VMM
 keeps answering qtest and logs one line. Also: refusals at startup
 (anonymous RAM, a stock-like remote asked to carry two devices, a bad fd)."""
 import os
+import select
 import socket
 import struct
 import sys
+import threading
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
@@ -15,6 +17,19 @@ import vmm_rig as R  # noqa: E402
 
 HDR = struct.Struct("<i4xQ")
 RET, CFGWRITE, CFGREAD, BARWRITE, BARREAD, RESET = 1, 2, 3, 4, 5, 7
+
+
+def drain_resample(fd):
+    """As stock's remote does from its main loop: read every resample kick
+    (the VMM waits for the first one at realize)."""
+    def run():
+        try:
+            while True:
+                select.select([fd], [], [])
+                os.read(fd, 8)
+        except OSError:
+            return
+    threading.Thread(target=run, daemon=True).start()
 
 
 def recv_frame(s):
@@ -26,10 +41,12 @@ def recv_frame(s):
         if not more:
             return None
         data += more
-    for lvl, typ, blob in anc:  # close received fds
-        for i in range(len(blob) // 4):
-            os.close(struct.unpack_from("<i", blob, 4 * i)[0])
+    fds = [struct.unpack_from("<i", blob, 4 * i)[0] for _, _, blob in anc for i in range(len(blob) // 4)]
     cmd, size = HDR.unpack(data)
+    if cmd == 6 and len(fds) == 2:  # SET_IRQFD: keep the resample fd
+        drain_resample(fds.pop())
+    for fd in fds:
+        os.close(fd)
     body = b""
     while len(body) < size:
         more = s.recv(size - len(body))

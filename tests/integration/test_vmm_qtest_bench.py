@@ -79,8 +79,17 @@ def main():
                 c.check(k in r, "%s: %s measured (its checks ran)" % (t, k))
             c.eq(r.get("irq_delivered"), 1, "%s: IRQ delivered without KVM" % t)
             c.eq(r.get("irq_lowered_after_dstat_read"), 1, "%s: IRQ lowered after DSTAT read" % t)
-    shutil.rmtree(tmp, ignore_errors=True)
-    return c.done()
+    rc = c.done()
+    if rc == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:  # the process logs, for a CI run whose machine is gone afterwards
+        logs = os.path.join(tmp, "logs")
+        for name in sorted(os.listdir(logs)) if os.path.isdir(logs) else []:
+            with open(os.path.join(logs, name), "rb") as f:
+                tail = f.read()[-1500:].decode(errors="replace")
+            print("---- %s (end)\n%s" % (name, tail))
+        print("logs kept in", tmp)
+    return rc
 
 
 if __name__ == "__main__":

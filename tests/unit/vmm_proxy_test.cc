@@ -10,6 +10,7 @@
 #include <sys/socket.h>
 
 #include <atomic>
+#include <chrono>
 #include <map>
 #include <mutex>
 #include <cstring>
@@ -26,6 +27,15 @@ namespace {
 using proto::Cmd;
 
 enum class Fault { None, Garbage, Close, Hang, FdOnRet, Split };
+
+// QEMU 7.2's x-remote starts reading the socket before its own startup
+// system reset and runs that reset only when it first finds the socket
+// empty; until then its main loop (the resample handler) does not run.
+// Pending: the fake remote does the same, starting with frames already
+// queued, and treats a request that arrives within kStartupGap of its last
+// reply as already queued (a remote descheduled after each reply).
+enum class Startup { Done, Pending };
+constexpr auto kStartupGap = std::chrono::milliseconds(300);
 
 struct FakeFunction {
     std::string id;
@@ -56,6 +66,15 @@ struct FakeFunction {
     void set_mask(uint32_t off, uint32_t m) {
         for (int i = 0; i < 4; ++i) wmask[off + i] = static_cast<uint8_t>(m >> (8 * i));
     }
+    // What QEMU's system reset does to a PCI function: COMMAND and the BAR
+    // addresses cleared, the device registers reset.
+    void system_reset() {
+        cfg[4] = cfg[5] = 0;
+        put32(0x10, 0x1);
+        put32(0x14, 0x0);
+        regs.fill(0);
+        asserted = false;
+    }
     void set_irq(bool level) {
         if (level && !asserted && irqfd) {
             uint64_t one = 1;
@@ -85,7 +104,8 @@ struct Seen {
 
 class FakeRemote {
 public:
-    FakeRemote(UniqueFd sock, bool multidev) : ch_(std::move(sock)), multidev_(multidev) {
+    FakeRemote(UniqueFd sock, bool multidev, Startup startup = Startup::Done)
+        : ch_(std::move(sock)), multidev_(multidev), startup_pending_(startup == Startup::Pending) {
         ::fcntl(ch_.fd(), F_SETFL, ::fcntl(ch_.fd(), F_GETFL) | O_NONBLOCK);
         funcs_.emplace_back("a", 0x1000);
         if (multidev) funcs_.emplace_back("b", 0x2000);
@@ -121,11 +141,17 @@ private:
     }
     void serve() {
         proto::Frame f;
+        bool served = false;
         while (true) {
             std::vector<pollfd> p{{ch_.fd(), POLLIN, 0}, {stop_fd_.get(), POLLIN, 0}};
             for (auto& fn : funcs_)
-                if (fn.resamplefd) p.push_back({fn.resamplefd.get(), POLLIN, 0});
-            ::poll(p.data(), p.size(), -1);
+                if (fn.resamplefd && !startup_pending_) p.push_back({fn.resamplefd.get(), POLLIN, 0});
+            int wait_ms = startup_pending_ && served ? static_cast<int>(kStartupGap.count()) : -1;
+            if (::poll(p.data(), p.size(), wait_ms) == 0) {
+                for (auto& fn : funcs_) fn.system_reset();
+                startup_pending_ = false;
+                continue;
+            }
             if (p[1].revents) return;
             for (size_t i = 2; i < p.size(); ++i) {
                 if (!(p[i].revents & POLLIN)) continue;
@@ -145,6 +171,7 @@ private:
                 if (!r.ok() || *r == proto::RecvState::Closed) return;
                 if (*r == proto::RecvState::WouldBlock) break;
                 if (!handle(f)) return;
+                served = true;
             }
         }
     }
@@ -255,6 +282,7 @@ private:
 
     proto::Channel ch_;
     bool multidev_;
+    bool startup_pending_;
     std::vector<FakeFunction> funcs_;
     size_t selected_ = 0;
     std::atomic<Fault> fault_{Fault::None};
@@ -272,10 +300,10 @@ public:
 
 class ProxyTest : public ::testing::TestWithParam<LinkIo> {
 protected:
-    void start(bool multidev = false, uint32_t timeout_ms = 2000) {
+    void start(bool multidev = false, uint32_t timeout_ms = 2000, Startup startup = Startup::Done) {
         int sv[2];
         ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
-        remote = std::make_unique<FakeRemote>(UniqueFd(sv[1]), multidev);
+        remote = std::make_unique<FakeRemote>(UniqueFd(sv[1]), multidev, startup);
         auto l = ProxyLink::create(UniqueFd(sv[0]), "socket 3", timeout_ms, GetParam());
         ASSERT_TRUE(l.ok()) << l.error().message;
         link = *l;
@@ -342,6 +370,28 @@ TEST_P(ProxyTest, RealizeSequenceAndBarSizing) {
     EXPECT_EQ(d->bars()[1].kind, ProxyBar::Kind::Mem32);
     EXPECT_EQ(d->bars()[1].size, 1024u);
     EXPECT_EQ(d->bars()[2].kind, ProxyBar::Kind::None);
+}
+
+// The CI failure "SCRATCHA readback mismatch" (our VMM, stock remote, load):
+// the remote's startup reset ran after the guest had programmed the BARs (or
+// inside the BAR probe). Realize must wait for that reset.
+TEST_P(ProxyTest, StockRemoteStartupResetIsAwaitedBeforeTheBarProbe) {
+    start(false, 2000, Startup::Pending);
+    auto d = make("lsi0");
+    ASSERT_TRUE(d->realize(*ram).ok());
+    EXPECT_EQ(d->bars()[0].kind, ProxyBar::Kind::Io);
+    EXPECT_EQ(d->bars()[0].size, 256u);
+    EXPECT_EQ(d->bars()[1].kind, ProxyBar::Kind::Mem32);
+    EXPECT_EQ(d->bars()[1].size, 1024u);
+    program(*d, 0xc000, 0xe0000000);
+    d->bar_write(1, 0x34, 0x5a5a1234, 4);
+    // The remote goes idle: a startup reset still pending would run now.
+    std::this_thread::sleep_for(2 * kStartupGap);
+    EXPECT_EQ(d->bar_read(1, 0x34, 4), 0x5a5a1234u);
+    EXPECT_EQ(d->bar_read(0, 0x34, 4), 0x5a5a1234u);
+    EXPECT_EQ(d->config_read(0x04, 2) & 0x7, 0x7u);
+    EXPECT_FALSE(d->broken());
+    EXPECT_TRUE(lost.empty());
 }
 
 TEST_P(ProxyTest, AnonymousRamIsRefused) {
