@@ -32,35 +32,39 @@ struct Page {
     }
 };
 
-void BM_RemotePublishLsiWindow(benchmark::State& state) {
+// An LSI controller publishing into a page the "proxy" maps read-only.
+struct Rig {
     EventLoop loop;
-    auto lsi = hw::make_lsi53c895a(loop, "lsi0");
+    std::unique_ptr<hw::Lsi53c895a> lsi = hw::make_lsi53c895a(loop, "lsi0");
     Page page;
-    auto m = remote::RegMirror::attach(UniqueFd(::dup(page.fd.get())), *lsi, nullptr);
-    if (!page.view || !m.ok()) {
+    Result<std::unique_ptr<remote::RegMirror>> m =
+        remote::RegMirror::attach(UniqueFd(::dup(page.fd.get())), *lsi, nullptr);
+    bool ok() const { return page.view && m.ok(); }
+};
+
+void BM_RemotePublishLsiWindow(benchmark::State& state) {
+    Rig rig;
+    if (!rig.ok()) {
         state.SkipWithError("mirror setup");
         return;
     }
     uint64_t n = 0;
     for (auto _ : state) {
-        (*m)->begin();
-        (*m)->publish(++n);
+        (*rig.m)->begin();
+        (*rig.m)->publish(++n);
     }
 }
 BENCHMARK(BM_RemotePublishLsiWindow);
 
 void BM_ProxyMirrorReadl(benchmark::State& state) {
-    EventLoop loop;
-    auto lsi = hw::make_lsi53c895a(loop, "lsi0");
-    Page page;
-    auto m = remote::RegMirror::attach(UniqueFd(::dup(page.fd.get())), *lsi, nullptr);
-    if (!page.view || !m.ok()) {
+    Rig rig;
+    if (!rig.ok()) {
         state.SkipWithError("mirror setup");
         return;
     }
-    (*m)->publish(0);
+    (*rig.m)->publish(0);
     for (auto _ : state) {
-        auto v = proto::mirror_read(*page.view, 1, 0x34, 4, 0);
+        auto v = proto::mirror_read(*rig.page.view, 1, 0x34, 4, 0);
         benchmark::DoNotOptimize(v);
     }
 }
