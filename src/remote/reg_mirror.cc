@@ -26,19 +26,20 @@ Result<std::unique_ptr<RegMirror>> RegMirror::attach(UniqueFd fd, pci::PciDevice
         return fail("the mirror page is smaller than {} bytes", proto::kMirrorPageSize);
     void* p = ::mmap(nullptr, proto::kMirrorPageSize, PROT_READ | PROT_WRITE, MAP_SHARED, fd.get(), 0);
     if (p == MAP_FAILED) return fail_errno(errno, "mapping the mirror page: {}", std::strerror(errno));
-    std::unique_ptr<RegMirror> m(new RegMirror(static_cast<MirrorPage*>(p), dev, irq));
+    std::unique_ptr<RegMirror> m(new RegMirror(static_cast<MirrorPage*>(p), dev, w, irq));
     return m;
 }
 
-RegMirror::RegMirror(MirrorPage* page, pci::PciDevice& dev, const EventfdIrqLine* irq)
-    : page_(page), dev_(dev), irq_(irq), window_(dev.reg_window()) {
+RegMirror::RegMirror(MirrorPage* page, pci::PciDevice& dev, const pci::RegWindow& window,
+                     const EventfdIrqLine* irq)
+    : page_(page), dev_(dev), irq_(irq) {
     // Whatever the page held, nothing in it is valid until the first publish.
     begin();
-    page_->bars.store(window_.bars, std::memory_order_relaxed);
+    page_->bars.store(window.bars, std::memory_order_relaxed);
     for (unsigned w = 0; w < proto::kMirrorWindow / 64; ++w) {
         uint64_t bits = 0;
         for (unsigned b = 0; b < 64; ++b)
-            if (window_.pure[w * 64 + b]) bits |= uint64_t{1} << b;
+            if (window.pure[w * 64 + b]) bits |= uint64_t{1} << b;
         page_->pure[w].store(bits, std::memory_order_relaxed);
     }
 }

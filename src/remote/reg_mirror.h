@@ -32,12 +32,12 @@ public:
     void publish(uint64_t posted_done);
 
 private:
-    RegMirror(proto::MirrorPage* page, pci::PciDevice& dev, const EventfdIrqLine* irq);
+    RegMirror(proto::MirrorPage* page, pci::PciDevice& dev, const pci::RegWindow& window,
+              const EventfdIrqLine* irq);
 
     proto::MirrorPage* page_;
     pci::PciDevice& dev_;
     const EventfdIrqLine* irq_;
-    pci::RegWindow window_;
     uint32_t seq_ = 0;  // ours: never read back from the page, which the peer can write too
 };
 

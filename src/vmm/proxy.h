@@ -170,9 +170,6 @@ public:
     uint16_t subsys_id() const { return subsys_; }
     const ProxyLink& link() const { return *link_; }
     const std::array<ProxyBar, pci::kNumBars>& bars() const { return bars_; }
-    // The remote publishes this device's register window (REG_MIRROR).
-    bool mirrored() const { return mirror_ != nullptr; }
-    uint64_t mirror_hits() const { return mirror_hits_; }
     bool irq_level() const { return level_; }
 
     uint32_t config_read(uint32_t off, unsigned len) override;
@@ -227,7 +224,6 @@ private:
     int irq_slot_ = -1;  // the link's ring polls irqfd_ (see ProxyRing)
     bool level_ = false;
     const proto::MirrorPage* mirror_ = nullptr;  // mapped read-only; see proto/reg_mirror.h
-    uint64_t mirror_hits_ = 0;
 };
 
 }  // namespace mpq::vmm

@@ -390,7 +390,6 @@ uint64_t ProxyDevice::bar_access(bool write, int bar, uint64_t offset, uint64_t 
     if (b.mapped == ProxyBar::kUnmapped) return ones(size);
     if (!write && mirror_) {
         if (auto m = proto::mirror_read(*mirror_, bar, offset, size, link_->posted_sent())) {
-            ++mirror_hits_;
             // The remote signalled the eventfd before it published a raised
             // line: take it now, as the reply of a forwarded read would.
             if (m->irq_level && !level_ && consume(irqfd_.get())) set_level(true);

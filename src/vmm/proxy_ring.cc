@@ -208,8 +208,9 @@ Result<ProxyRing::Reply> ProxyRing::exchange(proto::Header hdr, std::span<const 
     recv_res_ = 0;
 
     if (uint64_t w = policy.poll_ns()) poll_for_reply(start_ns, w);
-    uint64_t deadline = 0;  // taken only if a first wait ends without the reply
     uint32_t wait_ms = timeout_ms ? timeout_ms : 1;
+    // From the start: waits cut short by irq completions do not extend it.
+    const uint64_t deadline = start_ns / 1000000 + wait_ms;
     for (unsigned round = 0; recv_inflight_; ++round) {
         __kernel_timespec ts{static_cast<long long>(wait_ms / 1000),
                              static_cast<long long>(wait_ms % 1000) * 1000000};
@@ -222,8 +223,7 @@ Result<ProxyRing::Reply> ProxyRing::exchange(proto::Header hdr, std::span<const 
             return fail_errno(-ret, "io_uring_enter: {}", std::strerror(-ret));
         }
         uint64_t now = now_ms();
-        if (deadline == 0) deadline = now + (ret == -ETIME ? 0 : wait_ms);
-        if (now >= deadline || round >= kMaxWakeups) {
+        if (ret == -ETIME || now >= deadline || round >= kMaxWakeups) {
             cancel_inflight();
             return fail_errno(ETIMEDOUT, "timeout");
         }
