@@ -8,7 +8,7 @@ scripts/setup.sh
 make
 make check
 
-# Hardening (h-hard): the test suite again under ASan + UBSan in its own
+# Hardening: the test suite again under ASan + UBSan in its own
 # build dir (cmake directly, so config.mk keeps pointing at the main build),
 # then a short run of every libFuzzer target (FUZZ_SECONDS each, default 30).
 # Under ASan: every unit test (SandboxApply included: sanitizer builds add the

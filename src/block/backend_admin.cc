@@ -1,4 +1,4 @@
-// Monitor hooks of the block layer (h-mon): QEMU's write threshold and
+// What the monitors ask of the block layer: QEMU's write threshold and
 // block_resize. Kept out of backend.cc so the request path there only pays
 // for one comparison when no threshold is set.
 #include <cerrno>

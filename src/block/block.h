@@ -124,7 +124,7 @@ public:
     // and the kernel allowed it).
     bool uses_io_uring() const;
 
-    // --- monitor hooks (h-mon; defined in backend_admin.cc) ---
+    // --- monitor commands (defined in backend_admin.cc) ---
     // QEMU's write threshold (block-set-write-threshold): the first write,
     // write-zeroes or discard whose end goes past `threshold` calls `hit`
     // with that end, on the loop thread before the request is queued, and

@@ -1,4 +1,4 @@
-// monitor hook (h-mon): adapter from our VMM (vmm::Vmm) to MachineView.
+// Adapter from our VMM (vmm::Vmm) to MachineView.
 #include "monitor/vmm_monitor.h"
 
 #include <fmt/format.h>

@@ -1,4 +1,4 @@
-// monitor hook (h-mon) for mpqemu-system-x86_64: h-vmm's main.cc calls this
+// Monitors of mpqemu-system-x86_64: the VMM's main.cc calls this
 // once the machine is built. The adapter from vmm::Vmm to MachineView lives
 // in vmm_monitor.cc; the monitor core knows nothing of the VMM.
 #pragma once

@@ -110,7 +110,7 @@ public:
     // broken frame have been closed.
     Result<RecvState> recv(Frame& out);
 
-    // Proxy side (h-vmm): the reply to a synchronous request, as recv(), but
+    // Proxy side: the reply to a synchronous request, as recv(), but
     // bytes buffered past the reply mean the peer sent something nobody asked
     // for (a remote never does): an error, the stream is out of sync.
     Result<RecvState> recv_reply(Frame& out);

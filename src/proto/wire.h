@@ -20,7 +20,7 @@ enum class Cmd : int32_t {
 };
 inline constexpr int32_t kNumStockCmds = 8;
 
-// mpqemu extension (TEAM.md "Protocol extension"). Negotiated by a BAR_READ a
+// mpqemu extension. Negotiated by a BAR_READ a
 // stock remote answers with all-ones (size 0 is not a power of two), so stock
 // peers never see anything else from us.
 inline constexpr int32_t kCmdSelectDevice = 64;  // payload: device id, NUL-padded, 64 bytes

@@ -18,7 +18,7 @@
 #include <string>
 #include <vector>
 
-#include "remote/monitor_hook.h"
+#include "remote/monitor_view.h"
 #include "remote/remote_process.h"
 #include "sandbox/sandbox.h"
 #include "util/event_loop.h"
@@ -102,7 +102,7 @@ int main(int argc, char** argv) {
         log::set_level(log::Level::Debug);
     }
 
-    // ==== h-hard hook: sandbox options (before any thread exists) ================
+    // Sandbox options are read before any thread exists.
     sandbox::SandboxOptions sandbox_opts;  // default for qemu-scsi-dev: on
     for (const auto* o : cl->all("sandbox")) {
         auto r = sandbox::parse_option(o->text, sandbox_opts);
@@ -115,7 +115,6 @@ int main(int argc, char** argv) {
     // The I/O worker pool is fixed once the drives are open: no thread after.
     sandbox_opts.threads = sandbox::SandboxOptions::Threads::Complete;
     if (auto s = sandbox::prepare(sandbox_opts); !s.ok()) return die(s.error());
-    // ==== end h-hard hook ==========================================================
 
     EventLoop loop;
     // The device sockets are served through the loop's io_uring (one syscall
@@ -127,8 +126,7 @@ int main(int argc, char** argv) {
     remote::RemoteProcess proc(loop);
     if (auto s = proc.configure(*cl, first_fd); !s.ok()) return die(s.error());
 
-    // ==== h-mon hook: monitors ====================================================
-    // monitor hook: -chardev/-mon/-monitor/-qmp open QMP/HMP monitors on the loop.
+    // -chardev/-mon/-monitor/-qmp open QMP/HMP monitors on the loop.
     remote::RemoteMachineView mon_view(proc);
     auto monitors = remote::start_monitors(proc, mon_view);
     if (!monitors.ok()) return die(monitors.error());
@@ -147,8 +145,6 @@ int main(int argc, char** argv) {
             shutdown_reported = true;
         });
     }
-    // ==== end h-mon hook ===========================================================
-
 
     if (const auto* d = cl->last("D")) {
         if (!log::set_file(d->text.c_str()))
@@ -165,7 +161,6 @@ int main(int argc, char** argv) {
 
     if (auto s = proc.start(); !s.ok()) return die(s.error());
 
-    // ==== h-hard hook: sandbox ======================================================
     // Everything is open (images, sockets, monitors, log file) and the I/O
     // threads run: close the door. Kept fds: the sockets we were handed.
     {
@@ -199,11 +194,10 @@ int main(int argc, char** argv) {
             }
         }
     }
-    // ==== end h-hard hook ==========================================================
 
     log::info("serving {} device(s) on {} socket(s)", proc.functions().size(), proc.bindings().size());
     int rc = loop.run();
-    // monitor hook: tell QMP clients why we stop, unless a monitor's quit already did.
+    // Tell QMP clients why we stop, unless a monitor's quit already did.
     if (*monitors && !mon_view.quit_requested() && !shutdown_reported)
         (*monitors)->shutdown_event(rc == 0 ? "guest-shutdown" : "host-error", rc == 0);
     loop.remove_fd(sfd.get());

@@ -1,6 +1,6 @@
 // The device process: what its command line built (drives, controllers,
 // disks), the guest memory its devices share, and the sockets it serves.
-// Monitors (h-mon) attach to this object: devices by id, drives and their
+// Monitors attach to this object: devices by id, drives and their
 // backends, the monitor/chardev options, the event loop, reset and quit.
 #pragma once
 
@@ -89,7 +89,7 @@ public:
     void reset_devices();
     // Ends the event loop with `code` (monitor quit, last socket gone).
     void quit(int code);
-    // monitor hook (h-mon), for -no-shutdown: called instead of quit(code)
+    // For the monitors' -no-shutdown: called instead of quit(code)
     // when the last connection is gone.
     void on_last_connection_gone(std::function<void(int code)> fn) { last_gone_ = std::move(fn); }
     // After the loop ended: stop serving, flush every writable drive and

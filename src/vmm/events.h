@@ -1,4 +1,4 @@
-// Machine-level notifications other parts subscribe to (h-mon's QMP event
+// Machine-level notifications other parts subscribe to (the QMP event
 // stream hangs off these). Called on the event-loop thread.
 #pragma once
 

@@ -11,19 +11,11 @@
 #include "util/options.h"
 #include "vmm/vmm.h"
 
-// ---- HOOK(h-mon) ------------------------------------------------------------
-// The monitor lives in src/monitor (h-mon). If it provides
-// "monitor/vmm_monitor.h" with
-//     mpq::Status mpq::monitor::start_vmm_monitors(mpq::vmm::Vmm& vmm);
-// it is called once the machine is built (vmm.monitors() lists -qmp,
-// -monitor and -mon; vmm.events() carries on_remote_disconnect / on_reset;
-// vmm.devices(), vmm.system_reset(), vmm.quit() serve the commands).
-// monitor hook (h-mon): the header exists now; included directly, because a
-// compiler cache keyed on existing includes can replay a build made before it
-// existed (__has_include is not part of ccache's key).
+// The monitors (src/monitor) start once the machine is built: vmm.monitors()
+// lists -qmp, -monitor and -mon; vmm.events() carries on_remote_disconnect /
+// on_reset; vmm.devices(), vmm.system_reset(), vmm.quit() serve the commands.
 #include "monitor/vmm_monitor.h"
 #define MPQ_HAVE_VMM_MONITOR 1
-// -----------------------------------------------------------------------------
 
 namespace {
 

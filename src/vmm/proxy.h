@@ -3,7 +3,7 @@
 // QEMU 7.2 mpqemu wire protocol (see the design notes in proxy_device.cc).
 //
 // A ProxyLink is one socket. Several ProxyDevices may share a link when the
-// remote grants the MULTIDEV extension (TEAM.md): frames then address the
+// remote grants the MULTIDEV extension: frames then address the
 // device chosen by the last SELECT_DEVICE. Stock QEMU remotes answer the
 // extension probe with all-ones and get the plain 7.2 exchange.
 #pragma once

@@ -1,7 +1,7 @@
 // mpqemu-system-x86_64: builds the `pc` machine from a QEMU-style command
 // line (RAM backend, chipset, devices: in-process lsi53c895a + scsi-hd, or
 // pci-proxy-dev / x-pci-proxy-dev forwarding to remote processes), attaches
-// qtest, and hands monitor options to h-mon's hook (see main.cc).
+// qtest, and hands monitor options to the monitors (see main.cc).
 #pragma once
 
 #include <cstdio>
@@ -35,7 +35,7 @@ class ProxyLink;
 class QtestServer;
 class QtestChardev;
 
-// A monitor the command line asked for; h-mon's hook serves them.
+// A monitor the command line asked for; src/monitor serves them.
 struct MonitorSpec {
     enum class Kind : uint8_t { Qmp, Hmp };
     Kind kind = Kind::Hmp;

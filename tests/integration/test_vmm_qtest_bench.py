@@ -67,7 +67,7 @@ def main():
     if data and p.returncode == 1 and device_model_only(data):
         print("SKIP: only the SCSI section of our lsi53c895a model failed, identically in-process "
               "and in our remote, while stock's model passed through this VMM: a device-model "
-              "issue (h-lsi), not the VMM's")
+              "issue, not the VMM's")
         return R.SKIP
     c.eq(p.returncode, 0, "lsi_bench exit status (1 = a data check failed)")
     if data:

@@ -1,5 +1,5 @@
 // EIO from the disk while a guest drives the lsi53c895a: the real scsi-hd on
-// a BlockBackend over block::FaultInjectDriver (h-scsi's fault injector, the
+// a BlockBackend over block::FaultInjectDriver (the fault injector, the
 // process-level tests cannot reach it from -drive). The guest must see CHECK
 // CONDITION with sense data — never a hang — and the controller and disk
 // must keep serving other requests.

@@ -328,7 +328,7 @@ TEST_F(ScsiHdTest, RequestSenseReturnsLastErrorOnceAndShortTransfer) {
     EXPECT_EQ(o.data[2], 0x24);
 }
 
-// block_resize (h-mon): the backend grows, the disk raises CAPACITY DATA HAS
+// block_resize: the backend grows, the disk raises CAPACITY DATA HAS
 // CHANGED once, and READ CAPACITY reports the new size.
 TEST_F(ScsiHdTest, CapacityChangeAfterResize) {
     ASSERT_TRUE(backend_->resize(8 << 20).ok());

@@ -1,4 +1,4 @@
-// monitor hook (h-mon): what qemu-scsi-dev's monitors see of RemoteProcess.
+// What qemu-scsi-dev's monitors see of RemoteProcess.
 // The monitor code itself only knows monitor::MachineView.
 #pragma once
 

@@ -1,5 +1,5 @@
-// monitor hook (h-mon): adapter from RemoteProcess to monitor::MachineView.
-#include "remote/monitor_hook.h"
+// Adapter from RemoteProcess to monitor::MachineView.
+#include "remote/monitor_view.h"
 
 #include <fmt/format.h>
 
