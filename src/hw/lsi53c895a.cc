@@ -65,13 +65,13 @@ bool lsi_trace_enabled() {
     return on;
 }
 
-LsiController::LsiController(EventLoop& loop, std::string id)
-    : Lsi53c895a(lsi_identity()), loop_(loop), id_(std::move(id)) {
+LsiController::LsiController(WorkQueue& wq, std::string id)
+    : Lsi53c895a(lsi_identity()), wq_(wq), id_(std::move(id)) {
     chip_reset(ResetKind::Chip);
 }
 
 LsiController::~LsiController() {
-    if (yield_timer_) loop_.cancel_timer(yield_timer_);
+    if (yield_timer_) wq_.cancel_timer(yield_timer_);
     cancel_all_requests();
 }
 
@@ -369,7 +369,7 @@ void LsiController::update_irq() {
 void LsiController::chip_reset(ResetKind kind) {
     cancel_all_requests();
     if (yield_timer_) {
-        loop_.cancel_timer(yield_timer_);
+        wq_.cancel_timer(yield_timer_);
         yield_timer_ = 0;
     }
     pending_chip_reset_ = false;
@@ -461,8 +461,8 @@ void LsiController::restore_state(const LsiState& state) {
     update_irq();
 }
 
-std::unique_ptr<Lsi53c895a> make_lsi53c895a(EventLoop& loop, const std::string& id) {
-    return std::make_unique<LsiController>(loop, id);
+std::unique_ptr<Lsi53c895a> make_lsi53c895a(WorkQueue& wq, const std::string& id) {
+    return std::make_unique<LsiController>(wq, id);
 }
 
 }  // namespace mpq::hw

@@ -9,7 +9,7 @@
 #include "scsi/scsi.h"
 
 namespace mpq {
-class EventLoop;
+class WorkQueue;
 }
 
 namespace mpq::hw {
@@ -24,7 +24,9 @@ inline constexpr uint32_t kLsiRamBarSize = 8192;
 class Lsi53c895a;
 
 // Builds a controller. Its SCSI bus is `bus()`: attach scsi-hd targets there.
-std::unique_ptr<Lsi53c895a> make_lsi53c895a(EventLoop& loop, const std::string& id);
+// SCRIPTS resumptions and yields are queued on `wq`: the event loop in the
+// device process, a ManualWorkQueue in tests and fuzzers.
+std::unique_ptr<Lsi53c895a> make_lsi53c895a(WorkQueue& wq, const std::string& id);
 
 class Lsi53c895a : public pci::PciDevice {
 public:

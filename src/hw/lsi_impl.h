@@ -12,7 +12,7 @@
 #include "hw/lsi53c895a.h"
 #include "hw/lsi_regs.h"
 #include "hw/lsi_state.h"
-#include "util/event_loop.h"
+#include "util/work_queue.h"
 #include "util/log.h"
 #include "util/result.h"
 
@@ -32,7 +32,7 @@ inline constexpr uint32_t kLsiUntagged = 0x100;
 
 class LsiController final : public Lsi53c895a, public scsi::RequestClient {
 public:
-    LsiController(EventLoop& loop, std::string id);
+    LsiController(WorkQueue& wq, std::string id);
     ~LsiController() override;
 
     uint64_t bar_read(int bar, uint64_t off, unsigned size) override;
@@ -122,7 +122,7 @@ private:
     void free_request(Req* r);
     Req* find_req(scsi::Request& req);
 
-    EventLoop& loop_;
+    WorkQueue& wq_;
     std::string id_;
     scsi::Bus bus_;
     LsiState s_;
@@ -134,7 +134,7 @@ private:
     bool pending_chip_reset_ = false;
     bool pending_bus_reset_ = false;
     bool resume_scheduled_ = false;
-    EventLoop::TimerId yield_timer_ = 0;
+    WorkQueue::TimerId yield_timer_ = 0;
     unsigned budget_ = 0;
     // Read-ahead of MSG OUT bytes (one message move at a time).
     uint8_t msg_buf_[64] = {};

@@ -40,7 +40,7 @@ void LsiController::stop_scripts() {
     s_.regs.istat1 &= ~kIstat1Srun;
     s_.scripts.wait = LsiWait::None;
     if (yield_timer_) {
-        loop_.cancel_timer(yield_timer_);
+        wq_.cancel_timer(yield_timer_);
         yield_timer_ = 0;
     }
 }
@@ -49,7 +49,7 @@ void LsiController::yield_scripts() {
     s_.scripts.wait = LsiWait::Yield;
     if (yield_timer_) return;
     std::weak_ptr<int> alive = alive_;
-    yield_timer_ = loop_.add_timer(kLsiYieldNs, [this, alive] {
+    yield_timer_ = wq_.add_timer(kLsiYieldNs, [this, alive] {
         if (alive.expired()) return;
         yield_timer_ = 0;
         if (s_.scripts.wait == LsiWait::Yield) execute();
@@ -61,7 +61,7 @@ void LsiController::schedule_resume() {
     resume_scheduled_ = true;
     std::weak_ptr<int> alive = alive_;
     // Not inline: the target is still inside its own completion path.
-    loop_.defer([this, alive] {
+    wq_.defer([this, alive] {
         if (alive.expired()) return;
         resume_scheduled_ = false;
         LsiWait w = s_.scripts.wait;

@@ -7,7 +7,7 @@
 #include <cstring>
 
 #include "scsi/scsi_hd_impl.h"
-#include "util/event_loop.h"
+#include "util/work_queue.h"
 #include "util/log.h"
 
 namespace mpq::scsi {
@@ -79,8 +79,8 @@ class HdRequest;
 
 class ScsiHd final : public Device {
 public:
-    ScsiHd(EventLoop& loop, block::BlockBackend& backend, const ScsiHdProps& props)
-        : loop_(loop), backend_(backend), props_(props) {
+    ScsiHd(WorkQueue& wq, block::BlockBackend& backend, const ScsiHdProps& props)
+        : wq_(wq), backend_(backend), props_(props) {
         // Powered on: like QEMU after its system reset, the first command
         // (other than INQUIRY / REPORT LUNS / REQUEST SENSE) sees 06/29/00.
         state_.unit_attention = true;
@@ -105,7 +105,7 @@ public:
     }
     uint64_t blocks() const { return backend_.length() / state_.block_size; }
 
-    EventLoop& loop_;
+    WorkQueue& wq_;
     block::BlockBackend& backend_;
     ScsiHdProps props_;
     ScsiHdState state_;
@@ -778,7 +778,7 @@ IoStatus check_ascii(const char* what, const std::string& s, size_t max) {
 
 }  // namespace
 
-Result<std::unique_ptr<Device>> make_scsi_hd(EventLoop& loop, block::BlockBackend& backend,
+Result<std::unique_ptr<Device>> make_scsi_hd(WorkQueue& wq, block::BlockBackend& backend,
                                              const ScsiHdProps& props) {
     const uint32_t bs = props.logical_block_size;
     if (bs != 512 && bs != 4096)
@@ -799,7 +799,7 @@ Result<std::unique_ptr<Device>> make_scsi_hd(EventLoop& loop, block::BlockBacken
     if (backend.length() % bs)
         log::warn("scsi-hd: drive '{}' size {} is not a multiple of {}; the tail is not visible",
                   backend.options().id, backend.length(), bs);
-    return std::unique_ptr<Device>(new ScsiHd(loop, backend, props));
+    return std::unique_ptr<Device>(new ScsiHd(wq, backend, props));
 }
 
 }  // namespace mpq::scsi
