@@ -65,8 +65,9 @@ bool lsi_trace_enabled() {
     return on;
 }
 
-LsiController::LsiController(WorkQueue& wq, std::string id)
-    : Lsi53c895a(lsi_identity()), wq_(wq), id_(std::move(id)) {
+LsiController::LsiController(WorkQueue& wq, std::string id, LsiTuning tuning)
+    : Lsi53c895a(lsi_identity()), wq_(wq), id_(std::move(id)),
+      budget_per_activation_(std::max(1u, tuning.scripts_budget)) {
     chip_reset(ResetKind::Chip);
 }
 
@@ -461,8 +462,9 @@ void LsiController::restore_state(const LsiState& state) {
     update_irq();
 }
 
-std::unique_ptr<Lsi53c895a> make_lsi53c895a(WorkQueue& wq, const std::string& id) {
-    return std::make_unique<LsiController>(wq, id);
+std::unique_ptr<Lsi53c895a> make_lsi53c895a(WorkQueue& wq, const std::string& id,
+                                            LsiTuning tuning) {
+    return std::make_unique<LsiController>(wq, id, tuning);
 }
 
 }  // namespace mpq::hw

@@ -18,9 +18,6 @@
 
 namespace mpq::hw {
 
-// Work units one SCRIPTS activation may spend before it yields to the event
-// loop: one per fetched dword, one per 4 KiB moved, one per 64 message bytes.
-inline constexpr unsigned kLsiBudget = 10000;
 // Pause before a yielded activation resumes.
 inline constexpr uint64_t kLsiYieldNs = 200'000;
 // Requests the controller keeps outstanding (all targets); more get BUSY.
@@ -32,7 +29,7 @@ inline constexpr uint32_t kLsiUntagged = 0x100;
 
 class LsiController final : public Lsi53c895a, public scsi::RequestClient {
 public:
-    LsiController(WorkQueue& wq, std::string id);
+    LsiController(WorkQueue& wq, std::string id, LsiTuning tuning);
     ~LsiController() override;
 
     uint64_t bar_read(int bar, uint64_t off, unsigned size) override;
@@ -136,6 +133,7 @@ private:
     bool resume_scheduled_ = false;
     WorkQueue::TimerId yield_timer_ = 0;
     unsigned budget_ = 0;
+    unsigned budget_per_activation_;
     // Read-ahead of MSG OUT bytes (one message move at a time).
     uint8_t msg_buf_[64] = {};
     uint32_t msg_buf_len_ = 0, msg_buf_pos_ = 0;

@@ -99,7 +99,7 @@ bool LsiController::charge(unsigned units) {
 void LsiController::execute() {
     if (in_exec_) return;
     in_exec_ = true;
-    budget_ = kLsiBudget;
+    budget_ = budget_per_activation_;
     while ((s_.regs.istat1 & kIstat1Srun) && !pending_chip_reset_ && !pending_bus_reset_) {
         LsiWait w = s_.scripts.wait;
         if (w == LsiWait::Data) {
