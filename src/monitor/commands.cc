@@ -314,6 +314,8 @@ void register_commands(QmpDispatcher& d, CommandEnv& env) {
           {{"node-name", ArgType::String, false}, {"write-threshold", ArgType::UInt, false}},
           [&env](const Json& args) { return set_write_threshold(env, args); });
 
+    register_hotplug_commands(d, env);
+
     d.add("system_reset", {}, [&env](const Json&) {
         auto st = env.view.system_reset();
         if (!st) return QmpReply::err(kGenericError, st.error().message);
