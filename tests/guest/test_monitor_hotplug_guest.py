@@ -68,7 +68,7 @@ def main():
     console = os.path.join(logdir, "console.log")
     args = ["--remote", "mpqemu"] + sb.tag_args() + ["--log-dir", logdir,
         "--remote-arg=-sandbox on", f"--remote-arg=-qmp unix:{qmp_path},server,nowait",
-        "--disk", base + ",format=raw", "--accel", "tcg", "--run", GUEST_CMD, "--timeout", "400"]
+        "--disk", base + ",format=raw"] + gt.accel_args() + ["--run", GUEST_CMD, "--timeout", "400"]
     p = gt.start_launcher(args, sb)
     lines = []
     reader = threading.Thread(target=lambda: lines.extend(p.stdout), daemon=True)
