@@ -22,8 +22,8 @@ Status MachineView::set_write_threshold(std::string_view device, uint64_t, Thres
 }
 
 Status MachineView::drive_add(const block::DriveOptions&, DriveOrigin) {
-    return fail("this process has no block devices of its own (disks live in the device process: "
-                "use its monitor)");
+    return fail("this process cannot add drives at run time (hot-plug disks through the device "
+                "process's monitor)");
 }
 
 Status MachineView::drive_del(std::string_view node_name) {
@@ -31,8 +31,8 @@ Status MachineView::drive_del(std::string_view node_name) {
 }
 
 Status MachineView::device_add(const std::vector<std::pair<std::string, std::string>>&) {
-    return fail("this process cannot add devices at run time (disks live in the device process: "
-                "use its monitor)");
+    return fail("this process cannot add devices at run time (hot-plug disks through the device "
+                "process's monitor)");
 }
 
 Result<std::string> MachineView::device_del(std::string_view id) {
