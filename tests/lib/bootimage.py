@@ -22,6 +22,7 @@ through KVM) and `console=ttyS0`.
 """
 import argparse
 import base64
+import fcntl
 import glob
 import os
 import shutil
@@ -55,6 +56,14 @@ def _newest_deb(pkgdir, name):
 
 def grub_tree():
     """Unpacked grub-pc-bin + grub-common (cached); returns the tree's root."""
+    os.makedirs(guest_cache(), exist_ok=True)
+    # Tests in several checkouts share the cache: one download/unpack at a time.
+    with open(os.path.join(guest_cache(), ".grub.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _grub_tree_locked()
+
+
+def _grub_tree_locked():
     cache = guest_cache()
     pkgdir = os.path.join(cache, "pkgs")
     tree = os.path.join(cache, "trees", "grub-pc")
