@@ -9,6 +9,10 @@ void ThreadReserve::Ticket::wait() {
 
 ThreadReserve::ThreadReserve(unsigned threads) {
     for (unsigned i = 0; i < threads; ++i) threads_.emplace_back([this] { park(); });
+    // Every thread parked before anyone asks: run() never misses one that is
+    // still starting.
+    std::unique_lock lk(mu_);
+    parked_cv_.wait(lk, [&] { return idle_ == threads; });
 }
 
 ThreadReserve::~ThreadReserve() {
@@ -40,6 +44,7 @@ unsigned ThreadReserve::idle() const {
 void ThreadReserve::park() {
     std::unique_lock lk(mu_);
     ++idle_;
+    parked_cv_.notify_all();
     for (;;) {
         cv_.wait(lk, [&] { return stopping_ || !tasks_.empty(); });
         if (tasks_.empty()) break;  // stopping

@@ -46,6 +46,7 @@ private:
 
     mutable std::mutex mu_;
     std::condition_variable cv_;
+    std::condition_variable parked_cv_;
     std::vector<Task> tasks_;
     unsigned idle_ = 0;
     bool stopping_ = false;
