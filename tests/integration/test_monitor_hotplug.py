@@ -3,7 +3,7 @@
 
 Our qemu-scsi-dev (-qmp/-monitor sockets, lsi0 with disk sd0 at SCSI id 0) is driven by stock
 QEMU's x-pci-proxy-dev; the shared qtest-bench SCRIPTS driver plays the guest. Checked:
-- add-fd passes an image over the QMP socket (SCM_RIGHTS); query-fdsets lists it;
+- add-fd passes an image over the QMP socket (SCM_RIGHTS); query-fdsets lists it; getfd/closefd;
 - blockdev-add raw over {"driver": "file", "filename": "/dev/fdset/N"}, device_add scsi-hd at
   scsi-id 1: the new disk's first command gets UNIT ATTENTION 06/3f/0e (REPORTED LUNS DATA HAS
   CHANGED), then it reads the image and its writes reach the image file;
@@ -123,6 +123,12 @@ def main():
         sets = qmp.ret("query-fdsets")
         chk.check(len(sets) == 1 and sets[0]["fdset-id"] == 1 and sets[0]["fds"][0]["opaque"] == "hot.raw",
                   "query-fdsets lists it: %r" % sets)
+        fd = os.open(notqcow, os.O_RDONLY)
+        chk.eq(send_fd(qmp, "getfd", {"fdname": "spare"}, fd), {"return": {}}, "getfd spare")
+        os.close(fd)
+        chk.eq(qmp.cmd("closefd", {"fdname": "spare"}), {"return": {}}, "closefd spare")
+        chk.eq(err(qmp.cmd("closefd", {"fdname": "spare"})), "File descriptor named 'spare' not found",
+               "closefd again")
         fdro = os.open(notqcow, os.O_RDONLY)
         r = send_fd(qmp, "add-fd", {"fdset-id": 3}, fdro)
         os.close(fdro)
