@@ -191,6 +191,13 @@ def main():
         chk.eq(t1.write(100, new), 0, "a write to the new disk")
         with open(hot, "rb") as f:
             chk.check(os.pread(f.fileno(), len(new), 100 * 512) == new, "the write reached the image file")
+        chk.eq(qmp.cmd("block-set-write-threshold", {"node-name": "hot", "write-threshold": 8 * MiB}),
+               {"return": {}}, "block-set-write-threshold on a blockdev-add node")
+        chk.eq(qmp.cmd("block_resize", {"node-name": "hot", "size": 6 * MiB}), {"return": {}},
+               "block_resize of a blockdev-add node")
+        chk.eq(os.path.getsize(hot), 6 * MiB, "the image grew to 6 MiB")
+        chk.eq(t1.run(bytes(6), 0), 2, "resized: CHECK CONDITION")
+        chk.eq(t1.sense(), (6, 0x2A, 0x09), "CAPACITY DATA HAS CHANGED")
         chk.eq(err(qmp.cmd("blockdev-del", {"node-name": "hot"})), "Node hot is in use",
                "blockdev-del of a node in use")
         chk.eq(err(qmp.cmd("blockdev-del", {"node-name": "d0"})), "Node d0 is in use",
