@@ -32,8 +32,6 @@ constexpr uint64_t kLogEvery = 1000;
 // it is dropped (it would otherwise stall every other connection).
 constexpr int kSendTimeoutMs = 10000;
 
-constexpr int32_t cmd_of(Cmd c) { return static_cast<int32_t>(c); }
-
 uint64_t mask_to(uint64_t v, unsigned size) {
     return size >= 8 ? v : (v & ((uint64_t{1} << (8 * size)) - 1));
 }
@@ -49,22 +47,6 @@ std::string printable(const char* p, size_t n) {
         else s += fmt::format("\\x{:02x}", ch);
     }
     return s;
-}
-
-// Requests that expect a RET whatever happens.
-bool reply_due(int32_t cmd) {
-    switch (cmd) {
-    case cmd_of(Cmd::PciCfgRead):
-    case cmd_of(Cmd::PciCfgWrite):
-    case cmd_of(Cmd::BarRead):
-    case cmd_of(Cmd::BarWrite):
-    case cmd_of(Cmd::DeviceReset):
-    case proto::kCmdSelectDevice:
-    case proto::kCmdMirrorSetup:
-        return true;
-    default:
-        return false;
-    }
 }
 
 }  // namespace
@@ -184,7 +166,7 @@ void DeviceServer::on_readable(Conn& c) {
         // peer brings us straight back (epoll is level-triggered) unless its
         // next frames are in the channel's buffer already. Frames without a
         // reply (SYNC_SYSMEM, SET_IRQFD) are drained right away.
-        if (reply_due(frame_.cmd()) && !c.ch.frame_ready()) return;
+        if (proto::reply_due(frame_.cmd()) && !c.ch.frame_ready()) return;
     }
     // Out of budget with frames still buffered: epoll will not report them
     // (the socket may be empty), so come back after the other handlers.
@@ -199,13 +181,13 @@ void DeviceServer::on_readable(Conn& c) {
 
 void DeviceServer::trace(const Conn& c, const Frame& f) {
     std::string what;
-    if (f.cmd() == cmd_of(Cmd::PciCfgRead) || f.cmd() == cmd_of(Cmd::PciCfgWrite)) {
+    if (f.cmd() == Cmd::PciCfgRead || f.cmd() == Cmd::PciCfgWrite) {
         auto p = f.as<proto::PciConf>();
         what = fmt::format(" addr={:#x} val={:#x} len={}", p.addr, p.val, p.len);
-    } else if (f.cmd() == cmd_of(Cmd::BarRead) || f.cmd() == cmd_of(Cmd::BarWrite)) {
+    } else if (f.cmd() == Cmd::BarRead || f.cmd() == Cmd::BarWrite) {
         auto b = f.as<proto::BarAccess>();
         what = fmt::format(" addr={:#x} val={:#x} size={} memory={}", b.addr, b.val, b.size, b.memory);
-    } else if (f.cmd() == cmd_of(Cmd::SyncSysmem)) {
+    } else if (f.cmd() == Cmd::SyncSysmem) {
         auto s = f.as<proto::SyncSysmem>();
         for (unsigned i = 0; i < f.num_fds && i < proto::kMaxFdsOnWire; i++)
             what += fmt::format(" [gpa={:#x} size={:#x} off={:#x}]", s.gpa[i], s.size[i], s.offset[i]);
@@ -217,29 +199,29 @@ bool DeviceServer::handle(Conn& c, Frame& f) {
     if (log::enabled(log::Level::Debug)) trace(c, f);
     // The proxy counts every posted frame it sent; so do we, whatever its
     // fate, or its mirror reads would wait for one that never comes.
-    if (f.cmd() == proto::kCmdBarWritePosted) c.posted_done++;
+    if (f.cmd() == Cmd::BarWritePosted) c.posted_done++;
     auto v = proto::validate(f, proto::Role::Remote);
     if (!v.ok()) {
         stats_.bad_frames++;
         c.complain("invalid frame: {}", v.error().message);
-        if (reply_due(f.cmd())) reply(c, kAllOnes);
+        if (proto::reply_due(f.cmd())) reply(c, kAllOnes);
         return true;
     }
     switch (f.cmd()) {
-    case cmd_of(Cmd::PciCfgRead): do_cfg_read(c, f); break;
-    case cmd_of(Cmd::PciCfgWrite): do_cfg_write(c, f); break;
-    case cmd_of(Cmd::BarRead): do_bar_read(c, f); break;
-    case cmd_of(Cmd::BarWrite): do_bar_write(c, f, Ack::Ret); break;
-    case proto::kCmdBarWritePosted:
+    case Cmd::PciCfgRead: do_cfg_read(c, f); break;
+    case Cmd::PciCfgWrite: do_cfg_write(c, f); break;
+    case Cmd::BarRead: do_bar_read(c, f); break;
+    case Cmd::BarWrite: do_bar_write(c, f, Ack::Ret); break;
+    case Cmd::BarWritePosted:
         if (c.features & proto::kFeatPostedWrites) do_bar_write(c, f, Ack::None);
         else c.complain("BAR_WRITE_POSTED without a negotiated POSTED_WRITES; ignored");
         break;
-    case cmd_of(Cmd::SyncSysmem): do_sync_sysmem(c, f); break;
-    case cmd_of(Cmd::SetIrqfd): do_set_irqfd(c, f); break;
-    case cmd_of(Cmd::DeviceReset): do_device_reset(c); break;
-    case proto::kCmdSelectDevice: do_select_device(c, f); break;
-    case proto::kCmdMirrorSetup: do_mirror_setup(c, f); break;
-    default: break;  // validate() admits nothing else
+    case Cmd::SyncSysmem: do_sync_sysmem(c, f); break;
+    case Cmd::SetIrqfd: do_set_irqfd(c, f); break;
+    case Cmd::DeviceReset: do_device_reset(c); break;
+    case Cmd::SelectDevice: do_select_device(c, f); break;
+    case Cmd::MirrorSetup: do_mirror_setup(c, f); break;
+    case Cmd::Ret: break;  // a reply: validate() refused it
     }
     return true;
 }
@@ -247,7 +229,7 @@ bool DeviceServer::handle(Conn& c, Frame& f) {
 void DeviceServer::reply(Conn& c, uint64_t v) {
     if (log::enabled(log::Level::Debug)) log::debug("{}: -> RET {:#x}", c.name, v);
     if (c.ring) {
-        ring_queue(c, proto::Header{cmd_of(Cmd::Ret), 0, sizeof v},
+        ring_queue(c, proto::Header{proto::raw(Cmd::Ret), 0, sizeof v},
                    std::span(reinterpret_cast<const uint8_t*>(&v), sizeof v));
         return;
     }
@@ -256,7 +238,7 @@ void DeviceServer::reply(Conn& c, uint64_t v) {
 
 void DeviceServer::reply_empty(Conn& c) {
     if (c.ring) {
-        ring_queue(c, proto::Header{cmd_of(Cmd::Ret), 0, 0}, {});
+        ring_queue(c, proto::Header{proto::raw(Cmd::Ret), 0, 0}, {});
         return;
     }
     if (auto s = c.ch.send_empty(Cmd::Ret); !s.ok()) c.send_failed(s);

@@ -78,7 +78,7 @@ public:
     // caught up with before it answers).
     uint64_t posted_sent() const { return posted_sent_; }
     // A request with one fd (MIRROR_SETUP): sent without the ring.
-    Result<uint64_t> call_with_fd(ProxyDevice& dev, int32_t cmd, std::span<const uint8_t> payload, int fd);
+    Result<uint64_t> call_with_fd(ProxyDevice& dev, proto::Cmd cmd, std::span<const uint8_t> payload, int fd);
     // Returns once the remote has carried out every write posted so far (one
     // round trip if any is outstanding, none otherwise): guest RAM read by
     // anyone else then shows what those writes made the device do.

@@ -101,16 +101,16 @@ Result<uint64_t> ProxyLink::exchange(Cmd cmd, std::span<const uint8_t> payload, 
         // One io_uring_enter sends the request and brings the first bytes of
         // the reply (normally all of it); the channel parses them and reads
         // the rest of a reply that came in pieces.
-        proto::Header hdr{static_cast<int32_t>(cmd), 0, payload.size()};
+        proto::Header hdr{proto::raw(cmd), 0, payload.size()};
         auto got = ring_->exchange(hdr, payload, timeout_ms_, poll_);
         if (!got.ok()) {
             why = got.error().err == ETIMEDOUT
-                      ? fmt::format("no reply to {} (timeout)", proto::cmd_name(static_cast<int32_t>(cmd)))
+                      ? fmt::format("no reply to {} (timeout)", proto::cmd_name(cmd))
                       : got.error().message;
         } else if (got->bytes == 0) {
             why = "remote closed the connection";
         } else if (got->ctrunc) {
-            why = fmt::format("reply to {} carries fds", proto::cmd_name(static_cast<int32_t>(cmd)));
+            why = fmt::format("reply to {} carries fds", proto::cmd_name(cmd));
         } else if (!ch_.rx_feed(ring_->received(got->bytes))) {
             why = "reply overflows the receive buffer";
         }
@@ -126,14 +126,14 @@ Result<uint64_t> ProxyLink::exchange(Cmd cmd, std::span<const uint8_t> payload, 
     if (!r.ok()) {
         why = r.error().message;
     } else if (*r == proto::RecvState::WouldBlock) {
-        why = fmt::format("no reply to {} (timeout)", proto::cmd_name(static_cast<int32_t>(cmd)));
+        why = fmt::format("no reply to {} (timeout)", proto::cmd_name(cmd));
     } else if (*r == proto::RecvState::Closed) {
         why = "remote closed the connection";
     } else if (auto v = proto::validate(rx_, proto::Role::Proxy); !v.ok()) {
-        why = fmt::format("invalid reply to {}: {}", proto::cmd_name(static_cast<int32_t>(cmd)),
+        why = fmt::format("invalid reply to {}: {}", proto::cmd_name(cmd),
                           v.error().message);
     } else if (rx_.size() == 0 && !allow_empty) {
-        why = fmt::format("empty RET for {}", proto::cmd_name(static_cast<int32_t>(cmd)));
+        why = fmt::format("empty RET for {}", proto::cmd_name(cmd));
     }
     if (!why.empty()) {
         mark_broken(why);
@@ -148,7 +148,7 @@ Status ProxyLink::select(ProxyDevice& dev) {
     proto::SelectDevice sel{};
     const std::string& id = dev.id();
     std::memcpy(sel.id, id.data(), std::min(id.size(), sizeof sel.id));
-    auto r = exchange(static_cast<Cmd>(proto::kCmdSelectDevice),
+    auto r = exchange(Cmd::SelectDevice,
                       std::span(reinterpret_cast<const uint8_t*>(&sel), sizeof sel), false);
     if (!r.ok()) return r.take_error();
     if (*r != 0) {
@@ -161,14 +161,14 @@ Status ProxyLink::select(ProxyDevice& dev) {
 
 Result<uint64_t> ProxyLink::call(ProxyDevice& dev, Cmd cmd, std::span<const uint8_t> payload) {
     MPQ_TRY(select(dev));
-    return exchange(cmd, payload, cmd == Cmd::DeviceReset);
+    return exchange(cmd, payload, proto::message_of(cmd).answer == proto::Answer::RetEmpty);
 }
 
 Status ProxyLink::post_write(ProxyDevice& dev, std::span<const uint8_t> bar_access) {
     if (broken_) return fail("{}", reason_);
     if (!posts_writes()) return fail("posted writes not negotiated on {}", name_);
     MPQ_TRY(select(dev));
-    if (auto st = ch_.send(proto::kCmdBarWritePosted, bar_access); !st.ok()) {
+    if (auto st = ch_.send(Cmd::BarWritePosted, bar_access); !st.ok()) {
         mark_broken(st.error().message);
         return fail("{}", reason_);
     }
@@ -177,10 +177,10 @@ Status ProxyLink::post_write(ProxyDevice& dev, std::span<const uint8_t> bar_acce
     return {};
 }
 
-Result<uint64_t> ProxyLink::call_with_fd(ProxyDevice& dev, int32_t cmd, std::span<const uint8_t> payload,
+Result<uint64_t> ProxyLink::call_with_fd(ProxyDevice& dev, Cmd cmd, std::span<const uint8_t> payload,
                                          int fd) {
     MPQ_TRY(select(dev));
-    return exchange(static_cast<Cmd>(cmd), payload, false, std::span<const int>(&fd, 1));
+    return exchange(cmd, payload, false, std::span<const int>(&fd, 1));
 }
 
 void ProxyLink::fence() {
