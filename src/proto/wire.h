@@ -8,7 +8,8 @@
 // names, the receiver's validator (channel.cc), the remote's reply rules and
 // the proxy's reply expectations are all derived from that row. A new message
 // is: its payload struct here (with static_asserts), its row, and its case in
-// the remote's dispatch (a switch over Cmd: the compiler asks for it).
+// the remote's dispatch (remote/session.cc), which the compiler asks for
+// (-Wswitch over Cmd).
 #pragma once
 
 #include <cstddef>
