@@ -7,9 +7,10 @@
 // answered and which negotiated feature it needs. The command enum, the
 // names, the receiver's validator (channel.cc), the remote's reply rules and
 // the proxy's reply expectations are all derived from that row. A new message
-// is: its payload struct here (with static_asserts), its row, and its case in
-// the remote's dispatch (remote/session.cc), which the compiler asks for
-// (-Wswitch over Cmd).
+// is: its payload struct here (with static_asserts), its row, its case in
+// the remote's dispatch (WireSession::handle, remote/wire_session.cc: a
+// switch over Cmd, so the compiler asks for it) and, if our VMM sends it, a
+// request in vmm/proxy_link_session.h.
 #pragma once
 
 #include <cstddef>
