@@ -7,6 +7,8 @@ With no arguments it creates a fresh qcow2 disk, starts our device process
 QEMU (qemu-system-x86_64 with memfd RAM and x-pci-proxy-dev) on the other end,
 booting the bundled Debian kernel + busybox initramfs with the console on this
 terminal. `poweroff` in the guest ends the run; Ctrl-C stops everything.
+With --boot disk the firmware boots the first disk instead (an image with its
+own boot loader and kernel).
 
 Exit status:
    0  success (guest powered off; --self-test passed; --run command exited 0)
@@ -19,6 +21,8 @@ Exit status:
   12  the VMM failed to start
   13  the VMM exited with an error
   14  timeout
+  15  the guest printed nothing on its console within --silent-limit seconds of
+      the VMM's start (the accelerator cannot run it)
  129/130/143  stopped by SIGHUP/SIGINT/SIGTERM
 """
 import argparse
@@ -40,8 +44,12 @@ import tempfile
 import termios
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.realpath(__file__)))
+import mpqemu_accel  # noqa: E402  (scripts/mpqemu_accel.py: the one accelerator decision)
+
 EXIT_OK, EXIT_GUEST, EXIT_USAGE, EXIT_SETUP, EXIT_HOSTCHECK = 0, 1, 2, 3, 4
 EXIT_REMOTE_START, EXIT_REMOTE_DIED, EXIT_VMM_START, EXIT_VMM_DIED, EXIT_TIMEOUT = 10, 11, 12, 13, 14
+EXIT_SILENT_GUEST = 15
 SIGNAL_EXIT = {signal.SIGHUP: 129, signal.SIGINT: 130, signal.SIGTERM: 143}
 
 SCRIPTS = os.path.dirname(os.path.realpath(__file__))
@@ -51,9 +59,15 @@ STOP_GRACE = 5.0          # SIGTERM -> SIGKILL
 REMOTE_EXIT_GRACE = 10.0  # remotes exit by themselves once the VMM closed its socket ends
 MAX_DISKS_PER_CONTROLLER = 7  # SCSI ids 0..6; 7 is the controller
 # Stock x-pci-proxy-dev forwards INTx only through a KVM irqfd; under TCG the
-# guest polls instead: irqpoll runs every IRQ handler on each tick, the tick
-# is on IRQ0 (noapictimer) and periodic (nohz=off).
-TCG_IRQ_WORKAROUND = "irqpoll noapictimer nohz=off"
+# guest polls instead (see mpqemu_accel).
+TCG_IRQ_WORKAROUND = mpqemu_accel.TCG_IRQ_POLL
+SILENT_LIMIT = 60.0   # default --silent-limit
+# --boot disk: firmware and a boot loader may print nothing on the serial line
+# before the kernel does (and read the kernel through the proxy, slowly under TCG).
+SILENT_LIMIT_BOOT_DISK = 180.0
+BOOT_DISK_TCG_NOTE = ("note: under TCG the guest kernel needs the 'irqpoll' argument (stock's proxy "
+                      "delivers interrupts only through KVM); with --boot disk the launcher does not load "
+                      "the kernel and cannot add it: put it in the image's boot loader configuration")
 
 
 class LaunchError(Exception):
@@ -136,15 +150,6 @@ def guest_files(prepare=True):
     with open(files["guest"]) as f:
         files["info"] = json.load(f)
     return files
-
-
-def kvm_usable():
-    try:
-        fd = os.open("/dev/kvm", os.O_RDWR)
-    except OSError:
-        return False
-    os.close(fd)
-    return True
 
 
 # ---- what to start ----------------------------------------------------------------
@@ -251,14 +256,16 @@ class Plan:
     def kernel_cmdline(self, accel):
         a = self.args
         loglevel = {"shell": 3, "run": 1}.get(a.mode, 4)
-        words = ["console=ttyS0", f"loglevel={loglevel}", "panic=-1",
+        # earlyprintk: the kernel's set-up code prints within seconds of starting, whatever the
+        # loglevel, so a guest that runs is never silent for long (the --silent-limit net)
+        words = ["console=ttyS0", "earlyprintk=ttyS0", f"loglevel={loglevel}", "panic=-1",
                  f"mpq.mode={a.mode}", f"mpq.nonce={self.nonce}", f"mpq.disks={len(self.disks)}",
                  f"mpq.wait={a.disk_wait}", f"mpq.limit={self.guest_limit()}"]
         if a.mode == "run":
             words.append("mpq.run=" + base64.b64encode(a.run.encode()).decode())
         if a.mode == "perf":
             words.append(f"mpq.perf_mb={a.perf_mb}")
-        if accel == "tcg":
+        if mpqemu_accel.irq_poll(accel):
             words.append(TCG_IRQ_WORKAROUND)
         if a.append:
             words.append(a.append)
@@ -286,9 +293,13 @@ class Plan:
         else:
             argv = [a.vmm_bin, "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
                     "-machine", f"pc,accel={accel},memory-backend=mem", "-m", mem,
-                    "-object", f"memory-backend-memfd,id=mem,size={mem},share=on",
-                    "-kernel", guest["vmlinuz"], "-initrd", guest["initrd"],
-                    "-append", self.kernel_cmdline(accel), "-serial", "stdio"]
+                    "-object", f"memory-backend-memfd,id=mem,size={mem},share=on"]
+            if a.boot == "kernel":
+                argv += ["-kernel", guest["vmlinuz"], "-initrd", guest["initrd"],
+                         "-append", self.kernel_cmdline(accel)]
+            # --boot disk: no kernel; with -nodefaults the only disks are behind our
+            # controllers, and SeaBIOS boots the first one it finds (lsi0, SCSI id 0).
+            argv += ["-serial", "stdio"]
             if a.firmware == "qboot":
                 argv += ["-bios", "qboot.rom"]
             for k in range(len(self.controllers)):
@@ -323,6 +334,7 @@ class Child:
         self.log = open(log_path, "ab")
         self.rc = None
         self.stopped_by_us = False
+        self.started = time.monotonic()
         try:
             self.p = subprocess.Popen(
                 argv, pass_fds=pass_fds, start_new_session=True, preexec_fn=_child_setup,
@@ -634,6 +646,7 @@ class Launcher:
         self.term_saved = None
         self.rundir = None
         self.made_sockets = []
+        self.accel = None
 
     # -- signals and terminal
     def _on_signal(self, signum, _frame):
@@ -677,11 +690,21 @@ class Launcher:
         a = self.args
         if a.log_dir:
             os.makedirs(a.log_dir, exist_ok=True)
+        accel = "qtest"
+        if a.vmm == "stock":
+            # decided before anything is created or started: a KVM that cannot run the
+            # guest fails here at once instead of hanging
+            try:
+                accel, why = mpqemu_accel.resolve(a.accel)
+            except ValueError as e:
+                raise LaunchError(EXIT_SETUP, str(e))
+            say(f"accelerator: {why}")
+        self.accel = accel
         self.rundir = tempfile.mkdtemp(prefix="mpqemu-")
         logdir = a.log_dir or self.rundir
         plan = Plan(a, self.rundir)
         guest = None
-        if a.vmm == "stock":
+        if a.vmm == "stock" and a.boot == "kernel":
             try:
                 guest = guest_files(prepare=not a.dry_run)
             except LaunchError:
@@ -689,9 +712,6 @@ class Launcher:
                     raise
                 out = os.path.join(guest_cache(), "guest")
                 guest = {"vmlinuz": os.path.join(out, "vmlinuz"), "initrd": os.path.join(out, "initrd.img")}
-        accel = a.accel
-        if accel == "auto":
-            accel = "kvm" if kvm_usable() else "tcg"
 
         # one socketpair per controller: the stock proxy speaks to one device per socket
         pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM) for _ in plan.controllers]
@@ -711,6 +731,8 @@ class Launcher:
                 print(shlex.join(vmm_argv))
                 return EXIT_OK
             self._describe(plan, accel)
+            if a.boot == "disk" and accel == "tcg":
+                say(BOOT_DISK_TCG_NOTE)
             qlisten = None
             if a.vmm == "mpqemu":
                 qlisten = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -735,7 +757,10 @@ class Launcher:
             self.children.append(self.vmm)
             say(f"VMM pid {self.vmm.pid}: {os.path.basename(a.vmm_bin)}, {a.memory} RAM, "
                 f"{accel if a.vmm == 'stock' else 'qtest (no guest OS)'}"
-                + (f" (guest polls for interrupts: {TCG_IRQ_WORKAROUND})" if accel == "tcg" and a.vmm == "stock" else ""))
+                + (f" (guest polls for interrupts: {TCG_IRQ_WORKAROUND})"
+                   if accel == "tcg" and a.vmm == "stock" and a.boot == "kernel" else "")
+                + (f", booting from {plan.disks[0].label} ({os.path.basename(plan.disks[0].path)})"
+                   if a.boot == "disk" else ""))
         finally:
             for p in pairs:   # the children hold their ends now
                 p[0].close()
@@ -779,8 +804,11 @@ class Launcher:
             if stdin_open and sys.stdin.isatty():
                 self._raw_terminal()
         if interactive:
-            say("booting the guest (kernel, storage driver, disks: ~10 s with KVM, 20-60 s under TCG); "
-                "Ctrl-C stops everything")
+            if a.boot == "disk":
+                say("booting from the disk (firmware, then the image's boot loader); Ctrl-C stops everything")
+            else:
+                say("booting the guest (kernel, storage driver, disks: ~10 s with KVM, 20-60 s under TCG); "
+                    "Ctrl-C stops everything")
         t0 = time.monotonic()
         deadline = t0 + a.timeout if a.timeout else None
         shown = 0
@@ -849,6 +877,12 @@ class Launcher:
                                               f"VMM (pid {self.vmm.pid}) {what}: {self.vmm.describe_exit()}\n"
                                               f"{self.vmm.tail()}")
                         return self._finish(plan, guest, now - t0)
+                silent = now - self.vmm.started
+                if a.silent_limit and self.console.first_output is None and silent > a.silent_limit:
+                    self._restore_terminal()
+                    raise LaunchError(EXIT_SILENT_GUEST,
+                                      f"the guest printed nothing in {a.silent_limit:g} s under {self.accel} "
+                                      f"(VMM pid {self.vmm.pid}); VMM log tail:\n{self.vmm.tail() or '    (empty)'}")
                 if deadline and now > deadline:
                     self._restore_terminal()
                     stage = self.console.events[-1][1] if self.console.events else "before the guest's first marker"
@@ -1025,7 +1059,17 @@ def make_parser():
     ap.add_argument("--timeout", type=float, help="limit for the whole run in seconds "
                     "(default: none interactively, 600 otherwise)")
     ap.add_argument("--disk-wait", type=int, default=120, help="guest limit for finding the disks (s)")
-    ap.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto")
+    ap.add_argument("--boot", choices=("kernel", "disk"), default="kernel",
+                    help="kernel: the bundled guest kernel + initramfs (default); disk: the firmware boots "
+                         "the first disk (lsi0, SCSI id 0) with its own boot loader, nothing is loaded")
+    ap.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto",
+                    help="stock VMM's accelerator. auto (default): kvm when /dev/kvm opens read-write and "
+                         "the CPU shows vmx/svm (hardware KVM), else tcg with the guest polling for "
+                         "interrupts; kvm on a host without hardware KVM fails at once (status 3)")
+    ap.add_argument("--silent-limit", type=float, default=None, metavar="S",
+                    help="stock VMM: stop (status 15) when the guest has printed nothing on its console "
+                         f"S seconds after the VMM started; its first output disarms this "
+                         f"(default {SILENT_LIMIT:g}, {SILENT_LIMIT_BOOT_DISK:g} with --boot disk; 0 = never)")
     ap.add_argument("--firmware", choices=("seabios", "qboot"), default="seabios")
     ap.add_argument("--append", default="", help="extra guest kernel command line")
     ap.add_argument("-v", "--verbose", action="store_true", help="show command lines and the guest console")
@@ -1043,6 +1087,25 @@ def resolve_args(ap, argv=None):
         ap.error("--perf-mb must be a positive even number")
     if a.disk_size < 16 * MiB or a.disk_size % 512:
         ap.error("--disk-size must be at least 16M and a multiple of 512")
+    if a.boot == "disk":
+        # The bundled guest's /init is what runs the workloads and prints the markers
+        # the launcher checks; an image's own system knows nothing of them.
+        if a.mode != "shell":
+            ap.error(f"--{ {'selftest': 'self-test'}.get(a.mode, a.mode)} needs the bundled guest "
+                     "(its /init runs the workload): not with --boot disk")
+        if a.vmm != "stock":
+            ap.error("--boot disk needs a guest OS: not with --vmm mpqemu (qtest, no firmware)")
+        if not a.disk:
+            ap.error("--boot disk needs --disk IMAGE (a bootable raw or qcow2 image)")
+        if a.firmware != "seabios":
+            ap.error("--boot disk needs --firmware seabios (qboot boots only a -kernel)")
+        if a.append:
+            ap.error("--append needs the bundled kernel: with --boot disk put kernel arguments in the "
+                     "image's boot loader configuration")
+    if a.silent_limit is None:
+        a.silent_limit = SILENT_LIMIT_BOOT_DISK if a.boot == "disk" else SILENT_LIMIT
+    if a.silent_limit < 0:
+        ap.error("--silent-limit must be >= 0")
     if a.timeout is None and a.mode != "shell":
         a.timeout = 600
     try:
