@@ -287,11 +287,9 @@ void LsiController::reg_write(uint8_t off, uint8_t val) {
     case kCtest2: r.ctest2 = val & kCtest2Pcicie; break;
     case kCtest3: r.ctest3 = val & 0x0f; break;
     case kTemp: case kTemp + 1: case kTemp + 2: case kTemp + 3: set_byte(r.temp, off, val); break;
-    case kDfifo: r.dfifo = val; break;
     case kCtest4: r.ctest4 = val; break;
     case kCtest5: r.ctest5 = val; break;
     case kDbc: case kDbc + 1: case kDbc + 2: set_byte(r.dbc, off, val); break;
-    case kDcmd: r.dcmd = val; break;
     case kDnad: case kDnad + 1: case kDnad + 2: case kDnad + 3: set_byte(r.dnad, off, val); break;
     case kDsp: case kDsp + 1: case kDsp + 2: set_byte(r.dsp, off, val); break;
     case kDspLast:
