@@ -247,12 +247,17 @@ void LsiController::reg_write(uint8_t off, uint8_t val) {
     switch (off) {
     case kScntl0: r.scntl0 = val; break;
     case kScntl1: {
-        // CON is the chip's own view of the bus; SST starts nothing here.
-        r.scntl1 = static_cast<uint8_t>((val & ~(kScntl1Sst | kScntl1Con)) | (r.scntl1 & kScntl1Con));
+        // SST starts nothing here. CON takes the written value as in stock
+        // QEMU (SSTAT2.LDSC follows it); the SCSI side copes with a
+        // connection flag that has no request behind it.
+        r.scntl1 = static_cast<uint8_t>(val & ~kScntl1Sst);
         if (val & kScntl1Rst) {
             if (!(r.sstat0 & kSstat0Rst)) {
                 r.sstat0 |= kSstat0Rst;
                 scsi_bus_reset();
+                // The bus reset drops the connection, but the register
+                // keeps the value just written.
+                r.scntl1 = static_cast<uint8_t>(val & ~kScntl1Sst);
             }
         } else {
             r.sstat0 &= ~kSstat0Rst;

@@ -19,5 +19,26 @@ TEST_F(Fidelity, DfifoAndDcmdIgnoreWrites) {
     EXPECT_EQ(rb(L::kDcmd), 0x40);
 }
 
+// SCNTL1 stores what the host writes except SST, CON included; SSTAT2
+// reports LDSC from CON.
+TEST_F(Fidelity, Scntl1ConIsWritable) {
+    wb(L::kScntl1, 0x91);
+    EXPECT_EQ(rb(L::kScntl1), 0x90);
+    EXPECT_EQ(rb(L::kSstat2), 0x00);
+    ww(L::kScntl0, 0x7ce0);  // CRST with CON: the bus reset leaves CON as written
+    EXPECT_EQ(rb(L::kScntl1), 0x7c);
+    EXPECT_EQ(rb(L::kSstat2), 0x00);
+    EXPECT_EQ(rb(L::kSist0) & L::kSist0Rst, L::kSist0Rst);
+    ww(L::kScntl0, 0x00c0);  // a word write at SCNTL0 writes SCNTL1 too
+    EXPECT_EQ(rb(L::kScntl1), 0x00);
+    EXPECT_EQ(rb(L::kSstat2), L::kSstat2Ldsc);
+    // A block move with CON set by the host and nothing selected ends in an
+    // interrupt, never a hang or a crash.
+    wb(L::kScntl1, L::kScntl1Con);
+    prog(0x1000, {move(kDI, 16), 0x2000, kInt, 1});
+    run(0x1000);
+    EXPECT_TRUE(pump_until([&] { return (rb(L::kIstat0) & 3) != 0 || stopped(); }));
+}
+
 }  // namespace
 }  // namespace lsitest
