@@ -300,11 +300,15 @@ void LsiController::exec_io(uint32_t insn, uint32_t arg) {
             r.dsp = alt;
             return;
         }
-        if ((insn & (1u << 24)) || (insn & (1u << 3))) {
+        exec_select(id);
+        // ATN comes from bit 3, as in stock QEMU, and only with a target
+        // that answered. Bit 24 (the manual's select-with-ATN) is ignored
+        // there; its targets go to MSG OUT regardless, so a driver that
+        // sets it (Linux's SCR_SEL_TBL_ATN) sees no ATN in SOCL or SBCL.
+        if (connected() && (insn & (1u << 3))) {
             r.socl |= kSoclAtn;
             r.sbcl |= kSbclAtn;
         }
-        exec_select(id);
         return;
     }
     case 1: wait_disconnect(); return;

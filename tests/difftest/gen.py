@@ -44,7 +44,8 @@ def io(op, target=0, alt=0, atn=False, ack=False, carry=False, tmode=False,
     if table:
         w |= 1 << 25
     if sel_atn:
-        w |= 1 << 24 | 1 << 3        # QEMU looks at bit 3, the manual at bit 24
+        # QEMU looks at bit 3, the manual at bit 24: "both", "24" or "3".
+        w |= {"24": 1 << 24, "3": 1 << 3}.get(sel_atn, 1 << 24 | 1 << 3)
     if atn:
         w |= 1 << 3
     if ack:
@@ -220,7 +221,7 @@ def gen_scripts(rng):
             op = rng.choice((0, 0, 1, 2, 3, 3, 4, 4))
             if op == 0:
                 t = rng.choice((0, 3, 5, 7))
-                a.emit(io(0, t, fwd(), sel_atn=rng.random() < 0.7,
+                a.emit(io(0, t, fwd(), sel_atn=rng.choice((False, "both", "24", "3")),
                           table=rng.random() < 0.1))
             elif op == 2 and rng.random() < 0.5:
                 a.emit(io(2, 0, fwd()))
@@ -440,7 +441,7 @@ def scsi_command(rng, slot, idx, pm_jump):
     if dout:
         ops.append(["mem", buf, (dout + bytes(max(0, mlen - len(dout))))[:mlen].hex()])
     a = Asm(slot)
-    a.emit(io(0, target, "resel", sel_atn=True))
+    a.emit(io(0, target, "resel", sel_atn=rng.choice(("both", "24", "3"))))
     a.emit(move(PH_MO, len(mo), msgout))
     a.emit(move(PH_CMD, len(cdb), cdbaddr))
     a.label("dispatch")

@@ -40,5 +40,34 @@ TEST_F(Fidelity, Scntl1ConIsWritable) {
     EXPECT_TRUE(pump_until([&] { return (rb(L::kIstat0) & 3) != 0 || stopped(); }));
 }
 
+// SELECT asserts ATN (SOCL, SBCL) only for bit 3 and only when the target
+// answers; bit 24 alone leaves it clear, so an ordinary command ends with
+// SOCL = 0.
+TEST_F(Fidelity, SelectAtnFromBit3OnlyAndOnlyWhenSelected) {
+    attach_disk(Timing::Sync);
+    ram[0x2000] = 0xc0;  // IDENTIFY
+    ram[0x2100] = 0x00;  // TEST UNIT READY
+    prog(0x1000, {select_atn(0), 0x1f00, move(kMO, 1), 0x2000, move(kCMD, 6), 0x2100,
+                  move(kST, 1), 0x2200, move(kMI, 1), 0x2300, kClearAck, 0, kWaitDisc, 0, kInt, 1});
+    run(0x1000);
+    EXPECT_TRUE(pump_until([&] { return stopped(); }));
+    EXPECT_EQ(rl(L::kDsps), 1u);
+    EXPECT_EQ(rb(L::kSocl), 0x00);
+    // Bit 3 with a target that answers: ATN on the bus until cleared.
+    prog(0x1000, {select_atn(0) | 0x08, 0x1f00, kInt, 2});
+    run(0x1000);
+    EXPECT_TRUE(pump_until([&] { return stopped(); }));
+    EXPECT_EQ(rb(L::kSocl), L::kSoclAtn);
+    EXPECT_EQ(rb(L::kSbcl) & L::kSbclAtn, L::kSbclAtn);
+    wb(L::kIstat0, L::kIstatSrst);
+    wb(L::kIstat0, 0);
+    // Bit 3 to an absent target: selection timeout, no ATN.
+    prog(0x1000, {select_atn(5) | 0x08, 0x1f00, kJump, 0x1010, kInt, 3});
+    run(0x1000);
+    EXPECT_TRUE(pump_until([&] { return stopped(); }));
+    EXPECT_EQ(rb(L::kSist1) & L::kSist1Sto, L::kSist1Sto);
+    EXPECT_EQ(rb(L::kSocl), 0x00);
+}
+
 }  // namespace
 }  // namespace lsitest
