@@ -231,23 +231,25 @@ void LsiController::exec_block_move(uint32_t insn, uint32_t arg) {
     addr |= static_cast<uint64_t>(upper & 0xff) << 32;
     r.ia = static_cast<uint32_t>(insn_addr);
     r.dbc = count;
+    charge(count / kChunk);
+
+    // The phase is compared first, connected or not, as in stock QEMU: a
+    // mismatch stops with SIST0.MA, RBC = the count, DNAD and UA untouched
+    // (nothing moved; no phase-mismatch jump at an instruction boundary).
+    Phase want = static_cast<Phase>((insn >> 24) & kPhaseMask);
+    if (want != phase()) {
+        r.rbc = count;
+        script_scsi_interrupt(kSist0Ma, 0);
+        return;
+    }
     r.dnad = static_cast<uint32_t>(addr);
     r.dnad64 = upper & 0xff;
     s_.scripts.move_addr = addr;
-    charge(count / kChunk);
-
-    Phase want = static_cast<Phase>((insn >> 24) & kPhaseMask);
     if (!connected()) {
         // Nothing on the bus answers: the chip would wait for a REQ that
         // never comes. Report it as an unexpected disconnect.
         script_scsi_interrupt(kSist0Udc, 0);
         stop_scripts();
-        return;
-    }
-    if (want != phase()) {
-        r.rbc = r.dbc;
-        r.ua = r.dnad;
-        script_scsi_interrupt(kSist0Ma, 0);
         return;
     }
     switch (want) {

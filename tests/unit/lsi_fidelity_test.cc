@@ -69,5 +69,22 @@ TEST_F(Fidelity, SelectAtnFromBit3OnlyAndOnlyWhenSelected) {
     EXPECT_EQ(rb(L::kSocl), 0x00);
 }
 
+// A block move compares the phase before anything else, connected or not:
+// a mismatch raises SIST0.MA with DBC and RBC holding the count and DNAD
+// untouched.
+TEST_F(Fidelity, BlockMovePhaseMismatchBeforeConnectionCheck) {
+    wl(L::kDnad, 0x11111111);
+    wl(L::kUa, 0x22222222);
+    prog(0x1000, {move(kCMD, 16), 0x1081a5, kInt, 1});
+    run(0x1000);
+    EXPECT_TRUE(pump_until([&] { return stopped(); }));
+    EXPECT_EQ(rb(L::kSist0), L::kSist0Ma);
+    EXPECT_EQ(rl(L::kDnad), 0x11111111u);
+    EXPECT_EQ(rl(L::kUa), 0x22222222u);
+    EXPECT_EQ(rl(L::kRbc), 16u);
+    EXPECT_EQ(rl(L::kDbc) & 0xffffff, 16u);
+    EXPECT_EQ(rl(L::kIa), 0x1000u);
+}
+
 }  // namespace
 }  // namespace lsitest
