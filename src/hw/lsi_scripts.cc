@@ -326,7 +326,9 @@ void LsiController::exec_io(uint32_t insn, uint32_t arg) {
         if (insn & (1u << 3)) {
             r.socl |= kSoclAtn;
             r.sbcl |= kSbclAtn;
-            if (connected()) set_phase(Phase::MsgOut);
+            // As in stock QEMU the target answers ATN at once, connected
+            // or not: the bus shows MSG OUT.
+            set_phase(Phase::MsgOut);
         }
         if (insn & (1u << 6)) r.sbcl |= kSbclAck;
         if (insn & (1u << 10)) s_.scripts.carry = true;

@@ -86,5 +86,15 @@ TEST_F(Fidelity, BlockMovePhaseMismatchBeforeConnectionCheck) {
     EXPECT_EQ(rl(L::kIa), 0x1000u);
 }
 
+// SET ATN puts the bus in MSG OUT even with nothing connected.
+TEST_F(Fidelity, SetAtnShowsMsgOutWhileDisconnected) {
+    prog(0x1000, {kSetAtn | 0x40, 0, kInt, 1});  // SET ATN ACK
+    run(0x1000);
+    EXPECT_TRUE(pump_until([&] { return stopped(); }));
+    EXPECT_EQ(rb(L::kSstat1) & L::kPhaseMask, kMO);
+    EXPECT_EQ(rb(L::kSbcl), L::kSbclReq | L::kSbclAck | L::kSbclAtn | kMO);
+    EXPECT_EQ(rb(L::kSocl), L::kSoclAtn);
+}
+
 }  // namespace
 }  // namespace lsitest
