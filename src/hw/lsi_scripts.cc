@@ -473,23 +473,22 @@ void LsiController::exec_memory_move(uint32_t insn, uint32_t src) {
 void LsiController::exec_load_store(uint32_t insn, uint32_t arg) {
     LsiRegs& r = s_.regs;
     unsigned reg = (insn >> 16) & 0xff;
+    // The manual allows 1..4 bytes; stock QEMU moves whatever the 3-bit
+    // count says (0..7). Bytes past the end of the register file read as
+    // 0xff and are not written, so nothing wraps to offset 0.
     unsigned n = insn & 7;
-    // The chip moves 1..4 bytes within one register dword; clamp whatever
-    // a guest encodes so that no access runs past the register file.
-    n = std::min(n, 4u);
-    n = std::min(n, 0x100 - reg);
     uint64_t addr = arg;
     if (insn & (1u << 28)) addr = static_cast<uint32_t>(r.dsa + static_cast<uint32_t>(sext24(arg)));
     if (n == 0) return;
-    uint8_t data[4] = {};
+    uint8_t data[7] = {};
     if (insn & (1u << 24)) {
         if (!bus_read(addr, std::span<uint8_t>(data, n))) {
             script_dma_interrupt(kDstatBf);
             return;
         }
-        for (unsigned i = 0; i < n; i++) reg_write(static_cast<uint8_t>(reg + i), data[i]);
+        for (unsigned i = 0; i < n && reg + i <= 0xff; i++) reg_write(static_cast<uint8_t>(reg + i), data[i]);
     } else {
-        for (unsigned i = 0; i < n; i++) data[i] = reg_read(static_cast<uint8_t>(reg + i));
+        for (unsigned i = 0; i < n; i++) data[i] = reg + i <= 0xff ? reg_read(static_cast<uint8_t>(reg + i)) : kUnknownRead;
         if (!bus_write(addr, std::span<const uint8_t>(data, n))) script_dma_interrupt(kDstatBf);
     }
 }

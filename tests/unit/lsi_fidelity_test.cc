@@ -96,5 +96,22 @@ TEST_F(Fidelity, SetAtnShowsMsgOutWhileDisconnected) {
     EXPECT_EQ(rb(L::kSocl), L::kSoclAtn);
 }
 
+// LOAD/STORE move as many bytes as the 3-bit count says (up to 7); bytes
+// past offset 0xff read as 0xff and are not written.
+TEST_F(Fidelity, LoadStoreCountsUpToSeven) {
+    for (int i = 0; i < 8; i++) ram[0x3000 + i] = static_cast<uint8_t>(0x11 * (i + 1));
+    std::memset(&ram[0x4000], 0xee, 16);
+    prog(0x1000, {load(L::kScratchB, 7), 0x3000, store(L::kScratchB, 7), 0x4000, store(0xfd, 6), 0x4008,
+                  load(0xfe, 5), 0x3000, kInt, 1});
+    run(0x1000);
+    EXPECT_TRUE(pump_until([&] { return stopped(); }));
+    EXPECT_EQ(rl(L::kScratchB), 0x44332211u);
+    EXPECT_EQ(rl(0x60), 0x00776655u);  // SCRATCHC takes the other three
+    for (int i = 0; i < 7; i++) EXPECT_EQ(ram[0x4000 + i], 0x11 * (i + 1)) << i;
+    EXPECT_EQ(ram[0x4007], 0xee);
+    for (int i = 0; i < 6; i++) EXPECT_EQ(ram[0x4008 + i], 0xff) << i;  // 0xfd..0xff unknown, then past the end
+    EXPECT_EQ(rb(0x00), 0xc0);  // nothing wrapped to SCNTL0
+}
+
 }  // namespace
 }  // namespace lsitest
