@@ -233,6 +233,8 @@ def gen_scripts(rng):
         elif c < 0.52:    # register move
             opcode = rng.choice((5, 6, 7))
             reg = rng.choice(SAFE_REGS)
+            if reg == 0x08 and opcode != 5:
+                reg = 0x34   # SFBR reads are a documented divergence
             a.emit(rmw(opcode, rng.randrange(8), reg, rand_val(rng, 1),
                        use_sfbr=rng.random() < 0.2))
         elif c < 0.70:    # transfer control
@@ -266,6 +268,8 @@ def gen_scripts(rng):
             load = rng.random() < 0.5
             reg = rng.choice(SAFE_REGS) if load else rng.randrange(0, 0x60)
             cnt = rng.choice((1, 2, 3, 4, 4, 0, 5, 7))
+            if not load and reg <= 0x08 < reg + cnt:
+                reg = 0x09   # a STORE of SFBR: see DIVERGENCES.md
             if rng.random() < 0.5:
                 a.emit(load_store(load, reg, cnt, rng.randrange(-0x40, 0x40) & 0xFFFFFF,
                                   dsa_rel=True))

@@ -13,6 +13,7 @@ import shlex
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -206,6 +207,18 @@ class Setup:
         BARs assigned, SCRIPTS RAM and the memory window zeroed, SFBR 0,
         disks back to the master image, unit attentions consumed alike."""
         q = self.q
+        q.outb(0xCF9, 0x06)
+        q.cmd("endianness")
+        self.program_bars()
+        # A chip reset keeps the ADDER (last JUMP target), which the host
+        # cannot write: one JUMP to a fixed address sets it alike on every
+        # setup, then a second reset clears what that script left.
+        at = WIN_BASE + WIN_SIZE - 0x10
+        q.write(at, struct.pack("<IIII", 0x80080000, at + 8, 0x98080000, 0))
+        q.writel(MMIO_BASE + 0x2C, at)
+        for _ in range(1000):
+            if q.readb(MMIO_BASE + 0x14) & 1:
+                break
         q.outb(0xCF9, 0x06)
         q.cmd("endianness")
         self.program_bars()
