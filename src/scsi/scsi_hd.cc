@@ -338,6 +338,9 @@ DataDir HdRequest::dispatch() {
     }
 
     ScsiHdState& s = dev_->state_;
+    // The sense data of a CHECK CONDITION lives until the next command on
+    // this logical unit: only a REQUEST SENSE right after it sees it.
+    if (opc != op::kRequestSense) s.sense = kNoSense;
     if ((s.unit_attention || s.capacity_changed) && opc != op::kInquiry &&
         opc != op::kReportLuns && opc != op::kRequestSense) {
         // Reported once; REQUEST SENSE then returns it from the sense data.

@@ -328,6 +328,22 @@ TEST_F(ScsiHdTest, RequestSenseReturnsLastErrorOnceAndShortTransfer) {
     EXPECT_EQ(o.data[2], 0x24);
 }
 
+// Sense data is kept only until the next command: a REQUEST SENSE after
+// an intervening command reports NO SENSE (as stock QEMU's scsi-hd).
+TEST_F(ScsiHdTest, SenseDataClearedByTheNextCommand) {
+    expect_sense(run({0xff, 0, 0, 0, 0, 0}), kInvalidOpcode);
+    expect_good(run({0x00, 0, 0, 0, 0, 0}));
+    Sense s = request_sense();
+    EXPECT_EQ(s.key, 0);
+    EXPECT_EQ(s.asc, 0);
+    dev_->reset();
+    expect_sense(run({0x00, 0, 0, 0, 0, 0}), kResetOccurred);
+    expect_good(run({0x00, 0, 0, 0, 0, 0}));
+    s = request_sense();
+    EXPECT_EQ(s.key, 0);
+    EXPECT_EQ(s.asc, 0);
+}
+
 // block_resize: the backend grows, the disk raises CAPACITY DATA HAS
 // CHANGED once, and READ CAPACITY reports the new size.
 TEST_F(ScsiHdTest, CapacityChangeAfterResize) {
