@@ -322,6 +322,19 @@ DataDir HdRequest::dispatch() {
     if (need == 0 || cdb_len_ < need) return fail(kInvalidOpcode);
     std::span<const uint8_t> c(cdb_.data(), need);
 
+    // A pending unit attention is reported once, to the first command
+    // that is not INQUIRY, REPORT LUNS or REQUEST SENSE, whichever LUN it
+    // names (stock QEMU's scsi-hd keeps one unit attention per device);
+    // REQUEST SENSE then returns it from the sense data.
+    ScsiHdState& st = dev_->state_;
+    if ((st.unit_attention || st.capacity_changed) && opc != op::kInquiry &&
+        opc != op::kReportLuns && opc != op::kRequestSense) {
+        Sense ua = st.unit_attention ? kResetOccurred : kCapacityChanged;
+        if (st.unit_attention) st.unit_attention = false;
+        else st.capacity_changed = false;
+        return fail(ua);
+    }
+
     if (lun_ != dev_->props_.lun) {
         if (opc == op::kInquiry) {
             uint32_t alloc = allocation_length(c);
@@ -340,15 +353,7 @@ DataDir HdRequest::dispatch() {
     ScsiHdState& s = dev_->state_;
     // The sense data of a CHECK CONDITION lives until the next command on
     // this logical unit: only a REQUEST SENSE right after it sees it.
-    if (opc != op::kRequestSense) s.sense = kNoSense;
-    if ((s.unit_attention || s.capacity_changed) && opc != op::kInquiry &&
-        opc != op::kReportLuns && opc != op::kRequestSense) {
-        // Reported once; REQUEST SENSE then returns it from the sense data.
-        Sense ua = s.unit_attention ? kResetOccurred : kCapacityChanged;
-        if (s.unit_attention) s.unit_attention = false;
-        else s.capacity_changed = false;
-        return fail(ua);
-    }
+    if (opc != op::kRequestSense && lun_ == dev_->props_.lun) s.sense = kNoSense;
 
     if (is_rw(opc)) return start_rw();
     const HdView v = dev_->view();

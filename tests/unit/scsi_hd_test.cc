@@ -344,6 +344,16 @@ TEST_F(ScsiHdTest, SenseDataClearedByTheNextCommand) {
     EXPECT_EQ(s.asc, 0);
 }
 
+// The device's unit attention goes to the first command that is not
+// INQUIRY, REPORT LUNS or REQUEST SENSE, even one for a LUN it does not
+// have (as stock QEMU's scsi-hd); LUN 0 then runs without it.
+TEST_F(ScsiHdTest, UnitAttentionReportedToAnyLun) {
+    dev_->reset();
+    expect_sense(run({0x00, 0, 0, 0, 0, 0}, {}, 1), kResetOccurred);
+    expect_good(run({0x00, 0, 0, 0, 0, 0}));
+    expect_sense(run({0x00, 0, 0, 0, 0, 0}, {}, 1), kLunNotSupported);
+}
+
 // block_resize: the backend grows, the disk raises CAPACITY DATA HAS
 // CHANGED once, and READ CAPACITY reports the new size.
 TEST_F(ScsiHdTest, CapacityChangeAfterResize) {
