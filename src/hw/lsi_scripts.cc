@@ -245,6 +245,9 @@ void LsiController::exec_block_move(uint32_t insn, uint32_t arg) {
     r.dnad = static_cast<uint32_t>(addr);
     r.dnad64 = upper & 0xff;
     s_.scripts.move_addr = addr;
+    move_start_ = static_cast<uint32_t>(addr);
+    move_count_ = count;
+    move_mismatched_ = false;
     if (!connected()) {
         // Nothing on the bus answers: the chip would wait for a REQ that
         // never comes. Report it as an unexpected disconnect.
@@ -275,6 +278,15 @@ void LsiController::finish_block_move() {
     r.dfifo = static_cast<uint8_t>(r.dbc & 0xff);
     r.ctest5 = static_cast<uint8_t>((r.ctest5 & 0xfc) | ((r.dbc >> 8) & 3));
     r.sbc = r.dbc;
+    // After a move that ran to its end stock QEMU leaves RBC = count - DBC
+    // and UA = start + DBC. A move cut short by a phase mismatch keeps
+    // what bad_phase() set: the manual's remaining count and next address,
+    // which Linux's phase-mismatch SCRIPTS store as the rest of the
+    // scatter entry.
+    if (!move_mismatched_) {
+        r.rbc = move_count_ - r.dbc;
+        r.ua = move_start_ + r.dbc;
+    }
 }
 
 // ------------------------------------------------------------------ I/O ----

@@ -113,5 +113,35 @@ TEST_F(Fidelity, LoadStoreCountsUpToSeven) {
     EXPECT_EQ(rb(0x00), 0xc0);  // nothing wrapped to SCNTL0
 }
 
+// COMMAND, STATUS and MSG IN moves leave DBC at their count (the CDB
+// length, 1, the MSG IN count) and DNAD at their start; RBC = count - DBC
+// and UA = start + DBC after a move that ran to its end.
+TEST_F(Fidelity, ByteCountsAfterAnOrdinaryCommand) {
+    attach_disk(Timing::Sync);
+    ram[0x2000] = 0x80;  // IDENTIFY
+    ram[0x2100] = 0x00;  // TEST UNIT READY
+    prog(0x1000, {select_atn(0), 0x1f00, move(kMO, 1), 0x2000, move(kCMD, 6), 0x2100, kInt, 1});
+    run(0x1000);
+    EXPECT_TRUE(pump_until([&] { return stopped(); }));
+    EXPECT_EQ(rb(L::kDstat) & L::kDstatSir, L::kDstatSir);
+    EXPECT_EQ(rl(L::kDbc) & 0xffffff, 6u);
+    EXPECT_EQ(rb(L::kDfifo), 6);
+    EXPECT_EQ(rl(L::kDnad), 0x2100u);
+    prog(0x1000, {move(kST, 1), 0x2200, kInt, 2});
+    run(0x1000);
+    EXPECT_TRUE(pump_until([&] { return stopped(); }));
+    EXPECT_EQ(rl(L::kDbc) & 0xffffff, 1u);
+    prog(0x1000, {move(kMI, 4), 0x2300, kInt, 3});
+    run(0x1000);
+    EXPECT_TRUE(pump_until([&] { return stopped(); }));
+    EXPECT_EQ(ram[0x2300], 0x00);  // COMMAND COMPLETE
+    EXPECT_EQ(rl(L::kDbc) & 0xffffff, 4u);
+    EXPECT_EQ(rb(L::kDfifo), 4);
+    EXPECT_EQ(rl(L::kSbc), 4u);
+    EXPECT_EQ(rl(L::kDnad), 0x2300u);
+    EXPECT_EQ(rl(L::kRbc), 0u);
+    EXPECT_EQ(rl(L::kUa), 0x2304u);
+}
+
 }  // namespace
 }  // namespace lsitest
