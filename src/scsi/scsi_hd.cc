@@ -680,8 +680,9 @@ void HdRequest::finish_mode_select() {
 }
 
 DataDir HdRequest::start_unmap() {
-    if (cdb_[1] & 0x01) return fail(kInvalidField);  // ANCHOR
-    if (dev_->backend_.read_only()) return fail(kWriteProtected);
+    // ANCHOR and write protection are checked once the parameter list has
+    // arrived, as stock QEMU's scsi-hd does: the guest sees the DATA OUT
+    // phase either way.
     uint32_t len = be16(&cdb_[7]);
     if (len == 0) return no_data_good();
     return start_data_out(Kind::Unmap, len);
@@ -692,11 +693,13 @@ void HdRequest::finish_unmap() {
     auto bad = [&](Sense s) {
         complete_check(s);
     };
+    if (cdb_[1] & 0x01) return bad(kInvalidField);  // ANCHOR
     if (p.size() < 8 || p.size() < size_t{be16(&p[0])} + 2 || p.size() < size_t{be16(&p[2])} + 8 ||
         (be16(&p[2]) & 15))
         return bad(kParamListLengthError);
     const size_t n = be16(&p[2]) / 16;
     if (n > kMaxUnmapDescriptors) return bad(kInvalidParamList);
+    if (dev_->backend_.read_only()) return bad(kWriteProtected);
     const uint64_t blocks = dev_->blocks();
     const uint32_t bs = dev_->state_.block_size;
     unmap_.clear();

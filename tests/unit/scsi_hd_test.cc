@@ -755,7 +755,13 @@ TEST_F(ScsiHdTest, UnmapAndWriteSame) {
     EXPECT_EQ(img_->read(8 * 512, 8 * 512), std::vector<uint8_t>(8 * 512, 0));
     EXPECT_EQ(img_->read(7 * 512, 512), std::vector<uint8_t>(fill.begin() + 7 * 512, fill.begin() + 8 * 512));
     // Bad lists.
-    expect_sense(run({0x42, 1, 0, 0, 0, 0, 0, 0, uint8_t(list.size()), 0}, list), kInvalidField);
+    // ANCHOR is refused after the parameter list came in (a DATA OUT
+    // phase, as in stock QEMU), and nothing is unmapped.
+    uint64_t u1 = backend_->stats().unmap_ops;
+    o = run({0x42, 1, 0, 0, 0, 0, 0, 0, uint8_t(list.size()), 0}, list);
+    expect_sense(o, kInvalidField);
+    EXPECT_EQ(o.dir, DataDir::ToDevice);
+    EXPECT_EQ(backend_->stats().unmap_ops, u1);
     auto bad = list;
     bad[3] = 33;
     expect_sense(run({0x42, 0, 0, 0, 0, 0, 0, 0, uint8_t(bad.size()), 0}, bad),
