@@ -387,7 +387,6 @@ DataDir HdRequest::dispatch() {
             return start_emulated(emulate_report_luns(v, c), allocation_length(c));
         case op::kModeSelect6:
         case op::kModeSelect10: {
-            if ((c[1] & 0x11) != 0x10) return fail(kInvalidField);  // PF=1, SP=0 only
             uint32_t len = opc == op::kModeSelect6 ? c[4] : be16(&c[7]);
             if (len == 0) return no_data_good();
             return start_data_out(Kind::ModeSelect, len);
@@ -665,6 +664,12 @@ void HdRequest::data_out_received() {
 }
 
 void HdRequest::finish_mode_select() {
+    // PF=1, SP=0 only; checked once the parameter list has arrived, as
+    // stock QEMU's scsi-hd does (the guest sees the DATA OUT phase).
+    if ((cdb_[1] & 0x11) != 0x10) {
+        complete_check(kInvalidField);
+        return;
+    }
     const bool ten = cdb_[0] == op::kModeSelect10;
     auto out = parse_mode_select(dev_->view(), ten, std::span<const uint8_t>(bufs_[0].get(), cur_len_));
     if (!out.ok) {

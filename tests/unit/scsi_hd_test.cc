@@ -512,7 +512,11 @@ TEST_F(ScsiHdTest, ModeSelectValidation) {
     auto sel = [&](std::vector<uint8_t> l, uint8_t b1 = 0x10) {
         return run({0x15, b1, 0, 0, uint8_t(l.size()), 0}, l);
     };
-    expect_sense(sel(list_with({}, caching_page(true)), 0x11), kInvalidField);  // SP=1
+    // SP=1 and PF=0 are refused once the list has come in (a DATA OUT
+    // phase, as in stock QEMU).
+    auto sp = sel(list_with({}, caching_page(true)), 0x11);
+    expect_sense(sp, kInvalidField);
+    EXPECT_EQ(sp.dir, DataDir::ToDevice);
     expect_sense(sel(list_with({}, caching_page(true)), 0x00), kInvalidField);  // PF=0
     // A byte that is not changeable.
     auto pg = caching_page(true);
