@@ -12,6 +12,7 @@ program can be written as JSON and replayed.  Ops:
   ["pmresume", addr, seconds]    ack; after a phase mismatch (SIST0.MA) also
                                  read DBC and restart SCRIPTS at addr, wait
   ["cfgw", off, size, val] / ["cfgr", off, size]   PCI configuration space
+  ["note", text]                 nothing runs; tells the comparison something
 """
 import random
 
@@ -439,6 +440,10 @@ def scsi_command(rng, slot, idx, pm_jump):
     d = slot + 0x400
     msgout, cdbaddr, status, msgin, buf = d, d + 0x10, d + 0x30, d + 0x38, d + 0x100
     ops = []
+    # Blocks that UNMAP or WRITE SAME with UNMAP may release read back as
+    # any data (SBC-3, LBPRZ = 0): the comparison needs to know.
+    if cdb[0] == 0x42 or (cdb[0] in (0x41, 0x93) and cdb[1] & 0x08):
+        ops.append(["note", "unmap"])
     mo = bytes([(0xC0 if disc else 0x80) | lun]) + (bytes(tag) if tag else b"")
     ops.append(["mem", d, (mo + bytes(16 - len(mo)) + cdb + bytes(32 - len(cdb)) +
                            b"\xFF" * 8 + b"\xEE" * 8).hex()])
