@@ -13,7 +13,7 @@ TOOL = os.path.join(HERE, "..", "difftest", "difftest.py")
 
 
 def main():
-    n = os.environ.get("MPQ_DIFFTEST_COUNT", "40")
+    n = os.environ.get("MPQ_DIFFTEST_COUNT", "80")
     seed = os.environ.get("MPQ_DIFFTEST_SEED", "1")
     p = subprocess.run([sys.executable, TOOL, "--kind", "all", "--seed", seed, "--count", n,
                         "--strict", "--shrink", "2"])
