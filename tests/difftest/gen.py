@@ -285,6 +285,10 @@ def gen_scripts(rng):
     a.label("i%d" % n)
     a.label("end")
     a.emit(int_(INT_END))
+    # Continuing (DCNTL.STD) after the final INT comes back to it instead of
+    # running on into zeroed memory: stock QEMU pauses SCRIPTS for good
+    # after 100 instructions under -accel tcg -S, ours goes on.
+    a.emit(jump("end"))
     for s in subs:
         a.label(s)
         for _ in range(rng.randint(0, 3)):
