@@ -338,8 +338,9 @@ def load_divergences(path):
         for line in f:
             if line.startswith("| `") and "|" in line[3:]:
                 cells = [c.strip() for c in line.strip().strip("|").split("|")]
-                kind, field = cells[0].strip("`"), cells[1].strip("`")
-                out.setdefault(kind, set()).add(field)
+                kind = cells[0].strip("`")
+                for field in cells[1].split(","):
+                    out.setdefault(kind, set()).add(field.strip().strip("`"))
     return out
 
 
