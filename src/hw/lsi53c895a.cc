@@ -248,12 +248,17 @@ void LsiController::reg_write(uint8_t off, uint8_t val) {
     switch (off) {
     case kScntl0: r.scntl0 = val; break;
     case kScntl1: {
-        // CON is the chip's own view of the bus; SST starts nothing here.
-        r.scntl1 = static_cast<uint8_t>((val & ~(kScntl1Sst | kScntl1Con)) | (r.scntl1 & kScntl1Con));
+        // SST starts nothing here. CON takes the written value as in stock
+        // QEMU (SSTAT2.LDSC follows it); the SCSI side copes with a
+        // connection flag that has no request behind it.
+        r.scntl1 = static_cast<uint8_t>(val & ~kScntl1Sst);
         if (val & kScntl1Rst) {
             if (!(r.sstat0 & kSstat0Rst)) {
                 r.sstat0 |= kSstat0Rst;
                 scsi_bus_reset();
+                // The bus reset drops the connection, but the register
+                // keeps the value just written.
+                r.scntl1 = static_cast<uint8_t>(val & ~kScntl1Sst);
             }
         } else {
             r.sstat0 &= ~kSstat0Rst;
@@ -288,11 +293,9 @@ void LsiController::reg_write(uint8_t off, uint8_t val) {
     case kCtest2: r.ctest2 = val & kCtest2Pcicie; break;
     case kCtest3: r.ctest3 = val & 0x0f; break;
     case kTemp: case kTemp + 1: case kTemp + 2: case kTemp + 3: set_byte(r.temp, off, val); break;
-    case kDfifo: r.dfifo = val; break;
     case kCtest4: r.ctest4 = val; break;
     case kCtest5: r.ctest5 = val; break;
     case kDbc: case kDbc + 1: case kDbc + 2: set_byte(r.dbc, off, val); break;
-    case kDcmd: r.dcmd = val; break;
     case kDnad: case kDnad + 1: case kDnad + 2: case kDnad + 3: set_byte(r.dnad, off, val); break;
     case kDsp: case kDsp + 1: case kDsp + 2: set_byte(r.dsp, off, val); break;
     case kDspLast:

@@ -138,6 +138,10 @@ private:
     uint8_t msg_buf_[64] = {};
     uint32_t msg_buf_len_ = 0, msg_buf_pos_ = 0;
     bool msg_fault_ = false;
+    // The block move in progress, for the RBC/UA bookkeeping at its end.
+    uint32_t move_start_ = 0;       // its address (low 32 bits)
+    uint32_t move_count_ = 0;       // its byte count
+    bool move_mismatched_ = false;  // ended by a phase mismatch
     std::shared_ptr<int> alive_ = std::make_shared<int>(0);
 };
 
