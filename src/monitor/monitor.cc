@@ -14,6 +14,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include "trace/trace.h"
 #include "util/log.h"
 
 namespace mpq::monitor {
@@ -400,6 +401,7 @@ std::vector<ChardevInfo> Monitors::chardevs() const {
 }
 
 void Monitors::emit(std::string_view event, Json data) {
+    MPQ_TRACE(mpq_monitor_event, std::string(event).c_str());
     Json ev = Json::object();
     ev["timestamp"] = timestamp_now();
     ev["event"] = event;

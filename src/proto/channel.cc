@@ -11,6 +11,8 @@
 #include <cstdio>
 #include <cstring>
 
+#include "trace/trace.h"
+
 namespace mpq::proto {
 
 void Frame::close_fds() {
@@ -93,12 +95,15 @@ Status Channel::send(int32_t cmd, std::span<const uint8_t> payload, std::span<co
             if (errno == EAGAIN || errno == EWOULDBLOCK) {
                 if (!wait_writable(sock_.get(), send_timeout_ms_)) {
                     int e = errno;
+                    MPQ_TRACE(mpqemu_send_io_error, cmd, static_cast<int>(payload.size()), static_cast<int>(fds.size()));
                     return fail_errno(e, "send {}: peer does not read ({})", cmd_name(cmd),
                                       std::strerror(e));
                 }
                 continue;
             }
-            return fail_errno(errno, "send {}: {}", cmd_name(cmd), std::strerror(errno));
+            int e = errno;
+            MPQ_TRACE(mpqemu_send_io_error, cmd, static_cast<int>(payload.size()), static_cast<int>(fds.size()));
+            return fail_errno(e, "send {}: {}", cmd_name(cmd), std::strerror(e));
         }
         // The fds went with the first bytes; later pieces carry none.
         msg.msg_control = nullptr;
@@ -271,6 +276,7 @@ Result<RecvState> Channel::recv(Frame& out) {
             if (errno == EINTR) continue;
             if (errno == EAGAIN || errno == EWOULDBLOCK) return RecvState::WouldBlock;
             int e = errno;
+            MPQ_TRACE(mpqemu_recv_io_error, -1, static_cast<int>(space.size()), 0);
             return rx_fail(fail_errno(e, "receive: {}", std::strerror(e)));
         }
         auto c = rx_commit(static_cast<size_t>(n), msg);

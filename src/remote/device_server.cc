@@ -14,6 +14,7 @@
 
 #include "pci/pci_device.h"
 #include "remote/reg_mirror.h"
+#include "trace/trace.h"
 #include "util/event_loop.h"
 #include "util/log.h"
 
@@ -98,8 +99,12 @@ struct DeviceServer::Conn {
     template <typename... Args>
     void complain(fmt::format_string<Args...> f, Args&&... args) {
         bad_frames++;
-        if (bad_frames <= kLogBurst || bad_frames % kLogEvery == 0)
-            log::error("{}: {}{}", name, fmt::format(f, std::forward<Args>(args)...),
+        bool logged = bad_frames <= kLogBurst || bad_frames % kLogEvery == 0;
+        if (!logged && !MPQ_TRACE_ON(mpq_remote_bad_frame)) return;
+        std::string msg = fmt::format(f, std::forward<Args>(args)...);
+        MPQ_TRACE(mpq_remote_bad_frame, ch.fd(), msg.c_str());
+        if (logged)
+            log::error("{}: {}{}", name, msg,
                        bad_frames == kLogBurst ? " (further errors are logged every 1000th)" : "");
     }
 };
@@ -215,6 +220,7 @@ void DeviceServer::trace(const Conn& c, const Frame& f) {
 
 bool DeviceServer::handle(Conn& c, Frame& f) {
     if (log::enabled(log::Level::Debug)) trace(c, f);
+    MPQ_TRACE(mpq_remote_frame, c.ch.fd(), proto::cmd_name(f.cmd()), f.size(), f.num_fds);
     // The proxy counts every posted frame it sent; so do we, whatever its
     // fate, or its mirror reads would wait for one that never comes.
     if (f.cmd() == proto::kCmdBarWritePosted) c.posted_done++;
@@ -299,6 +305,7 @@ void DeviceServer::do_bar_read(Conn& c, const Frame& f) {
     if (b.addr == proto::kExtProbeAddr && b.size == 0) {
         // MPQEXT negotiation (a stock remote answers all-ones here).
         c.features = b.val & proto::kSupportedFeatures & proto::kExtFeatureMask;
+        MPQ_TRACE(mpq_remote_ext_negotiated, c.ch.fd(), b.val, c.features);
         log::info("{}: MPQEXT v1 negotiated, features {:#x}", c.name, c.features);
         reply(c, proto::kExtReplyMagic | c.features);
         return;

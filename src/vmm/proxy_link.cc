@@ -9,6 +9,7 @@
 #include "util/event_loop.h"
 #include "util/log.h"
 #include "vmm/proxy.h"
+#include "trace/trace.h"
 
 namespace mpq::vmm {
 
@@ -265,6 +266,9 @@ Status ProxyLink::setup(const GuestRam& ram) {
     if ((*r & proto::kExtReplyMagicMask) == proto::kExtReplyMagic) {
         negotiated_ = true;
         features_ = *r & proto::kExtFeatureMask & offer_;
+        MPQ_TRACE(mpq_proxy_ext_negotiated, name_.c_str(), offer_, features_);
+    } else {
+        MPQ_TRACE(mpq_proxy_ext_none, name_.c_str());
     }
     return {};
 }
