@@ -138,7 +138,8 @@ void LsiController::reg_window_fill(std::span<uint8_t, pci::kRegWindowSize> imag
 uint8_t LsiController::reg_read(uint8_t off) {
     uint8_t v = reg_read_raw(off);
     // QEMU hands out the pending message byte of a MSG IN phase without a line.
-    if (!(off == kSbdl && phase() == Phase::MsgIn)) MPQ_TRACE(lsi_reg_read, lsi_reg_name(off), off, v);
+    if (MPQ_TRACE_ON(lsi_reg_read) && !(off == kSbdl && phase() == Phase::MsgIn))
+        trace::emit_lsi_reg_read(lsi_reg_name(off), off, v);
     return v;
 }
 
