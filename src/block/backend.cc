@@ -15,6 +15,7 @@
 #include "block/block.h"
 #include "block/file.h"
 #include "block/runtime.h"
+#include "trace/trace.h"
 #include "util/event_loop.h"
 #include "util/log.h"
 #include "util/thread_reserve.h"
@@ -186,6 +187,7 @@ BlockBackend::~BlockBackend() {
 bool BlockBackend::uses_io_uring() const { return impl_->uring != nullptr; }
 
 void BlockBackend::submit(std::unique_ptr<Job> j) {
+    MPQ_TRACE(mpq_block_request, opts_.id.c_str(), job_kind_name(j->kind), j->off, j->len);
     ++in_flight_;
     j->submit_ns = monotonic_ns();
     // A read the page cache holds needs no thread and no ring: served here,
@@ -262,6 +264,7 @@ void BlockBackend::finish(std::unique_ptr<Job> j) {
     uint64_t end = j->end_ns ? j->end_ns : now;
     uint64_t t = end > j->submit_ns ? end - j->submit_ns : 0;
     bool ok = j->result.ok();
+    MPQ_TRACE(mpq_block_complete, opts_.id.c_str(), job_kind_name(j->kind), j->off, j->len, ok ? 0 : -j->result.error().err);
     switch (j->kind) {
         case JobKind::Read:
             if (ok) { ++stats_.rd_ops; stats_.rd_bytes += j->len; } else { ++stats_.failed_rd_ops; }

@@ -4,6 +4,7 @@
 #include <cerrno>
 
 #include "block/block.h"
+#include "trace/trace.h"
 
 namespace mpq::block {
 
@@ -32,6 +33,7 @@ Status BlockBackend::resize(uint64_t new_len) {
     if (read_only()) return fail_errno(EACCES, "Block node is read-only");
     // No request may run against the old length while it changes.
     drain();
+    MPQ_TRACE(mpq_block_resize, opts_.id.c_str(), new_len);
     return drv_->truncate(new_len);
 }
 

@@ -16,6 +16,11 @@ namespace mpq::block {
 class FileDriver;
 
 enum class JobKind : uint8_t { Read, Write, Flush, Discard, WriteZeroes };
+// For trace lines (mpq_block_*).
+inline const char* job_kind_name(JobKind k) {
+    static constexpr const char* kNames[] = {"read", "write", "flush", "discard", "write-zeroes"};
+    return kNames[static_cast<unsigned>(k)];
+}
 
 struct Job {
     JobKind kind = JobKind::Read;

@@ -68,7 +68,7 @@ bool lsi_trace_enabled() {
 LsiController::LsiController(WorkQueue& wq, std::string id, LsiTuning tuning)
     : Lsi53c895a(lsi_identity()), wq_(wq), id_(std::move(id)),
       budget_per_activation_(std::max(1u, tuning.scripts_budget)) {
-    chip_reset(ResetKind::Chip);
+    chip_reset(ResetKind::PowerOn);
 }
 
 LsiController::~LsiController() {
@@ -125,7 +125,7 @@ void LsiController::reg_window_fill(std::span<uint8_t, pci::kRegWindowSize> imag
     // registers through reg_read, the dword banks above them (scratch C..R,
     // the 64-bit/move registers) a dword at a time, as reg_read decodes them.
     for (unsigned off = 0; off < kScratchC; ++off)
-        if (!read_has_side_effect(off)) image[off] = reg_read(static_cast<uint8_t>(off));
+        if (!read_has_side_effect(off)) image[off] = reg_read_raw(static_cast<uint8_t>(off));
     LsiRegs& r = s_.regs;
     for (unsigned off = kScratchC; off < pci::kRegWindowSize; off += 4) {
         uint32_t* w = off < kScratchEnd ? &r.scratch_cr[(off - kScratchC) / 4] : wide_reg(r, static_cast<uint8_t>(off));
@@ -137,6 +137,14 @@ void LsiController::reg_window_fill(std::span<uint8_t, pci::kRegWindowSize> imag
 // ----------------------------------------------------------- registers ----
 
 uint8_t LsiController::reg_read(uint8_t off) {
+    uint8_t v = reg_read_raw(off);
+    // QEMU hands out the pending message byte of a MSG IN phase without a line.
+    if (MPQ_TRACE_ON(lsi_reg_read) && !(off == kSbdl && phase() == Phase::MsgIn))
+        trace::emit_lsi_reg_read(lsi_reg_name(off), off, v);
+    return v;
+}
+
+uint8_t LsiController::reg_read_raw(uint8_t off) {
     LsiRegs& r = s_.regs;
     if (off >= kScratchC && off < kScratchEnd) return byte_of(r.scratch_cr[(off - kScratchC) / 4], off);
     if (off >= kMmrs) {
@@ -236,6 +244,7 @@ uint8_t LsiController::reg_read(uint8_t off) {
 }
 
 void LsiController::reg_write(uint8_t off, uint8_t val) {
+    MPQ_TRACE(lsi_reg_write, lsi_reg_name(off), off, val);
     LsiRegs& r = s_.regs;
     if (off >= kScratchC && off < kScratchEnd) {
         set_byte(r.scratch_cr[(off - kScratchC) / 4], off, val);
@@ -365,12 +374,19 @@ void LsiController::update_irq() {
         r.istat0 &= ~kIstatSip;
     }
     if (r.istat0 & kIstatIntf) level = true;
+    if (level != traced_level_) {  // QEMU prints level changes only
+        MPQ_TRACE(lsi_update_irq, level, r.dstat, r.sist1, r.sist0);
+        traced_level_ = level;
+    }
     set_irq(level);
+    if (!current_ && !level && (r.sien0 & kSist0Rsl) && (r.scid & kScidRre) && !connected())
+        MPQ_TRACE(lsi_update_irq_disconnected);
 }
 
 // -------------------------------------------------------------- resets ----
 
 void LsiController::chip_reset(ResetKind kind) {
+    if (kind == ResetKind::Chip) MPQ_TRACE(lsi_reset);
     cancel_all_requests();
     if (yield_timer_) {
         wq_.cancel_timer(yield_timer_);
@@ -463,6 +479,31 @@ void LsiController::restore_state(const LsiState& state) {
         break;
     }
     update_irq();
+}
+
+const char* lsi_reg_name(unsigned off) {
+    // One row per register dword, 0x00..0x5f; QEMU names unnamed bytes by
+    // their offset and everything above SCRATCHB "???".
+    static constexpr const char* kNames[0x60] = {
+        "SCNTL0", "SCNTL1", "SCNTL2", "SCNTL3",   "SCID", "SXFER", "SDID", "GPREG",
+        "SFBR", "SOCL", "SSID", "SBCL",           "DSTAT", "SSTAT0", "SSTAT1", "SSTAT2",
+        "DSA0", "DSA1", "DSA2", "DSA3",           "ISTAT", "0x15", "0x16", "0x17",
+        "CTEST0", "CTEST1", "CTEST2", "CTEST3",   "TEMP0", "TEMP1", "TEMP2", "TEMP3",
+        "DFIFO", "CTEST4", "CTEST5", "CTEST6",    "DBC0", "DBC1", "DBC2", "DCMD",
+        "DNAD0", "DNAD1", "DNAD2", "DNAD3",       "DSP0", "DSP1", "DSP2", "DSP3",
+        "DSPS0", "DSPS1", "DSPS2", "DSPS3",       "SCRATCHA0", "SCRATCHA1", "SCRATCHA2", "SCRATCHA3",
+        "DMODE", "DIEN", "SBR", "DCNTL",          "ADDER0", "ADDER1", "ADDER2", "ADDER3",
+        "SIEN0", "SIEN1", "SIST0", "SIST1",       "SLPAR", "0x45", "MACNTL", "GPCNTL",
+        "STIME0", "STIME1", "RESPID", "0x4b",     "STEST0", "STEST1", "STEST2", "STEST3",
+        "SIDL", "0x51", "0x52", "0x53",           "SODL", "0x55", "0x56", "0x57",
+        "SBDL", "0x59", "0x5a", "0x5b",           "SCRATCHB0", "SCRATCHB1", "SCRATCHB2", "SCRATCHB3",
+    };
+    return off < 0x60 ? kNames[off] : "???";
+}
+
+const char* lsi_phase_name(unsigned phase) {
+    static constexpr const char* kPhases[8] = {"DOUT", "DIN", "CMD", "STATUS", "RSVOUT", "RSVIN", "MSGOUT", "MSGIN"};
+    return kPhases[phase & 7];
 }
 
 std::unique_ptr<Lsi53c895a> make_lsi53c895a(WorkQueue& wq, const std::string& id,

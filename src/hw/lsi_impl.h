@@ -13,6 +13,7 @@
 #include "hw/lsi_regs.h"
 #include "hw/lsi_state.h"
 #include "util/work_queue.h"
+#include "trace/trace.h"
 #include "util/log.h"
 #include "util/result.h"
 
@@ -59,10 +60,11 @@ private:
         bool completed = false;
         uint8_t status = 0;
     };
-    enum class ResetKind : uint8_t { Chip, Restore };
+    enum class ResetKind : uint8_t { Chip, Restore, PowerOn };
 
     // ---- register file (lsi53c895a.cc) ----
-    uint8_t reg_read(uint8_t off);
+    uint8_t reg_read(uint8_t off);      // as the bus sees it: traced (lsi_reg_read)
+    uint8_t reg_read_raw(uint8_t off);  // the same without a trace line (mirror fill)
     void reg_write(uint8_t off, uint8_t val);
     void update_irq();
     void chip_reset(ResetKind kind);
@@ -128,6 +130,7 @@ private:
     Req* current_ = nullptr;                // connected nexus, if any
 
     bool in_exec_ = false;           // SCRIPTS loop active: no re-entry
+    bool traced_level_ = false;      // INTx level of the last lsi_update_irq line
     bool pending_chip_reset_ = false;
     bool pending_bus_reset_ = false;
     bool resume_scheduled_ = false;
@@ -152,6 +155,11 @@ bool lsi_trace_enabled();
     do {                                                    \
         if (::mpq::hw::lsi_trace_enabled()) ::mpq::log::info(__VA_ARGS__); \
     } while (0)
+
+// Register names as QEMU's lsi_reg_read/lsi_reg_write trace lines print them.
+const char* lsi_reg_name(unsigned off);
+// SCSI phase names of its lsi_execute_script_* trace lines.
+const char* lsi_phase_name(unsigned phase);
 
 inline int32_t sext24(uint32_t v) {
     return static_cast<int32_t>(v << 8) >> 8;

@@ -48,10 +48,12 @@ void LsiController::stop_scripts() {
 void LsiController::yield_scripts() {
     s_.scripts.wait = LsiWait::Yield;
     if (yield_timer_) return;
+    MPQ_TRACE(lsi_scripts_timer_start);
     std::weak_ptr<int> alive = alive_;
     yield_timer_ = wq_.add_timer(kLsiYieldNs, [this, alive] {
         if (alive.expired()) return;
         yield_timer_ = 0;
+        MPQ_TRACE(lsi_scripts_timer_triggered);
         if (s_.scripts.wait == LsiWait::Yield) execute();
     });
 }
@@ -70,6 +72,7 @@ void LsiController::schedule_resume() {
 }
 
 void LsiController::script_dma_interrupt(uint8_t bits) {
+    MPQ_TRACE(lsi_script_dma_interrupt, bits, s_.regs.dstat);
     s_.regs.dstat |= bits;
     update_irq();
     stop_scripts();
@@ -81,6 +84,7 @@ void LsiController::script_scsi_interrupt(uint8_t sist0_bits, uint8_t sist1_bits
     // (SCRIPTS stop at the next bus-phase or transfer-control fetch).
     uint8_t halt0 = static_cast<uint8_t>(r.sien0 | ~(kSist0Cmp | kSist0Sel | kSist0Rsl));
     uint8_t halt1 = static_cast<uint8_t>((r.sien1 | ~(kSist1Gen | kSist1Hth)) & ~kSist1Sto);
+    MPQ_TRACE(lsi_script_scsi_interrupt, sist1_bits, sist0_bits, r.sist1, r.sist0);
     r.sist0 |= sist0_bits;
     r.sist1 |= sist1_bits;
     update_irq();
@@ -122,6 +126,7 @@ void LsiController::execute() {
         step();
     }
     in_exec_ = false;
+    if (s_.scripts.wait != LsiWait::Yield) MPQ_TRACE(lsi_execute_script_stop);
     run_deferred_actions();
 }
 
@@ -144,6 +149,7 @@ void LsiController::step() {
         script_dma_interrupt(kDstatBf);
         return;
     }
+    MPQ_TRACE(lsi_execute_script, r.dsp, insn, arg);
     r.dsps = arg;
     r.dcmd = static_cast<uint8_t>(insn >> 24);
     r.dsp += 8;
@@ -172,6 +178,7 @@ void LsiController::step() {
 void LsiController::exec_block_move(uint32_t insn, uint32_t arg) {
     LsiRegs& r = s_.regs;
     if (r.sist1 & kSist1Sto) {  // the deferred selection-timeout stop point
+        MPQ_TRACE(lsi_execute_script_blockmove_delayed);
         stop_scripts();
         return;
     }
@@ -238,6 +245,7 @@ void LsiController::exec_block_move(uint32_t insn, uint32_t arg) {
     // (nothing moved; no phase-mismatch jump at an instruction boundary).
     Phase want = static_cast<Phase>((insn >> 24) & kPhaseMask);
     if (want != phase()) {
+        MPQ_TRACE(lsi_execute_script_blockmove_badphase, lsi_phase_name(r.sstat1), lsi_phase_name(insn >> 24));
         r.rbc = count;
         script_scsi_interrupt(kSist0Ma, 0);
         return;
@@ -311,10 +319,12 @@ void LsiController::exec_io(uint32_t insn, uint32_t arg) {
         }
         r.sdid = static_cast<uint8_t>(id);
         if (connected()) {  // reselected meanwhile: take the alternate path
+            MPQ_TRACE(lsi_execute_script_io_alreadyreselected);
             r.dsp = alt;
             return;
         }
         exec_select(id);
+        if (connected()) MPQ_TRACE(lsi_execute_script_io_selected, static_cast<uint8_t>(id), (insn & (1u << 3)) ? " ATN" : "");
         // ATN comes from bit 3, as in stock QEMU, and only with a target
         // that answered. Bit 24 (the manual's select-with-ATN) is ignored
         // there; its targets go to MSG OUT regardless, so a driver that
@@ -325,16 +335,22 @@ void LsiController::exec_io(uint32_t insn, uint32_t arg) {
         }
         return;
     }
-    case 1: wait_disconnect(); return;
+    case 1:
+        MPQ_TRACE(lsi_execute_script_io_disconnect);
+        wait_disconnect();
+        return;
     case 2:  // WAIT RESELECT
         if (r.istat0 & kIstatSigp) {
             r.dsp = alt;
             return;
         }
+        MPQ_TRACE(lsi_wait_reselect);
         s_.scripts.wait = LsiWait::Reselect;
         wait_reselect_ready();
         return;
     case 3:  // SET
+        MPQ_TRACE(lsi_execute_script_io_set, (insn & (1u << 3)) ? " ATN" : "", (insn & (1u << 6)) ? " ACK" : "",
+                  (insn & (1u << 9)) ? " TM" : "", (insn & (1u << 10)) ? " CC" : "");
         if (insn & (1u << 3)) {
             r.socl |= kSoclAtn;
             r.sbcl |= kSbclAtn;
@@ -346,6 +362,8 @@ void LsiController::exec_io(uint32_t insn, uint32_t arg) {
         if (insn & (1u << 10)) s_.scripts.carry = true;
         return;
     case 4:  // CLEAR
+        MPQ_TRACE(lsi_execute_script_io_clear, (insn & (1u << 3)) ? " ATN" : "", (insn & (1u << 6)) ? " ACK" : "",
+                  (insn & (1u << 9)) ? " TM" : "", (insn & (1u << 10)) ? " CC" : "");
         if (insn & (1u << 3)) {
             r.socl &= ~kSoclAtn;
             r.sbcl &= ~kSbclAtn;
@@ -365,6 +383,10 @@ void LsiController::exec_rmw(uint32_t insn) {
     uint8_t reg = static_cast<uint8_t>(((insn >> 16) & 0x7f) | (insn & 0x80));
     uint8_t imm = static_cast<uint8_t>(insn >> 8);
     uint8_t a = 0, b = imm;
+    static constexpr const char* kOpcodes[3] = {"Write", "Read", "Read-Modify-Write"};
+    static constexpr const char* kOperators[8] = {"MOV", "SHL", "OR", "XOR", "AND", "SHR", "ADD", "ADC"};
+    MPQ_TRACE(lsi_execute_script_io_opcode, kOpcodes[opcode - 5], reg, kOperators[op], imm, r.sfbr,
+              (insn & (1u << 23)) ? " SFBR" : "");
     switch (opcode) {
     case 5: a = r.sfbr; break;  // move from SFBR
     case 6:                     // move to SFBR
@@ -410,35 +432,54 @@ void LsiController::exec_rmw(uint32_t insn) {
 
 void LsiController::exec_transfer(uint32_t insn, uint32_t arg) {
     LsiRegs& r = s_.regs;
-    if ((insn & 0x002e0000) == 0) return;  // no test and "if false": a no-op
-    if (r.sist1 & kSist1Sto) {             // the deferred selection-timeout stop point
+    if ((insn & 0x002e0000) == 0) {  // no test and "if false": a no-op
+        MPQ_TRACE(lsi_execute_script_tc_nop);
+        return;
+    }
+    if (r.sist1 & kSist1Sto) {  // the deferred selection-timeout stop point
+        MPQ_TRACE(lsi_execute_script_tc_delayedselect_timeout);
         stop_scripts();
         return;
     }
     bool want = (insn & (1u << 19)) != 0;
     bool cond = want;
-    if (cond == want && (insn & (1u << 21))) cond = s_.scripts.carry;
-    if (cond == want && (insn & (1u << 17))) cond = phase() == static_cast<Phase>((insn >> 24) & 7);
+    char rel = want ? '=' : '!';
+    if (cond == want && (insn & (1u << 21))) {
+        MPQ_TRACE(lsi_execute_script_tc_compc, s_.scripts.carry == want);
+        cond = s_.scripts.carry;
+    }
+    if (cond == want && (insn & (1u << 17))) {
+        MPQ_TRACE(lsi_execute_script_tc_compp, lsi_phase_name(r.sstat1), rel, lsi_phase_name(insn >> 24));
+        cond = phase() == static_cast<Phase>((insn >> 24) & 7);
+    }
     if (cond == want && (insn & (1u << 18))) {
         uint8_t mask = static_cast<uint8_t>(~insn >> 8);
+        MPQ_TRACE(lsi_execute_script_tc_compd, r.sfbr, mask, rel, static_cast<int>(insn & mask));
         cond = (r.sfbr & mask) == (insn & mask);
     }
-    if (cond != want) return;
+    if (cond != want) {
+        MPQ_TRACE(lsi_execute_script_tc_cc_failed);
+        return;
+    }
     uint32_t target = arg;
     if (insn & (1u << 23)) target = r.dsp + static_cast<uint32_t>(sext24(arg));
     switch ((insn >> 27) & 7) {
     case 0:  // JUMP
+        MPQ_TRACE(lsi_execute_script_tc_jump, target);
         r.adder = target;
         r.dsp = target;
         break;
     case 1:  // CALL
+        MPQ_TRACE(lsi_execute_script_tc_call, target);
         r.temp = r.dsp;
         r.dsp = target;
         break;
     case 2:  // RETURN
+        MPQ_TRACE(lsi_execute_script_tc_return, r.temp);
         r.dsp = r.temp;
         break;
     case 3:  // INT / INTFLY
+        MPQ_TRACE(lsi_execute_script_tc_interrupt, r.dsps);
         if (insn & (1u << 20)) {
             r.istat0 |= kIstatIntf;
             update_irq();
@@ -446,7 +487,10 @@ void LsiController::exec_transfer(uint32_t insn, uint32_t arg) {
             script_dma_interrupt(kDstatSir);
         }
         break;
-    default: script_dma_interrupt(kDstatIid); break;
+    default:
+        MPQ_TRACE(lsi_execute_script_tc_illegal);
+        script_dma_interrupt(kDstatIid);
+        break;
     }
 }
 
@@ -462,6 +506,7 @@ void LsiController::exec_memory_move(uint32_t insn, uint32_t src) {
     }
     r.dsp += 4;
     uint32_t count = insn & 0xffffff;
+    MPQ_TRACE(lsi_memcpy, dst, src, static_cast<int>(count));
     std::array<uint8_t, kChunk> buf;
     uint64_t s = src, d = dst;
     while (count > 0) {
@@ -498,8 +543,10 @@ void LsiController::exec_load_store(uint32_t insn, uint32_t arg) {
             script_dma_interrupt(kDstatBf);
             return;
         }
+        MPQ_TRACE(lsi_execute_script_mm_load, static_cast<int>(reg), static_cast<int>(insn & 7), static_cast<uint32_t>(addr), static_cast<int>(le32(data)));
         for (unsigned i = 0; i < n && reg + i <= 0xff; i++) reg_write(static_cast<uint8_t>(reg + i), data[i]);
     } else {
+        MPQ_TRACE(lsi_execute_script_mm_store, static_cast<int>(reg), static_cast<int>(insn & 7), static_cast<uint32_t>(addr));
         for (unsigned i = 0; i < n; i++) data[i] = reg + i <= 0xff ? reg_read(static_cast<uint8_t>(reg + i)) : kUnknownRead;
         if (!bus_write(addr, std::span<const uint8_t>(data, n))) script_dma_interrupt(kDstatBf);
     }

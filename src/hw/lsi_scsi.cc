@@ -62,7 +62,11 @@ void LsiController::disconnect() {
 
 void LsiController::add_msg_byte(uint8_t b) {
     LsiScriptsState& sc = s_.scripts;
-    if (sc.msg_len >= kLsiMsgQueueMax) return;  // never grows past the bound
+    if (sc.msg_len >= kLsiMsgQueueMax) {  // never grows past the bound
+        MPQ_TRACE(lsi_add_msg_byte_error);
+        return;
+    }
+    MPQ_TRACE(lsi_add_msg_byte, b);
     sc.msg[sc.msg_len++] = b;
 }
 
@@ -77,6 +81,7 @@ void LsiController::exec_select(uint32_t id) {
     LsiRegs& r = s_.regs;
     r.sstat0 |= kSstat0Woa;
     if (!bus_.target(id)) {
+        MPQ_TRACE(lsi_bad_selection, id);
         bad_selection();
         return;
     }
@@ -134,6 +139,7 @@ void LsiController::reselect(Req* p) {
     sc.tag = p->tag;
     r.ssid = static_cast<uint8_t>(0x80 | p->target);
     if (!(r.dcntl & kDcntlCom)) r.sfbr = static_cast<uint8_t>(1u << (p->target & 7));
+    MPQ_TRACE(lsi_reselect, p->target);
     connect();
     set_phase(Phase::MsgIn);
     sc.msg_len = 0;
@@ -166,7 +172,9 @@ void LsiController::bad_phase(Phase next) {
             r.dsp = s_.scripts.move_out ? r.pmjad1 : r.pmjad2;
         else
             r.dsp = (r.scntl2 & kScntl2Wsr) ? r.pmjad2 : r.pmjad1;
+        MPQ_TRACE(lsi_bad_phase_jump, r.dsp);
     } else {
+        MPQ_TRACE(lsi_bad_phase_interrupt);
         script_scsi_interrupt(kSist0Ma, 0);
     }
     set_phase(next);
@@ -194,6 +202,7 @@ void LsiController::do_data_move() {
             return;
         }
         if (q->off >= q->avail) {
+            MPQ_TRACE(lsi_do_dma_unavailable);
             sc.wait = LsiWait::Data;
             return;
         }
@@ -205,6 +214,7 @@ void LsiController::do_data_move() {
         }
         uint32_t n = std::min(r.dbc, q->avail - q->off);
         std::span<uint8_t> part = buf.subspan(q->off, n);
+        MPQ_TRACE(lsi_do_dma, sc.move_addr, static_cast<int>(n));
         Status st = sc.move_out ? bus_read(sc.move_addr, part) : bus_write(sc.move_addr, part);
         if (!st) {
             script_dma_interrupt(kDstatBf);
@@ -241,6 +251,7 @@ void LsiController::do_command() {
     LsiRegs& r = s_.regs;
     LsiScriptsState& sc = s_.scripts;
     uint8_t cdb[scsi::kMaxCdb] = {};
+    MPQ_TRACE(lsi_do_command, r.dbc);
     uint32_t n = std::min<uint32_t>(r.dbc, scsi::kMaxCdb);
     if (n == 0) return;
     if (!bus_read(s_.scripts.move_addr, std::span<uint8_t>(cdb, n))) {
@@ -306,6 +317,7 @@ void LsiController::do_command() {
         add_msg_byte(kMsgDisconnect);
         sc.msg_action = LsiMsgAction::Disconnect;
         set_phase(Phase::MsgIn);
+        MPQ_TRACE(lsi_queue_command, (uint32_t{raw->target} << 8) | (raw->tagged ? 0x10000u | raw->tag : 0u));
     }
 }
 
@@ -314,6 +326,8 @@ void LsiController::do_command() {
 void LsiController::do_status() {
     LsiRegs& r = s_.regs;
     LsiScriptsState& sc = s_.scripts;
+    MPQ_TRACE(lsi_do_status, r.dbc, sc.status);
+    if (r.dbc != 1) MPQ_TRACE(lsi_do_status_error);
     if (r.dbc == 0) return;
     uint8_t st = sc.status;
     if (!bus_write(sc.move_addr, std::span<const uint8_t>(&st, 1))) {
@@ -333,6 +347,7 @@ void LsiController::do_status() {
 void LsiController::do_msg_in() {
     LsiRegs& r = s_.regs;
     LsiScriptsState& sc = s_.scripts;
+    MPQ_TRACE(lsi_do_msgin, r.dbc, sc.msg_len);
     if (sc.msg_len == 0 || r.dbc == 0) return;
     uint32_t n = std::min<uint32_t>(r.dbc, sc.msg_len);
     if (!bus_write(sc.move_addr, std::span<const uint8_t>(sc.msg.data(), n))) {
@@ -383,10 +398,14 @@ void LsiController::do_msg_out() {
     uint32_t limit = std::min(r.dbc, kLsiMaxMsgOutBytes);
     uint32_t start_dbc = r.dbc;
     uint8_t m = 0;
+    MPQ_TRACE(lsi_do_msgout, r.dbc);
+    // The tag QEMU's ABORT/CLEAR QUEUE lines name: target << 8, tag bit 16.
+    auto qtag = [&sc] { return (uint32_t{sc.target} << 8) | (sc.tag_valid ? 0x10000u | sc.tag : 0u); };
     while (connected() && start_dbc - r.dbc < limit && next_msg_byte(&m)) {
         r.sfbr = m;
         LSI_TRACE("lsi {}: msg out {:#04x}", id_, m);
         if (m & kMsgIdentify) {
+            MPQ_TRACE(lsi_do_msgout_select, m & 7);
             sc.lun = m & 7;
             set_phase(Phase::Command);
             continue;
@@ -395,7 +414,9 @@ void LsiController::do_msg_out() {
         case kMsgExtended: {
             uint8_t len = 0, code = 0;
             if (!next_msg_byte(&len) || !next_msg_byte(&code)) break;
+            MPQ_TRACE(lsi_do_msgout_extended, code, len);
             if (code == kExtSdtr || code == kExtWdtr || code == kExtPpr) {
+                MPQ_TRACE(lsi_do_msgout_ignored, code == kExtSdtr ? "SDTR" : code == kExtWdtr ? "WDTR" : "PPR");
                 // Negotiation is consumed without a reply: the initiator
                 // stays asynchronous and narrow.
                 uint8_t skip = 0;
@@ -415,12 +436,20 @@ void LsiController::do_msg_out() {
             if (!next_msg_byte(&t)) break;
             sc.tag = t;
             sc.tag_valid = true;
+            if (m == kMsgSimpleTag) MPQ_TRACE(lsi_do_msgout_simplequeue, t);
             break;
         }
-        case kMsgNop: set_phase(Phase::Command); break;
+        case kMsgNop:
+            MPQ_TRACE(lsi_do_msgout_noop);
+            set_phase(Phase::Command);
+            break;
         case kMsgReject: break;  // the initiator refuses something we sent: nothing to undo
-        case kMsgDisconnect: disconnect(); goto done;
+        case kMsgDisconnect:
+            MPQ_TRACE(lsi_do_msgout_disconnect);
+            disconnect();
+            goto done;
         case kMsgAbortTag: {
+            MPQ_TRACE(lsi_do_msgout_abort, qtag());
             Req* victim = current_;
             if (!victim && sc.tag_valid) {
                 for (auto& q : reqs_)
@@ -436,6 +465,9 @@ void LsiController::do_msg_out() {
         case kMsgAbortTaskSet:
         case kMsgClearQueue:
         case kMsgBusDeviceReset:
+            if (m == kMsgAbortTaskSet) MPQ_TRACE(lsi_do_msgout_abort, qtag());
+            if (m == kMsgClearQueue) MPQ_TRACE(lsi_do_msgout_clearqueue, qtag());
+            if (m == kMsgBusDeviceReset) MPQ_TRACE(lsi_do_msgout_busdevicereset, qtag());
             cancel_target(sc.target);
             disconnect();
             goto done;
@@ -486,6 +518,7 @@ void LsiController::cancel_all_requests() {
 
 void LsiController::transfer_data(scsi::Request& req, uint32_t len) {
     Req* q = find_req(req);
+    if (q) MPQ_TRACE(lsi_transfer_data, (uint32_t{q->target} << 8) | (q->tagged ? 0x10000u | q->tag : 0u), len);
     LSI_TRACE("lsi {}: transfer_data tag {} len {}{}", id_, req.tag(), len, q == current_ ? " (current)" : "");
     if (!q) return;
     q->out = req.dir() == scsi::DataDir::ToDevice;
@@ -502,6 +535,7 @@ void LsiController::transfer_data(scsi::Request& req, uint32_t len) {
 
 void LsiController::command_complete(scsi::Request& req, scsi::Status status, uint32_t residual) {
     Req* q = find_req(req);
+    MPQ_TRACE(lsi_command_complete, static_cast<uint32_t>(status));
     LSI_TRACE("lsi {}: complete tag {} status {:#04x} residual {}{}", id_, req.tag(), static_cast<int>(status),
               residual, q == current_ ? " (current)" : "");
     if (!q) return;

@@ -2,9 +2,12 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <optional>
 #include <time.h>
 
 #include <fmt/format.h>
+
+#include "trace/trace.h"
 
 namespace mpq::monitor {
 namespace {
@@ -90,7 +93,30 @@ QmpReply set_write_threshold(CommandEnv& env, const Json& args) {
     return QmpReply::ok();
 }
 
+// The events `name` selects for trace-event-get-state/-set-state, in the
+// order QEMU lists them (its list is built by prepending); an exact name that
+// does not exist is an error, a pattern matching nothing is not.
+std::optional<QmpReply> trace_events_for(const Json& args, std::vector<trace::Event*>& out) {
+    std::string name = args["name"].get<std::string>();
+    // This machine has no vCPU, so there is no vCPU index to name.
+    if (args.contains("vcpu"))
+        return QmpReply::err(kGenericError, fmt::format("invalid vCPU index {}", args["vcpu"].dump()));
+    for (trace::Event* e : trace::all_events())
+        if (trace::glob_match(name, e->name)) out.insert(out.begin(), e);
+    if (out.empty() && !trace::is_pattern(name))
+        return QmpReply::err(kGenericError, fmt::format("unknown event \"{}\"", name));
+    return std::nullopt;
+}
+
 }  // namespace
+
+Json trace_event_states_json(const std::vector<trace::Event*>& events) {
+    Json out = Json::array();
+    for (const trace::Event* e : events)
+        out.push_back(Json{{"name", e->name}, {"vcpu", false},
+                           {"state", e->on.load(std::memory_order_relaxed) ? "enabled" : "disabled"}});
+    return out;
+}
 
 std::string pci_class_desc(uint32_t class_code) {
     struct Entry {
@@ -316,6 +342,25 @@ void register_commands(QmpDispatcher& d, CommandEnv& env) {
     d.add("block-set-write-threshold",
           {{"node-name", ArgType::String, false}, {"write-threshold", ArgType::UInt, false}},
           [&env](const Json& args) { return set_write_threshold(env, args); });
+
+    d.add("trace-event-get-state", {{"name", ArgType::String, false}, {"vcpu", ArgType::Int, true}},
+          [](const Json& args) {
+              std::vector<trace::Event*> events;
+              if (auto err = trace_events_for(args, events)) return *err;
+              return QmpReply::ok(trace_event_states_json(events));
+          });
+
+    d.add("trace-event-set-state",
+          {{"name", ArgType::String, false}, {"enable", ArgType::Bool, false},
+           {"ignore-unavailable", ArgType::Bool, true}, {"vcpu", ArgType::Int, true}},
+          [](const Json& args) {
+              std::vector<trace::Event*> events;
+              if (auto err = trace_events_for(args, events)) return *err;
+              bool on = args["enable"].get<bool>();
+              // Every event of ours is available: ignore-unavailable changes nothing.
+              for (trace::Event* e : events) e->on.store(on, std::memory_order_relaxed);
+              return QmpReply::ok();
+          });
 
     register_hotplug_commands(d, env);
 

@@ -11,6 +11,10 @@
 #include "monitor/qmp.h"
 #include "util/unique_fd.h"
 
+namespace mpq::trace {
+struct Event;
+}
+
 namespace mpq::monitor {
 
 class Hmp;
@@ -54,5 +58,7 @@ Json pci_info_json(const std::vector<PciDeviceInfo>& devs);
 Json block_info_json(const BlockDeviceInfo& b);
 Json block_stats_json(const BlockDeviceInfo& b, uint64_t now_ns);
 std::string pci_class_desc(uint32_t class_code);  // "" when unknown
+// trace-event-get-state's result for `events`.
+Json trace_event_states_json(const std::vector<trace::Event*>& events);
 
 }  // namespace mpq::monitor

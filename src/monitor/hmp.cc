@@ -7,6 +7,7 @@
 #include <fmt/format.h>
 
 #include "monitor/commands.h"
+#include "trace/trace.h"
 #include "util/options.h"
 
 namespace mpq::monitor {
@@ -28,6 +29,7 @@ constexpr HelpLine kCommands[] = {
     {"info", "[subcommand]", "show various information about the system state"},
     {"quit|q", "", "quit the emulator"},
     {"system_reset", "", "reset the system"},
+    {"trace-event", "name on|off [vcpu]", "changes status of a specific trace event (vcpu: vCPU to set, default is all)"},
 };
 
 constexpr HelpLine kInfo[] = {
@@ -38,6 +40,7 @@ constexpr HelpLine kInfo[] = {
     {"pci", "", "show PCI info"},
     {"remote-devices", "", "show the remote devices and their channels (mpqemu)"},
     {"status", "", "show the current VM status (running|paused)"},
+    {"trace-events", "[name] [vcpu]", "show available trace-events & their state (name: event name pattern; vcpu: vCPU to query, default is any)"},
     {"version", "", "show the version of QEMU"},
 };
 
@@ -267,6 +270,14 @@ std::string Hmp::info(std::string_view what, std::string_view arg) const {
             out += fmt::format("{}: filename={}\n", str(c, "label"), str(c, "filename"));
         return out;
     }
+    if (what == "trace-events") {
+        Json args{{"name", arg.empty() ? std::string("*") : std::string(arg)}};
+        if (!call("trace-event-get-state", args, r, err)) return err.substr(std::string_view("Error: ").size());
+        std::string out;
+        for (const auto& e : r)
+            out += fmt::format("{} : state {}\n", str(e, "name"), str(e, "state") == "enabled" ? 1 : 0);
+        return out;
+    }
     if (what == "remote-devices") {
         if (!call("query-remote-devices", Json::object(), r, err)) return err;
         std::string out;
@@ -287,6 +298,7 @@ std::string Hmp::info(std::string_view what, std::string_view arg) const {
 }
 
 std::string Hmp::run(std::string_view line) const {
+    MPQ_TRACE(mpq_monitor_hmp_command, std::string(line).c_str());
     auto words = split_words(line);
     if (words.empty()) return {};
     std::string_view cmd = words[0];
@@ -306,6 +318,14 @@ std::string Hmp::run(std::string_view line) const {
         if (!parse_hmp_size(a2, size)) return "invalid size\n";
         Json args{{"device", std::string(a1)}, {"size", size}};
         return call("block_resize", args, r, err) ? "" : err;
+    }
+    if (cmd == "trace-event") {
+        static constexpr std::string_view kTry = "Try \"help trace-event\" for more information\n";
+        if (a1.empty()) return fmt::format("trace-event: string expected\n{}", kTry);
+        if (a2 != "on" && a2 != "off") return fmt::format("Expected 'on' or 'off'\n{}", kTry);
+        Json args{{"name", std::string(a1)}, {"enable", a2 == "on"}};
+        if (call("trace-event-set-state", args, r, err)) return "";
+        return err.substr(std::string_view("Error: ").size());
     }
     if (cmd == "drive_add") {
         // QEMU's form: drive_add [-n] ADDR OPTIONS; the address means nothing with if=none.

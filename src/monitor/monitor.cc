@@ -15,6 +15,7 @@
 #include <deque>
 #include <cstring>
 
+#include "trace/trace.h"
 #include "util/log.h"
 
 namespace mpq::monitor {
@@ -441,6 +442,7 @@ std::vector<ChardevInfo> Monitors::chardevs() const {
 }
 
 void Monitors::emit(std::string_view event, Json data) {
+    MPQ_TRACE(mpq_monitor_event, std::string(event).c_str());
     Json ev = Json::object();
     ev["timestamp"] = timestamp_now();
     ev["event"] = event;

@@ -1,4 +1,5 @@
 #include "monitor/qmp.h"
+#include "trace/trace.h"
 
 #include <fmt/format.h>
 
@@ -103,6 +104,7 @@ QmpReply QmpDispatcher::execute(std::string_view name, const Json& args) const {
     if (it == cmds_.end())
         return QmpReply::err(kCommandNotFound, fmt::format("The command {} has not been found", name));
     const Command& c = it->second;
+    MPQ_TRACE(mpq_monitor_qmp_command, it->first.c_str());
     if (!args.is_object())
         return QmpReply::err(kGenericError, "QMP input member 'arguments' must be an object");
     for (auto a = args.begin(); a != args.end(); ++a) {

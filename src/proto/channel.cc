@@ -11,6 +11,8 @@
 #include <cstdio>
 #include <cstring>
 
+#include "trace/trace.h"
+
 namespace mpq::proto {
 
 void Frame::close_fds() {
@@ -84,7 +86,9 @@ Status Channel::send(Cmd cmd, std::span<const uint8_t> payload, std::span<const 
         std::memcpy(CMSG_DATA(c), fds.data(), sizeof(int) * fds.size());
     }
 
-    return send_msg(cmd_name(cmd), msg, sizeof hdr + payload.size());
+    Status st = send_msg(cmd_name(cmd), msg, sizeof hdr + payload.size());
+    if (!st.ok()) MPQ_TRACE(mpqemu_send_io_error, raw(cmd), static_cast<int>(payload.size()), static_cast<int>(fds.size()));
+    return st;
 }
 
 Status Channel::send_bytes(std::span<const uint8_t> frames) {
@@ -290,6 +294,7 @@ Result<RecvState> Channel::recv(Frame& out) {
             if (errno == EINTR) continue;
             if (errno == EAGAIN || errno == EWOULDBLOCK) return RecvState::WouldBlock;
             int e = errno;
+            MPQ_TRACE(mpqemu_recv_io_error, -1, static_cast<int>(space.size()), 0);
             return rx_fail(fail_errno(e, "receive: {}", std::strerror(e)));
         }
         auto c = rx_commit(static_cast<size_t>(n), msg);

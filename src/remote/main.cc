@@ -22,6 +22,7 @@
 #include "remote/monitor_view.h"
 #include "remote/remote_process.h"
 #include "sandbox/sandbox.h"
+#include "trace/trace.h"
 #include "util/event_loop.h"
 #include "util/log.h"
 #include "util/options.h"
@@ -33,7 +34,7 @@ namespace {
 
 constexpr std::string_view kAccepted[] = {
     "device", "drive", "object", "machine", "M", "chardev", "mon", "monitor", "qmp", "name",
-    "display", "nographic", "nodefaults", "D", "d", "sandbox", "run-with", "S", "trace",
+    "display", "nographic", "nodefaults", "D", "d", "sandbox", "run-with", "S", "trace", "msg",
     "no-shutdown",
     "h", "help", "version"};
 
@@ -106,6 +107,19 @@ int main(int argc, char** argv) {
         log::set_level(log::Level::Debug);
     }
 
+    // -trace and -msg: events are on before any device exists (its reset
+    // is traced, as QEMU's).
+    std::string trace_file;
+    auto tr = trace::configure(*cl, &trace_file);
+    if (!tr.ok()) return die(tr.error());
+    if (*tr == trace::OptionOutcome::ExitSuccess) return 0;
+
+    // The log file (-D, or -trace file=) is open before the devices exist, so
+    // that their first events land in it.
+    if (const auto* d = cl->last("D"); d && trace_file.empty()) trace_file = d->text;
+    if (!trace_file.empty() && !log::set_file(trace_file.c_str()))
+        return die(fail("-D {}: cannot open log file: {}", trace_file, std::strerror(errno)));
+
     // Sandbox options are read before any thread exists.
     sandbox::SandboxOptions sandbox_opts;  // default for qemu-scsi-dev: on
     for (const auto* o : cl->all("sandbox")) {
@@ -153,10 +167,6 @@ int main(int argc, char** argv) {
         });
     }
 
-    if (const auto* d = cl->last("D")) {
-        if (!log::set_file(d->text.c_str()))
-            return die(d->error("cannot open log file: {}", std::strerror(errno)));
-    }
     UniqueFd sfd(::signalfd(-1, &sigs, SFD_CLOEXEC | SFD_NONBLOCK));
     if (!sfd || !loop.add_fd(sfd.get(), FdEvents::Read, [&](uint32_t) {
             signalfd_siginfo si;

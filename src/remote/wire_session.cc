@@ -6,6 +6,7 @@
 
 #include "pci/pci_device.h"
 #include "remote/reg_mirror.h"
+#include "trace/trace.h"
 #include "util/log.h"
 
 namespace mpq::remote {
@@ -59,9 +60,12 @@ WireSession::~WireSession() = default;
 template <typename... Args>
 void WireSession::complain(fmt::format_string<Args...> f, Args&&... args) {
     bad_frames_++;
-    if (bad_frames_ <= kLogBurst || bad_frames_ % kLogEvery == 0)
-        log::error("{}: {}{}", name_, fmt::format(f, std::forward<Args>(args)...),
-                   bad_frames_ == kLogBurst ? " (further errors are logged every 1000th)" : "");
+    bool logged = bad_frames_ <= kLogBurst || bad_frames_ % kLogEvery == 0;
+    if (!logged && !MPQ_TRACE_ON(mpq_remote_bad_frame)) return;
+    std::string msg = fmt::format(f, std::forward<Args>(args)...);
+    MPQ_TRACE(mpq_remote_bad_frame, name_.c_str(), msg.c_str());
+    if (logged)
+        log::error("{}: {}{}", name_, msg, bad_frames_ == kLogBurst ? " (further errors are logged every 1000th)" : "");
 }
 
 void WireSession::trace(const Frame& f) {
@@ -94,6 +98,7 @@ void WireSession::trace(const Frame& f) {
 void WireSession::handle(Frame& f, std::vector<uint8_t>& out) {
     stats_.frames++;
     if (log::enabled(log::Level::Debug)) trace(f);
+    MPQ_TRACE(mpq_remote_frame, name_.c_str(), proto::cmd_name(f.cmd()), f.size(), f.num_fds);
     // The proxy counts every posted frame it sent; so do we, whatever its
     // fate, or its mirror reads would wait for one that never comes.
     if (f.cmd() == Cmd::BarWritePosted) posted_done_++;
@@ -167,6 +172,7 @@ void WireSession::do_bar_read(const Frame& f, std::vector<uint8_t>& out) {
     if (b.addr == proto::kExtProbeAddr && b.size == 0) {
         // MPQEXT negotiation (a stock remote answers all-ones here).
         features_ = b.val & proto::kSupportedFeatures & proto::kExtFeatureMask;
+        MPQ_TRACE(mpq_remote_ext_negotiated, name_.c_str(), b.val, features_);
         log::info("{}: MPQEXT v1 negotiated, features {:#x}", name_, features_);
         reply(out, proto::kExtReplyMagic | features_);
         return;

@@ -7,6 +7,7 @@
 #include <cstring>
 
 #include "scsi/scsi_hd_impl.h"
+#include "trace/trace.h"
 #include "util/work_queue.h"
 #include "util/log.h"
 
@@ -279,7 +280,15 @@ void HdRequest::cancel() {
     detach();
 }
 
+// QEMU's scsi_disk_new_request text: " 0x28 0x00 ..." for the CDB bytes.
+static std::string cdb_text(std::span<const uint8_t> cdb) {
+    std::string out;
+    for (uint8_t b : cdb) out += fmt::format(" 0x{:02x}", b);
+    return out;
+}
+
 DataDir HdRequest::fail(Sense s) {
+    MPQ_TRACE(scsi_disk_check_condition, tag_, s.key, s.asc, s.ascq);
     complete_check(s);
     return DataDir::None;
 }
@@ -342,6 +351,7 @@ DataDir HdRequest::dispatch() {
     const size_t need = cdb_length(opc);
     if (need == 0 || cdb_len_ < need) return fail(kInvalidOpcode);
     std::span<const uint8_t> c(cdb_.data(), need);
+    MPQ_TRACE(scsi_disk_new_request, lun_, tag_, cdb_text(c).c_str());
 
     // A pending unit attention is reported once, to the first command
     // that is not INQUIRY, REPORT LUNS or REQUEST SENSE, whichever LUN it
@@ -389,9 +399,11 @@ DataDir HdRequest::dispatch() {
         case op::kRelease10:
             return no_data_good();
         case op::kFormatUnit:
+            MPQ_TRACE(scsi_disk_emulate_command_FORMAT_UNIT, size_t{0});
             if (c[1] & 0x10) return fail(kInvalidField);  // FMTDATA: no parameter list support
             return no_data_good();
         case op::kSeek10:
+            MPQ_TRACE(scsi_disk_emulate_command_SEEK_10, uint64_t{be32(&c[2])});
             if (be32(&c[2]) >= v.blocks) return fail(kLbaOutOfRange);
             return no_data_good();
         case op::kRequestSense:
@@ -400,16 +412,20 @@ DataDir HdRequest::dispatch() {
             return start_emulated(emulate_inquiry(v, c), allocation_length(c));
         case op::kModeSense6:
         case op::kModeSense10:
+            MPQ_TRACE(scsi_disk_emulate_mode_sense, opc == op::kModeSense6 ? 6 : 10, c[2] & 0x3f, size_t{allocation_length(c)}, c[2] >> 6);
             return start_emulated(emulate_mode_sense(v, c), allocation_length(c));
         case op::kReadCapacity10:
             return start_emulated(emulate_read_capacity10(v, c), 8);
         case op::kServiceActionIn16:
+            MPQ_TRACE(scsi_disk_emulate_command_SAI_16);
             return start_emulated(emulate_read_capacity16(v, c), allocation_length(c));
         case op::kReportLuns:
             return start_emulated(emulate_report_luns(v, c), allocation_length(c));
         case op::kModeSelect6:
         case op::kModeSelect10: {
             uint32_t len = opc == op::kModeSelect6 ? c[4] : be16(&c[7]);
+            if (opc == op::kModeSelect6) MPQ_TRACE(scsi_disk_emulate_command_MODE_SELECT, size_t{len});
+            else MPQ_TRACE(scsi_disk_emulate_command_MODE_SELECT_10, size_t{len});
             if (len == 0) return no_data_good();
             return start_data_out(Kind::ModeSelect, len);
         }
@@ -419,13 +435,17 @@ DataDir HdRequest::dispatch() {
         case op::kVerify10:
         case op::kVerify12:
         case op::kVerify16:
+            MPQ_TRACE(scsi_disk_emulate_command_VERIFY, (c[1] >> 1) & 3);
             return start_verify();
         case op::kWriteSame10:
         case op::kWriteSame16:
+            MPQ_TRACE(scsi_disk_emulate_command_WRITE_SAME, opc == op::kWriteSame10 ? 10 : 16, size_t{expected_});
             return start_write_same();
         case op::kUnmap:
+            MPQ_TRACE(scsi_disk_emulate_command_UNMAP, size_t{be16(&c[7])});
             return start_unmap();
         default:
+            MPQ_TRACE(scsi_disk_emulate_command_UNKNOWN, opc, "");
             return fail(kInvalidOpcode);
     }
 }
@@ -551,6 +571,7 @@ DataDir HdRequest::start_rw() {
     if (!ensure_buffer(0, chunk)) return fail(kInvalidField);
     if (bytes > kChunkBytes && !ensure_buffer(1, chunk)) return fail(kInvalidField);
     if (!write) {
+        MPQ_TRACE(scsi_disk_dma_command_READ, lba, nblk);
         kind_ = Kind::Read;
         dir_ = DataDir::FromDevice;
         rd_off_ = lba * bs;
@@ -558,6 +579,7 @@ DataDir HdRequest::start_rw() {
         issue_read(0);
         return DataDir::FromDevice;
     }
+    MPQ_TRACE(scsi_disk_dma_command_WRITE, verify ? "And Verify " : "", lba, static_cast<int>(nblk));
     kind_ = Kind::Write;
     dir_ = DataDir::ToDevice;
     flush_after_ = verify || (flags & 0x08) || dev_->state_.write_cache == WriteCache::Off;
@@ -580,6 +602,7 @@ void HdRequest::issue_read(int idx) {
 void HdRequest::read_done(int idx, uint32_t len, IoStatus st) {
     rd_inflight_ = -1;
     if (!st) return io_failed(st, false);
+    MPQ_TRACE(scsi_disk_read_complete, tag_, size_t{len});
     ready_idx_ = idx;
     ready_len_ = len;
     pump_read();

@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "scsi/scsi_hd_impl.h"
+#include "trace/trace.h"
 
 namespace mpq::scsi {
 
@@ -148,17 +149,21 @@ EmulResult emulate_inquiry(const HdView& v, std::span<const uint8_t> c) {
     d[1] = page;
     switch (page) {
         case 0x00:
+            MPQ_TRACE(scsi_disk_emulate_vpd_page_00, size_t{be16(&c[3])});
             d.push_back(0x00);
             if (!v.props.serial.empty()) d.push_back(0x80);
             for (uint8_t p : {0x83, 0xb0, 0xb1, 0xb2}) d.push_back(p);
             break;
         case 0x80: {
+            if (v.props.serial.empty()) MPQ_TRACE(scsi_disk_emulate_vpd_page_80_not_supported);
             if (v.props.serial.empty()) return check(kInvalidField);
+            MPQ_TRACE(scsi_disk_emulate_vpd_page_80, size_t{be16(&c[3])});
             size_t n = std::min<size_t>(v.props.serial.size(), 36);
             d.insert(d.end(), v.props.serial.begin(), v.props.serial.begin() + n);
             break;
         }
         case 0x83: {
+            MPQ_TRACE(scsi_disk_emulate_vpd_page_83, size_t{be16(&c[3])});
             size_t n = std::min<size_t>(v.device_id.size(), 255 - 8);
             if (n) {
                 d.insert(d.end(), {0x02, 0x00, 0x00, static_cast<uint8_t>(n)});  // ASCII, vendor specific

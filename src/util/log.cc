@@ -1,5 +1,8 @@
 #include "util/log.h"
 
+#include <sys/time.h>
+#include <time.h>
+
 #include <cstdio>
 #include <mutex>
 #include <string>
@@ -10,6 +13,17 @@ std::string g_name = "mpqemu";
 FILE* g_out = nullptr;
 Level g_level = Level::Info;
 std::mutex g_mu;  // block I/O worker threads may log too
+bool g_timestamps = false;
+
+std::string timestamp() {
+    if (!g_timestamps) return {};
+    timeval tv{};
+    gettimeofday(&tv, nullptr);
+    tm t{};
+    gmtime_r(&tv.tv_sec, &t);
+    return fmt::format("{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z ", t.tm_year + 1900, t.tm_mon + 1,
+                       t.tm_mday, t.tm_hour, t.tm_min, t.tm_sec, static_cast<long>(tv.tv_usec));
+}
 }  // namespace
 
 void set_program_name(std::string_view name) { g_name = std::string(name); }
@@ -33,7 +47,22 @@ void write(Level level, std::string_view msg) {
     static constexpr const char* kTag[] = {"", "warning: ", "info: ", "debug: "};
     std::lock_guard lk(g_mu);
     FILE* out = g_out ? g_out : stderr;
-    fmt::print(out, "{}: {}{}\n", g_name, kTag[static_cast<int>(level)], msg);
+    fmt::print(out, "{}{}: {}{}\n", timestamp(), g_name, kTag[static_cast<int>(level)], msg);
 }
+
+void write_at(Level level, std::string_view where, std::string_view msg) {
+    if (static_cast<int>(level) > static_cast<int>(g_level)) return;
+    static constexpr const char* kTag[] = {"", "warning: ", "info: ", "debug: "};
+    std::lock_guard lk(g_mu);
+    FILE* out = g_out ? g_out : stderr;
+    fmt::print(out, "{}{}{}: {}{}\n", timestamp(), g_name, where, kTag[static_cast<int>(level)], msg);
+}
+
+int output_fd() {
+    FILE* out = g_out;
+    return out ? fileno(out) : 2;
+}
+
+void set_timestamps(bool on) { g_timestamps = on; }
 
 }  // namespace mpq::log

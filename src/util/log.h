@@ -16,6 +16,13 @@ void set_program_name(std::string_view name);
 bool set_file(const char* path);
 void set_level(Level max_level);
 void write(Level level, std::string_view msg);
+// As write(), with QEMU's location between the program name and the level:
+// `where` is ": -trace x" or ":FILE:LINE" ("prog: -trace x: warning: ...").
+void write_at(Level level, std::string_view where, std::string_view msg);
+// The fd log lines go to (the -D file or stderr); trace lines share it.
+int output_fd();
+// -msg timestamp=on: an ISO 8601 UTC time before each message.
+void set_timestamps(bool on);
 // Cheap test so that disabled levels cost no formatting (hot paths).
 bool enabled(Level level);
 

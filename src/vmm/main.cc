@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <cstring>
 
+#include "trace/trace.h"
 #include "util/event_loop.h"
 #include "util/log.h"
 #include "util/options.h"
@@ -62,11 +63,17 @@ int main(int argc, char** argv) {
         log::error("{}: invalid option", cl->positional.front());
         return 1;
     }
-    if (const auto* d = cl->last("D")) {
-        if (!log::set_file(d->text.c_str())) {
-            log::error("-D {}: cannot open", d->text);
-            return 1;
-        }
+    std::string trace_file;
+    auto tr = trace::configure(*cl, &trace_file);
+    if (!tr.ok()) {
+        log::error("{}", tr.error().message);
+        return 1;
+    }
+    if (*tr == trace::OptionOutcome::ExitSuccess) return 0;
+    if (const auto* d = cl->last("D"); d && trace_file.empty()) trace_file = d->text;
+    if (!trace_file.empty() && !log::set_file(trace_file.c_str())) {
+        log::error("-D {}: cannot open", trace_file);
+        return 1;
     }
 
     sigset_t sigs;

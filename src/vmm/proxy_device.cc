@@ -58,6 +58,7 @@
 #include <cstring>
 
 #include "pci/pci_device.h"
+#include "trace/trace.h"
 #include "util/event_loop.h"
 #include "util/log.h"
 #include "vmm/proxy.h"
@@ -108,11 +109,14 @@ ProxyDevice::~ProxyDevice() {
 
 Result<uint64_t> ProxyDevice::cfg_read_raw(uint32_t off, unsigned len) {
     proto::PciConf c{off, 0, static_cast<int32_t>(len)};
-    return link_->call(*this, Cmd::PciCfgRead, bytes_of(c));
+    auto r = link_->call(*this, Cmd::PciCfgRead, bytes_of(c));
+    if (r.ok()) MPQ_TRACE(mpq_proxy_config_read, opts_.id.c_str(), off, len, static_cast<uint32_t>(*r));
+    return r;
 }
 
 Status ProxyDevice::cfg_write_raw(uint32_t off, uint32_t val, unsigned len) {
     proto::PciConf c{off, val, static_cast<int32_t>(len)};
+    MPQ_TRACE(mpq_proxy_config_write, opts_.id.c_str(), off, len, val);
     auto r = link_->call(*this, Cmd::PciCfgWrite, bytes_of(c));
     if (!r.ok()) return r.take_error();
     if (*r != 0) log::warn("pci-proxy-dev '{}': remote refused config write at {:#x}", opts_.id, off);
@@ -278,9 +282,11 @@ void ProxyDevice::setup_mirror() {
     if (!r.ok() || *r != 0) {
         ::munmap(p, proto::kMirrorPageSize);
         if (r.ok()) log::info("pci-proxy-dev '{}': the remote keeps no register mirror", opts_.id);
+        MPQ_TRACE(mpq_proxy_mirror_setup, opts_.id.c_str(), 0);
         return;
     }
     mirror_ = static_cast<const proto::MirrorPage*>(p);
+    MPQ_TRACE(mpq_proxy_mirror_setup, opts_.id.c_str(), 1);
 }
 
 bool ProxyDevice::mirror_caught_up(uint64_t posted_sent) const {
@@ -389,6 +395,7 @@ uint64_t ProxyDevice::bar_access(bool write, int bar, uint64_t offset, uint64_t 
             // The remote signalled the eventfd before it published a raised
             // line: take it now, as the reply of a forwarded read would.
             if (m->irq_level && !level_ && consume(irqfd_.get())) set_level(true);
+            MPQ_TRACE(mpq_proxy_mirror_hit, opts_.id.c_str(), bar, offset, size, m->value & ones(size));
             return m->value & ones(size);
         }
     }
@@ -401,11 +408,14 @@ uint64_t ProxyDevice::bar_access(bool write, int bar, uint64_t offset, uint64_t 
     // line up, the write may be what lowers it, which only the synchronous
     // check after the reply can tell.
     if (write && !level_ && link_->posts_writes()) {
+        MPQ_TRACE(mpq_proxy_bar_write, opts_.id.c_str(), bar, offset, size, a.val, "posted");
         (void)link_->post_write(*this, bytes_of(a));
         return 0;
     }
     auto r = link_->call(*this, write ? Cmd::BarWrite : Cmd::BarRead, bytes_of(a));
     if (!r.ok()) return ones(size);
+    if (write) MPQ_TRACE(mpq_proxy_bar_write, opts_.id.c_str(), bar, offset, size, a.val, "acknowledged");
+    else MPQ_TRACE(mpq_proxy_bar_read, opts_.id.c_str(), bar, offset, size, *r & ones(size));
     irq_check_after_access();
     return write ? 0 : (*r & ones(size));
 }
@@ -434,6 +444,7 @@ void ProxyDevice::device_reset() {
     shadow_ = reset_value_;
     recompute_mappings();
     if (broken_) return;
+    MPQ_TRACE(mpq_proxy_reset, opts_.id.c_str());
     if (!link_->call(*this, Cmd::DeviceReset, {}).ok()) return;
     // Stock remotes keep BARs/COMMAND over DEVICE_RESET; forward the reset of
     // those registers so that the remote decodes what we decode.
@@ -453,6 +464,7 @@ void ProxyDevice::device_reset() {
 
 void ProxyDevice::set_level(bool level) {
     if (level == level_) return;
+    MPQ_TRACE(mpq_proxy_irq, opts_.id.c_str(), level);
     level_ = level;
     if (irq_) irq_->set_level(level);
 }
@@ -481,6 +493,7 @@ void ProxyDevice::irq_check_after_access() {
 void ProxyDevice::link_broken(const std::string& reason) {
     if (broken_) return;
     broken_ = true;
+    MPQ_TRACE(mpq_proxy_link_broken, opts_.id.c_str(), reason.c_str());
     set_level(false);
     if (irqfd_watched_) {
         loop_.remove_fd(irqfd_.get());

@@ -6,6 +6,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include "trace/trace.h"
 #include "util/event_loop.h"
 #include "util/log.h"
 #include "vmm/proxy.h"
@@ -188,6 +189,8 @@ Status ProxyLink::setup(const GuestRam& ram) {
     auto r = exchange(Cmd::BarRead, proto::bytes_of(probe));
     if (!r.ok()) return r.take_error();
     session_.probe_answered(*r);
+    if (session_.negotiated()) MPQ_TRACE(mpq_proxy_ext_negotiated, name_.c_str(), probe.val, session_.features());
+    else MPQ_TRACE(mpq_proxy_ext_none, name_.c_str());
     return {};
 }
 

@@ -23,7 +23,7 @@ constexpr std::string_view kAccepted[] = {
     "device", "drive", "object", "machine", "M", "m", "accel", "qtest", "qtest-log",
     "display", "nographic", "nodefaults", "S", "name", "D", "numa", "vga", "serial",
     "no-reboot", "no-shutdown", "pidfile", "smp", "cpu", "qmp", "monitor", "mon", "chardev",
-    "enable-kvm", "h", "help", "version", "trace", "global", "boot",
+    "enable-kvm", "h", "help", "version", "trace", "msg", "global", "boot",
 };
 
 constexpr uint64_t kDefaultRamMiB = 128;
