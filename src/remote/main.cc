@@ -1,6 +1,7 @@
 // qemu-scsi-dev: the remote device process.
 //   qemu-scsi-dev FD -device lsi53c895a,id=lsi0 -drive id=d0,file=disk.img,format=raw,if=none
 //                    -device scsi-hd,drive=d0,bus=lsi0.0,scsi-id=0 [-monitor ...] [-D log]
+//   qemu-scsi-dev FD -device edu,id=edu0
 //   qemu-scsi-dev [FD] -machine x-remote -nodefaults -display none -device ...
 //                    -object x-remote-object,id=r0,devid=lsi0,fd=FD
 // Errors on the command line: one line naming the option, exit status 1,
@@ -43,7 +44,8 @@ void usage() {
     std::printf(
         "usage: qemu-scsi-dev [FD] [options]\n"
         "Serves PCI devices to a VMM over QEMU 7.2's multi-process protocol.\n"
-        "FD is a connected unix stream socket (or use -object x-remote-object,...,fd=FD).\n\n");
+        "FD is a connected unix stream socket (or use -object x-remote-object,...,fd=FD).\n"
+        "Device types: -device help.\n\n");
     for (std::string_view n : kAccepted) {
         const auto* d = opts::find_option(n);
         std::printf("  -%-12.*s %.*s\n", static_cast<int>(n.size()), n.data(),

@@ -118,6 +118,10 @@ public:
         targets_[id] = dev;
         return true;
     }
+    // Unplug: the caller has let the device's requests finish.
+    void detach(unsigned id) {
+        if (id < kMaxTargets) targets_[id] = nullptr;
+    }
     void reset() {
         for (auto* d : targets_)
             if (d) d->reset();

@@ -33,7 +33,8 @@ void usage() {
         "  -device pci-proxy-dev,id=ID,socket=FD[,addr=SLOT]   (our form)\n"
         "  -device x-pci-proxy-dev,id=ID,fd=FD[,addr=SLOT]     (stock form)\n"
         "  -device lsi53c895a,id=ID   -drive if=none,id=D,file=F[,format=raw|qcow2]\n"
-        "  -device scsi-hd,drive=D,bus=ID.0[,scsi-id=N]\n"
+        "  -device scsi-hd,drive=D,bus=ID.0[,scsi-id=N]   -device edu[,id=ID][,dma_mask=M]\n"
+        "  -device help                                   (every in-process device type)\n"
         "  -qmp CHARDEV  -monitor CHARDEV  -mon chardev=ID,mode=control\n",
         kProg);
 }
