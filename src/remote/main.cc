@@ -19,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "devices/registry.h"
 #include "remote/monitor_view.h"
 #include "remote/remote_process.h"
 #include "sandbox/sandbox.h"
@@ -83,6 +84,12 @@ int main(int argc, char** argv) {
     if (cl->has("version")) {
         std::printf("qemu-scsi-dev (mpqemu) %s, QEMU 7.2 multi-process protocol\n", MPQ_VERSION);
         return 0;
+    }
+    for (const auto* d : cl->all("device")) {
+        if (d->kv.get("driver") == "help" || d->kv.get("driver") == "?") {
+            std::printf("%s\n", devices::device_help().c_str());
+            return 0;
+        }
     }
 
     int first_fd = -1;

@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <cstring>
 
+#include "devices/registry.h"
 #include "util/event_loop.h"
 #include "util/log.h"
 #include "util/options.h"
@@ -58,6 +59,13 @@ int main(int argc, char** argv) {
     if (cl->has("version")) {
         std::printf("%s version %s (QEMU 7.2 multi-process protocol)\n", kProg, MPQ_VERSION);
         return 0;
+    }
+    for (const auto* d : cl->all("device")) {
+        if (d->kv.get("driver") == "help" || d->kv.get("driver") == "?") {
+            std::printf("%s\n  pci-proxy-dev, x-pci-proxy-dev: a device served by a remote process\n",
+                        devices::device_help().c_str());
+            return 0;
+        }
     }
     if (!cl->positional.empty()) {
         log::error("{}: invalid option", cl->positional.front());
