@@ -94,7 +94,6 @@ private:
     DevicePlugs& plugs_;
     std::vector<std::unique_ptr<DeviceEntry>> entries_;
     std::vector<DriveEntry> drives_;
-    unsigned unnamed_ = 0;
 };
 
 }  // namespace mpq::devices

@@ -219,3 +219,24 @@ TEST(Edu, DestroyedWithWorkPendingIsSafe) {
     timers.advance(kEduDmaDelayNs);  // the factorial's deferred work finds no device
     EXPECT_EQ(timers.pending(), 0u);
 }
+
+// As QEMU's edu (which has no reset of its own): a PCI reset lowers INTx
+// but keeps the pending causes; the line stays low through an ack that
+// leaves causes behind, and comes back with the next raise. (Found by
+// edu_fuzz as a wrong expectation of its own; fuzz/regressions/edu_fuzz.)
+TEST(Edu, PciResetLowersTheLineAndKeepsTheCauses) {
+    Rig r;
+    r.wr(kEduRegIrqRaise, 0x103);
+    ASSERT_TRUE(r.line.level);
+    r.edu.pci_reset();
+    r.edu.config_write(pci::kCommand, pci::kCmdMem | pci::kCmdMaster, 2);
+    EXPECT_FALSE(r.line.level);
+    EXPECT_EQ(r.rd(kEduRegIrqStatus), 0x103u);
+    r.wr(kEduRegIrqAck, 0x1);
+    EXPECT_FALSE(r.line.level);
+    EXPECT_EQ(r.rd(kEduRegIrqStatus), 0x102u);
+    r.wr(kEduRegIrqRaise, 0x2);
+    EXPECT_TRUE(r.line.level);
+    r.wr(kEduRegIrqAck, 0x102);
+    EXPECT_FALSE(r.line.level);
+}
