@@ -17,8 +17,8 @@ void DeviceSet::clear() {
     // finish first, then disks go, then controllers, then drives.
     drain_drives();
     for (size_t i = entries_.size(); i-- > 0;)
-        if (entries_[i]->scsi) destroy(i);
-    while (!entries_.empty()) destroy(entries_.size() - 1);
+        if (entries_[i]->scsi) destroy(i, Teardown::Exit);
+    while (!entries_.empty()) destroy(entries_.size() - 1, Teardown::Exit);
     drives_.clear();
 }
 
@@ -51,22 +51,46 @@ Status DeviceSet::add_drive(const opts::KeyValues& kv) {
     auto drv = block::open_drive(*d);
     if (!drv.ok()) return drv.take_error();
     DriveEntry e;
+    e.serial = ++drive_serial_;
     e.opts = *d;
     e.backend = std::make_unique<block::BlockBackend>(loop_, std::move(*drv), *d);
     drives_.push_back(std::move(e));
     return {};
 }
 
+Status DeviceSet::add_drive(const block::DriveOptions& opts, DriveOwner owner) {
+    if (opts.id.empty()) return fail("drive needs an id");
+    MPQ_TRY(opts::check_id(opts.id, "node-name"));
+    if (find_drive(opts.id)) return fail("Duplicate nodes with node-name='{}'", opts.id);
+    auto drv = block::open_drive(opts);
+    if (!drv.ok()) return drv.take_error();
+    DriveEntry e;
+    e.serial = ++drive_serial_;
+    e.opts = opts;
+    e.owner = owner;
+    e.backend = std::make_unique<block::BlockBackend>(loop_, std::move(*drv), opts);
+    drives_.push_back(std::move(e));
+    log::info("drive '{}' added: {} ({})", opts.id, opts.file, drives_.back().backend->driver().format_name());
+    return {};
+}
+
 Status DeviceSet::remove_drive(std::string_view id) {
     for (size_t i = 0; i < drives_.size(); ++i) {
-        if (drives_[i].opts.id != id) continue;
-        if (!drives_[i].attached_to.empty())
-            return fail("Node '{}' is busy: used by device '{}'", id, drives_[i].attached_to);
-        drives_[i].backend->drain();
+        DriveEntry& d = drives_[i];
+        if (d.opts.id != id) continue;
+        if (!d.attached_to.empty()) return fail("Node {} is in use", id);
+        std::string name = d.opts.id;
+        if (!d.backend->read_only()) {
+            d.backend->flush([name](Status s) {
+                if (!s.ok()) log::error("drive {}: flush before closing failed: {}", name, s.error().message);
+            });
+        }
+        d.backend->drain();
         drives_.erase(drives_.begin() + static_cast<std::ptrdiff_t>(i));
+        log::info("drive '{}' closed", name);
         return {};
     }
-    return fail("Device '{}' not found", id);
+    return fail("Failed to find node with node-name='{}'", id);
 }
 
 Result<DeviceEntry*> DeviceSet::add(const opts::KeyValues& kv) {
@@ -166,25 +190,34 @@ Status DeviceSet::remove(std::string_view id) {
             // What sits on its bus goes first.
             std::string ctrl = entries_[i]->id;
             for (size_t j = entries_.size(); j-- > 0;)
-                if (entries_[j]->scsi && entries_[j]->parent == ctrl) destroy(j);
+                if (entries_[j]->scsi && entries_[j]->parent == ctrl) destroy(j, Teardown::Unplug);
             for (size_t j = 0; j < entries_.size(); ++j)
-                if (entries_[j]->id == ctrl) destroy(j);
+                if (entries_[j]->id == ctrl) destroy(j, Teardown::Unplug);
             return {};
         }
-        destroy(i);
+        destroy(i, Teardown::Unplug);
         return {};
     }
     return fail("Device '{}' not found", id);
 }
 
-void DeviceSet::destroy(size_t index) {
+void DeviceSet::destroy(size_t index, Teardown how) {
     DeviceEntry& e = *entries_[index];
     if (e.scsi) {
-        if (DriveEntry* d = find_drive(e.drive)) {
-            d->backend->drain();  // its requests complete before the disk goes
+        // 1. No new command reaches it.
+        (void)e.parent_bus->detach(e.scsi_id, e.scsi.get());
+        DriveEntry* d = find_drive(e.drive);
+        // 2. Block I/O already submitted finishes normally: a write that
+        //    completes is acknowledged to the guest and is on the image.
+        if (d) d->backend->drain();
+        // 3. What still waits for the guest ends with CHECK CONDITION,
+        //    ABORTED COMMAND: its driver retries and meets a selection timeout.
+        //    (At exit nobody is left to tell.)
+        if (how == Teardown::Unplug) e.scsi->unplug(scsi::kCommandAborted);
+        if (d) {
+            d->backend->drain();
             d->attached_to.clear();
         }
-        e.parent_bus->detach(e.scsi_id);
     }
     if (e.pci) plugs_.unplug(e);
     entries_.erase(entries_.begin() + static_cast<std::ptrdiff_t>(index));

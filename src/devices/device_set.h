@@ -33,8 +33,15 @@ struct DeviceEntry {
     unsigned lun = 0;
 };
 
+// Who made a drive, which decides its end as in QEMU: a -drive or HMP
+// drive_add drive goes away with the disk using it; a QMP blockdev-add node
+// stays until blockdev-del.
+enum class DriveOwner : uint8_t { Legacy, Monitor };
+
 struct DriveEntry {
     block::DriveOptions opts;
+    DriveOwner owner = DriveOwner::Legacy;
+    unsigned serial = 0;  // 1, 2, ... in creation order: the anonymous node name stays put
     std::unique_ptr<block::BlockBackend> backend;
     std::string attached_to;  // id of the device using it ("" = unused)
 };
@@ -64,13 +71,17 @@ public:
 
     // -drive: opens the image now.
     Status add_drive(const opts::KeyValues& kv);
-    // blockdev-del / drive_del of a drive no device uses.
+    // blockdev-add / drive_add: options already parsed; QEMU's messages.
+    Status add_drive(const block::DriveOptions& opts, DriveOwner owner);
+    // Closes a drive no device uses: flushed, drained, gone.
     Status remove_drive(std::string_view id);
     // -device / device_add. Errors use QEMU's wording, without the option.
     Result<DeviceEntry*> add(const opts::KeyValues& kv);
     Result<DeviceEntry*> add(DeviceConfig cfg);
-    // device_del: a SCSI device leaves its bus once its requests finished;
-    // a PCI function (with what sits on its bus) leaves through unplug().
+    // device_del. A SCSI device: off the bus (new commands see a selection
+    // timeout), its block I/O drained, requests still open failed with
+    // CHECK CONDITION, gone; its drive stays (the caller decides). A PCI
+    // function (with what sits on its bus) leaves through unplug().
     Status remove(std::string_view id);
 
     // Destroys every device, then every drive (what the destructor does).
@@ -86,7 +97,8 @@ public:
 
 private:
     Status place_scsi(DeviceEntry& e, BuildContext& ctx);
-    void destroy(size_t index);
+    enum class Teardown : uint8_t { Unplug, Exit };
+    void destroy(size_t index, Teardown how);
 
     EventLoop& loop_;
     DmaSpace* dma_;
@@ -94,6 +106,7 @@ private:
     DevicePlugs& plugs_;
     std::vector<std::unique_ptr<DeviceEntry>> entries_;
     std::vector<DriveEntry> drives_;
+    unsigned drive_serial_ = 0;
 };
 
 }  // namespace mpq::devices

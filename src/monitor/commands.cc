@@ -62,7 +62,9 @@ QmpReply block_resize(CommandEnv& env, const Json& args) {
     if (!b) return QmpReply::err(kGenericError, err);
     if (size.get<int64_t>() < 0)
         return QmpReply::err(kGenericError, "Parameter 'size' expects a >0 size");
-    auto st = env.view.block_resize(b->device, static_cast<uint64_t>(size.get<int64_t>()));
+    // A blockdev-add node has no BlockBackend name: its node name is the drive's id.
+    auto st = env.view.block_resize(b->device.empty() ? b->node_name : b->device,
+                                    static_cast<uint64_t>(size.get<int64_t>()));
     if (!st) return QmpReply::err(kGenericError, st.error().message);
     return QmpReply::ok();
 }
@@ -82,7 +84,8 @@ QmpReply set_write_threshold(CommandEnv& env, const Json& args) {
                                                      {"amount-exceeded", end - thr},
                                                      {"write-threshold", thr}});
     };
-    auto st = env.view.set_write_threshold(it->device, threshold, std::move(hit));
+    auto st = env.view.set_write_threshold(it->device.empty() ? it->node_name : it->device, threshold,
+                                           std::move(hit));
     if (!st) return QmpReply::err(kGenericError, st.error().message);
     return QmpReply::ok();
 }
@@ -313,6 +316,8 @@ void register_commands(QmpDispatcher& d, CommandEnv& env) {
     d.add("block-set-write-threshold",
           {{"node-name", ArgType::String, false}, {"write-threshold", ArgType::UInt, false}},
           [&env](const Json& args) { return set_write_threshold(env, args); });
+
+    register_hotplug_commands(d, env);
 
     d.add("system_reset", {}, [&env](const Json&) {
         auto st = env.view.system_reset();

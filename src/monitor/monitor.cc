@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <deque>
 #include <cstring>
 
 #include "util/log.h"
@@ -28,6 +29,10 @@ struct Monitors::Client {
     size_t out_off = 0;
     std::unique_ptr<QmpSession> qmp;
     std::unique_ptr<HmpSession> hmp;
+    // Descriptors the client passed with its messages (SCM_RIGHTS), oldest
+    // first, for add-fd / getfd; bounded, the oldest is closed beyond that.
+    std::deque<UniqueFd> fds;
+    static constexpr size_t kMaxPendingFds = 8;
     size_t pending() const { return out.size() - out_off; }
 };
 
@@ -261,7 +266,34 @@ void Monitors::on_client_io(Chardev& cd, Client& c, uint32_t events) {
     }
     if (!(events & (EPOLLIN | EPOLLHUP | EPOLLERR))) return;
     char buf[4096];
-    ssize_t n = ::read(c.fd.get(), buf, sizeof(buf));
+    ssize_t n;
+    if (c.socket) {
+        // A QMP client may pass fds (add-fd, getfd) with its bytes.
+        alignas(cmsghdr) char ctl[CMSG_SPACE(sizeof(int) * 4)];
+        iovec iov{buf, sizeof(buf)};
+        msghdr msg{};
+        msg.msg_iov = &iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = ctl;
+        msg.msg_controllen = sizeof(ctl);
+        n = ::recvmsg(c.fd.get(), &msg, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
+        if (n >= 0) {
+            for (cmsghdr* h = CMSG_FIRSTHDR(&msg); h; h = CMSG_NXTHDR(&msg, h)) {
+                if (h->cmsg_level != SOL_SOCKET || h->cmsg_type != SCM_RIGHTS) continue;
+                size_t count = (h->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+                for (size_t i = 0; i < count; ++i) {
+                    int fd;
+                    std::memcpy(&fd, CMSG_DATA(h) + i * sizeof(int), sizeof(int));
+                    c.fds.emplace_back(fd);
+                    if (c.fds.size() > Client::kMaxPendingFds) c.fds.pop_front();
+                }
+            }
+            if (msg.msg_flags & MSG_CTRUNC) log::warn("monitor {}: too many fds in one message; extra ones dropped",
+                                                     cd.spec.chardev.id);
+        }
+    } else {
+        n = ::read(c.fd.get(), buf, sizeof(buf));
+    }
     if (n == 0) {
         drop(cd, c);
         return;
@@ -271,7 +303,16 @@ void Monitors::on_client_io(Chardev& cd, Client& c, uint32_t events) {
         return;
     }
     std::string_view data(buf, static_cast<size_t>(n));
+    // Commands run inside feed(): add-fd takes this client's fds.
+    Client* cp = &c;
+    env_.take_fd = [cp]() {
+        if (cp->fds.empty()) return UniqueFd();
+        UniqueFd f = std::move(cp->fds.front());
+        cp->fds.pop_front();
+        return f;
+    };
     bool keep = c.qmp ? c.qmp->feed(data) : c.hmp->feed(data);
+    env_.take_fd = nullptr;
     if (!keep) {
         log::warn("monitor {}: client sent oversized input, dropped", cd.spec.chardev.id);
         try_write(c);

@@ -32,6 +32,9 @@ struct PciFunctionEntry {
     std::unique_ptr<EventfdIrqLine> irq;
 };
 
+using devices::DriveEntry;
+using devices::DriveOwner;
+
 // A socket to serve and the devices it carries; the first is the default
 // (the one a plain 7.2 proxy talks to).
 struct SocketBinding {
@@ -73,6 +76,20 @@ public:
     const std::vector<opts::Option>& monitor_options() const { return monitor_options_; }
     const std::vector<SocketBinding>& bindings() const { return bindings_; }
     DeviceServer* server() { return server_.get(); }
+
+    // --- changes while running (hot-plug) ---
+    // A drive (blockdev-add node name or drive_add id); QEMU's messages.
+    Status add_drive_now(const block::DriveOptions& opts, DriveOwner owner);
+    // blockdev-del: only monitor-owned nodes no disk uses; flushed, then closed.
+    Status remove_drive(std::string_view id);
+    // device_add with -device's keys ("driver=scsi-hd,id=..,drive=..,bus=lsi0.0,scsi-id=N").
+    // The disk comes up with a unit attention pending, as a new QEMU disk.
+    Status add_device_now(const opts::KeyValues& kv);
+    // device_del of a scsi-hd: off the bus (new commands see a selection
+    // timeout), its block I/O drained, requests still open failed with
+    // CHECK CONDITION, the disk flushed and gone; a legacy drive goes with it.
+    // Returns the QOM path for DEVICE_DELETED.
+    Result<std::string> remove_device(std::string_view id);
 
     // system_reset: every function's device reset (PCI config kept, as on DEVICE_RESET).
     void reset_devices();

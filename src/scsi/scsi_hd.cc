@@ -99,6 +99,11 @@ public:
     void capacity_changed() override {
         if (!state_.unit_attention) state_.capacity_changed = true;
     }
+    void unplug(Sense sense) override;
+    void hotplugged() override {
+        state_.unit_attention = false;
+        state_.luns_changed = true;
+    }
 
     HdView view() const {
         return HdView{props_, state_, device_id_, blocks(), backend_.read_only()};
@@ -142,6 +147,10 @@ public:
 
     // Device reset or destruction: drop silently.
     void cancel_from_device() { cancel(); }
+    // Hot-unplug: the HBA gets a CHECK CONDITION for it now.
+    void fail_from_device(Sense s) {
+        if (live()) complete_check(s);
+    }
 
 private:
     enum class Phase : uint8_t { New, Active, Done, Cancelled };
@@ -248,7 +257,19 @@ void ScsiHd::reset() {
     auto reqs = active_;
     for (auto* r : reqs) r->cancel_from_device();
     state_.unit_attention = true;
+    state_.luns_changed = false;  // the reset's unit attention outranks it
     state_.capacity_changed = false;  // the reset's unit attention outranks it
+}
+
+void ScsiHd::unplug(Sense sense) {
+    auto reqs = active_;
+    for (auto* r : reqs) {
+        // A completion may drop the HBA's last reference to another request.
+        if (active_.count(r)) {
+            auto keep = r->shared_from_this();
+            r->fail_from_device(sense);
+        }
+    }
 }
 
 void HdRequest::cancel() {
@@ -338,11 +359,12 @@ DataDir HdRequest::dispatch() {
     }
 
     ScsiHdState& s = dev_->state_;
-    if ((s.unit_attention || s.capacity_changed) && opc != op::kInquiry &&
+    if ((s.unit_attention || s.luns_changed || s.capacity_changed) && opc != op::kInquiry &&
         opc != op::kReportLuns && opc != op::kRequestSense) {
         // Reported once; REQUEST SENSE then returns it from the sense data.
-        Sense ua = s.unit_attention ? kResetOccurred : kCapacityChanged;
+        Sense ua = s.unit_attention ? kResetOccurred : s.luns_changed ? kReportedLunsChanged : kCapacityChanged;
         if (s.unit_attention) s.unit_attention = false;
+        else if (s.luns_changed) s.luns_changed = false;
         else s.capacity_changed = false;
         return fail(ua);
     }
@@ -423,6 +445,9 @@ DataDir HdRequest::start_request_sense() {
     if (s.unit_attention) {
         sn = kResetOccurred;
         s.unit_attention = false;
+    } else if (s.luns_changed) {
+        sn = kReportedLunsChanged;
+        s.luns_changed = false;
     } else if (s.capacity_changed) {
         sn = kCapacityChanged;
         s.capacity_changed = false;
