@@ -2,6 +2,7 @@
 #include "devices/timers.h"
 #include "devices/types.h"
 #include "hw/lsi53c895a.h"
+#include "util/event_loop.h"
 
 namespace mpq::devices {
 namespace {

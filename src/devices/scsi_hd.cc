@@ -1,6 +1,7 @@
 // Registration of the SCSI disk (model: src/scsi/scsi_hd*).
 #include "devices/types.h"
 #include "scsi/scsi_hd.h"
+#include "util/event_loop.h"
 
 namespace mpq::devices {
 namespace {
