@@ -69,6 +69,7 @@ def main():
          "socket,id=c0,path=/tmp/m.sock,server=on,wait=off", "-mon", "chardev=c0,mode=readline"],
         ["-drive", "file=a,,b.img,format=qcow2,l2-cache-size=1M,readonly=on,cache.direct=on"],
         ["-m", "256M", "-smp", "1", "--nodefaults"],
+        ["-device", "edu,id=edu0,addr=4.0,dma_mask=0xffffffff", "-device", "lsi,multifunction=on,rombar=0"],
     ]
     for i, argv in enumerate(argvs):
         for sel in (0, 1):
@@ -78,7 +79,40 @@ def main():
     qmp_seeds()
     qcow2_seeds()
     sandbox_seeds()
+    edu_seeds()
     return 0
+
+
+def edu_seeds():
+    """edu_fuzz inputs: the register sequences of QEMU's docs/specs/edu.rst."""
+    def op(kind, size=2, off=0, val=0):  # size: 0..3 -> 1, 2, 4, 8 bytes
+        return struct.pack("<BBHI", kind, size, off, val)
+
+    def bw(off, val, size=2):
+        return op(1, size, off, val)
+
+    def br(off, size=2):
+        return op(0, size, off)
+
+    enable = op(3, 1, 0x04, 0x06)  # COMMAND: memory + bus master
+    seqs = {
+        "id-liveness": enable + br(0x00) + bw(0x04, 0x12345678) + br(0x04) + br(0x10) + br(0x00, 1),
+        "factorial-irq": enable + bw(0x20, 0x80) + bw(0x08, 10) + br(0x20) + op(4) + br(0x08) +
+                         br(0x24) + bw(0x64, 1) + br(0x24),
+        "raise-ack": enable + bw(0x60, 0x5) + br(0x24) + bw(0x64, 0x1) + op(3, 1, 0x04, 0x406) +
+                     bw(0x64, 0x4) + op(6) + br(0x24),
+        "dma-round-trip": enable + bw(0x80, 0x100, 3) + bw(0x88, 0x40000, 3) + bw(0x90, 256, 3) +
+                          bw(0x98, 0x5, 3) + br(0x98, 3) + op(7) + br(0x24) + bw(0x64, 0x100) +
+                          bw(0x80, 0x40000, 3) + bw(0x88, 0x2000, 3) + bw(0x98, 0x3, 3) + op(7),
+        "dma-hostile": enable + bw(0x80, 0x40ff0, 3) + bw(0x88, 0xfff0, 3) + bw(0x90, 0x100, 3) +
+                       bw(0x98, 0x7, 3) + op(5, val=100000) + bw(0x90, 0xffffffff, 3) + bw(0x98, 0x3, 3) +
+                       op(7) + op(3, 1, 0x04, 0x02) + bw(0x98, 0x1, 3) + op(7),
+        "msi-config": op(3, 2, 0x40, 0xffffffff) + op(3, 2, 0x44, 0xfee00000) + op(3, 2, 0x4c, 0x4021) +
+                      op(2, 2, 0x40) + op(3, 2, 0x10, 0xffffffff) + op(2, 2, 0x10) + op(6),
+    }
+    ram = bytes((i * 7 + 1) & 0xFF for i in range(0x4000))
+    for name, ops in seqs.items():
+        write("edu_fuzz", name, struct.pack("<H", len(ops) // 8) + ops + ram)
 
 
 def sandbox_seeds():

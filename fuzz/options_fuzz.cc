@@ -1,8 +1,8 @@
 // The QEMU-style option parser on hostile command lines: the input is split
 // on NUL bytes into argv; the first byte picks which program's option set is
-// accepted. Also drives the key=value, size, uint, bool and id helpers and
-// the drive option parser on every argument. Must never crash; errors must
-// say something.
+// accepted. Also drives the key=value, size, uint, bool and id helpers, and
+// the device registry's -drive and -device parsers (every registered type's
+// properties) on every argument. Must never crash; errors must say something.
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "block/block.h"
+#include "devices/registry.h"
 #include "util/options.h"
 
 namespace {
@@ -52,12 +53,16 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     } else {
         for (const auto& o : cl->options) {
             (void)o.where();
+            // The -drive and -device consumers: every key a user can type reaches them.
             if (o.def->name == "drive") {
-                // The -drive consumer: every key a user can type reaches it.
-                std::vector<std::pair<std::string, std::string>> kv;
-                for (const auto& it : o.kv.items) kv.emplace_back(it.key, it.value);
-                auto d = mpq::block::parse_drive_options(kv);
+                auto d = mpq::devices::parse_drive(o.kv);
                 if (!d.ok()) check_error(d.error());
+            } else if (o.def->name == "device") {
+                auto d = mpq::devices::parse_device(o.kv);
+                if (!d.ok()) check_error(d.error());
+                // Typed getters on every property of the parsed type.
+                if (d.ok())
+                    for (const auto& p : d->type->props) (void)d->props.uint(p.name), (void)d->props.flag(p.name);
             }
         }
     }

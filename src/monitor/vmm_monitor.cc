@@ -3,7 +3,6 @@
 
 #include <fmt/format.h>
 
-#include "hw/lsi53c895a.h"
 #include "monitor/monitor.h"
 #include "vmm/proxy.h"
 #include "vmm/vmm.h"
@@ -35,8 +34,8 @@ public:
                 if (d.devfn == slot.devfn) dev = &d;
             unsigned s = static_cast<unsigned>(vmm::devfn_slot(slot.devfn));
             unsigned f = static_cast<unsigned>(vmm::devfn_fn(slot.devfn));
-            if (dev && dev->lsi) {
-                PciDeviceInfo info = describe_pci_device(*dev->lsi, s, slot.id);
+            if (dev && dev->local) {
+                PciDeviceInfo info = describe_pci_device(*dev->local, s, slot.id);
                 info.function = f;
                 out.push_back(std::move(info));
                 continue;
@@ -67,11 +66,11 @@ public:
     std::vector<BlockDeviceInfo> block_devices() override {
         std::vector<BlockDeviceInfo> out;
         unsigned n = 0;
-        for (const auto& d : vmm_.disks()) {
+        for (auto& d : vmm_.device_set().drives()) {
             ++n;
             if (!d.backend) continue;
             out.push_back(describe_block_backend(*d.backend, fmt::format("#block{:03}", 100 + n),
-                                                 d.qdev_id));
+                                                 d.attached_to));
         }
         return out;
     }

@@ -47,7 +47,43 @@ void PciDevice::init_config() {
         put32(&c[bar_offset(i)], b.kind == BarKind::Io ? 1u : 0u);
         put32(&wmask_[bar_offset(i)], ~(b.size - 1));
     }
+    if (id_.msi.offset != 0) init_msi();
     cfg_.irq_level = false;
+}
+
+void PciDevice::init_msi() {
+    const MsiCapDesc& m = id_.msi;
+    const uint32_t size = m.addr64 ? 0x0e : 0x0a;
+    // Our own table: the capability lies in the device-specific area.
+    assert(m.offset >= kDeviceSpecific && m.offset + size <= kConfigSpaceSize && m.log2_vectors <= 5);
+    auto& c = cfg_.bytes;
+    c[m.offset] = kCapIdMsi;
+    c[m.offset + 1] = c[kCapPointer];  // the list so far (empty: 0)
+    c[kCapPointer] = m.offset;
+    put16(&c[kStatus], static_cast<uint16_t>(get16(&c[kStatus]) | kStatusCapList));
+    put16(&c[m.offset + kMsiControl],
+          static_cast<uint16_t>((m.addr64 ? kMsi64Bit : 0) | (m.log2_vectors << 1)));
+    // As QEMU: the capability is read-only but for enable, the enabled
+    // vector count, the address and the data.
+    std::memset(&wmask_[m.offset], 0, size);
+    put16(&wmask_[m.offset + kMsiControl], kMsiQsize | kMsiEnable);
+    put32(&wmask_[m.offset + kMsiAddressLo], 0xfffffffcu);
+    if (m.addr64) put32(&wmask_[m.offset + kMsiAddressHi], 0xffffffffu);
+    put16(&wmask_[m.offset + size - 2], 0xffff);
+}
+
+bool PciDevice::msi_enabled() const {
+    return id_.msi.offset != 0 && (get16(&cfg_.bytes[id_.msi.offset + kMsiControl]) & kMsiEnable);
+}
+
+void PciDevice::msi_config_written() {
+    // Once enabled, more vectors than offered are cut back to the offer
+    // (QEMU does the same; the spec leaves it undefined).
+    if (!msi_enabled()) return;
+    uint8_t* ctl = &cfg_.bytes[id_.msi.offset + kMsiControl];
+    uint16_t v = get16(ctl);
+    unsigned enabled = (v & kMsiQsize) >> 4, offered = (v & kMsiQmask) >> 1;
+    if (enabled > offered) put16(ctl, static_cast<uint16_t>((v & ~kMsiQsize) | (offered << 4)));
 }
 
 uint32_t PciDevice::config_read(uint32_t off, unsigned len) {
@@ -69,6 +105,8 @@ void PciDevice::config_write(uint32_t off, uint32_t val, unsigned len) {
         cur = static_cast<uint8_t>(cur & ~(b & w1cmask_[a]));
     }
     if ((old_cmd ^ command()) & kCmdIntxDisable) update_irq_output();
+    if (id_.msi.offset != 0 && off < id_.msi.offset + 4u && off + len > id_.msi.offset + kMsiControl)
+        msi_config_written();
 }
 
 uint16_t PciDevice::command() const { return get16(&cfg_.bytes[kCommand]); }
@@ -131,6 +169,7 @@ void PciDevice::restore_config_state(const PciConfigState& s) {
     cfg_.irq_level = saved.irq_level;
     uint16_t st = get16(&cfg_.bytes[kStatus]);
     put16(&cfg_.bytes[kStatus], cfg_.irq_level ? (st | kStatusInterrupt) : (st & ~kStatusInterrupt));
+    if (id_.msi.offset != 0) msi_config_written();
     update_irq_output();
 }
 

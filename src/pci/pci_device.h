@@ -26,6 +26,7 @@ inline constexpr uint32_t kBar0 = 0x10;           // BARs 0..5 at 0x10 + 4*i
 inline constexpr uint32_t kSubsysVendor = 0x2c;
 inline constexpr uint32_t kSubsysId = 0x2e;
 inline constexpr uint32_t kRomBar = 0x30;
+inline constexpr uint32_t kCapPointer = 0x34;     // first capability
 inline constexpr uint32_t kIntLine = 0x3c;
 inline constexpr uint32_t kIntPin = 0x3d;
 
@@ -37,10 +38,29 @@ inline constexpr uint16_t kCmdIntxDisable = 0x0400;  // masks INTx output
 // Writable COMMAND bits, as measured on stock QEMU 7.2 (0x0507).
 inline constexpr uint16_t kCmdWritable = kCmdIo | kCmdMem | kCmdMaster | kCmdSerr | kCmdIntxDisable;
 inline constexpr uint16_t kStatusInterrupt = 0x0008;  // mirrors the INTx level
+inline constexpr uint16_t kStatusCapList = 0x0010;    // a capability list exists
 // Error bits of STATUS, write-1-to-clear (parity, target/master aborts, SERR).
 inline constexpr uint16_t kStatusW1c = 0xf900;
 // Device-specific area: writable scratch in QEMU when there are no capabilities.
 inline constexpr uint32_t kDeviceSpecific = 0x40;
+
+// MSI capability (PCI 3.0 6.8.1), laid out as QEMU's msi_init() does:
+// capability id, next pointer, message control, address (low, and high
+// when 64-bit), data. No per-vector masking.
+inline constexpr uint8_t kCapIdMsi = 0x05;
+inline constexpr uint32_t kMsiControl = 0x02;      // offset in the capability, 16-bit
+inline constexpr uint32_t kMsiAddressLo = 0x04;    // 32-bit, bits 1:0 reserved
+inline constexpr uint32_t kMsiAddressHi = 0x08;    // 64-bit capability only
+inline constexpr uint16_t kMsiEnable = 0x0001;
+inline constexpr uint16_t kMsiQmask = 0x000e;      // log2 of vectors offered
+inline constexpr uint16_t kMsiQsize = 0x0070;      // log2 of vectors enabled
+inline constexpr uint16_t kMsi64Bit = 0x0080;
+
+struct MsiCapDesc {
+    uint8_t offset = 0;       // 0: no MSI capability
+    bool addr64 = false;
+    uint8_t log2_vectors = 0; // vectors offered = 1 << log2_vectors
+};
 
 struct PciIdentity {
     uint16_t vendor = 0;
@@ -52,6 +72,7 @@ struct PciIdentity {
     uint8_t irq_pin = 1;  // 1 = INTA#
     uint8_t latency_timer = 0;  // read-only; QEMU's lsi53c895a sets 0xff
     std::array<BarDesc, kNumBars> bars{};
+    MsiCapDesc msi{};
 };
 
 // Plain, copyable config-space state: saved, restored and compared in tests.
@@ -99,6 +120,8 @@ public:
     bool bar_enabled(int bar) const;
     bool bus_master() const;
     uint16_t command() const;
+    // The guest enabled MSI in the capability (always false without one).
+    bool msi_enabled() const;
 
 protected:
     // Raises or lowers INTx; forwards only changes of level.
@@ -110,6 +133,8 @@ protected:
 
 private:
     void init_config();
+    void init_msi();
+    void msi_config_written();
     void update_irq_output();
 
     PciIdentity id_;

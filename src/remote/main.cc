@@ -1,6 +1,7 @@
 // qemu-scsi-dev: the remote device process.
 //   qemu-scsi-dev FD -device lsi53c895a,id=lsi0 -drive id=d0,file=disk.img,format=raw,if=none
 //                    -device scsi-hd,drive=d0,bus=lsi0.0,scsi-id=0 [-monitor ...] [-D log]
+//   qemu-scsi-dev FD -device edu,id=edu0
 //   qemu-scsi-dev [FD] -machine x-remote -nodefaults -display none -device ...
 //                    -object x-remote-object,id=r0,devid=lsi0,fd=FD
 // Errors on the command line: one line naming the option, exit status 1,
@@ -19,6 +20,7 @@
 #include <vector>
 
 #include "block/runtime.h"
+#include "devices/registry.h"
 #include "remote/monitor_view.h"
 #include "remote/remote_process.h"
 #include "sandbox/sandbox.h"
@@ -48,7 +50,8 @@ void usage() {
     std::printf(
         "usage: qemu-scsi-dev [FD] [options]\n"
         "Serves PCI devices to a VMM over QEMU 7.2's multi-process protocol.\n"
-        "FD is a connected unix stream socket (or use -object x-remote-object,...,fd=FD).\n\n");
+        "FD is a connected unix stream socket (or use -object x-remote-object,...,fd=FD).\n"
+        "Device types: -device help.\n\n");
     for (std::string_view n : kAccepted) {
         const auto* d = opts::find_option(n);
         std::printf("  -%-12.*s %.*s\n", static_cast<int>(n.size()), n.data(),
@@ -86,6 +89,12 @@ int main(int argc, char** argv) {
     if (cl->has("version")) {
         std::printf("qemu-scsi-dev (mpqemu) %s, QEMU 7.2 multi-process protocol\n", MPQ_VERSION);
         return 0;
+    }
+    for (const auto* d : cl->all("device")) {
+        if (d->kv.get("driver") == "help" || d->kv.get("driver") == "?") {
+            std::printf("%s\n", devices::device_help().c_str());
+            return 0;
+        }
     }
 
     int first_fd = -1;

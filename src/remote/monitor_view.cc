@@ -74,8 +74,8 @@ Status RemoteMachineView::block_resize(std::string_view device, uint64_t size) {
     if (!be) return fail("Device '{}' not found", device);
     MPQ_TRY(be->resize(size));
     // QEMU's resize callback: the disk raises CAPACITY DATA HAS CHANGED.
-    for (const auto& d : proc_.disks())
-        if (d.drive == device && d.dev) d.dev->capacity_changed();
+    for (const devices::DeviceEntry* d : proc_.disks())
+        if (d->drive == device) d->scsi->capacity_changed();
     return {};
 }
 

@@ -10,7 +10,8 @@
 #include <vector>
 
 #include "block/block.h"
-#include "hw/lsi53c895a.h"
+#include "devices/device_set.h"
+#include "devices/timers.h"
 #include "mem/guest_memory.h"
 #include "remote/irq_line.h"
 #include "scsi/scsi.h"
@@ -22,35 +23,17 @@ namespace mpq::remote {
 
 class DeviceServer;
 
-// One PCI function the process serves.
+// One PCI function the process serves (built by the device registry).
 struct PciFunctionEntry {
     std::string id;
-    std::string driver;  // "lsi53c895a"
-    std::unique_ptr<hw::Lsi53c895a> dev;
+    std::string driver;              // the registered type's name
+    pci::PciDevice* dev = nullptr;   // owned by the device set
+    scsi::Bus* bus = nullptr;        // its SCSI bus, if the type has one
     std::unique_ptr<EventfdIrqLine> irq;
 };
 
-// Who made a drive, which decides its end as in QEMU: a -drive or HMP
-// drive_add drive goes away with the disk using it; a QMP blockdev-add node
-// stays until blockdev-del.
-enum class DriveOwner : uint8_t { Legacy, Monitor };
-
-struct DriveEntry {
-    block::DriveOptions opts;
-    DriveOwner owner = DriveOwner::Legacy;
-    unsigned serial = 0;  // 1, 2, ... in creation order: the anonymous node name stays put
-    std::unique_ptr<block::BlockBackend> backend;
-    std::string attached_to;  // scsi-hd id using it ("" = unused)
-};
-
-struct ScsiDiskEntry {
-    std::string id;
-    std::string drive;       // drive id
-    std::string controller;  // controller id
-    unsigned scsi_id = 0;
-    unsigned lun = 0;
-    std::unique_ptr<scsi::Device> dev;
-};
+using devices::DriveEntry;
+using devices::DriveOwner;
 
 // A socket to serve and the devices it carries; the first is the default
 // (the one a plain 7.2 proxy talks to).
@@ -61,7 +44,7 @@ struct SocketBinding {
 
 enum class ExitReason : uint8_t { PeerClosed, ProtocolError, Quit };
 
-class RemoteProcess {
+class RemoteProcess final : private devices::DevicePlugs {
 public:
     explicit RemoteProcess(EventLoop& loop);
     ~RemoteProcess();
@@ -82,10 +65,12 @@ public:
     // --- for monitors ---
     const std::vector<PciFunctionEntry>& functions() const { return functions_; }
     PciFunctionEntry* find_function(std::string_view id);
-    std::vector<DriveEntry>& drives() { return drives_; }
-    DriveEntry* find_drive(std::string_view id);
-    block::BlockBackend* find_backend(std::string_view drive_id);
-    const std::vector<ScsiDiskEntry>& disks() const { return disks_; }
+    devices::DeviceSet& devices() { return devices_; }
+    std::vector<devices::DriveEntry>& drives() { return devices_.drives(); }
+    devices::DriveEntry* find_drive(std::string_view id) { return devices_.find_drive(id); }
+    block::BlockBackend* find_backend(std::string_view drive_id) { return devices_.find_backend(drive_id); }
+    // The SCSI devices, in creation order.
+    std::vector<const devices::DeviceEntry*> disks() const;
     // -chardev, -mon, -monitor, -qmp in command-line order, untouched: the
     // monitor code owns their meaning.
     const std::vector<opts::Option>& monitor_options() const { return monitor_options_; }
@@ -118,21 +103,20 @@ public:
     void shutdown();
 
 private:
-    Status add_drive(const opts::Option& o);
-    Status add_device(const opts::Option& o);
-    Status add_lsi(const opts::Option& o);
-    Status add_scsi_hd(const opts::Option& o);
+    // devices::DevicePlugs
+    Status plug(devices::DeviceEntry& e) override;
+    Status may_unplug(const devices::DeviceEntry& e) override;
+    void unplug(devices::DeviceEntry& e) override;
     Status add_object(const opts::Option& o);
     Status bind_socket(int fd, const std::string& device, const opts::Option* o);
-    void close_drive(std::vector<DriveEntry>::iterator it);
 
     EventLoop& loop_;
     GuestMemory memory_;
     std::string name_;
+    devices::LoopTimers timers_;
     std::vector<PciFunctionEntry> functions_;
-    std::vector<DriveEntry> drives_;
-    unsigned drive_serial_ = 0;
-    std::vector<ScsiDiskEntry> disks_;
+    // After functions_: destroyed first, while their interrupt lines exist.
+    devices::DeviceSet devices_;
     std::vector<opts::Option> monitor_options_;
     std::vector<SocketBinding> bindings_;
     std::unique_ptr<DeviceServer> server_;

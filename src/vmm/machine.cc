@@ -29,7 +29,12 @@ Machine::Machine(EventLoop& loop, std::unique_ptr<GuestRam> ram)
     (void)bus_.add(make_devfn(1, 0), "piix3", &piix3_);
     bus_.on_reset_control = [this](uint8_t) { request_reset(); };
     irq_.set_observer([this](int line, bool level) {
-        if (irq_listener_) irq_listener_(line, level);
+        // A listener may remove itself: iterate over a snapshot of the ids.
+        std::vector<ListenerId> ids;
+        for (auto& l : irq_listeners_) ids.push_back(l.first);
+        for (ListenerId id : ids)
+            for (auto& l : irq_listeners_)
+                if (l.first == id) l.second(line, level);
     });
 }
 
@@ -40,8 +45,34 @@ Machine::~Machine() {
 
 Result<IntxPin*> Machine::plug(int devfn, std::string id, pci::PciFunction* fn) {
     MPQ_TRY(bus_.add(devfn, std::move(id), fn));
-    pins_.push_back(std::make_unique<IntxPin>(irq_, devfn, 0));
-    return pins_.back().get();
+    pins_.emplace_back(fn, std::make_unique<IntxPin>(irq_, devfn, 0));
+    return pins_.back().second.get();
+}
+
+void Machine::unplug(pci::PciFunction* fn) {
+    bus_.remove(fn);
+    for (auto it = pins_.begin(); it != pins_.end(); ++it) {
+        if (it->first != fn) continue;
+        it->second->set_level(false);
+        pins_.erase(it);
+        return;
+    }
+}
+
+Machine::ListenerId Machine::add_irq_listener(IrqListener fn) {
+    ListenerId id = next_listener_++;
+    irq_listeners_.emplace_back(id, std::move(fn));
+    return id;
+}
+
+void Machine::remove_irq_listener(ListenerId id) {
+    std::erase_if(irq_listeners_, [id](const auto& l) { return l.first == id; });
+}
+
+void MachineTimers::defer(Callback cb) { loop_.defer(std::move(cb)); }
+
+devices::DeviceTimers::Id MachineTimers::add_timer(int64_t delay_ns, Callback cb) {
+    return clock_.add_timer(clock_.now() + (delay_ns > 0 ? delay_ns : 0), std::move(cb));
 }
 
 void Machine::system_reset() {
@@ -175,17 +206,6 @@ void Machine::mem_fill(uint64_t addr, uint64_t len, uint8_t byte) {
         mem_write(a, std::span<const uint8_t>(chunk, n));
         done += n;
     }
-}
-
-Status Machine::irq_intercept(std::string_view path, IrqDirection dir) {
-    (void)dir;
-    // Stock QEMU resolves a partial QOM path; the IOAPIC is the only
-    // interrupt controller modelled here, under the names tests use.
-    if (path == "ioapic" || path == "/machine/ioapic" || path == "/machine/i440fx/ioapic" ||
-        path == "/machine/unattached/ioapic") {
-        return {};
-    }
-    return fail("Unknown device");
 }
 
 }  // namespace mpq::vmm

@@ -1,7 +1,12 @@
 // The `pc` machine as far as a vCPU-less VMM needs it: guest RAM, the PCI
 // bus with i440FX + PIIX3, INTx routing to 24 IOAPIC-like lines, a virtual
-// clock, system reset, and guest-physical / port I/O dispatch. qtest drives
-// it through QtestTarget; device models and proxies plug into the bus.
+// clock, system reset, and guest-physical / port I/O dispatch.
+//
+// The machine does not know who drives it. Its access methods (port I/O,
+// guest-physical memory, config cycles) are the one entry point for every
+// driver: qtest today (vmm/qtest_machine.h adapts it), vCPU threads of a
+// hardware accelerator later. Its interrupt lines report to any number of
+// listeners. Device models and proxies plug into the bus.
 #pragma once
 
 #include <cstdint>
@@ -10,12 +15,12 @@
 #include <string>
 #include <vector>
 
+#include "devices/timers.h"
 #include "pci/pci_function.h"
 #include "vmm/chipset.h"
 #include "vmm/guest_ram.h"
 #include "vmm/irq_router.h"
 #include "vmm/pci_bus.h"
-#include "vmm/qtest.h"
 #include "vmm/vclock.h"
 
 namespace mpq {
@@ -41,16 +46,31 @@ private:
     bool level_ = false;
 };
 
-class Machine final : public QtestTarget {
+// Device timers of in-process models: deferred work on the event loop,
+// guest time on the machine's virtual clock.
+class MachineTimers final : public devices::DeviceTimers {
+public:
+    MachineTimers(EventLoop& loop, VirtualClock& clock) : loop_(loop), clock_(clock) {}
+    void defer(Callback cb) override;
+    Id add_timer(int64_t delay_ns, Callback cb) override;
+    void cancel(Id id) override { clock_.cancel(id); }
+
+private:
+    EventLoop& loop_;
+    VirtualClock& clock_;
+};
+
+class Machine final {
 public:
     Machine(EventLoop& loop, std::unique_ptr<GuestRam> ram);
-    ~Machine() override;
+    ~Machine();
 
     EventLoop& loop() { return loop_; }
     GuestRam& ram() { return *ram_; }
     PciBus& bus() { return bus_; }
     IrqRouter& irq() { return irq_; }
     VirtualClock& clock() { return clock_; }
+    devices::DeviceTimers& timers() { return timers_; }
 
     // The legacy IRQ that INTA# of `devfn` is routed to now (PIIX3 registers).
     std::optional<unsigned> routed_irq(int devfn) const {
@@ -59,6 +79,8 @@ public:
     }
     // Registers a PCI function (not owned) and creates its INTA# pin.
     Result<IntxPin*> plug(int devfn, std::string id, pci::PciFunction* fn);
+    // Takes a function off the bus; its pin is lowered and destroyed.
+    void unplug(pci::PciFunction* fn);
     // Keeps an object alive as long as the machine (destroyed in reverse order).
     void keep(std::shared_ptr<void> obj) { owned_.push_back(std::move(obj)); }
 
@@ -76,18 +98,30 @@ public:
     void request_reset();
     uint64_t reset_count() const { return reset_count_; }
 
-    // QtestTarget
-    uint32_t pio_read(uint16_t port, unsigned size) override;
-    void pio_write(uint16_t port, uint32_t val, unsigned size) override;
-    void mem_read(uint64_t addr, std::span<uint8_t> out) override;
-    void mem_write(uint64_t addr, std::span<const uint8_t> in) override;
-    void mem_fill(uint64_t addr, uint64_t len, uint8_t byte) override;
-    Status irq_intercept(std::string_view path, IrqDirection dir) override;
-    int64_t clock_step(std::optional<int64_t> ns) override { return clock_.step(ns); }
-    int64_t clock_set(int64_t ns) override { return clock_.set(ns); }
+    // --- The entry point for whatever drives the machine ---
+    // Port I/O: config mechanism #1, then I/O BARs; unassigned ports read
+    // all-ones. Accesses are split into naturally aligned pieces.
+    uint32_t pio_read(uint16_t port, unsigned size);
+    void pio_write(uint16_t port, uint32_t val, unsigned size);
+    // Guest-physical accesses as address_space_read/write do them: RAM is
+    // copied (after the fences), MMIO gets naturally aligned accesses,
+    // unassigned memory reads 0.
+    void mem_read(uint64_t addr, std::span<uint8_t> out);
+    void mem_write(uint64_t addr, std::span<const uint8_t> in);
+    void mem_fill(uint64_t addr, uint64_t len, uint8_t byte);
+    // Config cycles with bus/device/function split out (what an ECAM window
+    // or the 0xcf8/0xcfc pair turn into).
+    uint32_t config_read(int bus, int devfn, uint32_t off, unsigned len) { return bus_.config_read(bus, devfn, off, len); }
+    void config_write(int bus, int devfn, uint32_t off, uint32_t val, unsigned len) {
+        bus_.config_write(bus, devfn, off, val, len);
+    }
 
-    // Where intercepted line changes go (the qtest server).
-    void set_irq_listener(std::function<void(int, bool)> fn) { irq_listener_ = std::move(fn); }
+    // Interrupt lines (IOAPIC inputs): every listener hears every change.
+    using IrqListener = std::function<void(int line, bool level)>;
+    using ListenerId = uint64_t;
+    ListenerId add_irq_listener(IrqListener fn);
+    void remove_irq_listener(ListenerId id);
+    bool irq_level(int line) const { return irq_.line_level(line); }
 
 private:
     uint64_t mmio_read(uint64_t addr, unsigned size);
@@ -100,11 +134,13 @@ private:
     I440fxHostBridge host_bridge_;
     Piix3 piix3_;
     VirtualClock clock_;
-    std::vector<std::unique_ptr<IntxPin>> pins_;
+    MachineTimers timers_{loop_, clock_};
+    std::vector<std::pair<pci::PciFunction*, std::unique_ptr<IntxPin>>> pins_;
     std::vector<std::function<void()>> reset_handlers_;
     std::vector<std::function<void()>> fences_;
     std::vector<std::shared_ptr<void>> owned_;
-    std::function<void(int, bool)> irq_listener_;
+    std::vector<std::pair<ListenerId, IrqListener>> irq_listeners_;
+    ListenerId next_listener_ = 1;
     bool reset_pending_ = false;
     uint64_t reset_count_ = 0;
 };

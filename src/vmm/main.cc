@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <cstring>
 
+#include "devices/registry.h"
 #include "trace/trace.h"
 #include "util/event_loop.h"
 #include "util/log.h"
@@ -34,7 +35,8 @@ void usage() {
         "  -device pci-proxy-dev,id=ID,socket=FD[,addr=SLOT]   (our form)\n"
         "  -device x-pci-proxy-dev,id=ID,fd=FD[,addr=SLOT]     (stock form)\n"
         "  -device lsi53c895a,id=ID   -drive if=none,id=D,file=F[,format=raw|qcow2]\n"
-        "  -device scsi-hd,drive=D,bus=ID.0[,scsi-id=N]\n"
+        "  -device scsi-hd,drive=D,bus=ID.0[,scsi-id=N]   -device edu[,id=ID][,dma_mask=M]\n"
+        "  -device help                                   (every in-process device type)\n"
         "  -qmp CHARDEV  -monitor CHARDEV  -mon chardev=ID,mode=control\n",
         kProg);
 }
@@ -58,6 +60,13 @@ int main(int argc, char** argv) {
     if (cl->has("version")) {
         std::printf("%s version %s (QEMU 7.2 multi-process protocol)\n", kProg, MPQ_VERSION);
         return 0;
+    }
+    for (const auto* d : cl->all("device")) {
+        if (d->kv.get("driver") == "help" || d->kv.get("driver") == "?") {
+            std::printf("%s\n  pci-proxy-dev, x-pci-proxy-dev: a device served by a remote process\n",
+                        devices::device_help().c_str());
+            return 0;
+        }
     }
     if (!cl->positional.empty()) {
         log::error("{}: invalid option", cl->positional.front());

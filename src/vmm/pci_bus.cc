@@ -14,6 +14,13 @@ Status PciBus::add(int devfn, std::string id, pci::PciFunction* fn) {
     return {};
 }
 
+void PciBus::remove(pci::PciFunction* fn) {
+    for (auto& s : slots_)
+        if (s == fn) s = nullptr;
+    std::erase_if(list_, [fn](const PciSlot& s) { return s.fn == fn; });
+    std::erase_if(decoders_, [fn](pci::PciFunction* d) { return d == fn; });
+}
+
 Result<int> PciBus::free_devfn() const {
     for (int slot = kFirstDeviceSlot; slot < 32; ++slot) {
         bool used = false;

@@ -43,6 +43,8 @@ class PciBus {
 public:
     // Places `fn` at `devfn`; fails if taken or out of range.
     Status add(int devfn, std::string id, pci::PciFunction* fn);
+    // Takes `fn` off the bus (no effect if it is not on it).
+    void remove(pci::PciFunction* fn);
     // First free function-0 slot at or after kFirstDeviceSlot.
     Result<int> free_devfn() const;
     pci::PciFunction* at(int devfn) const {

@@ -19,7 +19,8 @@ namespace mpq::vmm {
 
 enum class IrqDirection : uint8_t { In, Out };
 
-// What qtest drives. Implemented by the machine (and by fakes in tests).
+// What qtest drives. Implemented by QtestMachine (vmm/qtest_machine.h),
+// which forwards to the machine, and by fakes in tests.
 class QtestTarget {
 public:
     virtual ~QtestTarget() = default;

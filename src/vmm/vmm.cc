@@ -7,13 +7,12 @@
 #include <cstring>
 
 #include "block/block.h"
-#include "hw/lsi53c895a.h"
-#include "scsi/scsi_hd.h"
 #include "util/event_loop.h"
 #include "util/log.h"
 #include "vmm/proxy.h"
 #include "vmm/qtest.h"
 #include "vmm/qtest_chardev.h"
+#include "vmm/qtest_machine.h"
 
 namespace mpq::vmm {
 
@@ -40,27 +39,6 @@ bool machine_type_ok(std::string_view t) {
     return t.empty() || t == "pc" || t.starts_with("pc-i440fx") || t == "none-but-pc";
 }
 
-// "addr=SLOT[.FN]" in hex, as QEMU's PCI address property.
-Result<int> parse_pci_addr(std::string_view s) {
-    auto dot = s.find('.');
-    std::string_view slot = s.substr(0, dot), fn = dot == std::string_view::npos ? "0" : s.substr(dot + 1);
-    if (slot.starts_with("0x")) slot.remove_prefix(2);
-    auto hex = [](std::string_view v, int max) -> std::optional<int> {
-        if (v.empty() || v.size() > 2) return std::nullopt;
-        int x = 0;
-        for (char c : v) {
-            int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10
-                    : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
-            if (d < 0) return std::nullopt;
-            x = x * 16 + d;
-        }
-        return x <= max ? std::optional<int>(x) : std::nullopt;
-    };
-    auto sl = hex(slot, 31), f = hex(fn, 7);
-    if (!sl || !f) return fail("Property 'addr' doesn't take value '{}'", s);
-    return make_devfn(*sl, *f);
-}
-
 }  // namespace
 
 std::span<const std::string_view> vmm_accepted_options() { return kAccepted; }
@@ -76,16 +54,18 @@ Vmm::Vmm(EventLoop& loop, opts::CommandLine cl) : loop_(loop), cl_(std::move(cl)
 Vmm::~Vmm() {
     qtest_chr_.reset();
     qtest_.reset();
+    qtest_target_.reset();
     if (qtest_log_ && qtest_log_ != stderr) std::fclose(qtest_log_);
-    // Guest writes already acknowledged must reach the image.
-    for (auto& [id, be] : backends_) {
-        be->drain();
-        if (auto st = be->driver().flush(); !st.ok()) log::error("drive {}: flush: {}", id, st.error().message);
+    if (devset_) {
+        // Guest writes already acknowledged must reach the image.
+        for (auto& d : devset_->drives()) {
+            d.backend->drain();
+            if (auto st = d.backend->driver().flush(); !st.ok())
+                log::error("drive {}: flush: {}", d.opts.id, st.error().message);
+        }
+        devset_.reset();
     }
     proxies_.clear();
-    lsis_.clear();
-    disks_.clear();
-    backends_.clear();
     machine_.reset();
     links_.clear();
 }
@@ -170,6 +150,8 @@ Status Vmm::build_ram() {
                                 chosen.seal);
     if (!ram.ok()) return ram.take_error();
     machine_ = std::make_unique<Machine>(loop_, std::move(*ram));
+    devset_ = std::make_unique<devices::DeviceSet>(loop_, &machine_->ram(), machine_->timers(),
+                                                    static_cast<devices::DevicePlugs&>(*this));
     return {};
 }
 
@@ -193,9 +175,15 @@ Status Vmm::build() {
 
     MPQ_TRY(build_ram());
 
-    for (const auto* o : cl_.options.empty() ? std::vector<const opts::Option*>{} : cl_.all("device")) {
-        MPQ_TRY(add_device(*o));
-    }
+    for (const auto* o : cl_.all("drive"))
+        if (auto st = devset_->add_drive(o->kv); !st.ok()) return o->error(st.error());
+    for (const auto* o : cl_.all("device")) MPQ_TRY(add_device(*o));
+    // In-process devices get a PCI reset with the machine (proxies forward
+    // their own DEVICE_RESET).
+    machine_->add_reset_handler([this] {
+        for (const auto& e : devset_->entries())
+            if (e->pci) e->pci->pci_reset();
+    });
 
     for (const auto& o : cl_.options) {
         if (o.name() == "qmp" || o.name() == "qmp-pretty") {
@@ -214,7 +202,7 @@ Status Vmm::build() {
 
 Result<int> Vmm::pick_devfn(const opts::Option& o) {
     if (o.kv.has("addr")) {
-        auto a = parse_pci_addr(o.kv.get("addr"));
+        auto a = devices::parse_pci_addr(o.kv.get("addr"));
         if (!a.ok()) return o.error(a.error());
         return *a;
     }
@@ -229,12 +217,32 @@ Status Vmm::add_device(const opts::Option& o) {
     if (!id.empty()) {
         if (auto st = opts::check_id(id); !st.ok()) return o.error(st.error());
         for (const auto& d : devices_)
-            if (d.id == id) return o.error("Duplicate device ID '{}'", id);
+            if (d.id == id) return o.error("Duplicate ID '{}' for device", id);
     }
+    // Proxies exist only here; every in-process type comes from the registry.
     if (driver == "pci-proxy-dev" || driver == "x-pci-proxy-dev") return add_proxy(o, driver);
-    if (driver == "lsi53c895a" || driver == "lsi") return add_lsi(o);
-    if (driver == "scsi-hd") return add_scsi_hd(o);
-    return o.error("'{}' is not a valid device model name", driver);
+    if (auto e = devset_->add(o.kv); !e.ok()) return o.error(e.error());
+    return {};
+}
+
+Status Vmm::plug(devices::DeviceEntry& e) {
+    int devfn = e.config.props.devfn("addr");
+    if (devfn < 0) {
+        auto f = machine_->bus().free_devfn();
+        if (!f.ok()) return f.take_error();
+        devfn = *f;
+    }
+    auto pin = machine_->plug(devfn, e.named ? e.id : std::string(), e.pci.get());
+    if (!pin.ok()) return pin.take_error();
+    e.pci->attach_irq(*pin);
+    devices_.push_back({e.named ? e.id : std::string(), std::string(e.type->name), devfn, nullptr, e.pci.get()});
+    return {};
+}
+
+void Vmm::unplug(devices::DeviceEntry& e) {
+    e.pci->attach_irq(nullptr);
+    machine_->unplug(e.pci.get());
+    std::erase_if(devices_, [&](const DeviceInfo& d) { return d.local == e.pci.get(); });
 }
 
 Status Vmm::add_proxy(const opts::Option& o, const std::string& driver) {
@@ -321,118 +329,19 @@ Status Vmm::add_proxy(const opts::Option& o, const std::string& driver) {
 #endif
 }
 
-Status Vmm::add_lsi(const opts::Option& o) {
-    static constexpr std::string_view known[] = {"driver", "id", "addr", "multifunction"};
-    if (auto st = opts::check_known_keys(o.kv, "lsi53c895a", known); !st.ok()) return o.error(st.error());
-    std::string id = o.kv.get("id");
-    auto devfn = pick_devfn(o);
-    if (!devfn.ok()) return devfn.take_error();
-    auto lsi = hw::make_lsi53c895a(loop_, id);
-    auto pin = machine_->plug(*devfn, id, lsi.get());
-    if (!pin.ok()) return o.error(pin.error());
-    lsi->attach_irq(*pin);
-    lsi->attach_dma(&machine_->ram());
-    hw::Lsi53c895a* l = lsi.get();
-    machine_->add_reset_handler([l] { l->pci_reset(); });
-    devices_.push_back({id, "lsi53c895a", *devfn, nullptr, l});
-    lsis_.push_back(std::move(lsi));
-    return {};
-}
-
-Result<block::BlockBackend*> Vmm::backend_for(const opts::Option& o, const std::string& drive_id) {
-    if (auto it = backends_.find(drive_id); it != backends_.end()) {
-        return o.error("Drive '{}' is already in use by another device", drive_id);
-    }
-    for (const auto* d : cl_.all("drive")) {
-        if (d->kv.get("id") != drive_id) continue;
-        std::vector<std::pair<std::string, std::string>> kv;
-        for (const auto& item : d->kv.items) {
-            if (item.key == "media" && item.value == "disk") continue;
-            kv.emplace_back(item.key, item.value);
-        }
-        auto opts = block::parse_drive_options(kv);
-        if (!opts.ok()) return d->error(opts.error());
-        auto drv = block::open_drive(*opts);
-        if (!drv.ok()) return d->error(drv.error());
-        auto be = std::make_unique<block::BlockBackend>(loop_, std::move(*drv), *opts);
-        auto* raw = be.get();
-        backends_[drive_id] = std::move(be);
-        return raw;
-    }
-    return o.error("Property 'scsi-hd.drive' can't find value '{}'", drive_id);
-}
-
-Status Vmm::add_scsi_hd(const opts::Option& o) {
-    static constexpr std::string_view known[] = {"driver", "id", "drive", "bus", "scsi-id", "lun", "channel", "serial", "wwn", "vendor", "product", "ver", "logical_block_size", "physical_block_size", "write-cache", "bootindex"};
-    if (auto st = opts::check_known_keys(o.kv, "scsi-hd", known); !st.ok()) return o.error(st.error());
-    std::string bus = o.kv.get("bus");
-    hw::Lsi53c895a* host = nullptr;
-    if (bus.empty()) {
-        if (!lsis_.empty()) host = lsis_.back().get();
-    } else {
-        auto dot = bus.rfind('.');
-        std::string hid = bus.substr(0, dot);
-        if (dot == std::string::npos || bus.substr(dot + 1) != "0") return o.error("Bus '{}' not found", bus);
-        for (auto& l : lsis_)
-            if (l->id() == hid) host = l.get();
-    }
-    if (!host) return o.error("Bus '{}' not found", bus.empty() ? "scsi" : bus);
-    scsi::ScsiHdProps p;
-    p.id = o.kv.get("id");
-    unsigned scsi_id = 0;
-    if (o.kv.has("scsi-id")) {
-        auto v = opts::parse_uint(o.kv.get("scsi-id"), "scsi-id", scsi::kMaxTargets - 1);
-        if (!v.ok()) return o.error(v.error());
-        scsi_id = static_cast<unsigned>(*v);
-    } else {
-        while (scsi_id < scsi::kMaxTargets && host->bus().target(scsi_id)) ++scsi_id;
-    }
-    p.scsi_id = scsi_id;
-    if (o.kv.has("lun")) {
-        auto v = opts::parse_uint(o.kv.get("lun"), "lun", 0);
-        if (!v.ok()) return o.error(v.error());
-        p.lun = static_cast<unsigned>(*v);
-    }
-    if (o.kv.has("serial")) p.serial = o.kv.get("serial");
-    if (o.kv.has("vendor")) p.vendor = o.kv.get("vendor");
-    if (o.kv.has("product")) p.product = o.kv.get("product");
-    if (o.kv.has("ver")) p.ver = o.kv.get("ver");
-    if (o.kv.has("wwn")) {
-        auto v = opts::parse_uint(o.kv.get("wwn"), "wwn");
-        if (!v.ok()) return o.error(v.error());
-        p.wwn = *v;
-    }
-    if (o.kv.has("logical_block_size")) {
-        auto v = opts::parse_size(o.kv.get("logical_block_size"), "logical_block_size");
-        if (!v.ok()) return o.error(v.error());
-        p.logical_block_size = static_cast<uint32_t>(*v);
-    }
-    if (o.kv.has("write-cache")) {
-        auto v = opts::parse_bool(o.kv.get("write-cache"), "write-cache");
-        if (!v.ok()) return o.error(v.error());
-        p.write_cache = *v ? scsi::WriteCache::On : scsi::WriteCache::Off;
-    }
-    std::string drive = o.kv.get("drive");
-    if (drive.empty()) return o.error("drive property not set");
-    auto be = backend_for(o, drive);
-    if (!be.ok()) return be.take_error();
-    auto dev = scsi::make_scsi_hd(loop_, **be, p);
-    if (!dev.ok()) return o.error(dev.error());
-    if (!host->bus().attach(scsi_id, dev->get())) {
-        return o.error("SCSI id {} is already in use on {}", scsi_id, host->id());
-    }
-    disks_.push_back(std::move(*dev));
-    disk_info_.push_back({drive, p.id, *be});
-    return {};
-}
-
 Status Vmm::start() {
     machine_->system_reset();
     const opts::Option* q = cl_.last("qtest");
     if (!q) return {};
     auto spec = parse_qtest_chardev(q->text);
     if (!spec.ok()) return spec.take_error();
-    qtest_ = std::make_unique<QtestServer>(*machine_);
+    // qtest is one driver of the machine: it reaches it through the
+    // machine's entry point and listens to its lines like any other.
+    qtest_target_ = std::make_unique<QtestMachine>(*machine_, [this](int line, bool level) {
+        qtest_->irq_event(line, level);
+        if (qtest_chr_ && !qtest_chr_->in_command()) qtest_chr_->flush();
+    });
+    qtest_ = std::make_unique<QtestServer>(*qtest_target_);
     // Like QEMU: without -qtest-log the conversation is copied to stderr.
     if (const opts::Option* l = cl_.last("qtest-log")) {
         if (l->text != "none") {
@@ -446,12 +355,6 @@ Status Vmm::start() {
     auto chr = QtestChardev::open(loop_, *qtest_, *spec);
     if (!chr.ok()) return chr.take_error();
     qtest_chr_ = std::move(*chr);
-    QtestServer* srv = qtest_.get();
-    QtestChardev* chp = qtest_chr_.get();
-    machine_->set_irq_listener([srv, chp](int line, bool level) {
-        srv->irq_event(line, level);
-        if (!chp->in_command()) chp->flush();
-    });
     return {};
 }
 

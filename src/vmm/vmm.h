@@ -1,7 +1,8 @@
 // mpqemu-system-x86_64: builds the `pc` machine from a QEMU-style command
-// line (RAM backend, chipset, devices: in-process lsi53c895a + scsi-hd, or
-// pci-proxy-dev / x-pci-proxy-dev forwarding to remote processes), attaches
-// qtest, and hands monitor options to the monitors (see main.cc).
+// line (RAM backend, chipset, devices: in-process ones from the device
+// registry, or pci-proxy-dev / x-pci-proxy-dev forwarding to remote
+// processes), attaches qtest, and hands monitor options to the monitors
+// (see main.cc).
 #pragma once
 
 #include <cstdio>
@@ -10,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "devices/device_set.h"
 #include "util/options.h"
 #include "util/result.h"
 #include "vmm/events.h"
@@ -18,15 +20,6 @@
 namespace mpq {
 class EventLoop;
 }
-namespace mpq::block {
-class BlockBackend;
-}
-namespace mpq::scsi {
-class Device;
-}
-namespace mpq::hw {
-class Lsi53c895a;
-}
 
 namespace mpq::vmm {
 
@@ -34,6 +27,7 @@ class ProxyDevice;
 class ProxyLink;
 class QtestServer;
 class QtestChardev;
+class QtestMachine;
 
 // A monitor the command line asked for; src/monitor serves them.
 struct MonitorSpec {
@@ -46,33 +40,27 @@ struct MonitorSpec {
 // What the VMM knows about one plugged PCI device (query-pci, tests).
 struct DeviceInfo {
     std::string id;
-    std::string driver;  // "lsi53c895a", "pci-proxy-dev", "x-pci-proxy-dev"
+    std::string driver;  // a registered type ("lsi53c895a", "edu"), "pci-proxy-dev", "x-pci-proxy-dev"
     int devfn = -1;
     ProxyDevice* proxy = nullptr;      // forwarded devices
-    hw::Lsi53c895a* lsi = nullptr;     // in-process controllers
-};
-
-// A -drive in use by a scsi-hd (query-block).
-struct DiskInfo {
-    std::string drive_id;
-    std::string qdev_id;  // the scsi-hd id ("" if none was given)
-    block::BlockBackend* backend = nullptr;
+    pci::PciDevice* local = nullptr;   // in-process devices (owned by the device set)
 };
 
 // The options this program accepts (shared with --help).
 std::span<const std::string_view> vmm_accepted_options();
 
-class Vmm {
+class Vmm final : private devices::DevicePlugs {
 public:
     static Result<std::unique_ptr<Vmm>> create(EventLoop& loop, const opts::CommandLine& cl);
-    ~Vmm();
+    ~Vmm() override;
 
     Machine& machine() { return *machine_; }
     VmmEvents& events() { return events_; }
     EventLoop& loop() { return loop_; }
     const std::vector<DeviceInfo>& devices() const { return devices_; }
     const std::vector<MonitorSpec>& monitors() const { return monitors_; }
-    const std::vector<DiskInfo>& disks() const { return disk_info_; }
+    // In-process devices and the drives (-drive) they may use.
+    devices::DeviceSet& device_set() { return *devset_; }
     const opts::CommandLine& command_line() const { return cl_; }
     bool start_stopped() const { return start_stopped_; }
 
@@ -89,10 +77,10 @@ private:
     Status build_ram();
     Status add_device(const opts::Option& o);
     Status add_proxy(const opts::Option& o, const std::string& driver);
-    Status add_lsi(const opts::Option& o);
-    Status add_scsi_hd(const opts::Option& o);
     Result<int> pick_devfn(const opts::Option& o);
-    Result<block::BlockBackend*> backend_for(const opts::Option& o, const std::string& drive_id);
+    // devices::DevicePlugs: in-process PCI functions go on the machine's bus.
+    Status plug(devices::DeviceEntry& e) override;
+    void unplug(devices::DeviceEntry& e) override;
 
     EventLoop& loop_;
     opts::CommandLine cl_;
@@ -100,17 +88,15 @@ private:
     std::unique_ptr<Machine> machine_;
     std::vector<DeviceInfo> devices_;
     std::vector<MonitorSpec> monitors_;
-    std::vector<DiskInfo> disk_info_;
     bool start_stopped_ = false;
     bool qtest_accel_ = false;
 
     std::map<int, std::shared_ptr<ProxyLink>> links_;
     std::vector<std::unique_ptr<ProxyDevice>> proxies_;
-    std::vector<std::unique_ptr<hw::Lsi53c895a>> lsis_;
-    std::vector<std::unique_ptr<scsi::Device>> disks_;
-    std::map<std::string, std::unique_ptr<block::BlockBackend>> backends_;
+    std::unique_ptr<devices::DeviceSet> devset_;
 
     std::unique_ptr<QtestServer> qtest_;
+    std::unique_ptr<QtestMachine> qtest_target_;
     std::unique_ptr<QtestChardev> qtest_chr_;
     FILE* qtest_log_ = nullptr;
 };

@@ -67,10 +67,10 @@ TEST(RemoteProcess, BuildsControllersDisksAndBindings) {
     EXPECT_EQ(proc.find_function("lsi1")->dev->config_read(0, 4), 0x00121000u);
     EXPECT_EQ(proc.find_function("nope"), nullptr);
     ASSERT_EQ(proc.disks().size(), 2u);
-    EXPECT_EQ(proc.disks()[0].scsi_id, 3u);
-    EXPECT_EQ(proc.disks()[1].scsi_id, 0u);  // first free id
-    EXPECT_EQ(proc.disks()[1].controller, "lsi1");
-    EXPECT_EQ(proc.find_function("lsi0")->dev->bus().target(3), proc.disks()[0].dev.get());
+    EXPECT_EQ(proc.disks()[0]->scsi_id, 3u);
+    EXPECT_EQ(proc.disks()[1]->scsi_id, 0u);  // first free id
+    EXPECT_EQ(proc.disks()[1]->parent, "lsi1");
+    EXPECT_EQ(proc.find_function("lsi0")->bus->target(3), proc.disks()[0]->scsi.get());
     ASSERT_NE(proc.find_backend("d1"), nullptr);
     EXPECT_TRUE(proc.find_backend("d1")->read_only());
     EXPECT_EQ(proc.find_backend("d0")->length(), 1u << 20);

@@ -7,6 +7,7 @@
 
 #include "util/event_loop.h"
 #include "vmm/machine.h"
+#include "vmm/qtest_machine.h"
 
 namespace mpq::vmm {
 namespace {
@@ -99,9 +100,9 @@ TEST_F(MachineTest, ConfigSpaceThroughPorts) {
 
 TEST_F(MachineTest, IntxReachesInterceptedLine) {
     std::vector<std::pair<int, bool>> ev;
-    m->set_irq_listener([&](int l, bool v) { ev.emplace_back(l, v); });
-    EXPECT_TRUE(m->irq_intercept("ioapic", IrqDirection::In).ok());
-    EXPECT_FALSE(m->irq_intercept("/machine/nothing", IrqDirection::In).ok());
+    QtestMachine qm(*m, [&](int l, bool v) { ev.emplace_back(l, v); });
+    EXPECT_TRUE(qm.irq_intercept("ioapic", IrqDirection::In).ok());
+    EXPECT_FALSE(qm.irq_intercept("/machine/nothing", IrqDirection::In).ok());
     // Slot 2 INTA -> PIRQB -> route register 0x61.
     m->pio_write(0xcf8, 0x80000860, 4);
     m->pio_write(0xcfd, 11, 1);
@@ -111,6 +112,24 @@ TEST_F(MachineTest, IntxReachesInterceptedLine) {
     ASSERT_EQ(ev.size(), 2u);
     EXPECT_EQ(ev[0], std::make_pair(11, true));
     EXPECT_EQ(ev[1], std::make_pair(11, false));
+}
+
+// The machine's lines are not qtest's: any number of drivers listen, and
+// config cycles need no port I/O.
+TEST_F(MachineTest, LinesHaveManyListenersAndConfigCyclesAreDirect) {
+    std::vector<int> a, b;
+    auto ida = m->add_irq_listener([&](int l, bool v) { if (v) a.push_back(l); });
+    m->add_irq_listener([&](int l, bool v) { if (v) b.push_back(l); });
+    m->config_write(0, make_devfn(1, 0), 0x61, 10, 1);  // PIRQB -> IRQ 10
+    intx->set_level(true);
+    EXPECT_TRUE(m->irq_level(10));
+    intx->set_level(false);
+    m->remove_irq_listener(ida);
+    intx->set_level(true);
+    EXPECT_EQ(a, std::vector<int>{10});
+    EXPECT_EQ(b, (std::vector<int>{10, 10}));
+    EXPECT_EQ(m->config_read(0, make_devfn(0, 0), 0, 4), 0x12378086u);
+    EXPECT_EQ(m->config_read(0, make_devfn(9, 0), 0, 4), 0xffffffffu);
 }
 
 TEST_F(MachineTest, ResetControlResetsDevicesFromTheLoop) {
