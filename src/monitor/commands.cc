@@ -1,5 +1,7 @@
 #include "monitor/commands.h"
 
+#include <cctype>
+
 #include <algorithm>
 #include <cstdint>
 #include <time.h>
@@ -232,6 +234,11 @@ Json block_stats_json(const BlockDeviceInfo& b, uint64_t now_ns) {
     return j;
 }
 
+namespace {
+// getfd's table is per process; a client cannot make it grow for ever.
+constexpr size_t kMaxNamedFds = 32;
+}  // namespace
+
 void register_commands(QmpDispatcher& d, CommandEnv& env) {
     // Handled by QmpSession itself; listed so query-commands shows it.
     d.add("qmp_capabilities", {{"enable", ArgType::Any, true}},
@@ -313,6 +320,51 @@ void register_commands(QmpDispatcher& d, CommandEnv& env) {
     d.add("block-set-write-threshold",
           {{"node-name", ArgType::String, false}, {"write-threshold", ArgType::UInt, false}},
           [&env](const Json& args) { return set_write_threshold(env, args); });
+
+    // mpqemu's own: the device process's state, for a new process started
+    // with -incoming-state FILE (README: "Saved device state").
+    d.add("x-device-state-save", {{"filename", ArgType::String, false}}, [&env](const Json& args) {
+        auto st = env.view.save_device_state(args["filename"].get<std::string>());
+        if (!st) return QmpReply::err(kGenericError, st.error().message);
+        return QmpReply::ok();
+    });
+
+    // QEMU's: names the file descriptor the client passed with this
+    // command (SCM_RIGHTS on the monitor socket).
+    d.add("getfd", {{"fdname", ArgType::String, false}}, [&env](const Json& args) {
+        std::string name = args["fdname"].get<std::string>();
+        if (name.empty() || std::isdigit(static_cast<unsigned char>(name[0])))
+            return QmpReply::err(kGenericError, "Parameter 'fdname' expects a name not starting with a digit");
+        UniqueFd fd = env.take_received_fd ? env.take_received_fd() : UniqueFd();
+        if (!fd) return QmpReply::err(kGenericError, "No file descriptor supplied via SCM_RIGHTS");
+        if (env.fds.size() >= kMaxNamedFds && !env.fds.count(name))
+            return QmpReply::err(kGenericError, "Too many named file descriptors");
+        env.fds[name] = std::move(fd);  // a name given again replaces (and closes) the old one
+        return QmpReply::ok();
+    });
+
+    d.add("closefd", {{"fdname", ArgType::String, false}}, [&env](const Json& args) {
+        if (env.fds.erase(args["fdname"].get<std::string>()) == 0)
+            return QmpReply::err(kGenericError, "File descriptor named '" + args["fdname"].get<std::string>() +
+                                                    "' not found");
+        return QmpReply::ok();
+    });
+
+    // mpqemu's own: hands the proxy device `id` a new socket (named by
+    // getfd) to a remote that serves its device now, e.g. one started with
+    // -incoming-state from the old remote's x-device-state-save.
+    d.add("x-proxy-reconnect", {{"id", ArgType::String, false}, {"fdname", ArgType::String, false}},
+          [&env](const Json& args) {
+              std::string name = args["fdname"].get<std::string>();
+              auto it = env.fds.find(name);
+              if (it == env.fds.end())
+                  return QmpReply::err(kGenericError, "File descriptor named '" + name + "' not found");
+              UniqueFd fd = std::move(it->second);
+              env.fds.erase(it);
+              auto st = env.view.proxy_reconnect(args["id"].get<std::string>(), std::move(fd));
+              if (!st) return QmpReply::err(kGenericError, st.error().message);
+              return QmpReply::ok();
+          });
 
     d.add("system_reset", {}, [&env](const Json&) {
         auto st = env.view.system_reset();

@@ -3,12 +3,14 @@
 #pragma once
 
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "monitor/machine_view.h"
 #include "monitor/qmp.h"
+#include "util/unique_fd.h"
 
 namespace mpq::monitor {
 
@@ -33,6 +35,11 @@ struct CommandEnv {
     std::function<void(std::function<void()>)> defer;
     // Runs one HMP command line for human-monitor-command; set by the owner.
     std::function<std::string(const std::string&)> run_hmp;
+    // The next file descriptor the current client passed (SCM_RIGHTS), or
+    // an empty one: what QMP getfd names.
+    std::function<UniqueFd()> take_received_fd = {};
+    // getfd's named descriptors, until closefd or a command takes them.
+    std::map<std::string, UniqueFd> fds = {};
     // Expires with the env: callbacks a command leaves behind (a write
     // threshold's) check it before touching `events`.
     std::shared_ptr<bool> alive = std::make_shared<bool>(true);

@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <deque>
 #include <cstring>
 
 #include "util/log.h"
@@ -28,6 +29,9 @@ struct Monitors::Client {
     size_t out_off = 0;
     std::unique_ptr<QmpSession> qmp;
     std::unique_ptr<HmpSession> hmp;
+    // File descriptors that came with this client's input (SCM_RIGHTS), for
+    // the next `getfd`; bounded, the oldest are closed.
+    std::deque<UniqueFd> received;
     size_t pending() const { return out.size() - out_off; }
 };
 
@@ -137,6 +141,14 @@ Monitors::Monitors(EventLoop& loop, MachineView& view, UnlinkAtExit unlink)
         });
     };
     env_.run_hmp = [this](const std::string& line) { return run_hmp(line); };
+    env_.take_received_fd = [this] {
+        UniqueFd fd;
+        if (feeding_ && !feeding_->received.empty()) {
+            fd = std::move(feeding_->received.front());
+            feeding_->received.pop_front();
+        }
+        return fd;
+    };
     register_commands(qmp_, env_);
 }
 
@@ -261,7 +273,35 @@ void Monitors::on_client_io(Chardev& cd, Client& c, uint32_t events) {
     }
     if (!(events & (EPOLLIN | EPOLLHUP | EPOLLERR))) return;
     char buf[4096];
-    ssize_t n = ::read(c.fd.get(), buf, sizeof(buf));
+    ssize_t n;
+    if (c.socket) {
+        // A socket client may pass file descriptors with its input (QMP
+        // getfd), as to QEMU.
+        iovec iov{buf, sizeof buf};
+        alignas(cmsghdr) char ctl[CMSG_SPACE(sizeof(int) * kMaxPassedFds)];
+        msghdr mh{};
+        mh.msg_iov = &iov;
+        mh.msg_iovlen = 1;
+        mh.msg_control = ctl;
+        mh.msg_controllen = sizeof ctl;
+        n = ::recvmsg(c.fd.get(), &mh, MSG_CMSG_CLOEXEC);
+        if (n >= 0) {
+            for (cmsghdr* cm = CMSG_FIRSTHDR(&mh); cm; cm = CMSG_NXTHDR(&mh, cm)) {
+                if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS) continue;
+                size_t count = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+                for (size_t i = 0; i < count; i++) {
+                    int fd;
+                    std::memcpy(&fd, CMSG_DATA(cm) + i * sizeof(int), sizeof fd);
+                    c.received.emplace_back(fd);
+                    if (c.received.size() > kMaxPassedFds) c.received.pop_front();
+                }
+            }
+        } else if (errno == ENOTSOCK) {  // a pipe or file chardev
+            n = ::read(c.fd.get(), buf, sizeof(buf));
+        }
+    } else {
+        n = ::read(c.fd.get(), buf, sizeof(buf));
+    }
     if (n == 0) {
         drop(cd, c);
         return;
@@ -271,7 +311,9 @@ void Monitors::on_client_io(Chardev& cd, Client& c, uint32_t events) {
         return;
     }
     std::string_view data(buf, static_cast<size_t>(n));
+    feeding_ = &c;
     bool keep = c.qmp ? c.qmp->feed(data) : c.hmp->feed(data);
+    feeding_ = nullptr;
     if (!keep) {
         log::warn("monitor {}: client sent oversized input, dropped", cd.spec.chardev.id);
         try_write(c);

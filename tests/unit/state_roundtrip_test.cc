@@ -16,6 +16,7 @@
 #include "lsi_test_util.h"
 #include "scsi/scsi_hd.h"
 #include "state/device_state.h"
+#include "state/live.h"
 
 namespace lsitest {
 namespace {
@@ -75,36 +76,25 @@ struct Devices {
         hd.reset();
         backend.reset();
     }
+    state::LiveDevices live() {
+        state::LiveDevices l;
+        l.drives.push_back({"d0", backend.get()});
+        l.disks.push_back({"sd0", "lsi0", "d0", 0, hd.get()});
+        l.functions.push_back({"lsi0", "lsi53c895a", lsi.get()});
+        return l;
+    }
     // Quiesce and take the state, the way the device process does.
     std::vector<uint8_t> save() {
-        backend->drain();
-        state::DeviceStateImage img;
-        img.producer = "test";
-        img.drives.push_back({"d0", backend->driver().format_name(), backend->length(), false});
-        state::DiskImage d;
-        d.id = "sd0";
-        d.controller = "lsi0";
-        d.drive = "d0";
-        auto hs = scsi::scsi_hd_save(*hd);
-        EXPECT_TRUE(hs.ok());
-        d.hd = *hs;
-        img.disks.push_back(d);
-        state::FunctionImage f;
-        f.id = "lsi0";
-        f.driver = "lsi53c895a";
-        f.config = lsi->config_state();
-        auto ls = lsi->snapshot();
-        EXPECT_TRUE(ls.ok()) << ls.error().message;
-        f.lsi = *ls;
-        img.functions.push_back(f);
-        return state::encode(img);
+        auto l = live();
+        auto img = state::capture(l, "test");
+        EXPECT_TRUE(img.ok()) << img.error().message;
+        return state::encode(*img);
     }
     Status load(const std::vector<uint8_t>& blob) {
         auto img = state::decode(blob);
         if (!img.ok()) return img.take_error();
-        MPQ_TRY(scsi::scsi_hd_restore(*hd, img->disks[0].hd));
-        lsi->restore_config_state(img->functions[0].config);
-        return lsi->restore_snapshot(img->functions[0].lsi);
+        auto l = live();
+        return state::apply(*img, l);
     }
 };
 
@@ -218,6 +208,15 @@ protected:
     }
     void swap() {
         std::vector<uint8_t> blob = dev_.save();
+        // MPQ_STATE_SEED_DIR=dir: keep the blobs (the fuzzer's seeds).
+        if (const char* dir = std::getenv("MPQ_STATE_SEED_DIR")) {
+            std::string p = std::string(dir) + "/seed-" + std::to_string(seed_no_++);
+            FILE* f = std::fopen(p.c_str(), "wb");
+            if (f) {
+                std::fwrite(blob.data(), 1, blob.size(), f);
+                std::fclose(f);
+            }
+        }
         auto snap = lsi().snapshot();
         ASSERT_TRUE(snap.ok());
         auto hs = scsi::scsi_hd_save(*dev_.hd);
@@ -317,6 +316,7 @@ protected:
     Devices dev_;
     int round_ = 0, first_save_ = 0, save_every_ = 0;
     unsigned gen_ = 0;
+    int seed_no_ = 0;
     bool armed_ = false;
     int hooks_this_round_ = 0;
     Outcome out_;
