@@ -16,13 +16,16 @@ out=${OUT:-/tmp/mpq-bench/guest-perf}
 mkdir -p "$out"
 bin=$(cd "$build" && pwd)/qemu-scsi-dev
 [ -x "$bin" ] || { echo "no $bin (build first)"; exit 1; }
+# the project's accelerator decision (KVM only with vmx/svm), passed on explicitly
+accel_args=$(python3 "$here/scripts/mpqemu_accel.py" --why --e2e-args) || exit 3
+read -r -a accel_args <<<"$accel_args"
 ours="$bin {fd} -device lsi53c895a,id=lsi0 -drive id=d0,file={disk},format={format},if=none -device scsi-hd,id=sd0,drive=d0,bus=lsi0.0,scsi-id=0"
 
 # run KIND TAG: one guest-e2e perf run; writes $out/TAG.json and TAG.mem
 run() {
     local kind=$1 tag=$2 args=()
     [ "$kind" = ours ] && args=(--remote-cmd "$ours")
-    python3 "$shared/tools/guest-e2e/run-e2e.py" --workload perf --json "$out/$tag.json" "${args[@]}" "${extra[@]}" \
+    python3 "$shared/tools/guest-e2e/run-e2e.py" --workload perf --json "$out/$tag.json" "${accel_args[@]}" "${args[@]}" "${extra[@]}" \
         >"$out/$tag.log" 2>&1 &
     local h=$! pid="" anon=0 rss=0
     while kill -0 $h 2>/dev/null; do

@@ -64,6 +64,10 @@ def main():
     ap.add_argument("--vmm-arg", action="append", default=[])
     ap.add_argument("--append", default="")
     ap.add_argument("--firmware", choices=("seabios", "qboot"), default="seabios")
+    ap.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto",
+                    help="as mpqemu-launcher.py: auto = kvm only with hardware KVM (vmx/svm), else tcg")
+    ap.add_argument("--silent-limit", type=float, default=L.SILENT_LIMIT,
+                    help="as mpqemu-launcher.py (status 15 when the guest prints nothing this long)")
     ap.add_argument("--dry-run", action="store_true")
     ap.add_argument("-v", "--verbose", action="store_true")
     p = ap.parse_args()
@@ -74,7 +78,15 @@ def main():
     argv = ["--perf", "--controllers", str(p.remotes), "--remotes", str(p.remotes),
             "--perf-mb", str(p.perf_mb), "--disk-size", f"{size_mb}M", "--disk-format", p.disk_format,
             "--remote", p.remote, "--memory", p.memory, "--timeout", str(p.timeout),
-            "--firmware", p.firmware, "--append", p.append]
+            "--firmware", p.firmware, "--append", p.append, "--silent-limit", str(p.silent_limit)]
+    # the one decision (scripts/mpqemu_accel.py), made here and passed on explicitly
+    try:
+        accel, why = L.mpqemu_accel.resolve(p.accel)
+    except ValueError as e:
+        L.say(f"FAILED: {e}")
+        return L.EXIT_SETUP
+    L.say(f"accelerator: {why}")
+    argv += ["--accel", accel]
     for opt, vals in (("--remote-arg", p.remote_arg), ("--vmm-arg", p.vmm_arg)):
         for v in vals:
             argv += [opt, v]

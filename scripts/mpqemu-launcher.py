@@ -19,6 +19,8 @@ Exit status:
   12  the VMM failed to start
   13  the VMM exited with an error
   14  timeout
+  15  the guest printed nothing on its console within --silent-limit seconds of
+      the VMM's start (the accelerator cannot run it)
  129/130/143  stopped by SIGHUP/SIGINT/SIGTERM
 """
 import argparse
@@ -40,8 +42,12 @@ import tempfile
 import termios
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.realpath(__file__)))
+import mpqemu_accel  # noqa: E402  (scripts/mpqemu_accel.py: the one accelerator decision)
+
 EXIT_OK, EXIT_GUEST, EXIT_USAGE, EXIT_SETUP, EXIT_HOSTCHECK = 0, 1, 2, 3, 4
 EXIT_REMOTE_START, EXIT_REMOTE_DIED, EXIT_VMM_START, EXIT_VMM_DIED, EXIT_TIMEOUT = 10, 11, 12, 13, 14
+EXIT_SILENT_GUEST = 15
 SIGNAL_EXIT = {signal.SIGHUP: 129, signal.SIGINT: 130, signal.SIGTERM: 143}
 
 SCRIPTS = os.path.dirname(os.path.realpath(__file__))
@@ -51,9 +57,9 @@ STOP_GRACE = 5.0          # SIGTERM -> SIGKILL
 REMOTE_EXIT_GRACE = 10.0  # remotes exit by themselves once the VMM closed its socket ends
 MAX_DISKS_PER_CONTROLLER = 7  # SCSI ids 0..6; 7 is the controller
 # Stock x-pci-proxy-dev forwards INTx only through a KVM irqfd; under TCG the
-# guest polls instead: irqpoll runs every IRQ handler on each tick, the tick
-# is on IRQ0 (noapictimer) and periodic (nohz=off).
-TCG_IRQ_WORKAROUND = "irqpoll noapictimer nohz=off"
+# guest polls instead (see mpqemu_accel).
+TCG_IRQ_WORKAROUND = mpqemu_accel.TCG_IRQ_POLL
+SILENT_LIMIT = 60.0   # default --silent-limit
 
 
 class LaunchError(Exception):
@@ -136,15 +142,6 @@ def guest_files(prepare=True):
     with open(files["guest"]) as f:
         files["info"] = json.load(f)
     return files
-
-
-def kvm_usable():
-    try:
-        fd = os.open("/dev/kvm", os.O_RDWR)
-    except OSError:
-        return False
-    os.close(fd)
-    return True
 
 
 # ---- what to start ----------------------------------------------------------------
@@ -251,14 +248,16 @@ class Plan:
     def kernel_cmdline(self, accel):
         a = self.args
         loglevel = {"shell": 3, "run": 1}.get(a.mode, 4)
-        words = ["console=ttyS0", f"loglevel={loglevel}", "panic=-1",
+        # earlyprintk: the kernel's set-up code prints within seconds of starting, whatever the
+        # loglevel, so a guest that runs is never silent for long (the --silent-limit net)
+        words = ["console=ttyS0", "earlyprintk=ttyS0", f"loglevel={loglevel}", "panic=-1",
                  f"mpq.mode={a.mode}", f"mpq.nonce={self.nonce}", f"mpq.disks={len(self.disks)}",
                  f"mpq.wait={a.disk_wait}", f"mpq.limit={self.guest_limit()}"]
         if a.mode == "run":
             words.append("mpq.run=" + base64.b64encode(a.run.encode()).decode())
         if a.mode == "perf":
             words.append(f"mpq.perf_mb={a.perf_mb}")
-        if accel == "tcg":
+        if mpqemu_accel.irq_poll(accel):
             words.append(TCG_IRQ_WORKAROUND)
         if a.append:
             words.append(a.append)
@@ -323,6 +322,7 @@ class Child:
         self.log = open(log_path, "ab")
         self.rc = None
         self.stopped_by_us = False
+        self.started = time.monotonic()
         try:
             self.p = subprocess.Popen(
                 argv, pass_fds=pass_fds, start_new_session=True, preexec_fn=_child_setup,
@@ -634,6 +634,7 @@ class Launcher:
         self.term_saved = None
         self.rundir = None
         self.made_sockets = []
+        self.accel = None
 
     # -- signals and terminal
     def _on_signal(self, signum, _frame):
@@ -677,6 +678,16 @@ class Launcher:
         a = self.args
         if a.log_dir:
             os.makedirs(a.log_dir, exist_ok=True)
+        accel = "qtest"
+        if a.vmm == "stock":
+            # decided before anything is created or started: a KVM that cannot run the
+            # guest fails here at once instead of hanging
+            try:
+                accel, why = mpqemu_accel.resolve(a.accel)
+            except ValueError as e:
+                raise LaunchError(EXIT_SETUP, str(e))
+            say(f"accelerator: {why}")
+        self.accel = accel
         self.rundir = tempfile.mkdtemp(prefix="mpqemu-")
         logdir = a.log_dir or self.rundir
         plan = Plan(a, self.rundir)
@@ -689,9 +700,6 @@ class Launcher:
                     raise
                 out = os.path.join(guest_cache(), "guest")
                 guest = {"vmlinuz": os.path.join(out, "vmlinuz"), "initrd": os.path.join(out, "initrd.img")}
-        accel = a.accel
-        if accel == "auto":
-            accel = "kvm" if kvm_usable() else "tcg"
 
         # one socketpair per controller: the stock proxy speaks to one device per socket
         pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM) for _ in plan.controllers]
@@ -849,6 +857,12 @@ class Launcher:
                                               f"VMM (pid {self.vmm.pid}) {what}: {self.vmm.describe_exit()}\n"
                                               f"{self.vmm.tail()}")
                         return self._finish(plan, guest, now - t0)
+                silent = now - self.vmm.started
+                if a.silent_limit and self.console.first_output is None and silent > a.silent_limit:
+                    self._restore_terminal()
+                    raise LaunchError(EXIT_SILENT_GUEST,
+                                      f"the guest printed nothing in {a.silent_limit:g} s under {self.accel} "
+                                      f"(VMM pid {self.vmm.pid}); VMM log tail:\n{self.vmm.tail() or '    (empty)'}")
                 if deadline and now > deadline:
                     self._restore_terminal()
                     stage = self.console.events[-1][1] if self.console.events else "before the guest's first marker"
@@ -1025,7 +1039,14 @@ def make_parser():
     ap.add_argument("--timeout", type=float, help="limit for the whole run in seconds "
                     "(default: none interactively, 600 otherwise)")
     ap.add_argument("--disk-wait", type=int, default=120, help="guest limit for finding the disks (s)")
-    ap.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto")
+    ap.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto",
+                    help="stock VMM's accelerator. auto (default): kvm when /dev/kvm opens read-write and "
+                         "the CPU shows vmx/svm (hardware KVM), else tcg with the guest polling for "
+                         "interrupts; kvm on a host without hardware KVM fails at once (status 3)")
+    ap.add_argument("--silent-limit", type=float, default=SILENT_LIMIT, metavar="S",
+                    help="stock VMM: stop (status 15) when the guest has printed nothing on its console "
+                         f"S seconds after the VMM started; its first output disarms this "
+                         f"(default {SILENT_LIMIT:g}, 0 = never)")
     ap.add_argument("--firmware", choices=("seabios", "qboot"), default="seabios")
     ap.add_argument("--append", default="", help="extra guest kernel command line")
     ap.add_argument("-v", "--verbose", action="store_true", help="show command lines and the guest console")
@@ -1043,6 +1064,8 @@ def resolve_args(ap, argv=None):
         ap.error("--perf-mb must be a positive even number")
     if a.disk_size < 16 * MiB or a.disk_size % 512:
         ap.error("--disk-size must be at least 16M and a multiple of 512")
+    if a.silent_limit < 0:
+        ap.error("--silent-limit must be >= 0")
     if a.timeout is None and a.mode != "shell":
         a.timeout = 600
     try:

@@ -87,7 +87,7 @@ def main():
     argv = [sys.executable, harness, "-v", "--remote-cmd", template, "--workload", "perf",
             "--perf-mb", str(PERF_MB), "--perf-reps", str(REPS), "--disk-size", "64M",
             "--timeout", "400", "--remote-exit-grace", "120", "--workdir-base", sb.tmp,
-            "--main-extra", f"-name {sb.tag}"]
+            "--main-extra", f"-name {sb.tag}"] + gt.e2e_accel_args()
     gt.log("$ " + " ".join(argv))
     p = subprocess.Popen(argv, env=sb.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                          stderr=subprocess.STDOUT, text=True)

@@ -42,7 +42,7 @@ def main():
     disk = sb.path("disk.raw")
     with open(disk, "wb") as f:
         f.truncate(OLD)
-    args = ["--remote", "mpqemu"] + sb.tag_args() + [
+    args = ["--remote", "mpqemu"] + sb.tag_args() + gt.accel_args() + [
         f"--remote-arg=-qmp unix:{qmp_path},server,nowait",
         "--disk", disk + ",format=raw", "--run", GUEST_CMD, "--timeout", "300"]
     p = gt.start_launcher(args, sb)

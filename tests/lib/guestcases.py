@@ -23,7 +23,7 @@ def _remote_args(remote):
 def _begin(name, remote):
     gt.require_host()
     sb = gt.Sandbox(name)
-    return sb, _remote_args(remote) + sb.tag_args()
+    return sb, _remote_args(remote) + sb.tag_args() + gt.accel_args()
 
 
 def _passed(out_err, what):
@@ -196,7 +196,7 @@ def shared_e2e(workload, fmt="raw", fstype=None):
                 "-device scsi-hd,id=sd0,drive=d0,bus=lsi0.0,scsi-id=0")
     argv = [sys.executable, harness, "--remote-cmd", template, "--workload", workload,
             "--disk-format", fmt, "--timeout", "400", "--workdir-base", sb.tmp,
-            "--main-extra", f"-name {sb.tag}"]
+            "--main-extra", f"-name {sb.tag}"] + gt.e2e_accel_args()
     if fstype:
         argv += ["--fstype", fstype]
     if workload == "perf":

@@ -24,6 +24,9 @@ LAUNCHER = os.path.join(SOURCE, "scripts", "mpqemu-launcher.py")
 PERF_LAUNCHER = os.path.join(SOURCE, "scripts", "mpqemu-launcher-perf-mode.py")
 REMOTE = os.path.join(BUILD, "qemu-scsi-dev")
 
+sys.path.insert(0, os.path.join(SOURCE, "scripts"))
+import mpqemu_accel  # noqa: E402  (the project's one accelerator decision)
+
 
 def log(msg):
     print(f"[test] {msg}", flush=True)
@@ -54,6 +57,21 @@ def require_our_remote():
     if not os.access(REMOTE, os.X_OK):
         fail(f"{REMOTE} is missing: build first (make)")
     return REMOTE
+
+
+def accel_args():
+    """The launcher's --accel for this host, passed explicitly (and the reason logged)."""
+    d = mpqemu_accel.decide()
+    log(f"accelerator: {d.why}")
+    return ["--accel", d.accel]
+
+
+def e2e_accel_args():
+    """The shared guest-e2e harness's --accel/--irq-poll for this host: the project's decision,
+    never the harness's own."""
+    args = mpqemu_accel.e2e_args()
+    log(f"accelerator: {mpqemu_accel.decide().why}")
+    return args
 
 
 class Sandbox:
