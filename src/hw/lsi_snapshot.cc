@@ -57,6 +57,8 @@ Status check_snapshot(const std::string& id, const LsiSnapshot& s, const scsi::B
         return fail("lsi {}: {} saved requests, at most {}", id, s.reqs.size(), kLsiMaxRequests);
     if (s.current < -1 || s.current >= static_cast<int32_t>(s.reqs.size()))
         return fail("lsi {}: saved connected request {} does not exist", id, s.current);
+    if (s.current >= 0 && !(s.chip.regs.scntl1 & kScntl1Con))
+        return fail("lsi {}: saved connected request {} but the bus is not connected", id, s.current);
     std::set<std::tuple<uint8_t, uint8_t, uint8_t>> tags;
     for (size_t i = 0; i < s.reqs.size(); i++) {
         const LsiRequestState& r = s.reqs[i];

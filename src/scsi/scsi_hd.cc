@@ -950,6 +950,11 @@ Result<ScsiHdSnapshot> scsi_hd_save(const Device& dev) {
     s.capacity_bytes = hd->backend_.length();
     s.logical_block_size = hd->props_.logical_block_size;
     s.lun = hd->props_.lun;
+    s.vendor = hd->props_.vendor;
+    s.product = hd->props_.product;
+    s.ver = hd->props_.ver;
+    s.serial = hd->props_.serial;
+    s.wwn = hd->props_.wwn;
     return s;
 }
 
@@ -962,6 +967,13 @@ IoStatus scsi_hd_restore(Device& dev, const ScsiHdSnapshot& s) {
                          s.logical_block_size, hd->props_.logical_block_size);
     if (s.lun != hd->props_.lun)
         return mpq::fail("scsi-hd '{}': saved with lun={}, this one has {}", id, s.lun, hd->props_.lun);
+    // What the guest read from INQUIRY / VPD must not change under it.
+    const ScsiHdProps& p = hd->props_;
+    if (s.vendor != p.vendor || s.product != p.product || s.ver != p.ver)
+        return mpq::fail("scsi-hd '{}': saved as '{}' '{}' '{}', this one is '{}' '{}' '{}'", id, s.vendor,
+                         s.product, s.ver, p.vendor, p.product, p.ver);
+    if (s.serial != p.serial) return mpq::fail("scsi-hd '{}': saved with serial '{}', this one has '{}'", id, s.serial, p.serial);
+    if (s.wwn != p.wwn) return mpq::fail("scsi-hd '{}': saved with wwn {:#x}, this one has {:#x}", id, s.wwn, p.wwn);
     if (s.block_size != 512 && s.block_size != 4096)
         return mpq::fail("scsi-hd '{}': saved block size {} is not 512 or 4096", id, s.block_size);
     if (s.capacity_bytes != hd->backend_.length())

@@ -44,9 +44,12 @@ struct ScsiHdSnapshot {
     WriteCache write_cache = WriteCache::On;
     uint32_t block_size = 512;
     uint64_t capacity_bytes = 0;
-    // Properties the state depends on; must match the new process's.
+    // Properties the state depends on or the guest has seen (INQUIRY, VPD):
+    // the new process's must be the same.
     uint32_t logical_block_size = 512;
     unsigned lun = 0;
+    std::string vendor, product, ver, serial;
+    uint64_t wwn = 0;
 };
 
 // Saved state of a scsi-hd (an error for any other device).

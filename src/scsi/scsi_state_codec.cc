@@ -58,6 +58,11 @@ void encode_hd(state::Writer& w, const ScsiHdSnapshot& s) {
     w.u64(s.capacity_bytes);
     w.u32(s.logical_block_size);
     w.u16(static_cast<uint16_t>(s.lun));
+    w.str(s.vendor);
+    w.str(s.product);
+    w.str(s.ver);
+    w.str(s.serial);
+    w.u64(s.wwn);
 }
 
 ScsiHdSnapshot decode_hd(state::Reader& rd) {
@@ -73,6 +78,12 @@ ScsiHdSnapshot decode_hd(state::Reader& rd) {
     if (rd.ok() && s.logical_block_size != 512 && s.logical_block_size != 4096)
         rd.error("logical_block_size is not 512 or 4096");
     s.lun = static_cast<unsigned>(rd.range("disk lun", rd.u16("disk lun"), 0, 255));
+    // The lengths scsi-hd accepts for these properties.
+    s.vendor = rd.str("vendor", 8);
+    s.product = rd.str("product", 16);
+    s.ver = rd.str("ver", 4);
+    s.serial = rd.str("serial", 36);
+    s.wwn = rd.u64("wwn");
     return s;
 }
 

@@ -423,6 +423,22 @@ TEST_F(StateRoundTrip, RestoreRefusesInconsistentRequests) {
     q.completed = true;  // complete but still carrying data
     expect_refused(q, "completed with data");
 
+    // A disk that the guest would see as another one (INQUIRY data) or of
+    // another size is refused.
+    {
+        state::DeviceStateImage other = *img;
+        other.disks[0].hd.product = "OTHER DISK";
+        auto st = dev_.load(state::encode(other));
+        ASSERT_FALSE(st.ok());
+        EXPECT_NE(st.error().message.find("saved as"), std::string::npos) << st.error().message;
+        other = *img;
+        other.drives[0].length += 512;
+        other.disks[0].hd.capacity_bytes += 512;
+        st = dev_.load(state::encode(other));
+        ASSERT_FALSE(st.ok());
+        EXPECT_NE(st.error().message.find("bytes"), std::string::npos) << st.error().message;
+    }
+
     // After all the refusals the controller still works from its state.
     EXPECT_TRUE(dev_.lsi->snapshot().ok());
     dev_.destroy();
