@@ -7,6 +7,8 @@ With no arguments it creates a fresh qcow2 disk, starts our device process
 QEMU (qemu-system-x86_64 with memfd RAM and x-pci-proxy-dev) on the other end,
 booting the bundled Debian kernel + busybox initramfs with the console on this
 terminal. `poweroff` in the guest ends the run; Ctrl-C stops everything.
+With --boot disk the firmware boots the first disk instead (an image with its
+own boot loader and kernel).
 
 Exit status:
    0  success (guest powered off; --self-test passed; --run command exited 0)
@@ -60,6 +62,12 @@ MAX_DISKS_PER_CONTROLLER = 7  # SCSI ids 0..6; 7 is the controller
 # guest polls instead (see mpqemu_accel).
 TCG_IRQ_WORKAROUND = mpqemu_accel.TCG_IRQ_POLL
 SILENT_LIMIT = 60.0   # default --silent-limit
+# --boot disk: firmware and a boot loader may print nothing on the serial line
+# before the kernel does (and read the kernel through the proxy, slowly under TCG).
+SILENT_LIMIT_BOOT_DISK = 180.0
+BOOT_DISK_TCG_NOTE = ("note: under TCG the guest kernel needs the 'irqpoll' argument (stock's proxy "
+                      "delivers interrupts only through KVM); with --boot disk the launcher does not load "
+                      "the kernel and cannot add it: put it in the image's boot loader configuration")
 
 
 class LaunchError(Exception):
@@ -285,9 +293,13 @@ class Plan:
         else:
             argv = [a.vmm_bin, "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
                     "-machine", f"pc,accel={accel},memory-backend=mem", "-m", mem,
-                    "-object", f"memory-backend-memfd,id=mem,size={mem},share=on",
-                    "-kernel", guest["vmlinuz"], "-initrd", guest["initrd"],
-                    "-append", self.kernel_cmdline(accel), "-serial", "stdio"]
+                    "-object", f"memory-backend-memfd,id=mem,size={mem},share=on"]
+            if a.boot == "kernel":
+                argv += ["-kernel", guest["vmlinuz"], "-initrd", guest["initrd"],
+                         "-append", self.kernel_cmdline(accel)]
+            # --boot disk: no kernel; with -nodefaults the only disks are behind our
+            # controllers, and SeaBIOS boots the first one it finds (lsi0, SCSI id 0).
+            argv += ["-serial", "stdio"]
             if a.firmware == "qboot":
                 argv += ["-bios", "qboot.rom"]
             for k in range(len(self.controllers)):
@@ -692,7 +704,7 @@ class Launcher:
         logdir = a.log_dir or self.rundir
         plan = Plan(a, self.rundir)
         guest = None
-        if a.vmm == "stock":
+        if a.vmm == "stock" and a.boot == "kernel":
             try:
                 guest = guest_files(prepare=not a.dry_run)
             except LaunchError:
@@ -719,6 +731,8 @@ class Launcher:
                 print(shlex.join(vmm_argv))
                 return EXIT_OK
             self._describe(plan, accel)
+            if a.boot == "disk" and accel == "tcg":
+                say(BOOT_DISK_TCG_NOTE)
             qlisten = None
             if a.vmm == "mpqemu":
                 qlisten = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -743,7 +757,10 @@ class Launcher:
             self.children.append(self.vmm)
             say(f"VMM pid {self.vmm.pid}: {os.path.basename(a.vmm_bin)}, {a.memory} RAM, "
                 f"{accel if a.vmm == 'stock' else 'qtest (no guest OS)'}"
-                + (f" (guest polls for interrupts: {TCG_IRQ_WORKAROUND})" if accel == "tcg" and a.vmm == "stock" else ""))
+                + (f" (guest polls for interrupts: {TCG_IRQ_WORKAROUND})"
+                   if accel == "tcg" and a.vmm == "stock" and a.boot == "kernel" else "")
+                + (f", booting from {plan.disks[0].label} ({os.path.basename(plan.disks[0].path)})"
+                   if a.boot == "disk" else ""))
         finally:
             for p in pairs:   # the children hold their ends now
                 p[0].close()
@@ -787,8 +804,11 @@ class Launcher:
             if stdin_open and sys.stdin.isatty():
                 self._raw_terminal()
         if interactive:
-            say("booting the guest (kernel, storage driver, disks: ~10 s with KVM, 20-60 s under TCG); "
-                "Ctrl-C stops everything")
+            if a.boot == "disk":
+                say("booting from the disk (firmware, then the image's boot loader); Ctrl-C stops everything")
+            else:
+                say("booting the guest (kernel, storage driver, disks: ~10 s with KVM, 20-60 s under TCG); "
+                    "Ctrl-C stops everything")
         t0 = time.monotonic()
         deadline = t0 + a.timeout if a.timeout else None
         shown = 0
@@ -1039,14 +1059,17 @@ def make_parser():
     ap.add_argument("--timeout", type=float, help="limit for the whole run in seconds "
                     "(default: none interactively, 600 otherwise)")
     ap.add_argument("--disk-wait", type=int, default=120, help="guest limit for finding the disks (s)")
+    ap.add_argument("--boot", choices=("kernel", "disk"), default="kernel",
+                    help="kernel: the bundled guest kernel + initramfs (default); disk: the firmware boots "
+                         "the first disk (lsi0, SCSI id 0) with its own boot loader, nothing is loaded")
     ap.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto",
                     help="stock VMM's accelerator. auto (default): kvm when /dev/kvm opens read-write and "
                          "the CPU shows vmx/svm (hardware KVM), else tcg with the guest polling for "
                          "interrupts; kvm on a host without hardware KVM fails at once (status 3)")
-    ap.add_argument("--silent-limit", type=float, default=SILENT_LIMIT, metavar="S",
+    ap.add_argument("--silent-limit", type=float, default=None, metavar="S",
                     help="stock VMM: stop (status 15) when the guest has printed nothing on its console "
                          f"S seconds after the VMM started; its first output disarms this "
-                         f"(default {SILENT_LIMIT:g}, 0 = never)")
+                         f"(default {SILENT_LIMIT:g}, {SILENT_LIMIT_BOOT_DISK:g} with --boot disk; 0 = never)")
     ap.add_argument("--firmware", choices=("seabios", "qboot"), default="seabios")
     ap.add_argument("--append", default="", help="extra guest kernel command line")
     ap.add_argument("-v", "--verbose", action="store_true", help="show command lines and the guest console")
@@ -1064,6 +1087,23 @@ def resolve_args(ap, argv=None):
         ap.error("--perf-mb must be a positive even number")
     if a.disk_size < 16 * MiB or a.disk_size % 512:
         ap.error("--disk-size must be at least 16M and a multiple of 512")
+    if a.boot == "disk":
+        # The bundled guest's /init is what runs the workloads and prints the markers
+        # the launcher checks; an image's own system knows nothing of them.
+        if a.mode != "shell":
+            ap.error(f"--{ {'selftest': 'self-test'}.get(a.mode, a.mode)} needs the bundled guest "
+                     "(its /init runs the workload): not with --boot disk")
+        if a.vmm != "stock":
+            ap.error("--boot disk needs a guest OS: not with --vmm mpqemu (qtest, no firmware)")
+        if not a.disk:
+            ap.error("--boot disk needs --disk IMAGE (a bootable raw or qcow2 image)")
+        if a.firmware != "seabios":
+            ap.error("--boot disk needs --firmware seabios (qboot boots only a -kernel)")
+        if a.append:
+            ap.error("--append needs the bundled kernel: with --boot disk put kernel arguments in the "
+                     "image's boot loader configuration")
+    if a.silent_limit is None:
+        a.silent_limit = SILENT_LIMIT_BOOT_DISK if a.boot == "disk" else SILENT_LIMIT
     if a.silent_limit < 0:
         ap.error("--silent-limit must be >= 0")
     if a.timeout is None and a.mode != "shell":

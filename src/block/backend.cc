@@ -13,8 +13,10 @@
 #include "block/backend_impl.h"
 #include "block/block.h"
 #include "block/file.h"
+#include "block/runtime.h"
 #include "util/event_loop.h"
 #include "util/log.h"
+#include "util/thread_reserve.h"
 
 namespace mpq::block {
 
@@ -26,6 +28,9 @@ uint64_t monotonic_ns() {
 
 namespace {
 constexpr unsigned kWorkers = 4;
+// A drive added at run time borrows at most this many, so that several fit
+// in the reserve.
+constexpr unsigned kLateWorkers = 2;
 }
 
 // Completed jobs wait here for the loop thread. It is shared with the
@@ -48,6 +53,8 @@ struct BlockBackend::Impl {
     unsigned running = 0;
     bool stopping = false;
     std::vector<std::thread> workers;
+    // A drive added at run time borrows its workers (no thread may start then).
+    std::vector<std::shared_ptr<ThreadReserve::Ticket>> borrowed;
     std::unique_ptr<UringEngine> uring;
     FileDriver* cached_reads = nullptr;  // buffered raw file: try the page cache first
 
@@ -122,7 +129,9 @@ BlockBackend::BlockBackend(EventLoop& loop, std::unique_ptr<BlockDriver> drv, Dr
     // Raw files get the fast paths (io_uring, inline cached reads); formats
     // and wrappers such as blkdebug always go through the driver on threads.
     auto* file = dynamic_cast<FileDriver*>(drv_.get());
-    if (opts_.aio != AioMode::Threads) {
+    const RuntimeLimits& late = runtime_limits();
+    // After start-up no ring may be created (the sandbox forbids io_uring_setup).
+    if (opts_.aio != AioMode::Threads && !late.active) {
         if (file) {
             impl_->uring = make_uring_engine(
                 loop_, *file,
@@ -136,6 +145,18 @@ BlockBackend::BlockBackend(EventLoop& loop, std::unique_ptr<BlockDriver> drv, Dr
     }
     if (file && !file->direct()) impl_->cached_reads = file;
     unsigned n = drv_->concurrent_safe() ? kWorkers : 1;
+    if (late.active) {
+        // Borrowed threads; with none left the requests run on the loop
+        // thread (slower, never stuck).
+        for (unsigned i = 0; i < std::min(n, kLateWorkers) && late.workers; ++i) {
+            auto t = late.workers->run([this] { impl_->worker(this); });
+            if (!t) break;
+            impl_->borrowed.push_back(std::move(t));
+        }
+        if (impl_->borrowed.empty())
+            log::warn("drive '{}': no spare I/O thread; its requests run on the event loop", opts_.id);
+        return;
+    }
     for (unsigned i = 0; i < n; ++i) impl_->workers.emplace_back([this] { impl_->worker(this); });
 }
 
@@ -147,6 +168,7 @@ BlockBackend::~BlockBackend() {
     }
     impl_->work_cv.notify_all();
     for (auto& t : impl_->workers) t.join();
+    for (auto& t : impl_->borrowed) t->wait();
     impl_->uring.reset();
     std::lock_guard lk(impl_->cq->mu);
     impl_->cq->owner = nullptr;
@@ -168,6 +190,11 @@ void BlockBackend::submit(std::unique_ptr<Job> j) {
     if (impl_->uring) {
         j = impl_->uring->submit(std::move(j));
         if (!j) return;
+    }
+    if (impl_->workers.empty() && impl_->borrowed.empty()) {
+        Impl::run_job(*drv_, *j);
+        complete_soon(std::move(j));
+        return;
     }
     {
         std::lock_guard lk(impl_->mu);

@@ -1,4 +1,5 @@
 #include "block/blkdebug.h"
+#include "block/runtime.h"
 
 #include <fcntl.h>
 #include <unistd.h>
@@ -204,6 +205,7 @@ Result<std::vector<BlkdebugRule>> parse_blkdebug_config(std::string_view text,
 }
 
 Result<std::vector<BlkdebugRule>> read_blkdebug_config(const std::string& path) {
+    MPQ_TRY(check_path_open(path, false));
     UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
     if (!fd) {
         int e = errno;

@@ -1,12 +1,12 @@
 #include "monitor/commands.h"
 
-#include <cctype>
-
 #include <algorithm>
 #include <cstdint>
 #include <time.h>
 
 #include <fmt/format.h>
+
+#include "util/fdset.h"
 
 namespace mpq::monitor {
 namespace {
@@ -64,7 +64,9 @@ QmpReply block_resize(CommandEnv& env, const Json& args) {
     if (!b) return QmpReply::err(kGenericError, err);
     if (size.get<int64_t>() < 0)
         return QmpReply::err(kGenericError, "Parameter 'size' expects a >0 size");
-    auto st = env.view.block_resize(b->device, static_cast<uint64_t>(size.get<int64_t>()));
+    // A blockdev-add node has no BlockBackend name: its node name is the drive's id.
+    auto st = env.view.block_resize(b->device.empty() ? b->node_name : b->device,
+                                    static_cast<uint64_t>(size.get<int64_t>()));
     if (!st) return QmpReply::err(kGenericError, st.error().message);
     return QmpReply::ok();
 }
@@ -84,7 +86,8 @@ QmpReply set_write_threshold(CommandEnv& env, const Json& args) {
                                                      {"amount-exceeded", end - thr},
                                                      {"write-threshold", thr}});
     };
-    auto st = env.view.set_write_threshold(it->device, threshold, std::move(hit));
+    auto st = env.view.set_write_threshold(it->device.empty() ? it->node_name : it->device, threshold,
+                                           std::move(hit));
     if (!st) return QmpReply::err(kGenericError, st.error().message);
     return QmpReply::ok();
 }
@@ -234,11 +237,6 @@ Json block_stats_json(const BlockDeviceInfo& b, uint64_t now_ns) {
     return j;
 }
 
-namespace {
-// getfd's table is per process; a client cannot make it grow for ever.
-constexpr size_t kMaxNamedFds = 32;
-}  // namespace
-
 void register_commands(QmpDispatcher& d, CommandEnv& env) {
     // Handled by QmpSession itself; listed so query-commands shows it.
     d.add("qmp_capabilities", {{"enable", ArgType::Any, true}},
@@ -329,42 +327,19 @@ void register_commands(QmpDispatcher& d, CommandEnv& env) {
         return QmpReply::ok();
     });
 
-    // QEMU's: names the file descriptor the client passed with this
-    // command (SCM_RIGHTS on the monitor socket).
-    d.add("getfd", {{"fdname", ArgType::String, false}}, [&env](const Json& args) {
-        std::string name = args["fdname"].get<std::string>();
-        if (name.empty() || std::isdigit(static_cast<unsigned char>(name[0])))
-            return QmpReply::err(kGenericError, "Parameter 'fdname' expects a name not starting with a digit");
-        UniqueFd fd = env.take_received_fd ? env.take_received_fd() : UniqueFd();
-        if (!fd) return QmpReply::err(kGenericError, "No file descriptor supplied via SCM_RIGHTS");
-        if (env.fds.size() >= kMaxNamedFds && !env.fds.count(name))
-            return QmpReply::err(kGenericError, "Too many named file descriptors");
-        env.fds[name] = std::move(fd);  // a name given again replaces (and closes) the old one
-        return QmpReply::ok();
-    });
-
-    d.add("closefd", {{"fdname", ArgType::String, false}}, [&env](const Json& args) {
-        if (env.fds.erase(args["fdname"].get<std::string>()) == 0)
-            return QmpReply::err(kGenericError, "File descriptor named '" + args["fdname"].get<std::string>() +
-                                                    "' not found");
-        return QmpReply::ok();
-    });
-
     // mpqemu's own: hands the proxy device `id` a new socket (named by
     // getfd) to a remote that serves its device now, e.g. one started with
     // -incoming-state from the old remote's x-device-state-save.
     d.add("x-proxy-reconnect", {{"id", ArgType::String, false}, {"fdname", ArgType::String, false}},
           [&env](const Json& args) {
-              std::string name = args["fdname"].get<std::string>();
-              auto it = env.fds.find(name);
-              if (it == env.fds.end())
-                  return QmpReply::err(kGenericError, "File descriptor named '" + name + "' not found");
-              UniqueFd fd = std::move(it->second);
-              env.fds.erase(it);
-              auto st = env.view.proxy_reconnect(args["id"].get<std::string>(), std::move(fd));
+              auto fd = fdset::take_named(args["fdname"].get<std::string>());
+              if (!fd.ok()) return QmpReply::err(kGenericError, fd.error().message);
+              auto st = env.view.proxy_reconnect(args["id"].get<std::string>(), std::move(*fd));
               if (!st) return QmpReply::err(kGenericError, st.error().message);
               return QmpReply::ok();
           });
+
+    register_hotplug_commands(d, env);
 
     d.add("system_reset", {}, [&env](const Json&) {
         auto st = env.view.system_reset();

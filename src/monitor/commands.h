@@ -3,7 +3,6 @@
 #pragma once
 
 #include <functional>
-#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -35,11 +34,9 @@ struct CommandEnv {
     std::function<void(std::function<void()>)> defer;
     // Runs one HMP command line for human-monitor-command; set by the owner.
     std::function<std::string(const std::string&)> run_hmp;
-    // The next file descriptor the current client passed (SCM_RIGHTS), or
-    // an empty one: what QMP getfd names.
-    std::function<UniqueFd()> take_received_fd = {};
-    // getfd's named descriptors, until closefd or a command takes them.
-    std::map<std::string, UniqueFd> fds = {};
+    // The next file descriptor the current client passed (SCM_RIGHTS), for
+    // add-fd / getfd; an invalid fd when there is none. Set by the owner.
+    std::function<UniqueFd()> take_fd = nullptr;
     // Expires with the env: callbacks a command leaves behind (a write
     // threshold's) check it before touching `events`.
     std::shared_ptr<bool> alive = std::make_shared<bool>(true);
@@ -47,6 +44,10 @@ struct CommandEnv {
 
 // Registers every command into `d`. `env` must outlive `d`.
 void register_commands(QmpDispatcher& d, CommandEnv& env);
+// The hot-plug part of it (hotplug_commands.cc): blockdev-add/-del,
+// device_add/_del, add-fd/remove-fd/query-fdsets, getfd/closefd, x-drive-add.
+void register_hotplug_commands(QmpDispatcher& d, CommandEnv& env);
+inline constexpr std::string_view kEventDeviceDeleted = "DEVICE_DELETED";
 
 // Result builders shared with tests and HMP.
 Json pci_info_json(const std::vector<PciDeviceInfo>& devs);

@@ -7,6 +7,7 @@
 #include <fmt/format.h>
 
 #include "monitor/commands.h"
+#include "util/options.h"
 
 namespace mpq::monitor {
 namespace {
@@ -19,6 +20,10 @@ struct HelpLine {
 
 constexpr HelpLine kCommands[] = {
     {"block_resize", "device size", "resize a block image (size in MiB unless suffixed K, M, G, T)"},
+    {"device_add", "driver[,prop=value][,...]", "add device, like -device on the command line"},
+    {"device_del", "device", "remove device"},
+    {"drive_add", "[-n] [[<domain>:]<bus>:]<slot> [file=file][,if=none][,...]",
+     "add drive (if=none: attach it with device_add)"},
     {"help|?", "[cmd]", "show the help"},
     {"info", "[subcommand]", "show various information about the system state"},
     {"quit|q", "", "quit the emulator"},
@@ -301,6 +306,25 @@ std::string Hmp::run(std::string_view line) const {
         if (!parse_hmp_size(a2, size)) return "invalid size\n";
         Json args{{"device", std::string(a1)}, {"size", size}};
         return call("block_resize", args, r, err) ? "" : err;
+    }
+    if (cmd == "drive_add") {
+        // QEMU's form: drive_add [-n] ADDR OPTIONS; the address means nothing with if=none.
+        size_t i = 1;
+        if (i < words.size() && words[i] == "-n") i++;
+        if (i + 1 >= words.size()) return "drive_add: an address and the drive options are required\n";
+        return call("x-drive-add", Json{{"options", std::string(words[i + 1])}}, r, err) ? "OK\n" : err;
+    }
+    if (cmd == "device_add") {
+        if (a1.empty()) return "device_add: driver and properties are required\n";
+        auto kv = opts::parse_keyvalues(a1, "driver");
+        if (!kv) return fmt::format("Error: {}\n", kv.error().message);
+        Json args = Json::object();
+        for (const auto& item : kv->items) args[item.key] = item.value;
+        return call("device_add", args, r, err) ? "" : err;
+    }
+    if (cmd == "device_del") {
+        if (a1.empty()) return "device_del: a device id is required\n";
+        return call("device_del", Json{{"id", std::string(a1)}}, r, err) ? "" : err;
     }
     if (cmd == "quit" || cmd == "q") return call("quit", Json::object(), r, err) ? "" : err;
     return fmt::format("unknown command: '{}'\n", cmd);

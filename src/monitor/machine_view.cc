@@ -21,4 +21,22 @@ Status MachineView::set_write_threshold(std::string_view device, uint64_t, Thres
     return fail("Device '{}' not found", device);
 }
 
+Status MachineView::drive_add(const block::DriveOptions&, DriveOrigin) {
+    return fail("this process cannot add drives at run time (hot-plug disks through the device "
+                "process's monitor)");
+}
+
+Status MachineView::drive_del(std::string_view node_name) {
+    return fail("Failed to find node with node-name='{}'", node_name);
+}
+
+Status MachineView::device_add(const std::vector<std::pair<std::string, std::string>>&) {
+    return fail("this process cannot add devices at run time (hot-plug disks through the device "
+                "process's monitor)");
+}
+
+Result<std::string> MachineView::device_del(std::string_view id) {
+    return fail("Device '{}' not found", id);
+}
+
 }  // namespace mpq::monitor

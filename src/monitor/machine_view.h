@@ -121,6 +121,18 @@ public:
         return Error{"this process has no proxy devices", 0};
     }
 
+    // --- hot-plug (the remote; processes without disks of their own refuse) ---
+    // blockdev-add (DriveOrigin::Blockdev: stays until drive_del) or HMP
+    // drive_add (DriveOrigin::DriveAdd: goes with the disk using it).
+    enum class DriveOrigin : uint8_t { Blockdev, DriveAdd };
+    virtual Status drive_add(const block::DriveOptions& opts, DriveOrigin origin);
+    // blockdev-del of a node nothing uses.
+    virtual Status drive_del(std::string_view node_name);
+    // device_add with -device's keys (driver=scsi-hd,...).
+    virtual Status device_add(const std::vector<std::pair<std::string, std::string>>& props);
+    // device_del: the device is gone when this returns; the QOM path for DEVICE_DELETED.
+    virtual Result<std::string> device_del(std::string_view id);
+
     // Resets every device as QEMU's system_reset does. Errors are reported
     // to the client; the monitor emits the RESET event on success.
     virtual Status system_reset() = 0;

@@ -29,9 +29,10 @@ struct Monitors::Client {
     size_t out_off = 0;
     std::unique_ptr<QmpSession> qmp;
     std::unique_ptr<HmpSession> hmp;
-    // File descriptors that came with this client's input (SCM_RIGHTS), for
-    // the next `getfd`; bounded, the oldest are closed.
-    std::deque<UniqueFd> received;
+    // Descriptors the client passed with its messages (SCM_RIGHTS), oldest
+    // first, for add-fd / getfd; bounded, the oldest is closed beyond that.
+    std::deque<UniqueFd> fds;
+    static constexpr size_t kMaxPendingFds = 8;
     size_t pending() const { return out.size() - out_off; }
 };
 
@@ -141,14 +142,6 @@ Monitors::Monitors(EventLoop& loop, MachineView& view, UnlinkAtExit unlink)
         });
     };
     env_.run_hmp = [this](const std::string& line) { return run_hmp(line); };
-    env_.take_received_fd = [this] {
-        UniqueFd fd;
-        if (feeding_ && !feeding_->received.empty()) {
-            fd = std::move(feeding_->received.front());
-            feeding_->received.pop_front();
-        }
-        return fd;
-    };
     register_commands(qmp_, env_);
 }
 
@@ -275,29 +268,28 @@ void Monitors::on_client_io(Chardev& cd, Client& c, uint32_t events) {
     char buf[4096];
     ssize_t n;
     if (c.socket) {
-        // A socket client may pass file descriptors with its input (QMP
-        // getfd), as to QEMU.
-        iovec iov{buf, sizeof buf};
-        alignas(cmsghdr) char ctl[CMSG_SPACE(sizeof(int) * kMaxPassedFds)];
-        msghdr mh{};
-        mh.msg_iov = &iov;
-        mh.msg_iovlen = 1;
-        mh.msg_control = ctl;
-        mh.msg_controllen = sizeof ctl;
-        n = ::recvmsg(c.fd.get(), &mh, MSG_CMSG_CLOEXEC);
+        // A QMP client may pass fds (add-fd, getfd) with its bytes.
+        alignas(cmsghdr) char ctl[CMSG_SPACE(sizeof(int) * 4)];
+        iovec iov{buf, sizeof(buf)};
+        msghdr msg{};
+        msg.msg_iov = &iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = ctl;
+        msg.msg_controllen = sizeof(ctl);
+        n = ::recvmsg(c.fd.get(), &msg, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
         if (n >= 0) {
-            for (cmsghdr* cm = CMSG_FIRSTHDR(&mh); cm; cm = CMSG_NXTHDR(&mh, cm)) {
-                if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS) continue;
-                size_t count = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-                for (size_t i = 0; i < count; i++) {
+            for (cmsghdr* h = CMSG_FIRSTHDR(&msg); h; h = CMSG_NXTHDR(&msg, h)) {
+                if (h->cmsg_level != SOL_SOCKET || h->cmsg_type != SCM_RIGHTS) continue;
+                size_t count = (h->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+                for (size_t i = 0; i < count; ++i) {
                     int fd;
-                    std::memcpy(&fd, CMSG_DATA(cm) + i * sizeof(int), sizeof fd);
-                    c.received.emplace_back(fd);
-                    if (c.received.size() > kMaxPassedFds) c.received.pop_front();
+                    std::memcpy(&fd, CMSG_DATA(h) + i * sizeof(int), sizeof(int));
+                    c.fds.emplace_back(fd);
+                    if (c.fds.size() > Client::kMaxPendingFds) c.fds.pop_front();
                 }
             }
-        } else if (errno == ENOTSOCK) {  // a pipe or file chardev
-            n = ::read(c.fd.get(), buf, sizeof(buf));
+            if (msg.msg_flags & MSG_CTRUNC) log::warn("monitor {}: too many fds in one message; extra ones dropped",
+                                                     cd.spec.chardev.id);
         }
     } else {
         n = ::read(c.fd.get(), buf, sizeof(buf));
@@ -311,9 +303,16 @@ void Monitors::on_client_io(Chardev& cd, Client& c, uint32_t events) {
         return;
     }
     std::string_view data(buf, static_cast<size_t>(n));
-    feeding_ = &c;
+    // Commands run inside feed(): add-fd takes this client's fds.
+    Client* cp = &c;
+    env_.take_fd = [cp]() {
+        if (cp->fds.empty()) return UniqueFd();
+        UniqueFd f = std::move(cp->fds.front());
+        cp->fds.pop_front();
+        return f;
+    };
     bool keep = c.qmp ? c.qmp->feed(data) : c.hmp->feed(data);
-    feeding_ = nullptr;
+    env_.take_fd = nullptr;
     if (!keep) {
         log::warn("monitor {}: client sent oversized input, dropped", cd.spec.chardev.id);
         try_write(c);

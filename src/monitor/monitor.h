@@ -87,9 +87,6 @@ private:
     UnlinkAtExit unlink_at_exit_;
     bool reap_pending_ = false;
     EventLoop::TimerId poll_timer_ = 0;
-    // The client whose input is being parsed (its passed fds are getfd's).
-    Client* feeding_ = nullptr;
-    static constexpr size_t kMaxPassedFds = 8;
     struct ErrSnapshot {
         std::string device;
         uint64_t rd = 0, wr = 0, flush = 0;

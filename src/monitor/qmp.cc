@@ -107,11 +107,13 @@ QmpReply QmpDispatcher::execute(std::string_view name, const Json& args) const {
         return QmpReply::err(kGenericError, "QMP input member 'arguments' must be an object");
     for (auto a = args.begin(); a != args.end(); ++a) {
         bool known = false;
-        for (const auto& spec : c.args) known = known || spec.name == a.key();
+        // "*": the command takes further keys of its own (device_add's properties).
+        for (const auto& spec : c.args) known = known || spec.name == a.key() || spec.name == "*";
         if (!known)
             return QmpReply::err(kGenericError, fmt::format("Parameter '{}' is unexpected", a.key()));
     }
     for (const auto& spec : c.args) {
+        if (spec.name == "*") continue;
         auto v = args.find(spec.name);
         if (v == args.end()) {
             if (spec.optional) continue;

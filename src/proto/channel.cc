@@ -59,14 +59,14 @@ bool wait_writable(int fd, int timeout_ms) {
 
 }  // namespace
 
-Status Channel::send(int32_t cmd, std::span<const uint8_t> payload, std::span<const int> fds) {
+Status Channel::send(Cmd cmd, std::span<const uint8_t> payload, std::span<const int> fds) {
     if (!sock_) return fail("send {}: channel closed", cmd_name(cmd));
     if (payload.size() > kMaxPayload)
         return fail("send {}: payload of {} bytes exceeds {}", cmd_name(cmd), payload.size(), kMaxPayload);
     if (fds.size() > kMaxFdsOnWire)
         return fail("send {}: {} fds exceed {}", cmd_name(cmd), fds.size(), kMaxFdsOnWire);
 
-    Header hdr{cmd, 0, payload.size()};
+    Header hdr{raw(cmd), 0, payload.size()};
     iovec iov[2] = {{&hdr, sizeof hdr}, {const_cast<uint8_t*>(payload.data()), payload.size()}};
     int niov = payload.empty() ? 1 : 2;
     alignas(cmsghdr) char ctl[CMSG_SPACE(sizeof(int) * kMaxFdsOnWire)];
@@ -84,8 +84,28 @@ Status Channel::send(int32_t cmd, std::span<const uint8_t> payload, std::span<co
         std::memcpy(CMSG_DATA(c), fds.data(), sizeof(int) * fds.size());
     }
 
-    size_t left = sizeof hdr + payload.size();
-    iovec* cur = iov;
+    return send_msg(cmd_name(cmd), msg, sizeof hdr + payload.size());
+}
+
+Status Channel::send_bytes(std::span<const uint8_t> frames) {
+    const char* what = "replies";
+    if (frames.size() >= sizeof(Header)) {
+        Header h;
+        std::memcpy(&h, frames.data(), sizeof h);
+        what = cmd_name(static_cast<Cmd>(h.cmd));
+    }
+    if (!sock_) return fail("send {}: channel closed", what);
+    if (frames.empty()) return {};
+    iovec iov{const_cast<uint8_t*>(frames.data()), frames.size()};
+    msghdr msg{};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    return send_msg(what, msg, frames.size());
+}
+
+Status Channel::send_msg(const char* what, msghdr& msg, size_t left) {
+    iovec* cur = msg.msg_iov;
+    size_t niov = msg.msg_iovlen;
     while (left > 0) {
         ssize_t n = ::sendmsg(sock_.get(), &msg, MSG_NOSIGNAL);
         if (n < 0) {
@@ -93,12 +113,11 @@ Status Channel::send(int32_t cmd, std::span<const uint8_t> payload, std::span<co
             if (errno == EAGAIN || errno == EWOULDBLOCK) {
                 if (!wait_writable(sock_.get(), send_timeout_ms_)) {
                     int e = errno;
-                    return fail_errno(e, "send {}: peer does not read ({})", cmd_name(cmd),
-                                      std::strerror(e));
+                    return fail_errno(e, "send {}: peer does not read ({})", what, std::strerror(e));
                 }
                 continue;
             }
-            return fail_errno(errno, "send {}: {}", cmd_name(cmd), std::strerror(errno));
+            return fail_errno(errno, "send {}: {}", what, std::strerror(errno));
         }
         // The fds went with the first bytes; later pieces carry none.
         msg.msg_control = nullptr;
@@ -141,7 +160,7 @@ Result<bool> Channel::take_frame(Frame& out) {
     Header h;
     std::memcpy(&h, rxbuf_.data() + rx_begin_, sizeof h);
     if (h.size > kMaxPayload) {
-        return rx_fail(fail("receive: {} (cmd {}) payload size {} exceeds {}", cmd_name(h.cmd), h.cmd,
+        return rx_fail(fail("receive: {} (cmd {}) payload size {} exceeds {}", cmd_name(static_cast<Cmd>(h.cmd)), h.cmd,
                             h.size, kMaxPayload));
     }
     size_t len = sizeof h + h.size;
@@ -295,23 +314,6 @@ bool Channel::rx_feed(std::span<const uint8_t> bytes) {
     return true;
 }
 
-const char* cmd_name(int32_t cmd) {
-    switch (cmd) {
-    case static_cast<int32_t>(Cmd::SyncSysmem): return "SYNC_SYSMEM";
-    case static_cast<int32_t>(Cmd::Ret): return "RET";
-    case static_cast<int32_t>(Cmd::PciCfgWrite): return "PCI_CFGWRITE";
-    case static_cast<int32_t>(Cmd::PciCfgRead): return "PCI_CFGREAD";
-    case static_cast<int32_t>(Cmd::BarWrite): return "BAR_WRITE";
-    case static_cast<int32_t>(Cmd::BarRead): return "BAR_READ";
-    case static_cast<int32_t>(Cmd::SetIrqfd): return "SET_IRQFD";
-    case static_cast<int32_t>(Cmd::DeviceReset): return "DEVICE_RESET";
-    case kCmdSelectDevice: return "SELECT_DEVICE";
-    case kCmdBarWritePosted: return "BAR_WRITE_POSTED";
-    case kCmdMirrorSetup: return "MIRROR_SETUP";
-    default: return "unknown command";
-    }
-}
-
 bool is_eventfd(int fd) {
     char path[64], target[64];
     std::snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
@@ -321,76 +323,44 @@ bool is_eventfd(int fd) {
     return std::strcmp(target, "anon_inode:[eventfd]") == 0;
 }
 
-namespace {
-
-struct Rule {
-    uint64_t size;       // exact payload size
-    unsigned min_fds, max_fds;
-};
-
-Status check(const Frame& f, const Rule& r) {
-    if (f.size() != r.size)
-        return fail("{}: payload size {}, expected {}", cmd_name(f.cmd()), f.size(), r.size);
-    if (f.num_fds < r.min_fds || f.num_fds > r.max_fds) {
-        if (r.min_fds == r.max_fds)
-            return fail("{}: {} fds, expected {}", cmd_name(f.cmd()), f.num_fds, r.min_fds);
-        return fail("{}: {} fds, expected {}..{}", cmd_name(f.cmd()), f.num_fds, r.min_fds,
-                    r.max_fds);
-    }
-    return {};
-}
-
-// Requests (remote side), spec §1.4 plus "no fds where none belong".
-Status validate_sync_sysmem(const Frame& f) { return check(f, {sizeof(SyncSysmem), 1, kMaxFdsAccepted}); }
-Status validate_cfg(const Frame& f) { return check(f, {sizeof(PciConf), 0, 0}); }
-Status validate_bar(const Frame& f) { return check(f, {sizeof(BarAccess), 0, 0}); }
-Status validate_set_irqfd(const Frame& f) { return check(f, {0, 2, 2}); }
-Status validate_device_reset(const Frame& f) { return check(f, {0, 0, 0}); }
-Status validate_select_device(const Frame& f) { return check(f, {sizeof(SelectDevice), 0, 0}); }
-Status validate_mirror_setup(const Frame& f) { return check(f, {sizeof(MirrorSetup), 1, 1}); }
-
-// Replies (proxy side): RET with a u64, or empty after DEVICE_RESET.
-Status validate_ret(const Frame& f) {
-    if (f.size() != 0 && f.size() != sizeof(uint64_t))
-        return fail("RET: payload size {}, expected 8 (or 0)", f.size());
-    if (f.num_fds != 0) return fail("RET: {} fds, expected 0", f.num_fds);
-    return {};
-}
-
-}  // namespace
-
 Status validate(const Frame& f, Role receiver) {
+    const int32_t id = f.hdr.cmd;
+    const char* name = cmd_name(f.cmd());
     if (f.dropped_fds || f.ctrunc)
-        return fail("{} (cmd {}): too many fds ({} received, at most {}); all closed",
-                    cmd_name(f.cmd()), f.cmd(), f.dropped_fds, kMaxFdsAccepted);
+        return fail("{} (cmd {}): too many fds ({} received, at most {}); all closed", name, id,
+                    f.dropped_fds, kMaxFdsAccepted);
     if (f.num_fds > kMaxFdsAccepted)
-        return fail("{} (cmd {}): {} fds, at most {}", cmd_name(f.cmd()), f.cmd(), f.num_fds,
-                    kMaxFdsAccepted);
+        return fail("{} (cmd {}): {} fds, at most {}", name, id, f.num_fds, kMaxFdsAccepted);
     for (unsigned i = 0; i < f.num_fds; i++)
-        if (::fcntl(f.fds[i].get(), F_GETFL) < 0)
-            return fail("{}: fd {} is not valid", cmd_name(f.cmd()), i);
-    if (f.size() > kMaxPayload)
-        return fail("{}: payload size {} exceeds {}", cmd_name(f.cmd()), f.size(), kMaxPayload);
+        if (::fcntl(f.fds[i].get(), F_GETFL) < 0) return fail("{}: fd {} is not valid", name, i);
+    if (f.size() > kMaxPayload) return fail("{}: payload size {} exceeds {}", name, f.size(), kMaxPayload);
 
+    const Message* m = message(f.cmd());
     if (receiver == Role::Proxy) {
-        if (f.cmd() != static_cast<int32_t>(Cmd::Ret))
-            return fail("{} (cmd {}): only RET is a valid reply", cmd_name(f.cmd()), f.cmd());
-        return validate_ret(f);
+        if (!m || m->dir != Dir::ToProxy) return fail("{} (cmd {}): only RET is a valid reply", name, id);
+    } else {
+        if (!m) return fail("unknown command {}", id);
+        if (m->dir != Dir::ToRemote) return fail("{} sent to the remote (it is a reply)", name);
     }
-    switch (f.cmd()) {
-    case static_cast<int32_t>(Cmd::SyncSysmem): return validate_sync_sysmem(f);
-    case static_cast<int32_t>(Cmd::PciCfgWrite):
-    case static_cast<int32_t>(Cmd::PciCfgRead): return validate_cfg(f);
-    case static_cast<int32_t>(Cmd::BarWrite):
-    case static_cast<int32_t>(Cmd::BarRead):
-    case kCmdBarWritePosted: return validate_bar(f);
-    case static_cast<int32_t>(Cmd::SetIrqfd): return validate_set_irqfd(f);
-    case static_cast<int32_t>(Cmd::DeviceReset): return validate_device_reset(f);
-    case kCmdSelectDevice: return validate_select_device(f);
-    case kCmdMirrorSetup: return validate_mirror_setup(f);
-    case static_cast<int32_t>(Cmd::Ret): return fail("RET sent to the remote (it is a reply)");
-    default: return fail("unknown command {}", f.cmd());
+    // A reply may be empty: the answer to a request whose Answer is RetEmpty.
+    bool size_ok = f.size() == m->payload_size || (m->answer == Answer::IsReply && f.size() == 0);
+    if (!size_ok) {
+        if (m->answer == Answer::IsReply)
+            return fail("{}: payload size {}, expected {} (or 0)", name, f.size(), m->payload_size);
+        return fail("{}: payload size {}, expected {}", name, f.size(), m->payload_size);
     }
+    if (f.num_fds < m->min_fds || f.num_fds > m->max_fds) {
+        if (m->min_fds == m->max_fds) return fail("{}: {} fds, expected {}", name, f.num_fds, m->min_fds);
+        return fail("{}: {} fds, expected {}..{}", name, f.num_fds, m->min_fds, m->max_fds);
+    }
+    return {};
+}
+
+void encode(std::vector<uint8_t>& out, Cmd cmd, std::span<const uint8_t> payload) {
+    Header h{raw(cmd), 0, payload.size()};
+    const auto* hb = reinterpret_cast<const uint8_t*>(&h);
+    out.insert(out.end(), hb, hb + sizeof h);
+    out.insert(out.end(), payload.begin(), payload.end());
 }
 
 }  // namespace mpq::proto

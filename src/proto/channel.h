@@ -26,6 +26,7 @@
 #include <cstring>
 #include <span>
 #include <type_traits>
+#include <vector>
 
 struct msghdr;
 
@@ -49,7 +50,8 @@ struct Frame {
     unsigned dropped_fds = 0;
     bool ctrunc = false;
 
-    int32_t cmd() const { return hdr.cmd; }
+    // The command as read: possibly one no row of the table describes.
+    Cmd cmd() const { return static_cast<Cmd>(hdr.cmd); }
     uint64_t size() const { return hdr.size; }
     // Copies the payload out as T. Callers validate the size first; a short
     // payload reads as zero-padded, never past the buffer.
@@ -91,10 +93,9 @@ public:
     // Sends one frame. Writes the rest after a partial sendmsg (without fds),
     // retries EINTR, waits for POLLOUT on a non-blocking socket. At most
     // kMaxFdsOnWire fds, at most kMaxPayload bytes.
-    Status send(int32_t cmd, std::span<const uint8_t> payload, std::span<const int> fds = {});
-    Status send(Cmd cmd, std::span<const uint8_t> payload, std::span<const int> fds = {}) {
-        return send(static_cast<int32_t>(cmd), payload, fds);
-    }
+    Status send(Cmd cmd, std::span<const uint8_t> payload, std::span<const int> fds = {});
+    // Sends bytes that are whole encoded frames (no fds), as send() does.
+    Status send_bytes(std::span<const uint8_t> frames);
     template <typename T>
     Status send_struct(Cmd cmd, const T& body, std::span<const int> fds = {}) {
         static_assert(std::is_trivially_copyable_v<T> && sizeof(T) <= kMaxPayload);
@@ -154,6 +155,8 @@ private:
     };
 
     Error rx_fail(Error e);
+    // sendmsg until `left` bytes went out (fds, if any, with the first).
+    Status send_msg(const char* what, msghdr& msg, size_t left);
     // Moves a complete buffered frame into `out`; false if none is complete.
     Result<bool> take_frame(Frame& out);
     void compact();
@@ -171,12 +174,19 @@ private:
 };
 
 // The receiver's validity rules (spec §1.4, plus our stricter "no fds where
-// none belong"), one check per command. A failing frame was still read whole,
-// so the stream stays in sync.
+// none belong"), read from the message table (wire.h): direction, payload
+// size, fd count. A failing frame was still read whole, so the stream stays
+// in sync.
 Status validate(const Frame& f, Role receiver);
 
-// "PCI_CFGREAD", ..., "cmd 9" for unknown values.
-const char* cmd_name(int32_t cmd);
+// Appends one encoded frame (header + payload) to `out`: what a transport
+// that batches its sends puts on the socket.
+void encode(std::vector<uint8_t>& out, Cmd cmd, std::span<const uint8_t> payload);
+template <typename T>
+std::span<const uint8_t> bytes_of(const T& v) {
+    static_assert(std::is_trivially_copyable_v<T>);
+    return std::span(reinterpret_cast<const uint8_t*>(&v), sizeof(T));
+}
 
 // Checks that `fd` is an eventfd (SET_IRQFD carries two).
 bool is_eventfd(int fd);

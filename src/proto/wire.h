@@ -1,38 +1,27 @@
 // QEMU 7.2 multi-process wire format (see README "Wire protocol"): a 16-byte
 // header, a payload of at most 192 bytes, fds as SCM_RIGHTS on the first
 // sendmsg. Host byte order; layouts are pinned by static_asserts.
+//
+// Every message is one row of MPQ_WIRE_MESSAGES at the end of this file: its
+// id, name, payload type, how many fds it carries, who sends it, how it is
+// answered and which negotiated feature it needs. The command enum, the
+// names, the receiver's validator (channel.cc), the remote's reply rules and
+// the proxy's reply expectations are all derived from that row. A new message
+// is: its payload struct here (with static_asserts), its row, its case in
+// the remote's dispatch (WireSession::handle, remote/wire_session.cc: a
+// switch over Cmd, so the compiler asks for it) and, if our VMM sends it, a
+// request in vmm/proxy_link_session.h.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
+#include <iterator>
 
 namespace mpq::proto {
 
-enum class Cmd : int32_t {
-    SyncSysmem = 0,   // proxy -> remote, 1..7 fds, no reply
-    Ret = 1,          // remote -> proxy, u64 (or empty after DEVICE_RESET)
-    PciCfgWrite = 2,  // PciConf, reply RET 0 / all-ones
-    PciCfgRead = 3,   // PciConf, reply RET value
-    BarWrite = 4,     // BarAccess, reply RET 0 / all-ones
-    BarRead = 5,      // BarAccess, reply RET value
-    SetIrqfd = 6,     // 2 fds (irq, resample), no reply
-    DeviceReset = 7,  // reply RET with size 0
-};
-inline constexpr int32_t kNumStockCmds = 8;
-
-// mpqemu extension. Negotiated by a BAR_READ a
-// stock remote answers with all-ones (size 0 is not a power of two), so stock
-// peers never see anything else from us.
-inline constexpr int32_t kCmdSelectDevice = 64;  // payload: device id, NUL-padded, 64 bytes
-// A BAR write the remote does not answer (PCI writes are posted): payload
-// BarAccess as BAR_WRITE. Carried out in stream order, so every later request
-// on the socket sees its effect.
-inline constexpr int32_t kCmdBarWritePosted = 65;
-// Hands the remote the shared page of the selected device's register mirror
-// (proto/reg_mirror.h): payload MirrorSetup, 1 fd (a sealed memfd), RET 0 when
-// the remote publishes into it from now on, all-ones when it will not.
-inline constexpr int32_t kCmdMirrorSetup = 66;
-inline constexpr size_t kDeviceIdLen = 64;
+// MPQEXT: our extensions, negotiated by a BAR_READ that a stock remote
+// answers with all-ones (size 0 is not a power of two), so stock peers never
+// see anything else from us.
 inline constexpr uint64_t kExtProbeAddr = 0x4d50514558540001ull;  // "MPQEXT" v1
 inline constexpr uint64_t kExtReplyMagic = 0x4d50000000000000ull;   // | granted feature bits
 inline constexpr uint64_t kExtReplyMagicMask = 0xffff000000000000ull;
@@ -41,7 +30,9 @@ inline constexpr uint64_t kFeatMultiDev = 1ull << 0;       // several devices pe
 inline constexpr uint64_t kFeatPostedWrites = 1ull << 1;   // BAR_WRITE_POSTED
 inline constexpr uint64_t kFeatRegMirror = 1ull << 2;     // MIRROR_SETUP, reads from shared memory
 inline constexpr uint64_t kSupportedFeatures = kFeatMultiDev | kFeatPostedWrites | kFeatRegMirror;
+inline constexpr uint64_t kStock = 0;  // a QEMU 7.2 message: needs no feature
 
+inline constexpr size_t kDeviceIdLen = 64;
 struct SelectDevice {
     char id[kDeviceIdLen];  // NUL-padded; an id of exactly 64 bytes has no NUL
 };
@@ -96,5 +87,133 @@ struct SyncSysmem {
 static_assert(sizeof(SyncSysmem) == kMaxPayload);
 static_assert(offsetof(SyncSysmem, size) == 64);
 static_assert(offsetof(SyncSysmem, offset) == 128);
+
+// A payload of no bytes.
+struct NoPayload {};
+// RET's value: a u64 (0 = done, all-ones = refused or invalid), or nothing
+// after a DEVICE_RESET.
+using RetValue = uint64_t;
+
+// Who sends a message.
+enum class Dir : uint8_t { ToRemote, ToProxy };
+
+// How the receiver of a request answers it.
+enum class Answer : uint8_t {
+    None,      // nothing: the sender does not wait (PCI writes are posted, setup frames are not acked)
+    Ret,       // RET with a u64; all-ones when the request was invalid or refused
+    RetEmpty,  // RET without payload (a u64 RET is accepted as well)
+    IsReply,   // the message is the answer itself (RET)
+};
+
+// X(enum name, id, wire name, payload type, min fds, max fds, direction,
+//   answer, feature that must be negotiated first (kStock: none))
+#define MPQ_WIRE_MESSAGES(X)                                                                        \
+    X(SyncSysmem, 0, "SYNC_SYSMEM", SyncSysmem, 1, kMaxFdsAccepted, ToRemote, None, kStock)         \
+    X(Ret, 1, "RET", RetValue, 0, 0, ToProxy, IsReply, kStock)                                      \
+    X(PciCfgWrite, 2, "PCI_CFGWRITE", PciConf, 0, 0, ToRemote, Ret, kStock)                         \
+    X(PciCfgRead, 3, "PCI_CFGREAD", PciConf, 0, 0, ToRemote, Ret, kStock)                           \
+    X(BarWrite, 4, "BAR_WRITE", BarAccess, 0, 0, ToRemote, Ret, kStock)                             \
+    X(BarRead, 5, "BAR_READ", BarAccess, 0, 0, ToRemote, Ret, kStock)                               \
+    X(SetIrqfd, 6, "SET_IRQFD", NoPayload, 2, 2, ToRemote, None, kStock)                            \
+    X(DeviceReset, 7, "DEVICE_RESET", NoPayload, 0, 0, ToRemote, RetEmpty, kStock)                  \
+    /* Addresses the following frames to the device named by the payload. */                       \
+    X(SelectDevice, 64, "SELECT_DEVICE", SelectDevice, 0, 0, ToRemote, Ret, kFeatMultiDev)          \
+    /* A BAR_WRITE nobody answers, carried out in stream order, so every */                         \
+    /* later request on the socket sees its effect. */                                              \
+    X(BarWritePosted, 65, "BAR_WRITE_POSTED", BarAccess, 0, 0, ToRemote, None, kFeatPostedWrites)   \
+    /* The shared page of the selected device's register mirror */                                  \
+    /* (proto/reg_mirror.h) as a sealed memfd; RET 0 when the remote */                             \
+    /* publishes into it from now on, all-ones when it will not. */                                 \
+    X(MirrorSetup, 66, "MIRROR_SETUP", MirrorSetup, 1, 1, ToRemote, Ret, kFeatRegMirror)
+
+// The command of a frame. A value read from the wire may be none of these
+// (it is then an unknown command: message() says so).
+enum class Cmd : int32_t {
+#define MPQ_WIRE_ENUM(name, id, ...) name = id,
+    MPQ_WIRE_MESSAGES(MPQ_WIRE_ENUM)
+#undef MPQ_WIRE_ENUM
+};
+
+template <typename T>
+inline constexpr uint64_t kPayloadSize = sizeof(T);
+template <>
+inline constexpr uint64_t kPayloadSize<NoPayload> = 0;
+
+struct Message {
+    Cmd cmd;
+    const char* name;
+    uint64_t payload_size;  // exact; RET may also be empty (Answer::RetEmpty)
+    unsigned min_fds, max_fds;
+    Dir dir;
+    Answer answer;
+    uint64_t feature;  // kStock, or the MPQEXT bit that must be negotiated first
+};
+
+inline constexpr Message kMessages[] = {
+#define MPQ_WIRE_ROW(name, id, str, payload, min_fds, max_fds, dir, answer, feature) \
+    {Cmd::name, str, kPayloadSize<payload>, min_fds, max_fds, Dir::dir, Answer::answer, feature},
+    MPQ_WIRE_MESSAGES(MPQ_WIRE_ROW)
+#undef MPQ_WIRE_ROW
+};
+
+// The payload type of a command, for typed access (Frame::as<Payload<...>>).
+template <Cmd C>
+struct PayloadOf;
+#define MPQ_WIRE_PAYLOAD(name, id, str, payload, ...) \
+    template <>                                       \
+    struct PayloadOf<Cmd::name> {                     \
+        using type = payload;                         \
+    };
+MPQ_WIRE_MESSAGES(MPQ_WIRE_PAYLOAD)
+#undef MPQ_WIRE_PAYLOAD
+template <Cmd C>
+using Payload = typename PayloadOf<C>::type;
+
+constexpr int32_t raw(Cmd c) { return static_cast<int32_t>(c); }
+
+// The row of `c`, nullptr for a command no row describes.
+constexpr const Message* message(Cmd c) {
+    for (const Message& m : kMessages)
+        if (m.cmd == c) return &m;
+    return nullptr;
+}
+
+// The row of a command we send: always there.
+constexpr const Message& message_of(Cmd c) {
+    const Message* m = message(c);
+    return *m;  // every enumerator has a row (see the checks below)
+}
+
+// Whether the receiver of `c` answers with a RET whatever happens (invalid
+// frames included: the sender waits for it).
+constexpr bool reply_due(Cmd c) {
+    const Message* m = message(c);
+    return m && (m->answer == Answer::Ret || m->answer == Answer::RetEmpty);
+}
+
+// "PCI_CFGREAD", ..., "unknown command".
+constexpr const char* cmd_name(Cmd c) {
+    const Message* m = message(c);
+    return m ? m->name : "unknown command";
+}
+
+namespace detail {
+constexpr bool table_is_sound() {
+    for (size_t i = 0; i < std::size(kMessages); i++) {
+        const Message& m = kMessages[i];
+        for (size_t j = i + 1; j < std::size(kMessages); j++)
+            if (kMessages[j].cmd == m.cmd) return false;  // one row per id
+        if (m.payload_size > kMaxPayload || m.min_fds > m.max_fds || m.max_fds > kMaxFdsAccepted) return false;
+        // Only replies go to the proxy; a reply is not answered.
+        if ((m.dir == Dir::ToProxy) != (m.answer == Answer::IsReply)) return false;
+        // Stock ids are QEMU's 0..7; ours start at 64, each behind a feature.
+        if ((raw(m.cmd) < 64) != (m.feature == kStock)) return false;
+        if ((m.feature & ~kSupportedFeatures) != 0) return false;
+    }
+    return true;
+}
+}  // namespace detail
+static_assert(detail::table_is_sound());
+static_assert(message_of(Cmd::Ret).payload_size == sizeof(uint64_t));
 
 }  // namespace mpq::proto

@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "block/runtime.h"
 #include "remote/monitor_view.h"
 #include "remote/remote_process.h"
 #include "remote/state_io.h"
@@ -25,6 +26,7 @@
 #include "util/event_loop.h"
 #include "util/log.h"
 #include "util/options.h"
+#include "util/thread_reserve.h"
 
 using namespace mpq;
 
@@ -39,6 +41,8 @@ constexpr std::string_view kAccepted[] = {
 // Test-only (not in --help): the sandbox integration test makes the process
 // attempt a forbidden syscall right after the sandbox is applied.
 constexpr std::string_view kHidden[] = {"x-test-forbidden-syscall"};
+// Parked I/O threads for drives added under the sandbox (2 per drive).
+constexpr unsigned kLateDriveWorkers = 6;
 
 void usage() {
     std::printf(
@@ -124,6 +128,9 @@ int main(int argc, char** argv) {
     if (const char* m = std::getenv("MPQ_REMOTE_LOOP"); !m || std::string_view(m) != "epoll") {
         if (!loop.enable_ring()) log::debug("event loop: epoll (no usable io_uring)");
     }
+    // Declared before the process so that its drives give their borrowed
+    // threads back before the reserve goes.
+    std::unique_ptr<ThreadReserve> late_workers;
     remote::RemoteProcess proc(loop);
     if (auto s = proc.configure(*cl, first_fd); !s.ok()) return die(s.error());
     // -incoming-state FILE: the devices carry on from a saved state instead
@@ -170,6 +177,11 @@ int main(int argc, char** argv) {
 
     if (auto s = proc.start(); !s.ok()) return die(s.error());
 
+    // Drives added later (blockdev-add, drive_add) cannot start threads once
+    // the sandbox is on: their I/O workers wait here, started now.
+    const bool sandboxed = sandbox_opts.mode == sandbox::Mode::On;
+    if (sandboxed) late_workers = std::make_unique<ThreadReserve>(kLateDriveWorkers);
+
     // Everything is open (images, sockets, monitors, log file) and the I/O
     // threads run: close the door. Kept fds: the sockets we were handed.
     {
@@ -191,6 +203,15 @@ int main(int argc, char** argv) {
             }
         }
         if (auto s = sandbox::apply(sandbox_opts, keep); !s.ok()) return die(s.error());
+        if (sandboxed) {
+            block::RuntimeLimits lim;
+            lim.active = true;
+            lim.path_open = sandbox_opts.open == sandbox::OpenPolicy::ReadWrite  ? block::PathOpen::Any
+                            : sandbox_opts.open == sandbox::OpenPolicy::ReadOnly ? block::PathOpen::ReadOnly
+                                                                                 : block::PathOpen::Deny;
+            lim.workers = late_workers.get();
+            block::set_runtime_limits(lim);
+        }
         if (!test_syscall.empty()) {
             if (test_fd < 0) {
                 if (auto s = sandbox::test_forbidden_syscall(test_syscall); !s.ok()) return die(s.error());

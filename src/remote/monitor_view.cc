@@ -18,12 +18,18 @@ std::vector<monitor::PciDeviceInfo> RemoteMachineView::pci_devices() {
 
 std::vector<monitor::BlockDeviceInfo> RemoteMachineView::block_devices() {
     std::vector<monitor::BlockDeviceInfo> out;
-    unsigned n = 0;
     for (auto& d : proc_.drives()) {
-        ++n;
         if (!d.backend) continue;
         // QEMU names anonymous nodes "#blockNNN"; ours are stable per drive.
-        out.push_back(monitor::describe_block_backend(*d.backend, fmt::format("#block{:03}", 100 + n),
+        // A blockdev-add node is known by its node-name and has no
+        // BlockBackend name of its own.
+        if (d.owner == DriveOwner::Monitor) {
+            auto info = monitor::describe_block_backend(*d.backend, d.opts.id, d.attached_to);
+            info.device.clear();
+            out.push_back(std::move(info));
+            continue;
+        }
+        out.push_back(monitor::describe_block_backend(*d.backend, fmt::format("#block{:03}", 100 + d.serial),
                                                       d.attached_to));
     }
     return out;
@@ -48,6 +54,21 @@ std::vector<monitor::RemoteDeviceInfo> RemoteMachineView::remote_devices() {
     }
     return out;
 }
+
+// Hot-plug: thin glue, the work is RemoteProcess's.
+Status RemoteMachineView::drive_add(const block::DriveOptions& opts, DriveOrigin origin) {
+    return proc_.add_drive_now(opts, origin == DriveOrigin::Blockdev ? DriveOwner::Monitor : DriveOwner::Legacy);
+}
+
+Status RemoteMachineView::drive_del(std::string_view node_name) { return proc_.remove_drive(node_name); }
+
+Status RemoteMachineView::device_add(const std::vector<std::pair<std::string, std::string>>& props) {
+    opts::KeyValues kv;
+    for (const auto& [k, v] : props) kv.items.push_back(opts::KeyValue{k, v});
+    return proc_.add_device_now(kv);
+}
+
+Result<std::string> RemoteMachineView::device_del(std::string_view id) { return proc_.remove_device(id); }
 
 Status RemoteMachineView::block_resize(std::string_view device, uint64_t size) {
     block::BlockBackend* be = proc_.find_backend(device);

@@ -22,6 +22,10 @@ public:
     Status block_resize(std::string_view device, uint64_t size) override;
     Status set_write_threshold(std::string_view device, uint64_t threshold,
                                ThresholdHit hit) override;
+    Status drive_add(const block::DriveOptions& opts, DriveOrigin origin) override;
+    Status drive_del(std::string_view node_name) override;
+    Status device_add(const std::vector<std::pair<std::string, std::string>>& props) override;
+    Result<std::string> device_del(std::string_view id) override;
     Status system_reset() override;
     Status save_device_state(const std::string& filename) override;
     // Whether the sandbox lets this process create files; when not, the

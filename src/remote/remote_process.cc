@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <cassert>
 #include <climits>
 
 #include "remote/device_server.h"
@@ -171,6 +172,7 @@ Status RemoteProcess::add_drive(const Option& o) {
     auto drv = block::open_drive(*d);
     if (!drv.ok()) return o.error(drv.error());
     DriveEntry e;
+    e.serial = ++drive_serial_;
     e.opts = *d;
     e.backend = std::make_unique<block::BlockBackend>(loop_, std::move(*drv), *d);
     drives_.push_back(std::move(e));
@@ -305,6 +307,106 @@ Status RemoteProcess::add_scsi_hd(const Option& o) {
     drive->attached_to = p.id.empty() ? std::string("scsi-hd") : p.id;
     disks_.push_back(std::move(e));
     return {};
+}
+
+Status RemoteProcess::add_drive_now(const block::DriveOptions& opts, DriveOwner owner) {
+    if (opts.id.empty()) return fail("drive needs an id");
+    if (auto s = opts::check_id(opts.id, "node-name"); !s.ok()) return s;
+    if (find_drive(opts.id)) return fail("Duplicate nodes with node-name='{}'", opts.id);
+    auto drv = block::open_drive(opts);
+    if (!drv.ok()) return drv.take_error();
+    DriveEntry e;
+    e.serial = ++drive_serial_;
+    e.opts = opts;
+    e.owner = owner;
+    e.backend = std::make_unique<block::BlockBackend>(loop_, std::move(*drv), opts);
+    drives_.push_back(std::move(e));
+    log::info("drive '{}' added: {} ({})", opts.id, opts.file, drives_.back().backend->driver().format_name());
+    return {};
+}
+
+Status RemoteProcess::remove_drive(std::string_view id) {
+    auto it = std::find_if(drives_.begin(), drives_.end(), [&](const DriveEntry& d) { return d.opts.id == id; });
+    if (it == drives_.end()) return fail("Failed to find node with node-name='{}'", id);
+    if (!it->attached_to.empty()) return fail("Node {} is in use", id);
+    if (it->owner != DriveOwner::Monitor) return fail("Node {} is not owned by the monitor", id);
+    close_drive(it);
+    return {};
+}
+
+void RemoteProcess::close_drive(std::vector<DriveEntry>::iterator it) {
+    std::string id = it->opts.id;
+    if (!it->backend->read_only()) {
+        it->backend->flush([id](Status s) {
+            if (!s.ok()) log::error("drive {}: flush before closing failed: {}", id, s.error().message);
+        });
+    }
+    it->backend->drain();
+    drives_.erase(it);
+    log::info("drive '{}' closed", id);
+}
+
+Status RemoteProcess::add_device_now(const opts::KeyValues& kv) {
+    std::string driver = kv.get("driver");
+    if (driver.empty()) return fail("Parameter 'driver' is missing");
+    if (driver == "lsi53c895a")
+        return fail("Bus 'pci.0' does not support hotplugging (this process serves its PCI functions "
+                    "from start-up; add a controller on the command line)");
+    if (driver != "scsi-hd") return fail("'{}' is not a valid device model name", driver);
+    static const opts::OptionDef kDef{"device", opts::ArgKind::KeyValue, "driver", ""};
+    Option o;
+    o.def = &kDef;
+    o.kv = kv;
+    o.text = "device_add";
+    auto st = add_scsi_hd(o);
+    if (st.ok()) {
+        disks_.back().dev->hotplugged();
+        log::info("scsi-hd '{}' added on {}.0 scsi-id {} (drive '{}')", disks_.back().id,
+                  disks_.back().controller, disks_.back().scsi_id, disks_.back().drive);
+        return st;
+    }
+    // add_scsi_hd speaks to the command line ("-device ...: msg"); a monitor
+    // client gets the message alone, as from QEMU's device_add.
+    std::string msg = st.error().message;
+    std::string prefix = o.where() + ": ";
+    if (msg.starts_with(prefix)) msg.erase(0, prefix.size());
+    return Error{msg, st.error().err};
+}
+
+Result<std::string> RemoteProcess::remove_device(std::string_view id) {
+    if (!id.empty() && find_function(id))
+        return fail("Bus 'pci.0' does not support hotplugging ('{}' is a PCI function this process serves)", id);
+    auto it = std::find_if(disks_.begin(), disks_.end(), [&](const ScsiDiskEntry& d) { return d.id == id; });
+    if (id.empty() || it == disks_.end()) return fail("Device '{}' not found", id);
+    PciFunctionEntry* ctrl = find_function(it->controller);
+    assert(ctrl);
+    DriveEntry* drive = find_drive(it->drive);
+    assert(drive);
+    // 1. No new command reaches it.
+    ctrl->dev->bus().detach(it->scsi_id, it->dev.get());
+    // 2. Block I/O already submitted finishes normally: a write that completes
+    //    is acknowledged to the guest and is on the image.
+    drive->backend->drain();
+    // 3. What still waits for the guest (a data phase, a status not yet
+    //    delivered) ends with CHECK CONDITION, ABORTED COMMAND: the guest's
+    //    driver retries, meets a selection timeout and reports the disk gone.
+    it->dev->unplug(scsi::kCommandAborted);
+    drive->backend->drain();
+    std::string path = fmt::format("/machine/peripheral/{}", it->id);
+    log::info("scsi-hd '{}' removed from {}.0 scsi-id {}", it->id, it->controller, it->scsi_id);
+    disks_.erase(it);
+    drive->attached_to.clear();
+    if (drive->owner == DriveOwner::Legacy) {
+        auto dit = std::find_if(drives_.begin(), drives_.end(), [&](const DriveEntry& d) { return &d == drive; });
+        close_drive(dit);
+    } else if (!drive->backend->read_only()) {
+        std::string did = drive->opts.id;
+        drive->backend->flush([did](Status s) {
+            if (!s.ok()) log::error("drive {}: flush after unplug failed: {}", did, s.error().message);
+        });
+        drive->backend->drain();
+    }
+    return path;
 }
 
 Status RemoteProcess::add_object(const Option& o) {

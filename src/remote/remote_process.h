@@ -30,8 +30,15 @@ struct PciFunctionEntry {
     std::unique_ptr<EventfdIrqLine> irq;
 };
 
+// Who made a drive, which decides its end as in QEMU: a -drive or HMP
+// drive_add drive goes away with the disk using it; a QMP blockdev-add node
+// stays until blockdev-del.
+enum class DriveOwner : uint8_t { Legacy, Monitor };
+
 struct DriveEntry {
     block::DriveOptions opts;
+    DriveOwner owner = DriveOwner::Legacy;
+    unsigned serial = 0;  // 1, 2, ... in creation order: the anonymous node name stays put
     std::unique_ptr<block::BlockBackend> backend;
     std::string attached_to;  // scsi-hd id using it ("" = unused)
 };
@@ -85,6 +92,20 @@ public:
     const std::vector<SocketBinding>& bindings() const { return bindings_; }
     DeviceServer* server() { return server_.get(); }
 
+    // --- changes while running (hot-plug) ---
+    // A drive (blockdev-add node name or drive_add id); QEMU's messages.
+    Status add_drive_now(const block::DriveOptions& opts, DriveOwner owner);
+    // blockdev-del: only monitor-owned nodes no disk uses; flushed, then closed.
+    Status remove_drive(std::string_view id);
+    // device_add with -device's keys ("driver=scsi-hd,id=..,drive=..,bus=lsi0.0,scsi-id=N").
+    // The disk comes up with a unit attention pending, as a new QEMU disk.
+    Status add_device_now(const opts::KeyValues& kv);
+    // device_del of a scsi-hd: off the bus (new commands see a selection
+    // timeout), its block I/O drained, requests still open failed with
+    // CHECK CONDITION, the disk flushed and gone; a legacy drive goes with it.
+    // Returns the QOM path for DEVICE_DELETED.
+    Result<std::string> remove_device(std::string_view id);
+
     // system_reset: every function's device reset (PCI config kept, as on DEVICE_RESET).
     void reset_devices();
     // Ends the event loop with `code` (monitor quit, last socket gone).
@@ -103,12 +124,14 @@ private:
     Status add_scsi_hd(const opts::Option& o);
     Status add_object(const opts::Option& o);
     Status bind_socket(int fd, const std::string& device, const opts::Option* o);
+    void close_drive(std::vector<DriveEntry>::iterator it);
 
     EventLoop& loop_;
     GuestMemory memory_;
     std::string name_;
     std::vector<PciFunctionEntry> functions_;
     std::vector<DriveEntry> drives_;
+    unsigned drive_serial_ = 0;
     std::vector<ScsiDiskEntry> disks_;
     std::vector<opts::Option> monitor_options_;
     std::vector<SocketBinding> bindings_;

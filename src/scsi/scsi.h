@@ -44,6 +44,7 @@ inline constexpr Sense kSpaceExhausted{0x07, 0x27, 0x07};
 inline constexpr Sense kResetOccurred{0x06, 0x29, 0x00};  // UNIT ATTENTION power on/reset
 inline constexpr Sense kCapacityChanged{0x06, 0x2a, 0x09};  // UNIT ATTENTION capacity data has changed
 inline constexpr Sense kCommandAborted{0x0b, 0x00, 0x06};
+inline constexpr Sense kReportedLunsChanged{0x06, 0x3f, 0x0e};  // UNIT ATTENTION reported luns data has changed
 
 enum class DataDir : uint8_t { None, FromDevice, ToDevice };
 
@@ -141,6 +142,14 @@ public:
         (void)client;
         return Error{"device '" + id() + "' cannot restore requests", 0};
     }
+    // Hot-unplug, after the device left the bus and its block I/O drained:
+    // every request still open completes now with CHECK CONDITION `sense`
+    // (the HBA delivers it; nothing is left waiting for a device that is gone).
+    virtual void unplug(Sense sense) { (void)sense; }
+    // Hot-plugged into a running machine: the first command reports
+    // REPORTED LUNS DATA HAS CHANGED instead of the power-on unit attention,
+    // as QEMU's scsi-hd on a bus that reports changes.
+    virtual void hotplugged() {}
 };
 
 class Bus {
@@ -149,6 +158,12 @@ public:
     bool attach(unsigned id, Device* dev) {
         if (id >= kMaxTargets || targets_[id]) return false;
         targets_[id] = dev;
+        return true;
+    }
+    // Hot-unplug: the id answers selection timeouts from now on.
+    bool detach(unsigned id, Device* dev) {
+        if (id >= kMaxTargets || targets_[id] != dev) return false;
+        targets_[id] = nullptr;
         return true;
     }
     void reset() {

@@ -102,6 +102,11 @@ public:
     Result<RequestSnapshot> save_request(const Request& req) const override;
     Result<std::shared_ptr<Request>> restore_request(const RequestSnapshot& snap,
                                                      RequestClient* client) override;
+    void unplug(Sense sense) override;
+    void hotplugged() override {
+        state_.unit_attention = false;
+        state_.luns_changed = true;
+    }
 
     HdView view() const {
         return HdView{props_, state_, device_id_, blocks(), backend_.read_only()};
@@ -149,6 +154,10 @@ public:
     Result<RequestSnapshot> snapshot() const;
     IoStatus resume_from(const RequestSnapshot& snap);
     const ScsiHd* device() const { return dev_; }
+    // Hot-unplug: the HBA gets a CHECK CONDITION for it now.
+    void fail_from_device(Sense s) {
+        if (live()) complete_check(s);
+    }
 
 private:
     enum class Phase : uint8_t { New, Active, Done, Cancelled };
@@ -255,7 +264,19 @@ void ScsiHd::reset() {
     auto reqs = active_;
     for (auto* r : reqs) r->cancel_from_device();
     state_.unit_attention = true;
+    state_.luns_changed = false;  // the reset's unit attention outranks it
     state_.capacity_changed = false;  // the reset's unit attention outranks it
+}
+
+void ScsiHd::unplug(Sense sense) {
+    auto reqs = active_;
+    for (auto* r : reqs) {
+        // A completion may drop the HBA's last reference to another request.
+        if (active_.count(r)) {
+            auto keep = r->shared_from_this();
+            r->fail_from_device(sense);
+        }
+    }
 }
 
 void HdRequest::cancel() {
@@ -345,11 +366,12 @@ DataDir HdRequest::dispatch() {
     }
 
     ScsiHdState& s = dev_->state_;
-    if ((s.unit_attention || s.capacity_changed) && opc != op::kInquiry &&
+    if ((s.unit_attention || s.luns_changed || s.capacity_changed) && opc != op::kInquiry &&
         opc != op::kReportLuns && opc != op::kRequestSense) {
         // Reported once; REQUEST SENSE then returns it from the sense data.
-        Sense ua = s.unit_attention ? kResetOccurred : kCapacityChanged;
+        Sense ua = s.unit_attention ? kResetOccurred : s.luns_changed ? kReportedLunsChanged : kCapacityChanged;
         if (s.unit_attention) s.unit_attention = false;
+        else if (s.luns_changed) s.luns_changed = false;
         else s.capacity_changed = false;
         return fail(ua);
     }
@@ -430,6 +452,9 @@ DataDir HdRequest::start_request_sense() {
     if (s.unit_attention) {
         sn = kResetOccurred;
         s.unit_attention = false;
+    } else if (s.luns_changed) {
+        sn = kReportedLunsChanged;
+        s.luns_changed = false;
     } else if (s.capacity_changed) {
         sn = kCapacityChanged;
         s.capacity_changed = false;
@@ -944,6 +969,7 @@ Result<ScsiHdSnapshot> scsi_hd_save(const Device& dev) {
     ScsiHdSnapshot s;
     s.unit_attention = hd->state_.unit_attention;
     s.capacity_changed = hd->state_.capacity_changed;
+    s.luns_changed = hd->state_.luns_changed;
     s.sense = hd->state_.sense;
     s.write_cache = hd->state_.write_cache;
     s.block_size = hd->state_.block_size;
@@ -983,6 +1009,7 @@ IoStatus scsi_hd_restore(Device& dev, const ScsiHdSnapshot& s) {
         return mpq::fail("scsi-hd '{}': bad write-cache value", id);
     hd->state_.unit_attention = s.unit_attention;
     hd->state_.capacity_changed = s.capacity_changed;
+    hd->state_.luns_changed = s.luns_changed;
     hd->state_.sense = s.sense;
     hd->state_.write_cache = s.write_cache;
     hd->state_.block_size = s.block_size;

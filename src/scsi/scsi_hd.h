@@ -40,6 +40,7 @@ struct ScsiHdProps {
 struct ScsiHdSnapshot {
     bool unit_attention = false;
     bool capacity_changed = false;
+    bool luns_changed = false;  // hot-plugged, REPORTED LUNS DATA HAS CHANGED pending
     Sense sense = kNoSense;
     WriteCache write_cache = WriteCache::On;
     uint32_t block_size = 512;

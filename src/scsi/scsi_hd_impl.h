@@ -98,6 +98,7 @@ std::vector<uint8_t> build_sense(Sense s, bool descriptor);
 struct ScsiHdState {
     bool unit_attention = false;  // a reset happened and has not been reported
     bool capacity_changed = false;  // a resize happened and has not been reported
+    bool luns_changed = false;    // hot-plugged: REPORTED LUNS DATA HAS CHANGED not yet reported
     Sense sense = kNoSense;       // of the last CHECK CONDITION, for REQUEST SENSE
     WriteCache write_cache = WriteCache::On;
     uint32_t block_size = 512;

@@ -52,6 +52,7 @@ RequestSnapshot decode_request(state::Reader& rd) {
 void encode_hd(state::Writer& w, const ScsiHdSnapshot& s) {
     w.boolean(s.unit_attention);
     w.boolean(s.capacity_changed);
+    w.boolean(s.luns_changed);
     encode_sense(w, s.sense);
     w.u8(static_cast<uint8_t>(s.write_cache));
     w.u32(s.block_size);
@@ -69,6 +70,7 @@ ScsiHdSnapshot decode_hd(state::Reader& rd) {
     ScsiHdSnapshot s;
     s.unit_attention = rd.boolean("unit attention");
     s.capacity_changed = rd.boolean("capacity changed");
+    s.luns_changed = rd.boolean("luns changed");
     s.sense = decode_sense(rd);
     s.write_cache = static_cast<WriteCache>(rd.range("write cache", rd.u8("write cache"), 0, 1));
     s.block_size = rd.u32("block size");

@@ -2,7 +2,8 @@
 // cycles and BAR accesses are forwarded to a remote device process over the
 // QEMU 7.2 mpqemu wire protocol (see the design notes in proxy_device.cc).
 //
-// A ProxyLink is one socket. Several ProxyDevices may share a link when the
+// A ProxyLink is one socket: the protocol core (LinkSession) on a transport
+// (io_uring or plain syscalls, vmm/proxy_link_transport.h). Several ProxyDevices may share a link when the
 // remote grants the MULTIDEV extension: frames then address the
 // device chosen by the last SELECT_DEVICE. Stock QEMU remotes answer the
 // extension probe with all-ones and get the plain 7.2 exchange.
@@ -21,7 +22,9 @@
 #include "util/unique_fd.h"
 #include "vmm/events.h"
 #include "vmm/guest_ram.h"
-#include "vmm/proxy_ring.h"
+#include "vmm/proxy_link_session.h"
+#include "vmm/proxy_link_transport.h"
+#include "vmm/reply_poll.h"
 
 namespace mpq {
 class EventLoop;
@@ -33,10 +36,6 @@ class ProxyDevice;
 
 inline constexpr uint32_t kDefaultReplyTimeoutMs = 5000;
 inline constexpr uint32_t kDefaultResampleWaitUs = 5000;
-
-// How a request waits for its reply: one io_uring_enter per access (with the
-// irq eventfds polled in the same ring), or plain sendmsg + recvmsg + poll.
-enum class LinkIo : uint8_t { Uring, Syscalls };
 
 class ProxyLink {
 public:
@@ -52,14 +51,14 @@ public:
     ~ProxyLink();
 
     const std::string& name() const { return name_; }
-    int fd() const { return ch_.fd(); }
+    int fd() const { return io_->fd(); }
     bool broken() const { return broken_; }
     const std::string& broken_reason() const { return reason_; }
-    uint64_t features() const { return features_; }
-    bool negotiated() const { return negotiated_; }
+    uint64_t features() const { return session_.features(); }
+    bool negotiated() const { return session_.negotiated(); }
     size_t device_count() const { return devices_.size(); }
     uint32_t reply_timeout_ms() const { return timeout_ms_; }
-    uint64_t offer() const { return offer_; }
+    uint64_t offer() const { return session_.offer(); }
 
     // First use: SYNC_SYSMEM, then the MPQEXT probe. Idempotent.
     Status setup(const GuestRam& ram);
@@ -74,12 +73,12 @@ public:
     // the frame is on the socket. The remote carries it out before anything
     // sent after it, so only observers outside this socket need fence().
     Status post_write(ProxyDevice& dev, std::span<const uint8_t> bar_access);
-    bool posts_writes() const { return (features_ & proto::kFeatPostedWrites) != 0; }
+    bool posts_writes() const { return session_.posts_writes(); }
     // BAR_WRITE_POSTED frames sent so far (what a register mirror must have
     // caught up with before it answers).
-    uint64_t posted_sent() const { return posted_sent_; }
+    uint64_t posted_sent() const { return session_.posted_sent(); }
     // A request with one fd (MIRROR_SETUP): sent without the ring.
-    Result<uint64_t> call_with_fd(ProxyDevice& dev, int32_t cmd, std::span<const uint8_t> payload, int fd);
+    Result<uint64_t> call_with_fd(ProxyDevice& dev, proto::Cmd cmd, std::span<const uint8_t> payload, int fd);
     // Returns once the remote has carried out every write posted so far (one
     // round trip if any is outstanding, none otherwise): guest RAM read by
     // anyone else then shows what those writes made the device do.
@@ -99,42 +98,32 @@ public:
 
     // The irq eventfd of a device on this link, polled by the ring: -1 when
     // there is no ring (then the caller polls the fd itself).
-    int watch_irq(int fd) { return ring_ ? ring_->watch_irq(fd) : -1; }
-    void unwatch_irq(int slot) {
-        if (ring_) ring_->unwatch_irq(slot);
-    }
+    int watch_irq(int fd) { return io_->watch_irq(fd); }
+    void unwatch_irq(int slot) { io_->unwatch_irq(slot); }
     // The eventfd behind `slot` was written before the last reply arrived.
-    bool irq_signalled(int slot) { return ring_ && ring_->irq_signalled(slot); }
-    bool uses_ring() const { return ring_ != nullptr; }
+    bool irq_signalled(int slot) { return io_->irq_signalled(slot); }
+    bool uses_ring() const { return io_->uses_ring(); }
 
 private:
     friend class ProxyDevice;
     ProxyLink() = default;
     Status select(ProxyDevice& dev);
-    Result<uint64_t> exchange(proto::Cmd cmd, std::span<const uint8_t> payload, bool allow_empty,
-                              std::span<const int> fds = {});
+    Result<uint64_t> exchange(proto::Cmd cmd, std::span<const uint8_t> payload, std::span<const int> fds = {});
+    // A frame nobody answers; breaks the link when it cannot be sent.
+    Status send(proto::Cmd cmd, std::span<const uint8_t> payload, std::span<const int> fds = {});
 
     void on_idle_event(uint32_t events);
 
-    proto::Channel ch_;
+    std::unique_ptr<LinkTransport> io_;
+    LinkSession session_;
     proto::Frame rx_;
-    std::unique_ptr<ProxyRing> ring_;
     uint32_t timeout_ms_ = kDefaultReplyTimeoutMs;
-    uint64_t offer_ = proto::kSupportedFeatures;
-    PollPolicy poll_;  // ring path: poll or sleep for replies (reply_poll.h)
-    bool posted_pending_ = false;  // a posted write may not be carried out yet
-    uint64_t posted_sent_ = 0;
     EventLoop* loop_ = nullptr;
     std::string name_;
     bool setup_done_ = false;
-    bool negotiated_ = false;
-    uint64_t features_ = 0;
-    ProxyDevice* selected_ = nullptr;
     bool broken_ = false;
     std::string reason_;
     std::vector<ProxyDevice*> devices_;
-    std::vector<RamRegionInfo> sent_table_;
-    bool table_sent_ = false;
 };
 
 struct ProxyOptions {

@@ -64,6 +64,7 @@
 
 namespace mpq::vmm {
 
+using proto::bytes_of;
 using proto::Cmd;
 
 namespace {
@@ -90,11 +91,6 @@ bool wait_readable(int fd, uint32_t us) {
         if (r < 0 && errno == EINTR) continue;
         return r > 0 && (p.revents & POLLIN);
     }
-}
-
-template <typename T>
-std::span<const uint8_t> bytes_of(const T& v) {
-    return std::span(reinterpret_cast<const uint8_t*>(&v), sizeof v);
 }
 
 }  // namespace
@@ -278,7 +274,7 @@ void ProxyDevice::setup_mirror() {
         return;
     }
     proto::MirrorSetup setup{proto::kMirrorPageSize};
-    auto r = link_->call_with_fd(*this, proto::kCmdMirrorSetup, bytes_of(setup), fd.get());
+    auto r = link_->call_with_fd(*this, Cmd::MirrorSetup, bytes_of(setup), fd.get());
     if (!r.ok() || *r != 0) {
         ::munmap(p, proto::kMirrorPageSize);
         if (r.ok()) log::info("pci-proxy-dev '{}': the remote keeps no register mirror", opts_.id);

@@ -41,26 +41,20 @@ Result<std::shared_ptr<ProxyLink>> ProxyLink::create(UniqueFd sock, std::string 
     ::setsockopt(sock.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     ::setsockopt(sock.get(), SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
     std::shared_ptr<ProxyLink> l(new ProxyLink());
-    l->ch_ = proto::Channel(std::move(sock));
-    l->ch_.set_send_timeout_ms(static_cast<int>(reply_timeout_ms));
+    l->io_ = make_link_transport(std::move(sock), io, reply_timeout_ms, poll_us);
+    l->session_ = LinkSession(offer);
     l->name_ = std::move(name);
     l->timeout_ms_ = reply_timeout_ms;
-    l->offer_ = offer & proto::kSupportedFeatures;
-    l->poll_ = PollPolicy(poll_us);
-    if (io == LinkIo::Uring) l->ring_ = ProxyRing::create(l->ch_.fd());
     return l;
 }
 
 ProxyLink::~ProxyLink() {
-    if (loop_) loop_->remove_fd(ch_.fd());
-    // The kernel may still write into a ring whose receive could not be
-    // cancelled: never free that memory.
-    if (ring_ && ring_->stuck()) (void)ring_.release();
+    if (loop_) loop_->remove_fd(io_->fd());
 }
 
 void ProxyLink::watch(EventLoop& loop) {
     if (loop_ || broken_) return;
-    if (loop.add_fd(ch_.fd(), FdEvents::Read, [this](uint32_t ev) { on_idle_event(ev); })) loop_ = &loop;
+    if (loop.add_fd(io_->fd(), FdEvents::Read, [this](uint32_t ev) { on_idle_event(ev); })) loop_ = &loop;
 }
 
 void ProxyLink::on_idle_event(uint32_t events) {
@@ -68,14 +62,14 @@ void ProxyLink::on_idle_event(uint32_t events) {
     // the socket is only readable here if the remote sent something on its
     // own, closed it, or failed.
     char c;
-    ssize_t n = ::recv(ch_.fd(), &c, 1, MSG_PEEK | MSG_DONTWAIT);
+    ssize_t n = ::recv(io_->fd(), &c, 1, MSG_PEEK | MSG_DONTWAIT);
     if (n < 0 && (errno == EAGAIN || errno == EINTR) && !(events & (EPOLLHUP | EPOLLERR))) return;
     mark_broken(n > 0 ? "unsolicited data from the remote" : "remote closed the connection");
 }
 
 void ProxyLink::detach(ProxyDevice* dev) {
     std::erase(devices_, dev);
-    if (selected_ == dev) selected_ = nullptr;
+    session_.forget(dev);
 }
 
 void ProxyLink::mark_broken(const std::string& reason) {
@@ -83,7 +77,7 @@ void ProxyLink::mark_broken(const std::string& reason) {
     broken_ = true;
     reason_ = reason;
     if (loop_) {
-        loop_->remove_fd(ch_.fd());
+        loop_->remove_fd(io_->fd());
         loop_ = nullptr;
     }
     // The stream may be mid-frame or hold a late reply: nothing more is sent
@@ -93,121 +87,77 @@ void ProxyLink::mark_broken(const std::string& reason) {
     for (auto* d : devs) d->link_broken(reason);
 }
 
-Result<uint64_t> ProxyLink::exchange(Cmd cmd, std::span<const uint8_t> payload, bool allow_empty,
-                                     std::span<const int> fds) {
+Result<uint64_t> ProxyLink::exchange(Cmd cmd, std::span<const uint8_t> payload, std::span<const int> fds) {
     if (broken_) return fail("{}", reason_);
-    std::string why;
-    if (ring_ && fds.empty()) {
-        // One io_uring_enter sends the request and brings the first bytes of
-        // the reply (normally all of it); the channel parses them and reads
-        // the rest of a reply that came in pieces.
-        proto::Header hdr{static_cast<int32_t>(cmd), 0, payload.size()};
-        auto got = ring_->exchange(hdr, payload, timeout_ms_, poll_);
-        if (!got.ok()) {
-            why = got.error().err == ETIMEDOUT
-                      ? fmt::format("no reply to {} (timeout)", proto::cmd_name(static_cast<int32_t>(cmd)))
-                      : got.error().message;
-        } else if (got->bytes == 0) {
-            why = "remote closed the connection";
-        } else if (got->ctrunc) {
-            why = fmt::format("reply to {} carries fds", proto::cmd_name(static_cast<int32_t>(cmd)));
-        } else if (!ch_.rx_feed(ring_->received(got->bytes))) {
-            why = "reply overflows the receive buffer";
-        }
-        if (!why.empty()) {
-            mark_broken(why);
-            return fail("{}", reason_);
-        }
-    } else if (auto st = ch_.send(cmd, payload, fds); !st.ok()) {
+    if (auto st = io_->exchange(cmd, payload, fds, rx_); !st.ok()) {
         mark_broken(st.error().message);
         return fail("{}", reason_);
     }
-    auto r = ch_.recv_reply(rx_);
-    if (!r.ok()) {
-        why = r.error().message;
-    } else if (*r == proto::RecvState::WouldBlock) {
-        why = fmt::format("no reply to {} (timeout)", proto::cmd_name(static_cast<int32_t>(cmd)));
-    } else if (*r == proto::RecvState::Closed) {
-        why = "remote closed the connection";
-    } else if (auto v = proto::validate(rx_, proto::Role::Proxy); !v.ok()) {
-        why = fmt::format("invalid reply to {}: {}", proto::cmd_name(static_cast<int32_t>(cmd)),
-                          v.error().message);
-    } else if (rx_.size() == 0 && !allow_empty) {
-        why = fmt::format("empty RET for {}", proto::cmd_name(static_cast<int32_t>(cmd)));
-    }
-    if (!why.empty()) {
-        mark_broken(why);
+    auto v = session_.reply(cmd, rx_);
+    if (!v.ok()) {
+        mark_broken(v.error().message);
         return fail("{}", reason_);
     }
-    posted_pending_ = false;  // the reply came after everything sent before it
-    return rx_.size() == 0 ? uint64_t{0} : rx_.as<uint64_t>();
+    return *v;
+}
+
+Status ProxyLink::send(Cmd cmd, std::span<const uint8_t> payload, std::span<const int> fds) {
+    if (broken_) return fail("{}", reason_);
+    if (auto st = io_->send(cmd, payload, fds); !st.ok()) {
+        mark_broken(st.error().message);
+        return fail("{}", reason_);
+    }
+    return {};
 }
 
 Status ProxyLink::select(ProxyDevice& dev) {
-    if (!(features_ & proto::kFeatMultiDev) || selected_ == &dev) return {};
-    proto::SelectDevice sel{};
-    const std::string& id = dev.id();
-    std::memcpy(sel.id, id.data(), std::min(id.size(), sizeof sel.id));
-    auto r = exchange(static_cast<Cmd>(proto::kCmdSelectDevice),
-                      std::span(reinterpret_cast<const uint8_t*>(&sel), sizeof sel), false);
+    auto sel = session_.select_for(&dev, dev.id());
+    if (!sel) return {};
+    auto r = exchange(Cmd::SelectDevice, proto::bytes_of(*sel));
     if (!r.ok()) return r.take_error();
-    if (*r != 0) {
-        selected_ = nullptr;
-        return fail("remote on {} has no device '{}'", name_, id);
-    }
-    selected_ = &dev;
+    if (auto st = session_.select_answered(&dev, dev.id(), *r); !st.ok())
+        return fail("remote on {} has {}", name_, st.error().message);
     return {};
 }
 
 Result<uint64_t> ProxyLink::call(ProxyDevice& dev, Cmd cmd, std::span<const uint8_t> payload) {
     MPQ_TRY(select(dev));
-    return exchange(cmd, payload, cmd == Cmd::DeviceReset);
+    return exchange(cmd, payload);
 }
 
 Status ProxyLink::post_write(ProxyDevice& dev, std::span<const uint8_t> bar_access) {
     if (broken_) return fail("{}", reason_);
     if (!posts_writes()) return fail("posted writes not negotiated on {}", name_);
     MPQ_TRY(select(dev));
-    if (auto st = ch_.send(proto::kCmdBarWritePosted, bar_access); !st.ok()) {
-        mark_broken(st.error().message);
-        return fail("{}", reason_);
-    }
-    posted_pending_ = true;
-    ++posted_sent_;
+    MPQ_TRY(send(Cmd::BarWritePosted, bar_access));
+    session_.posted_write_sent();
     return {};
 }
 
-Result<uint64_t> ProxyLink::call_with_fd(ProxyDevice& dev, int32_t cmd, std::span<const uint8_t> payload,
-                                         int fd) {
+Result<uint64_t> ProxyLink::call_with_fd(ProxyDevice& dev, Cmd cmd, std::span<const uint8_t> payload, int fd) {
     MPQ_TRY(select(dev));
-    return exchange(static_cast<Cmd>(cmd), payload, false, std::span<const int>(&fd, 1));
+    return exchange(cmd, payload, std::span<const int>(&fd, 1));
 }
 
 void ProxyLink::fence() {
-    if (!posted_pending_ || broken_) return;
+    if (!session_.posted_pending() || broken_) return;
     // A register mirror that has published every posted write says the same
     // as a round trip would, for free.
     for (auto* d : devices_) {
-        if (d->mirror_caught_up(posted_sent_)) {
-            posted_pending_ = false;
+        if (d->mirror_caught_up(session_.posted_sent())) {
+            session_.posted_caught_up();
             return;
         }
     }
-    // Any request will do: its reply comes after the remote handled every
-    // frame before it. The vendor ID of whichever device is selected.
-    proto::PciConf p{0, 0, 2};
-    (void)exchange(Cmd::PciCfgRead, std::span(reinterpret_cast<const uint8_t*>(&p), sizeof p), false);
+    auto p = LinkSession::fence_request();
+    (void)exchange(Cmd::PciCfgRead, proto::bytes_of(p));
 }
 
 Status ProxyLink::post(ProxyDevice& dev, Cmd cmd, std::span<const uint8_t> payload,
                        std::span<const int> fds) {
     if (broken_) return fail("{}", reason_);
     MPQ_TRY(select(dev));
-    if (auto st = ch_.send(cmd, payload, fds); !st.ok()) {
-        mark_broken(st.error().message);
-        return fail("{}", reason_);
-    }
-    return {};
+    return send(cmd, payload, fds);
 }
 
 Status ProxyLink::sync_sysmem(const GuestRam& ram) {
@@ -218,32 +168,13 @@ Status ProxyLink::sync_sysmem(const GuestRam& ram) {
                     "memory-backend-memfd,id=mem,size=...,share=on -machine memory-backend=mem");
     }
     const auto& regions = ram.regions();
-    if (regions.size() > proto::kMaxFdsAccepted) {
-        return fail("guest RAM has {} regions; the protocol carries at most {}", regions.size(),
-                    proto::kMaxFdsAccepted);
-    }
-    bool same = table_sent_ && regions.size() == sent_table_.size();
-    for (size_t i = 0; same && i < regions.size(); ++i) {
-        same = regions[i].gpa == sent_table_[i].gpa && regions[i].size == sent_table_[i].size &&
-               regions[i].offset == sent_table_[i].offset;
-    }
-    if (same) return {};
-    proto::SyncSysmem m{};
+    auto m = session_.sysmem_update(regions);
+    if (!m.ok()) return m.take_error();
+    if (!*m) return {};
     int fds[proto::kMaxFdsAccepted];
-    for (size_t i = 0; i < regions.size(); ++i) {
-        m.gpa[i] = regions[i].gpa;
-        m.size[i] = regions[i].size;
-        m.offset[i] = static_cast<int64_t>(regions[i].offset);
-        fds[i] = fd;  // one fd per entry, repeated for the same backend (as stock)
-    }
-    if (auto st = ch_.send(Cmd::SyncSysmem, std::span(reinterpret_cast<const uint8_t*>(&m), sizeof m),
-                           std::span<const int>(fds, regions.size()));
-        !st.ok()) {
-        mark_broken(st.error().message);
-        return fail("{}", reason_);
-    }
-    sent_table_ = regions;
-    table_sent_ = true;
+    for (size_t i = 0; i < regions.size(); ++i) fds[i] = fd;  // one fd per entry, repeated for the same backend (as stock)
+    MPQ_TRY(send(Cmd::SyncSysmem, proto::bytes_of(**m), std::span<const int>(fds, regions.size())));
+    session_.sysmem_sent(regions);
     return {};
 }
 
@@ -251,21 +182,12 @@ Status ProxyLink::setup(const GuestRam& ram) {
     if (setup_done_) return broken_ ? Status(fail("{}", reason_)) : Status();
     setup_done_ = true;
     MPQ_TRY(sync_sysmem(ram));
-    // MPQEXT probe: a BAR_READ of size 0, which a stock remote answers with
-    // all-ones (invalid size) and survives. Sent before any device-addressed
-    // frame so that, with MULTIDEV, SELECT_DEVICE can precede SET_IRQFD.
-    proto::BarAccess probe{};
-    probe.addr = proto::kExtProbeAddr;
-    probe.val = offer_;
-    probe.size = 0;
-    probe.memory = 0;
-    auto r = exchange(Cmd::BarRead, std::span(reinterpret_cast<const uint8_t*>(&probe), sizeof probe),
-                      false);
+    // The MPQEXT probe, sent before any device-addressed frame so that, with
+    // MULTIDEV, SELECT_DEVICE can precede SET_IRQFD.
+    auto probe = session_.probe();
+    auto r = exchange(Cmd::BarRead, proto::bytes_of(probe));
     if (!r.ok()) return r.take_error();
-    if ((*r & proto::kExtReplyMagicMask) == proto::kExtReplyMagic) {
-        negotiated_ = true;
-        features_ = *r & proto::kExtFeatureMask & offer_;
-    }
+    session_.probe_answered(*r);
     return {};
 }
 

@@ -114,7 +114,7 @@ TEST(ProtoChannel, RoundTripBarAccess) {
     auto r = rx.recv(f);
     ASSERT_TRUE(r.ok());
     EXPECT_EQ(*r, RecvState::Frame);
-    EXPECT_EQ(f.cmd(), 4);
+    EXPECT_EQ(f.cmd(), Cmd::BarWrite);
     EXPECT_EQ(f.size(), 24u);
     EXPECT_TRUE(validate(f, Role::Remote).ok());
     auto g = f.as<BarAccess>();
@@ -198,7 +198,7 @@ TEST(ProtoChannel, MoreThanEightFdsAllClosedStreamInSync) {
         raw_send(p.a.get(), header_bytes(7, 0), 0);
         Frame g;
         ASSERT_EQ(*rx.recv(g), RecvState::Frame);
-        EXPECT_EQ(g.cmd(), 7);
+        EXPECT_EQ(g.cmd(), Cmd::DeviceReset);
         EXPECT_TRUE(validate(g, Role::Remote).ok());
     }
 }
@@ -288,7 +288,7 @@ TEST(ProtoChannel, NonBlockingByteByByte) {
             EXPECT_EQ(*r, RecvState::Frame);
         }
     }
-    EXPECT_EQ(f.cmd(), 2);
+    EXPECT_EQ(f.cmd(), Cmd::PciCfgWrite);
     EXPECT_EQ(f.num_fds, 1u);
     EXPECT_FALSE(validate(f, Role::Remote).ok());  // CFGWRITE with an fd
     EXPECT_EQ(f.as<PciConf>().val, 0xffffffffu);
@@ -317,7 +317,7 @@ TEST(ProtoChannel, ShortWritesWithTinySendBuffer) {
                 continue;
             }
             ASSERT_EQ(*r, RecvState::Frame);
-            ASSERT_EQ(f.cmd(), 0);
+            ASSERT_EQ(f.cmd(), Cmd::SyncSysmem);
             ASSERT_EQ(f.size(), 192u);
             auto s = f.as<SyncSysmem>();
             ASSERT_EQ(s.gpa[0], static_cast<uint64_t>(got));
@@ -354,7 +354,7 @@ TEST(ProtoChannel, UnknownCommandReadWholeStreamInSync) {
     ASSERT_FALSE(v.ok());
     EXPECT_EQ(v.error().message, "unknown command 9");
     ASSERT_EQ(*rx.recv(f), RecvState::Frame);
-    EXPECT_EQ(f.cmd(), 7);
+    EXPECT_EQ(f.cmd(), Cmd::DeviceReset);
     EXPECT_TRUE(validate(f, Role::Remote).ok());
 }
 

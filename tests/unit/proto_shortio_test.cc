@@ -85,11 +85,11 @@ TEST(ProtoShortIo, FramesSurviveThreeByteChunksAndEintr) {
 
     Frame f;
     ASSERT_EQ(*rx.recv(f), RecvState::Frame);
-    EXPECT_EQ(f.cmd(), 6);
+    EXPECT_EQ(f.cmd(), Cmd::SetIrqfd);
     EXPECT_EQ(f.num_fds, 2u);
     EXPECT_TRUE(validate(f, Role::Remote).ok());
     ASSERT_EQ(*rx.recv(f), RecvState::Frame);
-    EXPECT_EQ(f.cmd(), 4);
+    EXPECT_EQ(f.cmd(), Cmd::BarWrite);
     EXPECT_EQ(f.as<BarAccess>().val, 0xdeadbeefcafef00dull);
     EXPECT_EQ(f.as<BarAccess>().addr, 0xc034u);
     ASSERT_EQ(*rx.recv(f), RecvState::Frame);

@@ -69,8 +69,8 @@ TEST(ProtoValidate, DeviceResetAndSelect) {
     EXPECT_TRUE(ok(7, 0, 0));
     EXPECT_FALSE(ok(7, 8, 0));
     EXPECT_FALSE(ok(7, 0, 1));
-    EXPECT_TRUE(ok(kCmdSelectDevice, 64, 0));
-    EXPECT_FALSE(ok(kCmdSelectDevice, 63, 0));
+    EXPECT_TRUE(ok(raw(Cmd::SelectDevice), 64, 0));
+    EXPECT_FALSE(ok(raw(Cmd::SelectDevice), 63, 0));
 }
 
 TEST(ProtoValidate, RetAndUnknownToRemote) {

@@ -221,7 +221,7 @@ struct ServerTest : ::testing::TestWithParam<LoopMode> {
         dev.config_write(0x14, 0xfe000000, 4);
         dev.config_write(0x04, 0x3, 2);
     }
-    uint64_t call(int32_t cmd, std::span<const uint8_t> payload, std::span<const int> fds = {}) {
+    uint64_t call(proto::Cmd cmd, std::span<const uint8_t> payload, std::span<const int> fds = {}) {
         EXPECT_TRUE(proxy.send(cmd, payload, fds).ok());
         for (int i = 0; i < 200; ++i) {
             loop.run_once(10);
@@ -235,21 +235,21 @@ struct ServerTest : ::testing::TestWithParam<LoopMode> {
     }
     uint64_t setup(int fd, uint64_t size = proto::kMirrorPageSize) {
         proto::MirrorSetup s{size};
-        return call(proto::kCmdMirrorSetup, std::span(reinterpret_cast<const uint8_t*>(&s), sizeof s),
+        return call(proto::Cmd::MirrorSetup, std::span(reinterpret_cast<const uint8_t*>(&s), sizeof s),
                     std::span<const int>(&fd, 1));
     }
     void negotiate(uint64_t features) {
         proto::BarAccess b{proto::kExtProbeAddr, features, 0, 0, {}};
-        call(static_cast<int32_t>(proto::Cmd::BarRead), std::span(reinterpret_cast<const uint8_t*>(&b), sizeof b));
+        call(proto::Cmd::BarRead, std::span(reinterpret_cast<const uint8_t*>(&b), sizeof b));
     }
     void post(uint64_t addr, uint64_t val) {
         proto::BarAccess b{addr, val, 4, 1, {}};
-        ASSERT_TRUE(proxy.send(proto::kCmdBarWritePosted, std::span(reinterpret_cast<const uint8_t*>(&b), sizeof b))
+        ASSERT_TRUE(proxy.send(proto::Cmd::BarWritePosted, std::span(reinterpret_cast<const uint8_t*>(&b), sizeof b))
                         .ok());
     }
     uint64_t read(uint64_t addr) {
         proto::BarAccess b{addr, 0, 4, 1, {}};
-        return call(static_cast<int32_t>(proto::Cmd::BarRead), std::span(reinterpret_cast<const uint8_t*>(&b), sizeof b));
+        return call(proto::Cmd::BarRead, std::span(reinterpret_cast<const uint8_t*>(&b), sizeof b));
     }
 };
 

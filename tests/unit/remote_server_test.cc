@@ -105,7 +105,7 @@ struct Fixture : ::testing::TestWithParam<LoopMode> {
         Frame f;
         auto r = proxy.recv(f);
         EXPECT_TRUE(r.ok());
-        EXPECT_EQ(f.cmd(), static_cast<int32_t>(Cmd::Ret));
+        EXPECT_EQ(f.cmd(), Cmd::Ret);
         EXPECT_EQ(f.size(), empty_reply ? 0u : 8u);
         return f.size() == 8 ? f.as<uint64_t>() : 0;
     }
@@ -226,7 +226,7 @@ TEST_P(Fixture, PipelinedRequestsAllAnsweredInOrder) {
         PciConf p{off, 0, 2};
         ASSERT_TRUE(proxy.send_struct(Cmd::PciCfgRead, p).ok());
     }
-    ASSERT_TRUE(proxy.send(9, {}).ok());  // unknown, no reply
+    ASSERT_TRUE(proxy.send(static_cast<Cmd>(9), {}).ok());  // unknown, no reply
     PciConf p{0x2e, 0, 2};
     ASSERT_TRUE(proxy.send_struct(Cmd::PciCfgRead, p).ok());
     std::vector<uint64_t> got;

@@ -362,6 +362,46 @@ TEST_F(ScsiHdTest, CapacityChangeAfterResize) {
     expect_good(run({0x00, 0, 0, 0, 0, 0}));
 }
 
+// Hot-plugged: REPORTED LUNS DATA HAS CHANGED instead of the power-on unit
+// attention, once; a reset later outranks it.
+TEST_F(ScsiHdTest, HotpluggedDiskReportsLunsChanged) {
+    dev_->reset();
+    dev_->hotplugged();
+    expect_good(run({0x12, 0, 0, 0, 36, 0}));  // INQUIRY passes
+    expect_sense(run({0x00, 0, 0, 0, 0, 0}), kReportedLunsChanged);
+    expect_good(run({0x00, 0, 0, 0, 0, 0}));
+    dev_->hotplugged();
+    Sense s = request_sense();
+    EXPECT_EQ(s.key, 0x06);
+    EXPECT_EQ(s.asc, 0x3f);
+    EXPECT_EQ(s.ascq, 0x0e);
+    dev_->hotplugged();
+    dev_->reset();
+    expect_sense(run({0x00, 0, 0, 0, 0, 0}), kResetOccurred);
+    expect_good(run({0x00, 0, 0, 0, 0, 0}));
+}
+
+// Unplug while a WRITE waits for the HBA's next chunk: the request ends now
+// with CHECK CONDITION, ABORTED COMMAND (not acknowledged), and the HBA is
+// never left waiting; a later continue from a confused HBA is ignored.
+TEST_F(ScsiHdTest, UnplugFailsRequestsStillOpen) {
+    Outcome o;
+    FakeHba hba(loop_, o, pattern(512 * 512, 9), Continue::Manual);
+    auto req = dev_->new_request(1, 0, rw10(0x2a, 0, 512), &hba);
+    EXPECT_EQ(req->start(&o.expected), DataDir::ToDevice);
+    EXPECT_EQ(o.transfers, 1);
+    EXPECT_FALSE(o.completed);
+    backend_->drain();
+    dev_->unplug(kCommandAborted);
+    ASSERT_TRUE(o.completed);
+    expect_sense(o, kCommandAborted);
+    req->continue_transfer();
+    for (int i = 0; i < 10; ++i) loop_.run_once(1);
+    EXPECT_EQ(o.transfers, 1);
+    dev_.reset();  // the HBA may keep its reference past the device
+    EXPECT_EQ(req->sense().key, 0x0b);
+}
+
 TEST_F(ScsiHdTest, ReadCapacity) {
     auto o = run({0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0});
     expect_good(o);

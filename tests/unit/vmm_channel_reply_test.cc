@@ -27,7 +27,7 @@ struct Pair {
 };
 
 std::string raw_ret(uint64_t size, uint64_t val) {
-    Header h{static_cast<int32_t>(Cmd::Ret), 0, size};
+    Header h{raw(Cmd::Ret), 0, size};
     std::string s(reinterpret_cast<char*>(&h), sizeof h);
     if (size >= 8) s.append(reinterpret_cast<char*>(&val), 8);
     return s;
@@ -148,7 +148,7 @@ TEST(VmmChannelReply, BufferedReceiveKeepsFdsWithTheirFrames) {
             if (*r != RecvState::Frame) return;
             ASSERT_LT(got, static_cast<int>(want.size()));
             const Want& w = want[static_cast<size_t>(got)];
-            ASSERT_EQ(f.cmd(), w.cmd) << "frame " << got;
+            ASSERT_EQ(f.hdr.cmd, w.cmd) << "frame " << got;
             ASSERT_EQ(f.size(), w.size) << "frame " << got;
             ASSERT_EQ(f.num_fds, w.fds) << "frame " << got;
             ASSERT_FALSE(f.ctrunc) << "frame " << got;
@@ -205,7 +205,7 @@ TEST(VmmChannelReply, FdsMidFrameAreClosedAndTheFrameRejected) {
     ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
     UniqueFd tx(sv[0]);
     Channel rx{UniqueFd(sv[1])};
-    Header h{static_cast<int32_t>(Cmd::BarRead), 0, sizeof(BarAccess)};
+    Header h{raw(Cmd::BarRead), 0, sizeof(BarAccess)};
     ASSERT_EQ(::write(tx.get(), &h, sizeof h), static_cast<ssize_t>(sizeof h));
     Frame f;
     ::fcntl(rx.fd(), F_SETFL, O_NONBLOCK);

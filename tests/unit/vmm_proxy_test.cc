@@ -97,7 +97,7 @@ struct FakeFunction {
 };
 
 struct Seen {
-    int32_t cmd;
+    Cmd cmd;
     uint64_t a, b;
     unsigned fds;
 };
@@ -130,7 +130,7 @@ public:
     }
     int count(Cmd c) {
         int n = 0;
-        for (auto& s : seen()) n += s.cmd == static_cast<int32_t>(c);
+        for (auto& s : seen()) n += s.cmd == c;
         return n;
     }
 
@@ -191,7 +191,7 @@ private:
                 .ok();
         }
         if (fault_ == Fault::Split) {  // the header now, the value a little later
-            proto::Header h{static_cast<int32_t>(Cmd::Ret), 0, sizeof v};
+            proto::Header h{proto::raw(Cmd::Ret), 0, sizeof v};
             if (::write(ch_.fd(), &h, sizeof h) != sizeof h) return false;
             std::this_thread::sleep_for(std::chrono::milliseconds(2));
             return ::write(ch_.fd(), &v, sizeof v) == sizeof v;
@@ -200,11 +200,11 @@ private:
     }
     bool handle(proto::Frame& f) {
         Seen s{f.cmd(), 0, 0, f.num_fds};
-        if (f.cmd() == static_cast<int32_t>(Cmd::PciCfgRead) || f.cmd() == static_cast<int32_t>(Cmd::PciCfgWrite)) {
+        if (f.cmd() == Cmd::PciCfgRead || f.cmd() == Cmd::PciCfgWrite) {
             auto c = f.as<proto::PciConf>();
             s.a = c.addr;
             s.b = c.val;
-        } else if (f.cmd() == static_cast<int32_t>(Cmd::BarRead) || f.cmd() == static_cast<int32_t>(Cmd::BarWrite)) {
+        } else if (f.cmd() == Cmd::BarRead || f.cmd() == Cmd::BarWrite) {
             auto b = f.as<proto::BarAccess>();
             s.a = b.addr;
             s.b = b.size;
@@ -214,7 +214,7 @@ private:
             seen_.push_back(s);
         }
         if (!proto::validate(f, proto::Role::Remote).ok()) return false;
-        switch (static_cast<Cmd>(f.cmd())) {
+        switch (f.cmd()) {
         case Cmd::SyncSysmem: return true;
         case Cmd::SetIrqfd:
             cur().irqfd = f.take_fd(0);
@@ -249,7 +249,7 @@ private:
                 if (b.memory) return false;  // stock: fatal "Bad address"
                 return reply(~uint64_t{0});
             }
-            bool wr = f.cmd() == static_cast<int32_t>(Cmd::BarWrite);
+            bool wr = f.cmd() == Cmd::BarWrite;
             if (wr) {
                 for (unsigned i = 0; i < b.size; ++i) cur().regs[(*off + i) & 0xff] = static_cast<uint8_t>(b.val >> (8 * i));
                 if (*off == 0x10) cur().set_irq(b.val & 1);  // "interrupt" register
@@ -265,7 +265,7 @@ private:
             cur().set_irq(false);
             return ch_.send_empty(Cmd::Ret).ok();
         default:
-            if (f.cmd() == proto::kCmdSelectDevice && multidev_) {
+            if (f.cmd() == Cmd::SelectDevice && multidev_) {
                 auto sel = f.as<proto::SelectDevice>();
                 std::string id(sel.id, strnlen(sel.id, sizeof sel.id));
                 for (size_t i = 0; i < funcs_.size(); ++i) {
@@ -344,21 +344,21 @@ TEST_P(ProxyTest, RealizeSequenceAndBarSizing) {
     ASSERT_TRUE(st.ok()) << st.error().message;
     auto s = remote->seen();
     ASSERT_GE(s.size(), 3u + 4u + 28u);
-    EXPECT_EQ(s[0].cmd, static_cast<int32_t>(Cmd::SyncSysmem));
+    EXPECT_EQ(s[0].cmd, Cmd::SyncSysmem);
     EXPECT_EQ(s[0].fds, 1u);
-    EXPECT_EQ(s[1].cmd, static_cast<int32_t>(Cmd::BarRead));  // MPQEXT probe
+    EXPECT_EQ(s[1].cmd, Cmd::BarRead);  // MPQEXT probe
     EXPECT_EQ(s[1].a, proto::kExtProbeAddr);
     EXPECT_EQ(s[1].b, 0u);
-    EXPECT_EQ(s[2].cmd, static_cast<int32_t>(Cmd::SetIrqfd));
+    EXPECT_EQ(s[2].cmd, Cmd::SetIrqfd);
     EXPECT_EQ(s[2].fds, 2u);
     uint64_t ident[4] = {0x00, 0x02, 0x0a, 0x2e};
     for (int i = 0; i < 4; ++i) {
-        EXPECT_EQ(s[3 + i].cmd, static_cast<int32_t>(Cmd::PciCfgRead));
+        EXPECT_EQ(s[3 + i].cmd, Cmd::PciCfgRead);
         EXPECT_EQ(s[3 + i].a, ident[i]);
     }
     for (int i = 0; i < 7; ++i) {
         EXPECT_EQ(s[7 + 4 * i].a, 0x10u + 4 * i);
-        EXPECT_EQ(s[7 + 4 * i + 1].cmd, static_cast<int32_t>(Cmd::PciCfgWrite));
+        EXPECT_EQ(s[7 + 4 * i + 1].cmd, Cmd::PciCfgWrite);
         EXPECT_EQ(s[7 + 4 * i + 1].b, 0xffffffffu);
     }
     EXPECT_FALSE(link->negotiated());
@@ -456,7 +456,7 @@ TEST_P(ProxyTest, WideAndEdgeAccesses) {
     d->config_write(0xff, 0xab, 1);
     s = remote->seen();
     for (auto& x : s) EXPECT_EQ(x.a, 0xfcu);
-    EXPECT_EQ(s.back().cmd, static_cast<int32_t>(Cmd::PciCfgWrite));
+    EXPECT_EQ(s.back().cmd, Cmd::PciCfgWrite);
     EXPECT_EQ(s.back().b, 0xab000000u);  // merged into the dword read back
 }
 
@@ -490,7 +490,7 @@ TEST_P(ProxyTest, ResetForwardsConfigResetAndDropsDecode) {
     d->device_reset();
     auto s = remote->seen();
     ASSERT_FALSE(s.empty());
-    EXPECT_EQ(s[0].cmd, static_cast<int32_t>(Cmd::DeviceReset));
+    EXPECT_EQ(s[0].cmd, Cmd::DeviceReset);
     EXPECT_FALSE(d->decode(pci::AddressSpace::Memory, 0xe0000034, 4));
     EXPECT_FALSE(d->decode(pci::AddressSpace::Io, 0xc000, 4));
     EXPECT_EQ(d->config_read(0x04, 2), 0u);
@@ -590,7 +590,7 @@ TEST_P(ProxyTest, StockRemoteCannotCarryTwoDevices) {
     auto st = b->realize(*ram);
     ASSERT_FALSE(st.ok());
     EXPECT_NE(st.error().message.find("MULTIDEV"), std::string::npos);
-    EXPECT_EQ(remote->count(static_cast<Cmd>(proto::kCmdSelectDevice)), 0);
+    EXPECT_EQ(remote->count(Cmd::SelectDevice), 0);
 }
 
 TEST_P(ProxyTest, FdsOnAReplyBreakTheLink) {
