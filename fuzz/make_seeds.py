@@ -76,7 +76,104 @@ def main():
     lsi_seeds()
     dispatch_seeds()
     qmp_seeds()
+    qcow2_seeds()
+    sandbox_seeds()
     return 0
+
+
+def sandbox_seeds():
+    t = "sandbox_option_fuzz"
+    for i, text in enumerate([
+            b"on", b"off", b"on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+            b"on,spawn=allow", b"on,elevateprivileges=children", b"on,action=log",
+            b"user=nobody", b"chroot=/var/empty,user=65534:65534", b"async-teardown=on"]):
+        write(t, "opt%02d" % i, text)
+
+
+def qcow2_seeds():
+    """qcow2_fuzz inputs: small images made by qemu-img / qemu-io with each
+    feature the driver reads (dev-time only). Clusters are small so the
+    images are a few KiB; backing files are raw (the fuzzer serves every
+    backing name from memory as a raw pattern)."""
+    import shutil
+    import subprocess
+    import tempfile
+    if not shutil.which("qemu-img") or not shutil.which("qemu-io"):
+        print("qcow2 seeds skipped: no qemu-img / qemu-io")
+        return
+    t = "qcow2_fuzz"
+    tmp = tempfile.mkdtemp(prefix="mpq-qcow2-seeds.")
+
+    def run(*argv):
+        subprocess.run(argv, cwd=tmp, check=True, stdout=subprocess.DEVNULL)
+
+    def io(img, *cmds, fmt="qcow2"):
+        argv = ["qemu-io", "-f", fmt]
+        for c in cmds:
+            argv += ["-c", c]
+        run(*argv, img)
+
+    def make(name, opts, size="256K", data=True, extra=None):
+        img = os.path.join(tmp, name + ".qcow2")
+        run("qemu-img", "create", "-q", "-f", "qcow2", "-o", opts, img, size)
+        if data:
+            io(img, "write -P 0xa5 0 3k", "write -P 0x5a 8k 1k", "write -z 4k 2k")
+        if extra:
+            extra(img)
+        with open(img, "rb") as f:
+            write(t, name, f.read())
+
+    make("v2-c512", "compat=0.10,cluster_size=512")
+    make("v3-c512", "compat=1.1,cluster_size=512")
+    make("v3-empty", "cluster_size=512", data=False)
+    for bits in (1, 2, 4, 8, 16, 32, 64):
+        make("refcount%d" % bits, "cluster_size=512,refcount_bits=%d" % bits)
+    make("c4k", "cluster_size=4096", size="1M")
+    make("c64k", "cluster_size=65536", data=False)
+    make("lazy-refcounts", "cluster_size=512,lazy_refcounts=on")
+    make("prealloc-metadata", "cluster_size=512,preallocation=metadata", size="64K", data=False)
+    make("zstd", "cluster_size=512,compression_type=zstd", data=False)
+    make("extended-l2", "cluster_size=16384,extended_l2=on", data=False)
+
+    def zeroes(img):
+        io(img, "write -P 0x11 0 16k", "write -z 0 4k", "write -z -u 8k 4k", "discard 12k 2k")
+    make("zero-clusters", "cluster_size=512", data=False, extra=zeroes)
+    make("zero-clusters-v2", "compat=0.10,cluster_size=512", data=False, extra=zeroes)
+
+    def snapshots(img):
+        run("qemu-img", "snapshot", "-c", "s1", img)
+        io(img, "write -P 0x77 1k 2k")
+        run("qemu-img", "snapshot", "-c", "second-snapshot", img)
+        io(img, "write -P 0x66 0 512")
+    make("snapshots", "cluster_size=512", extra=snapshots)
+    make("snapshots-v2", "compat=0.10,cluster_size=512", extra=snapshots)
+
+    def bitmaps(img):
+        run("qemu-img", "bitmap", "--add", img, "b0")
+    make("bitmaps", "cluster_size=512", extra=bitmaps)
+
+    def dirty(img):
+        # lazy refcounts + an abort: the dirty bit stays set.
+        subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0x33 0 1k", "-c", "abort", img],
+                       cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    make("dirty", "cluster_size=512,lazy_refcounts=on", data=False, extra=dirty)
+
+    raw = os.path.join(tmp, "src.raw")
+    with open(raw, "wb") as f:
+        f.write(bytes((i * 7 + (i >> 9)) & 0xFF for i in range(64 * 1024)) + bytes(64 * 1024))
+    for name, opts in (("compressed-zlib", "cluster_size=4096"),
+                       ("compressed-zstd", "cluster_size=4096,compression_type=zstd"),
+                       ("compressed-v2", "compat=0.10,cluster_size=4096")):
+        img = os.path.join(tmp, name + ".qcow2")
+        run("qemu-img", "convert", "-q", "-c", "-f", "raw", "-O", "qcow2", "-o", opts, raw, img)
+        with open(img, "rb") as f:
+            write(t, name, f.read())
+
+    run("qemu-img", "create", "-q", "-f", "raw", os.path.join(tmp, "base.raw"), "128K")
+    for name, opts in (("backing", "cluster_size=512,backing_file=base.raw,backing_fmt=raw"),
+                       ("backing-v2", "compat=0.10,cluster_size=512,backing_file=base.raw,backing_fmt=raw")):
+        make(name, opts, size="128K")
+    shutil.rmtree(tmp)
 
 
 def qmp_seeds():

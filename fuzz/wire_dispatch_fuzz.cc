@@ -1,5 +1,6 @@
 // Hostile frames into the remote's DeviceServer, as a VMM would send them:
-// the real dispatcher with an lsi53c895a + scsi-hd (in-memory disk) behind
+// the real dispatcher with an lsi53c895a + scsi-hd (in-memory raw image,
+// requests run inline on the loop thread: no I/O thread per input) behind
 // it. Frames may carry fds (eventfds for SET_IRQFD, memfds for SYNC_SYSMEM
 // that really map), so register accesses, DMA through the mapped "guest RAM"
 // and interrupts all run.
@@ -24,6 +25,7 @@
 #include <vector>
 
 #include "block/block.h"
+#include "block/mem.h"
 #include "hw/lsi53c895a.h"
 #include "mem/guest_memory.h"
 #include "remote/device_server.h"
@@ -34,30 +36,6 @@
 namespace {
 
 constexpr size_t kMemfdSize = 64 * 1024;
-
-class MemDriver final : public mpq::block::BlockDriver {
-public:
-    MemDriver() : data_(128 * 1024) {}
-    std::string format_name() const override { return "raw"; }
-    uint64_t length() const override { return data_.size(); }
-    mpq::Status pread(uint64_t off, std::span<uint8_t> buf) override {
-        if (off > data_.size() || buf.size() > data_.size() - off) return mpq::fail("range");
-        std::memcpy(buf.data(), data_.data() + off, buf.size());
-        return {};
-    }
-    mpq::Status pwrite(uint64_t off, std::span<const uint8_t> buf) override {
-        if (off > data_.size() || buf.size() > data_.size() - off) return mpq::fail("range");
-        std::memcpy(data_.data() + off, buf.data(), buf.size());
-        return {};
-    }
-    mpq::Status flush() override { return {}; }
-    mpq::Status discard(uint64_t, uint64_t) override { return {}; }
-    mpq::Status write_zeroes(uint64_t, uint64_t) override { return {}; }
-    bool concurrent_safe() const override { return false; }
-
-private:
-    std::vector<uint8_t> data_;
-};
 
 int count_our_fds(bool print) {
     int n = 0;
@@ -128,7 +106,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         mpq::GuestMemory mem;
         mpq::block::DriveOptions o;
         o.id = "d0";
-        auto backend = std::make_unique<mpq::block::BlockBackend>(loop, std::make_unique<MemDriver>(), o);
+        auto image = std::make_shared<mpq::block::MemImage>();
+        image->bytes.resize(128 * 1024);
+        image->max_size = image->bytes.size();
+        auto backend = std::make_unique<mpq::block::BlockBackend>(
+            loop, mpq::block::make_mem_driver(image), o, mpq::block::kInlineIo);
         mpq::scsi::ScsiHdProps props;
         props.id = "sd0";
         auto disk = mpq::scsi::make_scsi_hd(loop, *backend, props);

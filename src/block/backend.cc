@@ -1,6 +1,7 @@
 // BlockBackend: runs synchronous drivers on a small pool of I/O threads (or
 // raw files on io_uring) and delivers every completion on the event loop
-// thread, where the statistics are kept.
+// thread, where the statistics are kept. The InlineIo variant runs them in
+// the submitting call and defers the completion on its WorkQueue.
 #include <time.h>
 
 #include <algorithm>
@@ -59,15 +60,16 @@ struct BlockBackend::Impl {
     FileDriver* cached_reads = nullptr;  // buffered raw file: try the page cache first
 
     void worker(BlockBackend* bb);
-    static void queue_completion(EventLoop& loop, const std::shared_ptr<CompletionQueue>& cq,
-                                 JobPtr j, Wake how);
+    static void queue_completion(WorkQueue& wq, EventLoop* loop,
+                                 const std::shared_ptr<CompletionQueue>& cq, JobPtr j, Wake how);
     static void run_job(BlockDriver& drv, Job& j);
 };
 
-// Hands a finished job to the loop thread: Post from an I/O thread, Defer
-// from the loop thread itself.
-void BlockBackend::Impl::queue_completion(EventLoop& loop, const std::shared_ptr<CompletionQueue>& cq,
-                             JobPtr j, Wake how) {
+// Hands a finished job to the loop thread: Post from an I/O thread (only
+// backends with a loop have threads), Defer from the loop thread itself.
+void BlockBackend::Impl::queue_completion(WorkQueue& wq, EventLoop* loop,
+                                          const std::shared_ptr<CompletionQueue>& cq, JobPtr j,
+                                          Wake how) {
     bool wake = false;
     {
         std::lock_guard lk(cq->mu);
@@ -87,8 +89,8 @@ void BlockBackend::Impl::queue_completion(EventLoop& loop, const std::shared_ptr
         }
         if (owner) owner->process_completions();
     };
-    if (how == Wake::Post) loop.post(run);
-    else loop.defer(run);
+    if (how == Wake::Post) loop->post(run);
+    else wq.defer(run);
 }
 
 void BlockBackend::Impl::run_job(BlockDriver& drv, Job& j) {
@@ -105,7 +107,7 @@ void BlockBackend::Impl::run_job(BlockDriver& drv, Job& j) {
 }
 
 void BlockBackend::Impl::worker(BlockBackend* bb) {
-    EventLoop& loop = bb->loop_;
+    EventLoop* loop = bb->loop_;
     BlockDriver& drv = *bb->drv_;
     std::unique_lock lk(mu);
     for (;;) {
@@ -116,7 +118,7 @@ void BlockBackend::Impl::worker(BlockBackend* bb) {
         ++running;
         lk.unlock();
         run_job(drv, *j);
-        queue_completion(loop, cq, std::move(j), Wake::Post);
+        queue_completion(bb->wq_, loop, cq, std::move(j), Wake::Post);
         lk.lock();
         --running;
         if (running == 0 && queue.empty()) idle_cv.notify_all();
@@ -124,7 +126,8 @@ void BlockBackend::Impl::worker(BlockBackend* bb) {
 }
 
 BlockBackend::BlockBackend(EventLoop& loop, std::unique_ptr<BlockDriver> drv, DriveOptions opts)
-    : loop_(loop), drv_(std::move(drv)), opts_(std::move(opts)), impl_(std::make_unique<Impl>()) {
+    : loop_(&loop), wq_(loop), drv_(std::move(drv)), opts_(std::move(opts)),
+      impl_(std::make_unique<Impl>()) {
     impl_->cq->owner = this;
     // Raw files get the fast paths (io_uring, inline cached reads); formats
     // and wrappers such as blkdebug always go through the driver on threads.
@@ -134,7 +137,7 @@ BlockBackend::BlockBackend(EventLoop& loop, std::unique_ptr<BlockDriver> drv, Dr
     if (opts_.aio != AioMode::Threads && !late.active) {
         if (file) {
             impl_->uring = make_uring_engine(
-                loop_, *file,
+                loop, *file,
                 [](void* ctx, JobPtr j) { static_cast<BlockBackend*>(ctx)->finish(std::move(j)); },
                 this, opts_.aio == AioMode::Auto ? UringChoice::Auto : UringChoice::Asked);
         } else if (opts_.aio != AioMode::Auto) {
@@ -158,6 +161,12 @@ BlockBackend::BlockBackend(EventLoop& loop, std::unique_ptr<BlockDriver> drv, Dr
         return;
     }
     for (unsigned i = 0; i < n; ++i) impl_->workers.emplace_back([this] { impl_->worker(this); });
+}
+
+BlockBackend::BlockBackend(WorkQueue& wq, std::unique_ptr<BlockDriver> drv, DriveOptions opts, InlineIo)
+    : loop_(nullptr), wq_(wq), drv_(std::move(drv)), opts_(std::move(opts)),
+      impl_(std::make_unique<Impl>()) {
+    impl_->cq->owner = this;
 }
 
 BlockBackend::~BlockBackend() {
@@ -184,6 +193,11 @@ void BlockBackend::submit(std::unique_ptr<Job> j) {
     if (j->kind == JobKind::Read && impl_->cached_reads &&
         impl_->cached_reads->read_cached(j->off, std::span<uint8_t>(j->buf, j->len))) {
         j->end_ns = monotonic_ns();
+        complete_soon(std::move(j));
+        return;
+    }
+    if (!loop_) {  // InlineIo: no worker to hand it to
+        Impl::run_job(*drv_, *j);
         complete_soon(std::move(j));
         return;
     }
@@ -240,7 +254,7 @@ void BlockBackend::write_zeroes(uint64_t off, uint64_t len, Done done) {
 }
 
 void BlockBackend::complete_soon(std::unique_ptr<Job> j) {
-    Impl::queue_completion(loop_, impl_->cq, std::move(j), Wake::Defer);
+    Impl::queue_completion(wq_, loop_, impl_->cq, std::move(j), Wake::Defer);
 }
 
 void BlockBackend::finish(std::unique_ptr<Job> j) {

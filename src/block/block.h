@@ -1,6 +1,7 @@
 // Block layer. Drivers are synchronous and stack (qcow2 on file); a
 // BlockBackend runs them on I/O worker threads and reports completions on the
-// event loop, so a slow disk never stalls the register path.
+// event loop, so a slow disk never stalls the register path. Tests and
+// fuzzers may run them inline instead (InlineIo), with no thread at all.
 #pragma once
 
 #include <cstdint>
@@ -15,6 +16,7 @@
 
 namespace mpq {
 class EventLoop;
+class WorkQueue;
 }
 
 namespace mpq::block {
@@ -93,11 +95,20 @@ struct BlockStats {
 
 struct Job;  // one queued request (backend internals)
 
+// Selects the backend that runs each request inside the call that submits
+// it and defers only the completion (on a WorkQueue, never inside the
+// call, as with the threaded backend): for tests and fuzzers driving a
+// device without threads, with drivers that never block (in-memory disks).
+// Never for the device process, whose register path must not wait on I/O.
+struct InlineIo {};
+inline constexpr InlineIo kInlineIo{};
+
 class BlockBackend {
 public:
     using Done = std::function<void(Status)>;
 
     BlockBackend(EventLoop& loop, std::unique_ptr<BlockDriver> drv, DriveOptions opts);
+    BlockBackend(WorkQueue& wq, std::unique_ptr<BlockDriver> drv, DriveOptions opts, InlineIo);
     ~BlockBackend();
     BlockBackend(const BlockBackend&) = delete;
     BlockBackend& operator=(const BlockBackend&) = delete;
@@ -107,7 +118,8 @@ public:
     uint64_t length() const { return drv_->length(); }
     bool read_only() const { return opts_.read_only == ReadOnly::Yes; }
 
-    // `buf` must stay valid until `done` runs (on the event loop thread).
+    // `buf` must stay valid until `done` runs (on the event loop thread, or
+    // from the WorkQueue of an InlineIo backend).
     void read(uint64_t off, std::span<uint8_t> buf, Done done);
     void write(uint64_t off, std::span<const uint8_t> buf, Done done);
     void flush(Done done);
@@ -149,7 +161,8 @@ private:
     void complete_soon(std::unique_ptr<Job> j);
     void process_completions();
 
-    EventLoop& loop_;
+    EventLoop* loop_;  // null for InlineIo
+    WorkQueue& wq_;
     std::unique_ptr<BlockDriver> drv_;
     DriveOptions opts_;
     BlockStats stats_;

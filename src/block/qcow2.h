@@ -13,6 +13,7 @@
 
 #include <cstdint>
 #include <cstdlib>
+#include <functional>
 #include <list>
 #include <memory>
 #include <string>
@@ -64,6 +65,11 @@ struct ChainState {
     std::vector<std::string> seen;  // canonical paths already in the chain
     unsigned depth = 0;
     CacheMode cache = CacheMode::Writeback;  // backing files follow the top image
+    // Opens a backing file's bytes (read-only) by the name the image gives;
+    // unset: the host file system. Set where no host file may be touched
+    // (the fuzzer serves backing files from memory); the name is then taken
+    // as given, not canonicalised.
+    std::function<Result<std::unique_ptr<BlockDriver>>(const std::string& path)> open_file;
 };
 constexpr unsigned kMaxChainDepth = 16;
 

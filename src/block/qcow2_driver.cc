@@ -604,14 +604,14 @@ Status Qcow2Driver::flush() {
 
 Result<std::unique_ptr<BlockDriver>> open_backing_image(const std::string& path, const std::string& format,
                                                         ChainState& chain) {
-    auto canon = canonical(path);
+    auto canon = chain.open_file ? Result<std::string>(path) : canonical(path);
     if (!canon) return canon.take_error();
     for (const auto& s : chain.seen)
         if (s == *canon) return fail_errno(ELOOP, "backing chain loop: '{}' is already in the chain", path);
     if (++chain.depth > kMaxChainDepth)
         return fail_errno(ELOOP, "backing chain deeper than {} images", kMaxChainDepth);
     chain.seen.push_back(*canon);
-    auto f = open_host_file(path, ReadOnly::Yes, chain.cache);
+    auto f = chain.open_file ? chain.open_file(path) : open_host_file(path, ReadOnly::Yes, chain.cache);
     if (!f) return f.take_error();
     std::string fmt = format;
     if (fmt.empty()) {

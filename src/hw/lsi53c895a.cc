@@ -65,13 +65,14 @@ bool lsi_trace_enabled() {
     return on;
 }
 
-LsiController::LsiController(EventLoop& loop, std::string id)
-    : Lsi53c895a(lsi_identity()), loop_(loop), id_(std::move(id)) {
+LsiController::LsiController(WorkQueue& wq, std::string id, LsiTuning tuning)
+    : Lsi53c895a(lsi_identity()), wq_(wq), id_(std::move(id)),
+      budget_per_activation_(std::max(1u, tuning.scripts_budget)) {
     chip_reset(ResetKind::Chip);
 }
 
 LsiController::~LsiController() {
-    if (yield_timer_) loop_.cancel_timer(yield_timer_);
+    if (yield_timer_) wq_.cancel_timer(yield_timer_);
     cancel_all_requests();
 }
 
@@ -247,12 +248,17 @@ void LsiController::reg_write(uint8_t off, uint8_t val) {
     switch (off) {
     case kScntl0: r.scntl0 = val; break;
     case kScntl1: {
-        // CON is the chip's own view of the bus; SST starts nothing here.
-        r.scntl1 = static_cast<uint8_t>((val & ~(kScntl1Sst | kScntl1Con)) | (r.scntl1 & kScntl1Con));
+        // SST starts nothing here. CON takes the written value as in stock
+        // QEMU (SSTAT2.LDSC follows it); the SCSI side copes with a
+        // connection flag that has no request behind it.
+        r.scntl1 = static_cast<uint8_t>(val & ~kScntl1Sst);
         if (val & kScntl1Rst) {
             if (!(r.sstat0 & kSstat0Rst)) {
                 r.sstat0 |= kSstat0Rst;
                 scsi_bus_reset();
+                // The bus reset drops the connection, but the register
+                // keeps the value just written.
+                r.scntl1 = static_cast<uint8_t>(val & ~kScntl1Sst);
             }
         } else {
             r.sstat0 &= ~kSstat0Rst;
@@ -287,11 +293,9 @@ void LsiController::reg_write(uint8_t off, uint8_t val) {
     case kCtest2: r.ctest2 = val & kCtest2Pcicie; break;
     case kCtest3: r.ctest3 = val & 0x0f; break;
     case kTemp: case kTemp + 1: case kTemp + 2: case kTemp + 3: set_byte(r.temp, off, val); break;
-    case kDfifo: r.dfifo = val; break;
     case kCtest4: r.ctest4 = val; break;
     case kCtest5: r.ctest5 = val; break;
     case kDbc: case kDbc + 1: case kDbc + 2: set_byte(r.dbc, off, val); break;
-    case kDcmd: r.dcmd = val; break;
     case kDnad: case kDnad + 1: case kDnad + 2: case kDnad + 3: set_byte(r.dnad, off, val); break;
     case kDsp: case kDsp + 1: case kDsp + 2: set_byte(r.dsp, off, val); break;
     case kDspLast:
@@ -369,7 +373,7 @@ void LsiController::update_irq() {
 void LsiController::chip_reset(ResetKind kind) {
     cancel_all_requests();
     if (yield_timer_) {
-        loop_.cancel_timer(yield_timer_);
+        wq_.cancel_timer(yield_timer_);
         yield_timer_ = 0;
     }
     pending_chip_reset_ = false;
@@ -461,8 +465,9 @@ void LsiController::restore_state(const LsiState& state) {
     update_irq();
 }
 
-std::unique_ptr<Lsi53c895a> make_lsi53c895a(EventLoop& loop, const std::string& id) {
-    return std::make_unique<LsiController>(loop, id);
+std::unique_ptr<Lsi53c895a> make_lsi53c895a(WorkQueue& wq, const std::string& id,
+                                            LsiTuning tuning) {
+    return std::make_unique<LsiController>(wq, id, tuning);
 }
 
 }  // namespace mpq::hw

@@ -10,7 +10,7 @@
 #include "scsi/scsi.h"
 
 namespace mpq {
-class EventLoop;
+class WorkQueue;
 }
 
 namespace mpq::hw {
@@ -24,8 +24,22 @@ inline constexpr uint32_t kLsiRamBarSize = 8192;
 
 class Lsi53c895a;
 
+// Work units one SCRIPTS activation may spend before it yields (one per
+// fetched dword, one per 4 KiB moved, one per 64 message bytes).
+inline constexpr unsigned kLsiDefaultScriptsBudget = 10000;
+
+struct LsiTuning {
+    // The device processes keep the default. A fuzzer lowers it so that an
+    // endless SCRIPTS loop costs little per input; the guest sees the same
+    // results, spread over more activations.
+    unsigned scripts_budget = kLsiDefaultScriptsBudget;
+};
+
 // Builds a controller. Its SCSI bus is `bus()`: attach scsi-hd targets there.
-std::unique_ptr<Lsi53c895a> make_lsi53c895a(EventLoop& loop, const std::string& id);
+// SCRIPTS resumptions and yields are queued on `wq`: the event loop in the
+// device process, a ManualWorkQueue in tests and fuzzers.
+std::unique_ptr<Lsi53c895a> make_lsi53c895a(WorkQueue& wq, const std::string& id,
+                                            LsiTuning tuning = {});
 
 class Lsi53c895a : public pci::PciDevice {
 public:

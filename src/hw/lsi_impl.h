@@ -12,15 +12,12 @@
 #include "hw/lsi53c895a.h"
 #include "hw/lsi_regs.h"
 #include "hw/lsi_state.h"
-#include "util/event_loop.h"
+#include "util/work_queue.h"
 #include "util/log.h"
 #include "util/result.h"
 
 namespace mpq::hw {
 
-// Work units one SCRIPTS activation may spend before it yields to the event
-// loop: one per fetched dword, one per 4 KiB moved, one per 64 message bytes.
-inline constexpr unsigned kLsiBudget = 10000;
 // Pause before a yielded activation resumes.
 inline constexpr uint64_t kLsiYieldNs = 200'000;
 // Requests the controller keeps outstanding (all targets); more get BUSY.
@@ -32,7 +29,7 @@ inline constexpr uint32_t kLsiUntagged = 0x100;
 
 class LsiController final : public Lsi53c895a, public scsi::RequestClient {
 public:
-    LsiController(EventLoop& loop, std::string id);
+    LsiController(WorkQueue& wq, std::string id, LsiTuning tuning);
     ~LsiController() override;
 
     uint64_t bar_read(int bar, uint64_t off, unsigned size) override;
@@ -124,7 +121,7 @@ private:
     void free_request(Req* r);
     Req* find_req(scsi::Request& req);
 
-    EventLoop& loop_;
+    WorkQueue& wq_;
     std::string id_;
     scsi::Bus bus_;
     LsiState s_;
@@ -136,12 +133,17 @@ private:
     bool pending_chip_reset_ = false;
     bool pending_bus_reset_ = false;
     bool resume_scheduled_ = false;
-    EventLoop::TimerId yield_timer_ = 0;
+    WorkQueue::TimerId yield_timer_ = 0;
     unsigned budget_ = 0;
+    unsigned budget_per_activation_;
     // Read-ahead of MSG OUT bytes (one message move at a time).
     uint8_t msg_buf_[64] = {};
     uint32_t msg_buf_len_ = 0, msg_buf_pos_ = 0;
     bool msg_fault_ = false;
+    // The block move in progress, for the RBC/UA bookkeeping at its end.
+    uint32_t move_start_ = 0;       // its address (low 32 bits)
+    uint32_t move_count_ = 0;       // its byte count
+    bool move_mismatched_ = false;  // ended by a phase mismatch
     std::shared_ptr<int> alive_ = std::make_shared<int>(0);
 };
 

@@ -40,7 +40,7 @@ void LsiController::stop_scripts() {
     s_.regs.istat1 &= ~kIstat1Srun;
     s_.scripts.wait = LsiWait::None;
     if (yield_timer_) {
-        loop_.cancel_timer(yield_timer_);
+        wq_.cancel_timer(yield_timer_);
         yield_timer_ = 0;
     }
 }
@@ -49,7 +49,7 @@ void LsiController::yield_scripts() {
     s_.scripts.wait = LsiWait::Yield;
     if (yield_timer_) return;
     std::weak_ptr<int> alive = alive_;
-    yield_timer_ = loop_.add_timer(kLsiYieldNs, [this, alive] {
+    yield_timer_ = wq_.add_timer(kLsiYieldNs, [this, alive] {
         if (alive.expired()) return;
         yield_timer_ = 0;
         if (s_.scripts.wait == LsiWait::Yield) execute();
@@ -61,7 +61,7 @@ void LsiController::schedule_resume() {
     resume_scheduled_ = true;
     std::weak_ptr<int> alive = alive_;
     // Not inline: the target is still inside its own completion path.
-    loop_.defer([this, alive] {
+    wq_.defer([this, alive] {
         if (alive.expired()) return;
         resume_scheduled_ = false;
         LsiWait w = s_.scripts.wait;
@@ -99,7 +99,7 @@ bool LsiController::charge(unsigned units) {
 void LsiController::execute() {
     if (in_exec_) return;
     in_exec_ = true;
-    budget_ = kLsiBudget;
+    budget_ = budget_per_activation_;
     while ((s_.regs.istat1 & kIstat1Srun) && !pending_chip_reset_ && !pending_bus_reset_) {
         LsiWait w = s_.scripts.wait;
         if (w == LsiWait::Data) {
@@ -231,23 +231,28 @@ void LsiController::exec_block_move(uint32_t insn, uint32_t arg) {
     addr |= static_cast<uint64_t>(upper & 0xff) << 32;
     r.ia = static_cast<uint32_t>(insn_addr);
     r.dbc = count;
+    charge(count / kChunk);
+
+    // The phase is compared first, connected or not, as in stock QEMU: a
+    // mismatch stops with SIST0.MA, RBC = the count, DNAD and UA untouched
+    // (nothing moved; no phase-mismatch jump at an instruction boundary).
+    Phase want = static_cast<Phase>((insn >> 24) & kPhaseMask);
+    if (want != phase()) {
+        r.rbc = count;
+        script_scsi_interrupt(kSist0Ma, 0);
+        return;
+    }
     r.dnad = static_cast<uint32_t>(addr);
     r.dnad64 = upper & 0xff;
     s_.scripts.move_addr = addr;
-    charge(count / kChunk);
-
-    Phase want = static_cast<Phase>((insn >> 24) & kPhaseMask);
+    move_start_ = static_cast<uint32_t>(addr);
+    move_count_ = count;
+    move_mismatched_ = false;
     if (!connected()) {
         // Nothing on the bus answers: the chip would wait for a REQ that
         // never comes. Report it as an unexpected disconnect.
         script_scsi_interrupt(kSist0Udc, 0);
         stop_scripts();
-        return;
-    }
-    if (want != phase()) {
-        r.rbc = r.dbc;
-        r.ua = r.dnad;
-        script_scsi_interrupt(kSist0Ma, 0);
         return;
     }
     switch (want) {
@@ -273,6 +278,15 @@ void LsiController::finish_block_move() {
     r.dfifo = static_cast<uint8_t>(r.dbc & 0xff);
     r.ctest5 = static_cast<uint8_t>((r.ctest5 & 0xfc) | ((r.dbc >> 8) & 3));
     r.sbc = r.dbc;
+    // After a move that ran to its end stock QEMU leaves RBC = count - DBC
+    // and UA = start + DBC. A move cut short by a phase mismatch keeps
+    // what bad_phase() set: the manual's remaining count and next address,
+    // which Linux's phase-mismatch SCRIPTS store as the rest of the
+    // scatter entry.
+    if (!move_mismatched_) {
+        r.rbc = move_count_ - r.dbc;
+        r.ua = move_start_ + r.dbc;
+    }
 }
 
 // ------------------------------------------------------------------ I/O ----
@@ -300,11 +314,15 @@ void LsiController::exec_io(uint32_t insn, uint32_t arg) {
             r.dsp = alt;
             return;
         }
-        if ((insn & (1u << 24)) || (insn & (1u << 3))) {
+        exec_select(id);
+        // ATN comes from bit 3, as in stock QEMU, and only with a target
+        // that answered. Bit 24 (the manual's select-with-ATN) is ignored
+        // there; its targets go to MSG OUT regardless, so a driver that
+        // sets it (Linux's SCR_SEL_TBL_ATN) sees no ATN in SOCL or SBCL.
+        if (connected() && (insn & (1u << 3))) {
             r.socl |= kSoclAtn;
             r.sbcl |= kSbclAtn;
         }
-        exec_select(id);
         return;
     }
     case 1: wait_disconnect(); return;
@@ -320,7 +338,9 @@ void LsiController::exec_io(uint32_t insn, uint32_t arg) {
         if (insn & (1u << 3)) {
             r.socl |= kSoclAtn;
             r.sbcl |= kSbclAtn;
-            if (connected()) set_phase(Phase::MsgOut);
+            // As in stock QEMU the target answers ATN at once, connected
+            // or not: the bus shows MSG OUT.
+            set_phase(Phase::MsgOut);
         }
         if (insn & (1u << 6)) r.sbcl |= kSbclAck;
         if (insn & (1u << 10)) s_.scripts.carry = true;
@@ -465,23 +485,22 @@ void LsiController::exec_memory_move(uint32_t insn, uint32_t src) {
 void LsiController::exec_load_store(uint32_t insn, uint32_t arg) {
     LsiRegs& r = s_.regs;
     unsigned reg = (insn >> 16) & 0xff;
+    // The manual allows 1..4 bytes; stock QEMU moves whatever the 3-bit
+    // count says (0..7). Bytes past the end of the register file read as
+    // 0xff and are not written, so nothing wraps to offset 0.
     unsigned n = insn & 7;
-    // The chip moves 1..4 bytes within one register dword; clamp whatever
-    // a guest encodes so that no access runs past the register file.
-    n = std::min(n, 4u);
-    n = std::min(n, 0x100 - reg);
     uint64_t addr = arg;
     if (insn & (1u << 28)) addr = static_cast<uint32_t>(r.dsa + static_cast<uint32_t>(sext24(arg)));
     if (n == 0) return;
-    uint8_t data[4] = {};
+    uint8_t data[7] = {};
     if (insn & (1u << 24)) {
         if (!bus_read(addr, std::span<uint8_t>(data, n))) {
             script_dma_interrupt(kDstatBf);
             return;
         }
-        for (unsigned i = 0; i < n; i++) reg_write(static_cast<uint8_t>(reg + i), data[i]);
+        for (unsigned i = 0; i < n && reg + i <= 0xff; i++) reg_write(static_cast<uint8_t>(reg + i), data[i]);
     } else {
-        for (unsigned i = 0; i < n; i++) data[i] = reg_read(static_cast<uint8_t>(reg + i));
+        for (unsigned i = 0; i < n; i++) data[i] = reg + i <= 0xff ? reg_read(static_cast<uint8_t>(reg + i)) : kUnknownRead;
         if (!bus_write(addr, std::span<const uint8_t>(data, n))) script_dma_interrupt(kDstatBf);
     }
 }

@@ -159,6 +159,7 @@ void LsiController::bad_phase(Phase next) {
     // Hardware semantics: RBC = bytes not moved, UA = next address.
     r.rbc = r.dbc;
     r.ua = r.dnad;
+    move_mismatched_ = true;
     s_.scripts.wait = LsiWait::None;
     if (r.ccntl0 & kCcntl0Enpmj) {
         if (r.ccntl0 & kCcntl0Pmjctl)
@@ -247,8 +248,10 @@ void LsiController::do_command() {
         return;
     }
     r.sfbr = cdb[0];
-    r.dnad += r.dbc;
-    r.dbc = 0;
+    // As in stock QEMU the COMMAND, STATUS and MSG IN moves leave DBC at
+    // what they were asked for (the CDB length at most 16) and DNAD at the
+    // start, so DFIFO, CTEST5 and SBC derive from that count.
+    r.dbc = n;
     if (current_) {
         // A reselected command is still connected: put it back in the
         // queue rather than lose it (it reselects again later).
@@ -318,8 +321,7 @@ void LsiController::do_status() {
         return;
     }
     r.sfbr = st;
-    r.dbc -= 1;
-    r.dnad += 1;
+    r.dbc = 1;
     sc.msg_len = 0;
     add_msg_byte(kMsgCommandComplete);
     sc.msg_action = LsiMsgAction::Disconnect;
@@ -341,8 +343,6 @@ void LsiController::do_msg_in() {
     r.sidl = sc.msg[n - 1];
     std::copy(sc.msg.begin() + n, sc.msg.begin() + sc.msg_len, sc.msg.begin());
     sc.msg_len = static_cast<uint8_t>(sc.msg_len - n);
-    r.dbc -= n;
-    r.dnad += n;
     if (sc.msg_len > 0) return;
     switch (sc.msg_action) {
     case LsiMsgAction::Command: set_phase(Phase::Command); break;

@@ -127,7 +127,7 @@ Status LsiController::restore_snapshot(const LsiSnapshot& snap) {
 
     cancel_all_requests();
     if (yield_timer_) {
-        loop_.cancel_timer(yield_timer_);
+        wq_.cancel_timer(yield_timer_);
         yield_timer_ = 0;
     }
     pending_chip_reset_ = pending_bus_reset_ = false;

@@ -7,7 +7,7 @@
 #include <cstring>
 
 #include "scsi/scsi_hd_impl.h"
-#include "util/event_loop.h"
+#include "util/work_queue.h"
 #include "util/log.h"
 
 namespace mpq::scsi {
@@ -79,8 +79,8 @@ class HdRequest;
 
 class ScsiHd final : public Device {
 public:
-    ScsiHd(EventLoop& loop, block::BlockBackend& backend, const ScsiHdProps& props)
-        : loop_(loop), backend_(backend), props_(props) {
+    ScsiHd(WorkQueue& wq, block::BlockBackend& backend, const ScsiHdProps& props)
+        : wq_(wq), backend_(backend), props_(props) {
         // Powered on: like QEMU after its system reset, the first command
         // (other than INQUIRY / REPORT LUNS / REQUEST SENSE) sees 06/29/00.
         state_.unit_attention = true;
@@ -113,7 +113,7 @@ public:
     }
     uint64_t blocks() const { return backend_.length() / state_.block_size; }
 
-    EventLoop& loop_;
+    WorkQueue& wq_;
     block::BlockBackend& backend_;
     ScsiHdProps props_;
     ScsiHdState state_;
@@ -350,6 +350,20 @@ DataDir HdRequest::dispatch() {
     if (need == 0 || cdb_len_ < need) return fail(kInvalidOpcode);
     std::span<const uint8_t> c(cdb_.data(), need);
 
+    // A pending unit attention is reported once, to the first command
+    // that is not INQUIRY, REPORT LUNS or REQUEST SENSE, whichever LUN it
+    // names (stock QEMU's scsi-hd keeps one unit attention per device);
+    // REQUEST SENSE then returns it from the sense data.
+    ScsiHdState& st = dev_->state_;
+    if ((st.unit_attention || st.luns_changed || st.capacity_changed) && opc != op::kInquiry &&
+        opc != op::kReportLuns && opc != op::kRequestSense) {
+        Sense ua = st.unit_attention ? kResetOccurred : st.luns_changed ? kReportedLunsChanged : kCapacityChanged;
+        if (st.unit_attention) st.unit_attention = false;
+        else if (st.luns_changed) st.luns_changed = false;
+        else st.capacity_changed = false;
+        return fail(ua);
+    }
+
     if (lun_ != dev_->props_.lun) {
         if (opc == op::kInquiry) {
             uint32_t alloc = allocation_length(c);
@@ -366,15 +380,9 @@ DataDir HdRequest::dispatch() {
     }
 
     ScsiHdState& s = dev_->state_;
-    if ((s.unit_attention || s.luns_changed || s.capacity_changed) && opc != op::kInquiry &&
-        opc != op::kReportLuns && opc != op::kRequestSense) {
-        // Reported once; REQUEST SENSE then returns it from the sense data.
-        Sense ua = s.unit_attention ? kResetOccurred : s.luns_changed ? kReportedLunsChanged : kCapacityChanged;
-        if (s.unit_attention) s.unit_attention = false;
-        else if (s.luns_changed) s.luns_changed = false;
-        else s.capacity_changed = false;
-        return fail(ua);
-    }
+    // The sense data of a CHECK CONDITION lives until the next command on
+    // this logical unit: only a REQUEST SENSE right after it sees it.
+    if (opc != op::kRequestSense && lun_ == dev_->props_.lun) s.sense = kNoSense;
 
     if (is_rw(opc)) return start_rw();
     const HdView v = dev_->view();
@@ -408,7 +416,6 @@ DataDir HdRequest::dispatch() {
             return start_emulated(emulate_report_luns(v, c), allocation_length(c));
         case op::kModeSelect6:
         case op::kModeSelect10: {
-            if ((c[1] & 0x11) != 0x10) return fail(kInvalidField);  // PF=1, SP=0 only
             uint32_t len = opc == op::kModeSelect6 ? c[4] : be16(&c[7]);
             if (len == 0) return no_data_good();
             return start_data_out(Kind::ModeSelect, len);
@@ -689,6 +696,12 @@ void HdRequest::data_out_received() {
 }
 
 void HdRequest::finish_mode_select() {
+    // PF=1, SP=0 only; checked once the parameter list has arrived, as
+    // stock QEMU's scsi-hd does (the guest sees the DATA OUT phase).
+    if ((cdb_[1] & 0x11) != 0x10) {
+        complete_check(kInvalidField);
+        return;
+    }
     const bool ten = cdb_[0] == op::kModeSelect10;
     auto out = parse_mode_select(dev_->view(), ten, std::span<const uint8_t>(bufs_[0].get(), cur_len_));
     if (!out.ok) {
@@ -704,8 +717,9 @@ void HdRequest::finish_mode_select() {
 }
 
 DataDir HdRequest::start_unmap() {
-    if (cdb_[1] & 0x01) return fail(kInvalidField);  // ANCHOR
-    if (dev_->backend_.read_only()) return fail(kWriteProtected);
+    // ANCHOR and write protection are checked once the parameter list has
+    // arrived, as stock QEMU's scsi-hd does: the guest sees the DATA OUT
+    // phase either way.
     uint32_t len = be16(&cdb_[7]);
     if (len == 0) return no_data_good();
     return start_data_out(Kind::Unmap, len);
@@ -716,11 +730,13 @@ void HdRequest::finish_unmap() {
     auto bad = [&](Sense s) {
         complete_check(s);
     };
+    if (cdb_[1] & 0x01) return bad(kInvalidField);  // ANCHOR
     if (p.size() < 8 || p.size() < size_t{be16(&p[0])} + 2 || p.size() < size_t{be16(&p[2])} + 8 ||
         (be16(&p[2]) & 15))
         return bad(kParamListLengthError);
     const size_t n = be16(&p[2]) / 16;
     if (n > kMaxUnmapDescriptors) return bad(kInvalidParamList);
+    if (dev_->backend_.read_only()) return bad(kWriteProtected);
     const uint64_t blocks = dev_->blocks();
     const uint32_t bs = dev_->state_.block_size;
     unmap_.clear();
@@ -1030,7 +1046,7 @@ IoStatus check_ascii(const char* what, const std::string& s, size_t max) {
 
 }  // namespace
 
-Result<std::unique_ptr<Device>> make_scsi_hd(EventLoop& loop, block::BlockBackend& backend,
+Result<std::unique_ptr<Device>> make_scsi_hd(WorkQueue& wq, block::BlockBackend& backend,
                                              const ScsiHdProps& props) {
     const uint32_t bs = props.logical_block_size;
     if (bs != 512 && bs != 4096)
@@ -1051,7 +1067,7 @@ Result<std::unique_ptr<Device>> make_scsi_hd(EventLoop& loop, block::BlockBacken
     if (backend.length() % bs)
         log::warn("scsi-hd: drive '{}' size {} is not a multiple of {}; the tail is not visible",
                   backend.options().id, backend.length(), bs);
-    return std::unique_ptr<Device>(new ScsiHd(loop, backend, props));
+    return std::unique_ptr<Device>(new ScsiHd(wq, backend, props));
 }
 
 }  // namespace mpq::scsi

@@ -8,7 +8,7 @@
 #include "scsi/scsi.h"
 
 namespace mpq {
-class EventLoop;
+class WorkQueue;
 }
 
 namespace mpq::scsi {
@@ -62,7 +62,7 @@ mpq::Status scsi_hd_restore(Device& dev, const ScsiHdSnapshot& snap);
 // Validates the properties (block size, string lengths) before building.
 // The disk starts with a power-on unit attention pending, as QEMU's does
 // after its system reset.
-Result<std::unique_ptr<Device>> make_scsi_hd(EventLoop& loop, block::BlockBackend& backend,
+Result<std::unique_ptr<Device>> make_scsi_hd(WorkQueue& wq, block::BlockBackend& backend,
                                              const ScsiHdProps& props);
 
 }  // namespace mpq::scsi

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "util/unique_fd.h"
+#include "util/work_queue.h"
 
 struct msghdr;
 struct io_uring;
@@ -28,11 +29,12 @@ namespace mpq {
 
 enum class FdEvents : uint32_t { Read = 1, Write = 2, ReadWrite = 3 };
 
-class EventLoop {
+// The production WorkQueue. Final, so calls through an EventLoop& bind
+// directly; device code that only needs deferred work and timers takes a
+// WorkQueue& and runs on a ManualWorkQueue as well.
+class EventLoop final : public WorkQueue {
 public:
     using FdHandler = std::function<void(uint32_t epoll_events)>;
-    using Callback = std::function<void()>;
-    using TimerId = uint64_t;
 
     EventLoop();
     ~EventLoop();
@@ -46,11 +48,11 @@ public:
     void remove_fd(int fd);
 
     // One-shot timer on CLOCK_MONOTONIC, `delay_ns` from now.
-    TimerId add_timer(uint64_t delay_ns, Callback cb);
-    void cancel_timer(TimerId id);
+    TimerId add_timer(uint64_t delay_ns, Callback cb) override;
+    void cancel_timer(TimerId id) override;
 
     // Runs `cb` on the loop thread after the current handler returns.
-    void defer(Callback cb);
+    void defer(Callback cb) override;
     // Thread-safe version of defer(): wakes the loop.
     void post(Callback cb);
 

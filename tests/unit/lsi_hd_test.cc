@@ -1,12 +1,16 @@
 // LSI53C895A with the real scsi-hd on a raw image: commands driven by a
 // SCRIPTS dispatcher in guest RAM (as SeaBIOS / qtest-bench do), checked
-// against the image file.
+// against the image. Each test runs twice: as the device process runs
+// (event loop, a file on I/O threads) and synchronously (ManualWorkQueue,
+// an in-memory image with requests run inline: no thread, no loop).
+#include <dirent.h>
 #include <fcntl.h>
 #include <unistd.h>
 
 #include <cstdlib>
 
 #include "block/block.h"
+#include "block/mem.h"
 #include "lsi_test_util.h"
 #include "scsi/scsi_hd.h"
 
@@ -21,39 +25,63 @@ constexpr uint32_t kMsgIn = 0x20300;
 constexpr uint32_t kBuf = 0x40000;
 constexpr uint64_t kImageSize = 4 << 20;
 
-class LsiHd : public LsiBench {
+enum class Engine : uint8_t { LoopAndFile, ManualAndMemory };
+
+int threads_in_process() {
+    int n = 0;
+    DIR* d = ::opendir("/proc/self/task");
+    if (!d) return -1;
+    while (dirent* e = ::readdir(d))
+        if (e->d_name[0] != '.') ++n;
+    ::closedir(d);
+    return n;
+}
+
+class LsiHd : public LsiBench, public ::testing::WithParamInterface<Engine> {
 protected:
     void SetUp() override {
+        if (GetParam() == Engine::ManualAndMemory) driver = Driver::Manual;
         LsiBench::SetUp();
+        image_data_.resize(kImageSize);
+        for (size_t i = 0; i < image_data_.size(); i++) image_data_[i] = static_cast<uint8_t>((i * 31) ^ (i >> 11));
+        block::DriveOptions o;
+        o.id = "d0";
+        if (driver == Driver::Manual) {
+            mem_image_ = std::make_shared<block::MemImage>();
+            mem_image_->bytes = image_data_;
+            backend_ = std::make_unique<block::BlockBackend>(manual, block::make_mem_driver(mem_image_), o,
+                                                             block::kInlineIo);
+        } else {
+            open_file_backend(o);
+            if (HasFatalFailure()) return;
+        }
+        scsi::ScsiHdProps props;
+        props.id = "sd0";
+        auto hd = scsi::make_scsi_hd(work_queue(), *backend_, props);
+        ASSERT_TRUE(hd.ok()) << hd.error().message;
+        hd_ = std::move(*hd);
+        ASSERT_TRUE(lsi->bus().attach(0, hd_.get()));
+        build_dispatcher();
+    }
+    void open_file_backend(block::DriveOptions& o) {
         char path[] = "/tmp/lsi_hd_test.XXXXXX";
         int fd = mkstemp(path);
         ASSERT_GE(fd, 0);
         image_ = path;
-        image_data_.resize(kImageSize);
-        for (size_t i = 0; i < image_data_.size(); i++) image_data_[i] = static_cast<uint8_t>((i * 31) ^ (i >> 11));
         ASSERT_EQ(::pwrite(fd, image_data_.data(), image_data_.size(), 0), static_cast<ssize_t>(kImageSize));
         ::close(fd);
-        block::DriveOptions o;
-        o.id = "d0";
         o.file = image_;
         o.format = "raw";
         auto drv = block::open_drive(o);
         ASSERT_TRUE(drv.ok()) << drv.error().message;
         backend_ = std::make_unique<block::BlockBackend>(loop, std::move(*drv), o);
-        scsi::ScsiHdProps props;
-        props.id = "sd0";
-        auto hd = scsi::make_scsi_hd(loop, *backend_, props);
-        ASSERT_TRUE(hd.ok()) << hd.error().message;
-        hd_ = std::move(*hd);
-        ASSERT_TRUE(lsi->bus().attach(0, hd_.get()));
-        build_dispatcher();
     }
     void TearDown() override {
         lsi.reset();
         if (backend_) backend_->drain();
         hd_.reset();
         backend_.reset();
-        ::unlink(image_.c_str());
+        if (!image_.empty()) ::unlink(image_.c_str());
     }
 
     std::vector<uint32_t> code;
@@ -143,7 +171,13 @@ protected:
         }
         return ram[kStatus];
     }
+    // What reached the image (the file, or the in-memory bytes).
     std::vector<uint8_t> file_bytes(uint64_t off, size_t len) {
+        if (mem_image_) {
+            EXPECT_LE(off + len, mem_image_->bytes.size());
+            return {mem_image_->bytes.begin() + static_cast<ptrdiff_t>(off),
+                    mem_image_->bytes.begin() + static_cast<ptrdiff_t>(off + len)};
+        }
         std::vector<uint8_t> v(len);
         int fd = ::open(image_.c_str(), O_RDONLY);
         EXPECT_EQ(::pread(fd, v.data(), len, static_cast<off_t>(off)), static_cast<ssize_t>(len));
@@ -152,6 +186,7 @@ protected:
     }
 
     std::string image_;
+    std::shared_ptr<block::MemImage> mem_image_;
     std::vector<uint8_t> image_data_;
     std::unique_ptr<block::BlockBackend> backend_;
     std::unique_ptr<scsi::Device> hd_;
@@ -159,7 +194,7 @@ protected:
     std::string last_error_;
 };
 
-TEST_F(LsiHd, InquiryThenUnitAttentionThenReadWrite) {
+TEST_P(LsiHd, InquiryThenUnitAttentionThenReadWrite) {
     ASSERT_EQ(command({0x12, 0, 0, 0, 36, 0}, 36), 0);
     EXPECT_EQ(std::memcmp(&ram[kBuf + 8], "QEMU    QEMU HARDDISK", 21), 0);
     // TEST UNIT READY until GOOD (unit attention first), REQUEST SENSE in between.
@@ -187,9 +222,13 @@ TEST_F(LsiHd, InquiryThenUnitAttentionThenReadWrite) {
     ASSERT_EQ(command({0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0}, 0), 0) << last_error_;
     // Out of range: CHECK CONDITION.
     EXPECT_EQ(command({0x28, 0, 0xff, 0, 0, 0, 0, 0, 1, 0}, 512), 2);
+    // All of it ran on this one thread.
+    if (driver == Driver::Manual) {
+        EXPECT_EQ(threads_in_process(), 1);
+    }
 }
 
-TEST_F(LsiHd, LargeReadThenDmaFaultThenBusResetRecovers) {
+TEST_P(LsiHd, LargeReadThenDmaFaultThenBusResetRecovers) {
     auto ready = [&] {
         int st = -1;
         for (int i = 0; i < 4 && st != 0; i++) {
@@ -213,6 +252,11 @@ TEST_F(LsiHd, LargeReadThenDmaFaultThenBusResetRecovers) {
     ASSERT_EQ(command({0x28, 0, 0, 0, 0, 1, 0, 0, 8, 0}, 4096), 0);
     EXPECT_EQ(std::memcmp(&ram[kBuf], &image_data_[512], 4096), 0);
 }
+
+INSTANTIATE_TEST_SUITE_P(Engines, LsiHd, ::testing::Values(Engine::LoopAndFile, Engine::ManualAndMemory),
+                         [](const ::testing::TestParamInfo<Engine>& i) {
+                             return i.param == Engine::LoopAndFile ? "LoopAndFile" : "ManualAndMemory";
+                         });
 
 }  // namespace
 }  // namespace lsitest

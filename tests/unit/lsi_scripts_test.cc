@@ -376,7 +376,13 @@ TEST_F(Scripts, AbsurdMemoryMoveCountIsBounded) {
 }
 
 TEST_F(Scripts, BlockMoveWhileDisconnected) {
+    // The bus phase reads DATA OUT when nothing is connected: another phase
+    // is a phase mismatch, DATA OUT itself an unexpected disconnect.
     prog(P, {move(kDI, 0xffffff), 0x40000, kInt, 0});
+    run(P);
+    EXPECT_TRUE(stopped());
+    EXPECT_EQ(rb(L::kSist0), L::kSist0Ma);
+    prog(P, {move(kDO, 0xffffff), 0x40000, kInt, 0});
     run(P);
     EXPECT_TRUE(stopped());
     EXPECT_EQ(rb(L::kSist0) & L::kSist0Udc, L::kSist0Udc);

@@ -282,14 +282,16 @@ TEST_F(Scsi, ShortTransferPhaseMismatchJump) {
     load_program();
     code.clear();
     emit(store(L::kIa, 4), kTable + 0x40);  // as Linux pm_handle does first
+    emit(store(L::kRbc, 4), kTable + 0x44);  // then PM0_SAVE: the rest of the entry
+    emit(store(L::kUa, 4), kTable + 0x48);
     emit_status_and_finish(7);
     load_program(kPm);
     run(P);
     ASSERT_TRUE(pump_until([&] { return stopped(); }));
     EXPECT_EQ(rl(L::kDsps), 7u);
     EXPECT_EQ(ram[kBuf], 0x70);
-    EXPECT_EQ(rl(L::kRbc), 14u);         // bytes not moved
-    EXPECT_EQ(rl(L::kUa), kBuf + 18);    // next address
+    EXPECT_EQ(get32(kTable + 0x44), 14u);        // bytes not moved
+    EXPECT_EQ(get32(kTable + 0x48), kBuf + 18);  // next address
     EXPECT_EQ(get32(kTable + 0x40), move_at);
 }
 
@@ -506,13 +508,14 @@ TEST_F(Scsi, AbsurdCountsAreBounded) {
     emit(kInt, 0xbad);
     load_program();
     code.clear();
+    emit(store(L::kRbc, 4), kTable + 0x44);
     emit_status_and_finish(14);
     load_program(kPm);
     run(P);
     ASSERT_TRUE(pump_until([&] { return stopped(); }));
     EXPECT_EQ(rl(L::kDsps), 14u);
     EXPECT_TRUE(disk_matches(kBuf, 0, 512));
-    EXPECT_EQ(rl(L::kRbc), 0xffffffu - 512);
+    EXPECT_EQ(get32(kTable + 0x44), 0xffffffu - 512);
 }
 
 TEST_F(Scsi, TruncatedExtendedMessageStopsAtDbc) {

@@ -16,6 +16,7 @@
 #include "mem/guest_memory.h"
 #include "scsi/scsi.h"
 #include "util/event_loop.h"
+#include "util/manual_work_queue.h"
 
 namespace lsitest {
 
@@ -282,7 +283,7 @@ protected:
     void SetUp() override {
         ram.assign(kRamSize, 0);
         ASSERT_TRUE(mem.set_host_region(0, ram.data(), kRamSize).ok());
-        lsi = hw::make_lsi53c895a(loop, "lsi0");
+        lsi = hw::make_lsi53c895a(work_queue(), "lsi0");
         lsi->attach_irq(&irq);
         lsi->attach_dma(&mem);
         lsi->config_write(0x10, kIoBase | 1, 4);
@@ -312,15 +313,21 @@ protected:
         }
     }
     void run(uint32_t dsp) { wl(L::kDsp, dsp); }
-    // Pumps the event loop (and the disk) until `done` or a round limit.
+    // Pumps the event loop (and the disk) until `done` or a round limit;
+    // with Driver::Manual, the ManualWorkQueue instead (no waiting at all).
     bool pump_until(const std::function<bool()>& done, int rounds = 2000) {
         for (int i = 0; i < rounds; i++) {
             if (done()) return true;
             if (disk) disk->pump();
-            loop.run_once(1);
+            if (driver == Driver::Manual) (void)manual.run_until_idle(1000);
+            else loop.run_once(1);
         }
         return done();
     }
+    // What runs the controller's deferred work: the event loop, or a
+    // ManualWorkQueue that only pump_until() advances. Set before SetUp().
+    enum class Driver : uint8_t { Loop, Manual };
+    WorkQueue& work_queue() { return driver == Driver::Manual ? static_cast<WorkQueue&>(manual) : loop; }
     bool stopped() { return !(rb(L::kIstat1) & L::kIstat1Srun); }
     void attach_disk(Timing t, unsigned id = 0) {
         disk = std::make_unique<FakeDisk>(loop, t);
@@ -328,6 +335,8 @@ protected:
     }
 
     EventLoop loop;
+    ManualWorkQueue manual;
+    Driver driver = Driver::Loop;
     GuestMemory mem;
     std::vector<uint8_t> ram;
     FakeIrq irq;

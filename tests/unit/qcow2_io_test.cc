@@ -465,6 +465,47 @@ protected:
     std::string dir_;
 };
 
+// A backing file opened through ChainState::open_file: no host file is
+// looked at, the name reaches the opener as written in the image, reads of
+// unallocated clusters come from it, and a loop by name is still refused.
+TEST(Qcow2BackingOpener, BackingServedFromMemory) {
+    ImageSpec spec;
+    spec.size = 1 << 20;
+    auto img = build_image(spec);
+    const std::string name = "no-such-dir/base.raw";
+    put_be64(&img[kHdrBackingOffset], 1024);
+    put_be32(&img[kHdrBackingSize], uint32_t(name.size()));
+    std::memcpy(&img[1024], name.data(), name.size());
+    std::vector<std::string> asked;
+    ChainState chain;
+    chain.open_file = [&](const std::string& path) -> Result<std::unique_ptr<BlockDriver>> {
+        asked.push_back(path);
+        auto base = std::make_shared<MemStore>();
+        base->data.assign(256 * 1024, 0x5b);
+        return make_memory_file(base);
+    };
+    DriveOptions o;
+    o.file = "top.qcow2";
+    o.read_only = ReadOnly::Yes;
+    auto d = Qcow2Driver::open(make_memory_file(store_of(img)), o, chain);
+    ASSERT_TRUE(d.ok()) << d.error().message;
+    EXPECT_EQ(asked, std::vector<std::string>({name}));
+    std::vector<uint8_t> buf(4096, 0);
+    ASSERT_TRUE((*d)->pread(65536, buf).ok());
+    EXPECT_EQ(buf, std::vector<uint8_t>(4096, 0x5b));
+    ASSERT_TRUE((*d)->pread(256 * 1024, buf).ok());  // past the backing file's end
+    EXPECT_EQ(buf, std::vector<uint8_t>(4096, 0));
+
+    // The opener hands back this same image under the same name: a loop.
+    ChainState loop_chain;
+    loop_chain.open_file = [&](const std::string&) -> Result<std::unique_ptr<BlockDriver>> {
+        return make_memory_file(store_of(img));
+    };
+    auto looped = Qcow2Driver::open(make_memory_file(store_of(img)), o, loop_chain);
+    ASSERT_FALSE(looped.ok());
+    EXPECT_EQ(looped.error().err, ELOOP);
+}
+
 TEST_F(Qcow2Backing, LoopsAndDepthRefused) {
     write_qcow2("a.qcow2", "b.qcow2");
     write_qcow2("b.qcow2", "a.qcow2");

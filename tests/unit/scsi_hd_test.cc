@@ -328,6 +328,32 @@ TEST_F(ScsiHdTest, RequestSenseReturnsLastErrorOnceAndShortTransfer) {
     EXPECT_EQ(o.data[2], 0x24);
 }
 
+// Sense data is kept only until the next command: a REQUEST SENSE after
+// an intervening command reports NO SENSE (as stock QEMU's scsi-hd).
+TEST_F(ScsiHdTest, SenseDataClearedByTheNextCommand) {
+    expect_sense(run({0xff, 0, 0, 0, 0, 0}), kInvalidOpcode);
+    expect_good(run({0x00, 0, 0, 0, 0, 0}));
+    Sense s = request_sense();
+    EXPECT_EQ(s.key, 0);
+    EXPECT_EQ(s.asc, 0);
+    dev_->reset();
+    expect_sense(run({0x00, 0, 0, 0, 0, 0}), kResetOccurred);
+    expect_good(run({0x00, 0, 0, 0, 0, 0}));
+    s = request_sense();
+    EXPECT_EQ(s.key, 0);
+    EXPECT_EQ(s.asc, 0);
+}
+
+// The device's unit attention goes to the first command that is not
+// INQUIRY, REPORT LUNS or REQUEST SENSE, even one for a LUN it does not
+// have (as stock QEMU's scsi-hd); LUN 0 then runs without it.
+TEST_F(ScsiHdTest, UnitAttentionReportedToAnyLun) {
+    dev_->reset();
+    expect_sense(run({0x00, 0, 0, 0, 0, 0}, {}, 1), kResetOccurred);
+    expect_good(run({0x00, 0, 0, 0, 0, 0}));
+    expect_sense(run({0x00, 0, 0, 0, 0, 0}, {}, 1), kLunNotSupported);
+}
+
 // block_resize: the backend grows, the disk raises CAPACITY DATA HAS
 // CHANGED once, and READ CAPACITY reports the new size.
 TEST_F(ScsiHdTest, CapacityChangeAfterResize) {
@@ -526,7 +552,11 @@ TEST_F(ScsiHdTest, ModeSelectValidation) {
     auto sel = [&](std::vector<uint8_t> l, uint8_t b1 = 0x10) {
         return run({0x15, b1, 0, 0, uint8_t(l.size()), 0}, l);
     };
-    expect_sense(sel(list_with({}, caching_page(true)), 0x11), kInvalidField);  // SP=1
+    // SP=1 and PF=0 are refused once the list has come in (a DATA OUT
+    // phase, as in stock QEMU).
+    auto sp = sel(list_with({}, caching_page(true)), 0x11);
+    expect_sense(sp, kInvalidField);
+    EXPECT_EQ(sp.dir, DataDir::ToDevice);
     expect_sense(sel(list_with({}, caching_page(true)), 0x00), kInvalidField);  // PF=0
     // A byte that is not changeable.
     auto pg = caching_page(true);
@@ -769,7 +799,13 @@ TEST_F(ScsiHdTest, UnmapAndWriteSame) {
     EXPECT_EQ(img_->read(8 * 512, 8 * 512), std::vector<uint8_t>(8 * 512, 0));
     EXPECT_EQ(img_->read(7 * 512, 512), std::vector<uint8_t>(fill.begin() + 7 * 512, fill.begin() + 8 * 512));
     // Bad lists.
-    expect_sense(run({0x42, 1, 0, 0, 0, 0, 0, 0, uint8_t(list.size()), 0}, list), kInvalidField);
+    // ANCHOR is refused after the parameter list came in (a DATA OUT
+    // phase, as in stock QEMU), and nothing is unmapped.
+    uint64_t u1 = backend_->stats().unmap_ops;
+    o = run({0x42, 1, 0, 0, 0, 0, 0, 0, uint8_t(list.size()), 0}, list);
+    expect_sense(o, kInvalidField);
+    EXPECT_EQ(o.dir, DataDir::ToDevice);
+    EXPECT_EQ(backend_->stats().unmap_ops, u1);
     auto bad = list;
     bad[3] = 33;
     expect_sense(run({0x42, 0, 0, 0, 0, 0, 0, 0, uint8_t(bad.size()), 0}, bad),

@@ -1,0 +1,56 @@
+// A WorkQueue that does nothing by itself: deferred callbacks and timers
+// wait until the owner pumps them, on its own thread, in a bounded loop.
+// Timers follow a virtual clock that only advances when the owner says so,
+// so a run is deterministic and never sleeps (unit tests, fuzzers).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <map>
+
+#include "util/work_queue.h"
+
+namespace mpq {
+
+class ManualWorkQueue final : public WorkQueue {
+public:
+    ManualWorkQueue() = default;
+    ManualWorkQueue(const ManualWorkQueue&) = delete;
+    ManualWorkQueue& operator=(const ManualWorkQueue&) = delete;
+
+    void defer(Callback cb) override;
+    TimerId add_timer(uint64_t delay_ns, Callback cb) override;
+    void cancel_timer(TimerId id) override;
+
+    // Runs deferred callbacks in order, including those they defer, up to
+    // `max` of them. Returns how many ran.
+    size_t run_deferred(size_t max);
+    // Advances the virtual clock to the earliest timer and fires it (and
+    // every other timer due by then). False if no timer was armed.
+    bool fire_next_timer();
+    // Advances the virtual clock by `ns`, firing the timers that come due.
+    void advance(uint64_t ns);
+    // Deferred work first, then timers, until nothing is left or `max`
+    // callbacks ran. Returns true if the queue ran dry (false: the bound
+    // stopped it, e.g. a device that keeps re-arming a timer).
+    bool run_until_idle(size_t max);
+
+    bool has_deferred() const { return !deferred_.empty(); }
+    size_t timers_armed() const { return timers_.size(); }
+    uint64_t now_ns() const { return now_; }
+
+private:
+    struct Timer {
+        TimerId id;
+        Callback cb;
+    };
+    size_t fire_due();
+
+    std::deque<Callback> deferred_;
+    std::multimap<uint64_t, Timer> timers_;  // by deadline, then arming order
+    uint64_t now_ = 0;
+    TimerId next_id_ = 1;
+};
+
+}  // namespace mpq
