@@ -4,6 +4,7 @@
 #include <memory>
 #include <string>
 
+#include "hw/lsi_snapshot.h"
 #include "hw/lsi_state.h"
 #include "pci/pci_device.h"
 #include "scsi/scsi.h"
@@ -51,6 +52,13 @@ public:
     // interrupt, the same recovery a guest sees after an unexpected reset.
     virtual LsiState save_state() const = 0;
     virtual void restore_state(const LsiState& state) = 0;
+    // Complete state, SCSI requests in flight included (hw/lsi_snapshot.h).
+    // Taken between event-loop rounds with the targets quiesced (no block
+    // I/O in flight); an error otherwise. restore_snapshot() checks the
+    // snapshot against this controller and its bus before changing
+    // anything: a bad one is refused and leaves the device as it was.
+    virtual Result<LsiSnapshot> snapshot() const = 0;
+    virtual Status restore_snapshot(const LsiSnapshot& snap) = 0;
 };
 
 }  // namespace mpq::hw

@@ -42,6 +42,8 @@ public:
     const std::string& id() const override { return id_; }
     LsiState save_state() const override { return s_; }
     void restore_state(const LsiState& state) override;
+    Result<LsiSnapshot> snapshot() const override;
+    Status restore_snapshot(const LsiSnapshot& snap) override;
 
     void transfer_data(scsi::Request& req, uint32_t len) override;
     void command_complete(scsi::Request& req, scsi::Status status, uint32_t residual) override;

@@ -8,6 +8,7 @@
 #include <fmt/format.h>
 
 #include "trace/trace.h"
+#include "util/fdset.h"
 
 namespace mpq::monitor {
 namespace {
@@ -359,6 +360,26 @@ void register_commands(QmpDispatcher& d, CommandEnv& env) {
               bool on = args["enable"].get<bool>();
               // Every event of ours is available: ignore-unavailable changes nothing.
               for (trace::Event* e : events) e->on.store(on, std::memory_order_relaxed);
+              return QmpReply::ok();
+          });
+
+    // mpqemu's own: the device process's state, for a new process started
+    // with -incoming-state FILE (README: "Saved device state").
+    d.add("x-device-state-save", {{"filename", ArgType::String, false}}, [&env](const Json& args) {
+        auto st = env.view.save_device_state(args["filename"].get<std::string>());
+        if (!st) return QmpReply::err(kGenericError, st.error().message);
+        return QmpReply::ok();
+    });
+
+    // mpqemu's own: hands the proxy device `id` a new socket (named by
+    // getfd) to a remote that serves its device now, e.g. one started with
+    // -incoming-state from the old remote's x-device-state-save.
+    d.add("x-proxy-reconnect", {{"id", ArgType::String, false}, {"fdname", ArgType::String, false}},
+          [&env](const Json& args) {
+              auto fd = fdset::take_named(args["fdname"].get<std::string>());
+              if (!fd.ok()) return QmpReply::err(kGenericError, fd.error().message);
+              auto st = env.view.proxy_reconnect(args["id"].get<std::string>(), std::move(*fd));
+              if (!st) return QmpReply::err(kGenericError, st.error().message);
               return QmpReply::ok();
           });
 

@@ -12,6 +12,7 @@
 
 #include "block/block.h"
 #include "util/result.h"
+#include "util/unique_fd.h"
 
 namespace mpq::pci {
 class PciDevice;
@@ -104,6 +105,21 @@ public:
     using ThresholdHit = std::function<void(uint64_t end, uint64_t threshold)>;
     virtual Status set_write_threshold(std::string_view device, uint64_t threshold,
                                        ThresholdHit hit);
+
+    // x-device-state-save: writes the devices' saved state (state/device_state.h)
+    // to `filename`, with the devices quiesced for the moment it takes.
+    virtual Status save_device_state(const std::string& filename) {
+        (void)filename;
+        return Error{"this process has no device state to save", 0};
+    }
+
+    // x-proxy-reconnect: the proxy device `id` continues on `sock`, a socket
+    // to a remote that now serves its device (started with -incoming-state).
+    virtual Status proxy_reconnect(const std::string& id, UniqueFd sock) {
+        (void)id;
+        (void)sock;
+        return Error{"this process has no proxy devices", 0};
+    }
 
     // --- hot-plug (the remote; processes without disks of their own refuse) ---
     // blockdev-add (DriveOrigin::Blockdev: stays until drive_del) or HMP

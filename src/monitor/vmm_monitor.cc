@@ -95,6 +95,9 @@ public:
         return {};
     }
     void quit() override { vmm_.quit(0); }
+    Status proxy_reconnect(const std::string& id, UniqueFd sock) override {
+        return vmm_.reconnect_proxy(id, std::move(sock));
+    }
     bool in_monitor_reset() const { return in_monitor_reset_; }
 
 private:

@@ -23,6 +23,7 @@
 #include "devices/registry.h"
 #include "remote/monitor_view.h"
 #include "remote/remote_process.h"
+#include "remote/state_io.h"
 #include "sandbox/sandbox.h"
 #include "trace/trace.h"
 #include "util/event_loop.h"
@@ -37,7 +38,7 @@ namespace {
 constexpr std::string_view kAccepted[] = {
     "device", "drive", "object", "machine", "M", "chardev", "mon", "monitor", "qmp", "name",
     "display", "nographic", "nodefaults", "D", "d", "sandbox", "run-with", "S", "trace", "msg",
-    "no-shutdown",
+    "no-shutdown", "incoming-state",
     "h", "help", "version"};
 
 // Test-only (not in --help): the sandbox integration test makes the process
@@ -155,9 +156,17 @@ int main(int argc, char** argv) {
     std::unique_ptr<ThreadReserve> late_workers;
     remote::RemoteProcess proc(loop);
     if (auto s = proc.configure(*cl, first_fd); !s.ok()) return die(s.error());
+    // -incoming-state FILE: the devices carry on from a saved state instead
+    // of from power-on. Read before the sandbox closes open().
+    if (const auto* in = cl->last("incoming-state")) {
+        if (auto s = remote::load_state_file(proc, in->text); !s.ok())
+            return die(in->error(s.error()));
+    }
 
     // -chardev/-mon/-monitor/-qmp open QMP/HMP monitors on the loop.
     remote::RemoteMachineView mon_view(proc);
+    if (sandbox_opts.mode == sandbox::Mode::On && sandbox_opts.open != sandbox::OpenPolicy::ReadWrite)
+        mon_view.set_file_creation_refused("the sandbox forbids it (use -sandbox on,open=rw or -sandbox off)");
     auto monitors = remote::start_monitors(proc, mon_view);
     if (!monitors.ok()) return die(monitors.error());
     // -no-shutdown, as QEMU's: when the proxy goes away the process stays up

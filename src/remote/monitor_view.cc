@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 
 #include "remote/device_server.h"
+#include "remote/state_io.h"
 
 namespace mpq::remote {
 
@@ -85,6 +86,12 @@ Status RemoteMachineView::set_write_threshold(std::string_view device, uint64_t 
     if (!be) return fail("Device '{}' not found", device);
     be->set_write_threshold(threshold, std::move(hit));
     return {};
+}
+
+Status RemoteMachineView::save_device_state(const std::string& filename) {
+    if (!no_files_.empty()) return fail("cannot create '{}': {}", filename, no_files_);
+    if (filename.empty()) return fail("x-device-state-save: filename is empty");
+    return save_state_file(proc_, filename);
 }
 
 Status RemoteMachineView::system_reset() {

@@ -27,6 +27,11 @@ public:
     Status device_add(const std::vector<std::pair<std::string, std::string>>& props) override;
     Result<std::string> device_del(std::string_view id) override;
     Status system_reset() override;
+    Status save_device_state(const std::string& filename) override;
+    // Whether the sandbox lets this process create files; when not, the
+    // reason is what x-device-state-save answers (instead of dying on the
+    // forbidden open).
+    void set_file_creation_refused(std::string why) { no_files_ = std::move(why); }
     void quit() override;
     bool quit_requested() const { return quit_requested_; }
     // -no-shutdown: the proxy went away and the process stays up, stopped.
@@ -35,6 +40,7 @@ public:
 private:
     RemoteProcess& proc_;
     bool quit_requested_ = false;
+    std::string no_files_;
     monitor::RunState state_ = monitor::RunState::Running;
 };
 

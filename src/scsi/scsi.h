@@ -9,6 +9,9 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <vector>
+
+#include "util/result.h"
 
 namespace mpq::scsi {
 
@@ -94,6 +97,23 @@ protected:
     DataDir dir_ = DataDir::None;
 };
 
+// A request in flight as plain data (saved device state): taken only
+// while the device is quiesced (no block I/O in flight), when a live request
+// is always waiting for its HBA to move the announced chunk.
+struct RequestSnapshot {
+    uint32_t tag = 0;
+    unsigned lun = 0;
+    std::array<uint8_t, kMaxCdb> cdb{};
+    uint8_t cdb_len = 0;
+    DataDir dir = DataDir::None;
+    uint32_t expected = 0;       // transfer length from the CDB
+    uint32_t moved = 0;          // bytes handed to / taken from the HBA (target's count)
+    std::vector<uint8_t> chunk;  // the announced chunk (DATA IN: its data; DATA OUT: what the HBA filled)
+    // Target-specific progress the CDB alone does not give.
+    bool flush_after = false;    // a write completes only after a flush
+    uint64_t io_off = 0, io_left = 0;  // WRITE SAME range
+};
+
 class Device {
 public:
     virtual ~Device() = default;
@@ -109,6 +129,19 @@ public:
     // raises CAPACITY DATA HAS CHANGED, unless a reset's unit attention is
     // already pending (it outranks it, as in QEMU).
     virtual void capacity_changed() {}
+    // Saved state: a request of this device as data, and a request rebuilt
+    // from such data (checked like any guest input) that carries on where
+    // the saved one was. Devices that cannot do it say so.
+    virtual Result<RequestSnapshot> save_request(const Request& req) const {
+        (void)req;
+        return Error{"device '" + id() + "' cannot save its requests", 0};
+    }
+    virtual Result<std::shared_ptr<Request>> restore_request(const RequestSnapshot& snap,
+                                                             RequestClient* client) {
+        (void)snap;
+        (void)client;
+        return Error{"device '" + id() + "' cannot restore requests", 0};
+    }
     // Hot-unplug, after the device left the bus and its block I/O drained:
     // every request still open completes now with CHECK CONDITION `sense`
     // (the HBA delivers it; nothing is left waiting for a device that is gone).

@@ -100,6 +100,9 @@ public:
     void capacity_changed() override {
         if (!state_.unit_attention) state_.capacity_changed = true;
     }
+    Result<RequestSnapshot> save_request(const Request& req) const override;
+    Result<std::shared_ptr<Request>> restore_request(const RequestSnapshot& snap,
+                                                     RequestClient* client) override;
     void unplug(Sense sense) override;
     void hotplugged() override {
         state_.unit_attention = false;
@@ -148,6 +151,10 @@ public:
 
     // Device reset or destruction: drop silently.
     void cancel_from_device() { cancel(); }
+    // Saved state (scsi_hd.cc, end of file).
+    Result<RequestSnapshot> snapshot() const;
+    IoStatus resume_from(const RequestSnapshot& snap);
+    const ScsiHd* device() const { return dev_; }
     // Hot-unplug: the HBA gets a CHECK CONDITION for it now.
     void fail_from_device(Sense s) {
         if (live()) complete_check(s);
@@ -826,6 +833,226 @@ void HdRequest::finish_write_same() {
                              if (!st) return r->io_failed(st, true);
                              r->after_writes();
                          }));
+}
+
+// ---- saved state ---------------------------------------------------------
+//
+// A request is saved only while the disk is quiesced: no block I/O in
+// flight, so a live request is always waiting for the HBA to move the chunk
+// it announced. What is saved is the CDB, the bytes moved so far and that
+// chunk; the rest follows from the CDB. A read-ahead chunk is not saved: the
+// restored request reads it again (a read can be repeated).
+
+Result<RequestSnapshot> HdRequest::snapshot() const {
+    if (phase_ != Phase::Active || !hba_busy_)
+        return mpq::fail("scsi-hd request tag {}: not waiting for its HBA", tag_);
+    if (rd_inflight_ >= 0 || wr_inflight_ != 0 || unmap_next_ != 0 || !unmap_.empty())
+        return mpq::fail("scsi-hd request tag {}: block I/O in flight (not quiesced)", tag_);
+    RequestSnapshot s;
+    s.tag = tag_;
+    s.lun = lun_;
+    s.cdb = cdb_;
+    s.cdb_len = static_cast<uint8_t>(cdb_len_);
+    s.dir = dir_;
+    s.expected = expected_;
+    s.moved = moved_;
+    const uint8_t* b = bufs_[hba_idx_].get();
+    if (!b) return mpq::fail("scsi-hd request tag {}: no chunk buffer", tag_);
+    s.chunk.assign(b, b + cur_len_);
+    s.flush_after = flush_after_;
+    return s;
+}
+
+namespace {
+
+struct RwParams {
+    uint64_t lba = 0;
+    uint32_t nblk = 0;
+    bool write = false;
+};
+
+RwParams parse_rw(const std::array<uint8_t, kMaxCdb>& c) {
+    RwParams p;
+    switch (c[0]) {
+        case op::kRead6:
+        case op::kWrite6:
+            p.lba = be24(&c[1]) & 0x1fffff;
+            p.nblk = c[4] ? c[4] : 256;
+            break;
+        case op::kRead10: case op::kWrite10: case op::kWriteVerify10:
+            p.lba = be32(&c[2]);
+            p.nblk = be16(&c[7]);
+            break;
+        case op::kRead12: case op::kWrite12: case op::kWriteVerify12:
+            p.lba = be32(&c[2]);
+            p.nblk = be32(&c[6]);
+            break;
+        default:
+            p.lba = be64(&c[2]);
+            p.nblk = be32(&c[10]);
+            break;
+    }
+    p.write = c[0] != op::kRead6 && c[0] != op::kRead10 && c[0] != op::kRead12 && c[0] != op::kRead16;
+    return p;
+}
+
+}  // namespace
+
+// Rebuilds the request from a snapshot that may be hostile: every count is
+// checked against the CDB, the medium and the chunk size, exactly the
+// invariants the running request keeps.
+IoStatus HdRequest::resume_from(const RequestSnapshot& s) {
+    auto bad = [&](std::string_view why) {
+        return mpq::fail("saved request tag {} (opcode {:#04x}): {}", s.tag, s.cdb[0], why);
+    };
+    const uint8_t opc = cdb_[0];
+    const size_t need = cdb_length(opc);
+    if (need == 0 || cdb_len_ < need) return bad("CDB too short for its opcode");
+    if (s.chunk.empty()) return bad("no chunk announced");
+    if (s.chunk.size() > kChunkBytes) return bad("chunk larger than the chunk size");
+    const ScsiHdState& st = dev_->state_;
+    const uint32_t bs = st.block_size;
+    const uint32_t n = static_cast<uint32_t>(s.chunk.size());
+    Kind kind;
+    if (is_rw(opc)) {
+        if (lun_ != dev_->props_.lun) return bad("READ/WRITE for a LUN the disk does not have");
+        RwParams p = parse_rw(cdb_);
+        const uint64_t blocks = dev_->blocks();
+        if (p.lba > blocks || p.nblk > blocks - p.lba) return bad("LBA range beyond the medium");
+        const uint64_t bytes = uint64_t{p.nblk} * bs;
+        if (bytes == 0 || bytes > UINT32_MAX || bytes != s.expected) return bad("length does not match the CDB");
+        if (s.dir != (p.write ? DataDir::ToDevice : DataDir::FromDevice)) return bad("direction does not match the CDB");
+        if (p.write && dev_->backend_.read_only()) return bad("write to a read-only drive");
+        // Chunks start at multiples of the chunk size from the command's start.
+        const uint32_t done_before = p.write ? s.moved : s.moved - std::min(s.moved, n);
+        if (!p.write && s.moved < n) return bad("moved count smaller than the chunk");
+        if (done_before % kChunkBytes || done_before >= bytes) return bad("moved count not at a chunk boundary");
+        if (n != std::min<uint64_t>(bytes - done_before, kChunkBytes)) return bad("chunk length does not follow from the CDB");
+        const uint32_t first = static_cast<uint32_t>(std::min<uint64_t>(bytes, kChunkBytes));
+        if (!ensure_buffer(0, first)) return bad("out of memory");
+        if (bytes > kChunkBytes && !ensure_buffer(1, first)) return bad("out of memory");
+        kind = p.write ? Kind::Write : Kind::Read;
+        if (p.write) {
+            hba_off_ = p.lba * bs + done_before;
+            ann_off_ = hba_off_ + n;
+            ann_left_ = bytes - done_before - n;
+            flush_after_ = s.flush_after;
+        } else {
+            rd_off_ = p.lba * bs + s.moved;
+            rd_left_ = bytes - s.moved;
+        }
+    } else if (opc == op::kModeSelect6 || opc == op::kModeSelect10 || opc == op::kUnmap) {
+        const uint32_t len = opc == op::kModeSelect6 ? cdb_[4] : opc == op::kModeSelect10 ? be16(&cdb_[7]) : be16(&cdb_[7]);
+        if (s.dir != DataDir::ToDevice || s.moved != 0 || n != len || s.expected != len)
+            return bad("parameter list does not match the CDB");
+        if (lun_ != dev_->props_.lun) return bad("command for a LUN the disk does not have");
+        if (opc == op::kUnmap && dev_->backend_.read_only()) return bad("UNMAP on a read-only drive");
+        if (!set_buffer(n)) return bad("out of memory");
+        kind = opc == op::kUnmap ? Kind::Unmap : Kind::ModeSelect;
+    } else if (opc == op::kWriteSame10 || opc == op::kWriteSame16) {
+        const bool sixteen = opc == op::kWriteSame16;
+        const uint64_t lba = sixteen ? be64(&cdb_[2]) : be32(&cdb_[2]);
+        const uint32_t nb = sixteen ? be32(&cdb_[10]) : be16(&cdb_[7]);
+        const uint64_t blocks = dev_->blocks();
+        if (lun_ != dev_->props_.lun) return bad("command for a LUN the disk does not have");
+        if (dev_->backend_.read_only()) return bad("WRITE SAME on a read-only drive");
+        if (nb == 0 || uint64_t{nb} * bs > kChunkBytes || lba > blocks || nb > blocks - lba)
+            return bad("WRITE SAME range not valid");
+        if (s.dir != DataDir::ToDevice || s.moved != 0 || n != bs || s.expected != bs)
+            return bad("WRITE SAME data does not match the block size");
+        io_off_ = lba * bs;
+        io_left_ = uint64_t{nb} * bs;
+        flush_after_ = s.flush_after;
+        if (!set_buffer(io_left_)) return bad("out of memory");
+        kind = Kind::WriteSame;
+    } else {
+        // An emulated data-in command: the whole answer is the one chunk.
+        if (s.dir != DataDir::FromDevice || s.moved != n || n > s.expected || s.expected > kMaxAllocLen)
+            return bad("emulated data does not match its allocation length");
+        if (!set_buffer(n)) return bad("out of memory");
+        kind = Kind::Emulated;
+    }
+    std::memcpy(bufs_[0].get(), s.chunk.data(), n);
+    kind_ = kind;
+    dir_ = s.dir;
+    expected_ = s.expected;
+    moved_ = s.moved;
+    phase_ = Phase::Active;
+    hba_idx_ = 0;
+    cur_len_ = n;
+    hba_busy_ = true;  // the HBA owns the chunk; it continues when it is done
+    return {};
+}
+
+Result<RequestSnapshot> ScsiHd::save_request(const Request& req) const {
+    auto* r = dynamic_cast<const HdRequest*>(&req);
+    if (!r || r->device() != this) return mpq::fail("scsi-hd '{}': not one of its requests", props_.id);
+    return r->snapshot();
+}
+
+Result<std::shared_ptr<Request>> ScsiHd::restore_request(const RequestSnapshot& snap, RequestClient* client) {
+    if (snap.cdb_len == 0 || snap.cdb_len > kMaxCdb) return mpq::fail("saved request: CDB length {}", snap.cdb_len);
+    if (snap.lun > 255) return mpq::fail("saved request: LUN {} out of range", snap.lun);
+    auto r = std::make_shared<HdRequest>(this, snap.tag, snap.lun,
+                                         std::span<const uint8_t>(snap.cdb.data(), snap.cdb_len), client);
+    if (auto st = r->resume_from(snap); !st.ok()) {
+        r->cancel();
+        return mpq::fail("scsi-hd '{}': {}", props_.id, st.error().message);
+    }
+    return std::shared_ptr<Request>(std::move(r));
+}
+
+Result<ScsiHdSnapshot> scsi_hd_save(const Device& dev) {
+    auto* hd = dynamic_cast<const ScsiHd*>(&dev);
+    if (!hd) return mpq::fail("'{}' is not a scsi-hd", dev.id());
+    ScsiHdSnapshot s;
+    s.unit_attention = hd->state_.unit_attention;
+    s.capacity_changed = hd->state_.capacity_changed;
+    s.luns_changed = hd->state_.luns_changed;
+    s.sense = hd->state_.sense;
+    s.write_cache = hd->state_.write_cache;
+    s.block_size = hd->state_.block_size;
+    s.capacity_bytes = hd->backend_.length();
+    s.logical_block_size = hd->props_.logical_block_size;
+    s.lun = hd->props_.lun;
+    s.vendor = hd->props_.vendor;
+    s.product = hd->props_.product;
+    s.ver = hd->props_.ver;
+    s.serial = hd->props_.serial;
+    s.wwn = hd->props_.wwn;
+    return s;
+}
+
+IoStatus scsi_hd_restore(Device& dev, const ScsiHdSnapshot& s) {
+    auto* hd = dynamic_cast<ScsiHd*>(&dev);
+    if (!hd) return mpq::fail("'{}' is not a scsi-hd", dev.id());
+    const std::string& id = hd->props_.id;
+    if (s.logical_block_size != hd->props_.logical_block_size)
+        return mpq::fail("scsi-hd '{}': saved with logical_block_size={}, this one has {}", id,
+                         s.logical_block_size, hd->props_.logical_block_size);
+    if (s.lun != hd->props_.lun)
+        return mpq::fail("scsi-hd '{}': saved with lun={}, this one has {}", id, s.lun, hd->props_.lun);
+    // What the guest read from INQUIRY / VPD must not change under it.
+    const ScsiHdProps& p = hd->props_;
+    if (s.vendor != p.vendor || s.product != p.product || s.ver != p.ver)
+        return mpq::fail("scsi-hd '{}': saved as '{}' '{}' '{}', this one is '{}' '{}' '{}'", id, s.vendor,
+                         s.product, s.ver, p.vendor, p.product, p.ver);
+    if (s.serial != p.serial) return mpq::fail("scsi-hd '{}': saved with serial '{}', this one has '{}'", id, s.serial, p.serial);
+    if (s.wwn != p.wwn) return mpq::fail("scsi-hd '{}': saved with wwn {:#x}, this one has {:#x}", id, s.wwn, p.wwn);
+    if (s.block_size != 512 && s.block_size != 4096)
+        return mpq::fail("scsi-hd '{}': saved block size {} is not 512 or 4096", id, s.block_size);
+    if (s.capacity_bytes != hd->backend_.length())
+        return mpq::fail("scsi-hd '{}': medium was {} bytes when saved, is {} now", id, s.capacity_bytes,
+                         hd->backend_.length());
+    if (s.write_cache != WriteCache::On && s.write_cache != WriteCache::Off)
+        return mpq::fail("scsi-hd '{}': bad write-cache value", id);
+    hd->state_.unit_attention = s.unit_attention;
+    hd->state_.capacity_changed = s.capacity_changed;
+    hd->state_.luns_changed = s.luns_changed;
+    hd->state_.sense = s.sense;
+    hd->state_.write_cache = s.write_cache;
+    hd->state_.block_size = s.block_size;
+    return {};
 }
 
 // ---- construction -------------------------------------------------------

@@ -33,6 +33,32 @@ struct ScsiHdProps {
     uint64_t max_io_size = 4 * 1024 * 1024;
 };
 
+// What a scsi-hd must not forget across a save and restore, beyond its
+// command-line properties: pending unit attentions, the sense data REQUEST
+// SENSE returns, what MODE SELECT changed, and the capacity it last
+// reported (a restore onto a medium of another size is refused).
+struct ScsiHdSnapshot {
+    bool unit_attention = false;
+    bool capacity_changed = false;
+    bool luns_changed = false;  // hot-plugged, REPORTED LUNS DATA HAS CHANGED pending
+    Sense sense = kNoSense;
+    WriteCache write_cache = WriteCache::On;
+    uint32_t block_size = 512;
+    uint64_t capacity_bytes = 0;
+    // Properties the state depends on or the guest has seen (INQUIRY, VPD):
+    // the new process's must be the same.
+    uint32_t logical_block_size = 512;
+    unsigned lun = 0;
+    std::string vendor, product, ver, serial;
+    uint64_t wwn = 0;
+};
+
+// Saved state of a scsi-hd (an error for any other device).
+Result<ScsiHdSnapshot> scsi_hd_save(const Device& dev);
+// Restores it after validating it against the device (block size, medium
+// size, LUN): a foreign or bad snapshot changes nothing.
+mpq::Status scsi_hd_restore(Device& dev, const ScsiHdSnapshot& snap);
+
 // Validates the properties (block size, string lengths) before building.
 // The disk starts with a power-on unit attention pending, as QEMU's does
 // after its system reset.

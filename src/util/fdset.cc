@@ -139,6 +139,15 @@ Status close_named(std::string_view name) {
     return {};
 }
 
+Result<UniqueFd> take_named(std::string_view name) {
+    State& s = state();
+    auto it = s.named.find(name);
+    if (it == s.named.end()) return fail("File descriptor named '{}' not found", name);
+    UniqueFd fd = std::move(it->second);
+    s.named.erase(it);
+    return fd;
+}
+
 void clear() {
     state().sets.clear();
     state().named.clear();

@@ -44,6 +44,8 @@ Result<UniqueFd> open_path(std::string_view path, int flags);
 // getfd / closefd.
 Status set_named(std::string name, UniqueFd fd);
 Status close_named(std::string_view name);
+// Takes a named fd out of the table (x-proxy-reconnect): the caller owns it.
+Result<UniqueFd> take_named(std::string_view name);
 
 // Everything closed (tests).
 void clear();

@@ -44,6 +44,7 @@ constexpr OptionDef kTable[] = {
     {"enable-kvm", ArgKind::None, "", "same as -accel kvm"},
     {"no-reboot", ArgKind::None, "", "exit instead of rebooting"},
     {"no-shutdown", ArgKind::None, "", "stop instead of exiting on guest shutdown"},
+    {"incoming-state", ArgKind::String, "FILE", "start from a device state saved by x-device-state-save"},
     {"pidfile", ArgKind::String, "", "write the process id to FILE"},
     {"daemonize", ArgKind::None, "", "detach from the terminal"},
     {"trace", ArgKind::String, "", "trace events: [enable=]PATTERN, events=FILE, file=FILE, help"},

@@ -58,6 +58,7 @@ public:
     bool negotiated() const { return session_.negotiated(); }
     size_t device_count() const { return devices_.size(); }
     uint32_t reply_timeout_ms() const { return timeout_ms_; }
+    uint64_t offer() const { return session_.offer(); }
 
     // First use: SYNC_SYSMEM, then the MPQEXT probe. Idempotent.
     Status setup(const GuestRam& ram);
@@ -173,6 +174,12 @@ public:
 
     // Called by the link when it breaks (once).
     void link_broken(const std::string& reason);
+    // Continues on another link (x-proxy-reconnect): the remote behind it
+    // already has this device's state (started with -incoming-state), so
+    // nothing is reset or probed; the link is set up, the device selected,
+    // fresh irq eventfds sent, its identity checked, the mirror set up again.
+    // Works on a broken proxy too (the point: its remote died).
+    Status reconnect(std::shared_ptr<ProxyLink> link, const GuestRam& ram);
 
 private:
     friend class ProxyLink;

@@ -31,6 +31,7 @@ public:
     void probe_answered(uint64_t ret);
     bool negotiated() const { return negotiated_; }
     uint64_t features() const { return features_; }
+    uint64_t offer() const { return offer_; }
     bool posts_writes() const { return (features_ & proto::kFeatPostedWrites) != 0; }
 
     // ---- Device selection (MULTIDEV). `dev` identifies a device of ours.

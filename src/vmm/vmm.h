@@ -14,6 +14,7 @@
 #include "devices/device_set.h"
 #include "util/options.h"
 #include "util/result.h"
+#include "util/unique_fd.h"
 #include "vmm/events.h"
 #include "vmm/machine.h"
 
@@ -70,6 +71,9 @@ public:
     // Monitor / signal: leave the event loop.
     void quit(int code = 0);
     void system_reset();
+    // x-proxy-reconnect: the proxy device `id` continues on `sock`
+    // (vmm_reconnect.cc).
+    Status reconnect_proxy(const std::string& id, UniqueFd sock);
 
 private:
     Vmm(EventLoop& loop, opts::CommandLine cl);

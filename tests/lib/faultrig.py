@@ -93,7 +93,7 @@ class Rig:
     """Starts remote + VMM; `lsi` is lsi_bench's driver once start() ran."""
 
     def __init__(self, tmp, disk, fmt="raw", remote="ours", remote_args=(), drive_opts="",
-                 env=None, vmm="stock", drive=None):
+                 env=None, vmm="stock", drive=None, vmm_args=()):
         self.tmp, self.disk, self.fmt = tmp, disk, fmt
         self.kind = remote
         # "stock": qemu-system-x86_64 with x-pci-proxy-dev; "ours":
@@ -102,6 +102,7 @@ class Rig:
         # A whole -drive value instead of the one built from disk/fmt.
         self.drive = drive
         self.remote_args = list(remote_args)
+        self.vmm_args = list(vmm_args)
         self.drive_opts = drive_opts
         self.env = env
         self.vmm = self.remote = None
@@ -136,7 +137,7 @@ class Rig:
                   "-qtest-log", "none"]
         if self.vmm_kind == "ours":
             vmm = [vmm_binary(), "-accel", "qtest"] + common + [
-                "-device", "pci-proxy-dev,id=lsi0,socket=%d" % ms.fileno()]
+                "-device", "pci-proxy-dev,id=lsi0,socket=%d" % ms.fileno()] + self.vmm_args
         else:
             vmm = [QEMU, "-accel", "tcg", "-S"] + common + [
                 "-device", "x-pci-proxy-dev,id=lsi0,fd=%d" % ms.fileno()]
