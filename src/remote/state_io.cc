@@ -7,6 +7,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include "hw/lsi53c895a.h"
 #include "scsi/scsi_hd.h"
 #include "state/live.h"
 #include "util/log.h"
@@ -16,11 +17,18 @@ namespace mpq::remote {
 
 namespace {
 
-state::LiveDevices live_devices(RemoteProcess& proc) {
+// The saved-state format carries lsi53c895a functions and their disks; a
+// process serving another device type cannot save or load state.
+Result<state::LiveDevices> live_devices(RemoteProcess& proc) {
     state::LiveDevices live;
     for (auto& d : proc.drives()) live.drives.push_back({d.opts.id, d.backend.get()});
-    for (const auto& k : proc.disks()) live.disks.push_back({k.id, k.controller, k.drive, k.scsi_id, k.dev.get()});
-    for (const auto& f : proc.functions()) live.functions.push_back({f.id, f.driver, f.dev.get()});
+    for (const auto* k : proc.disks())
+        live.disks.push_back({k->id, k->parent, k->drive, k->scsi_id, k->scsi.get()});
+    for (const auto& f : proc.functions()) {
+        auto* lsi = dynamic_cast<hw::Lsi53c895a*>(f.dev);
+        if (!lsi) return fail("device '{}' ({}) has no saved-state support", f.id, f.driver);
+        live.functions.push_back({f.id, f.driver, lsi});
+    }
     return live;
 }
 
@@ -28,12 +36,14 @@ state::LiveDevices live_devices(RemoteProcess& proc) {
 
 Result<state::DeviceStateImage> capture_state(RemoteProcess& proc) {
     auto live = live_devices(proc);
-    return state::capture(live, std::string("qemu-scsi-dev ") + MPQ_VERSION);
+    if (!live.ok()) return live.take_error();
+    return state::capture(*live, std::string("qemu-scsi-dev ") + MPQ_VERSION);
 }
 
 Status apply_state(RemoteProcess& proc, const state::DeviceStateImage& img) {
     auto live = live_devices(proc);
-    return state::apply(img, live);
+    if (!live.ok()) return live.take_error();
+    return state::apply(img, *live);
 }
 
 Status save_state_file(RemoteProcess& proc, const std::string& path) {
