@@ -256,9 +256,10 @@ class Plan:
     def kernel_cmdline(self, accel):
         a = self.args
         loglevel = {"shell": 3, "run": 1}.get(a.mode, 4)
-        # earlyprintk: the kernel's set-up code prints within seconds of starting, whatever the
-        # loglevel, so a guest that runs is never silent for long (the --silent-limit net)
-        words = ["console=ttyS0", "earlyprintk=ttyS0", f"loglevel={loglevel}", "panic=-1",
+        # No earlyprintk: its first line comes out within a fraction of a second, before a
+        # remote that fails on its options is seen to exit, which would then count as
+        # "died while the VM ran" (11) instead of "failed to start" (10).
+        words = ["console=ttyS0", f"loglevel={loglevel}", "panic=-1",
                  f"mpq.mode={a.mode}", f"mpq.nonce={self.nonce}", f"mpq.disks={len(self.disks)}",
                  f"mpq.wait={a.disk_wait}", f"mpq.limit={self.guest_limit()}"]
         if a.mode == "run":
@@ -855,10 +856,15 @@ class Launcher:
                 # children
                 dead = [c for c in self.remotes if c.poll() is not None]
                 if dead or self.vmm.poll() is not None:
+                    # Whether the guest had started is decided by what it printed before
+                    # the death was seen, not during the wait below: a remote that fails on
+                    # its options still "failed to start" when the kernel's first line
+                    # comes out a moment later.
+                    seen_at = time.monotonic()
                     time.sleep(0.3)   # let a crash's companion exit show up, to blame the first cause
                     dead = [c for c in self.remotes if c.poll() is not None]
                     vmm_rc = self.vmm.poll()
-                    started = self.console.first_output is not None
+                    started = self.console.first_output is not None and self.console.first_output < seen_at
                     # A remote that failed, or quit under a running VMM, is the cause; one
                     # that exited 0 after the VMM went away only saw its socket close.
                     culprits = [c for c in dead if c.rc != 0] or (dead if vmm_rc is None else [])
