@@ -28,6 +28,7 @@ void DeviceSet::drain_drives() {
 }
 
 DeviceEntry* DeviceSet::find(std::string_view id) {
+    if (id.empty()) return nullptr;  // an unnamed disk is not addressable by ""
     for (auto& e : entries_)
         if (e->id == id) return e.get();
     return nullptr;
@@ -106,8 +107,14 @@ Result<DeviceEntry*> DeviceSet::add(DeviceConfig cfg) {
     e->named = !cfg.id.empty();
     e->id = cfg.id;
     if (!e->named && cfg.type->kind == DeviceKind::PciFunction) {
+        // "<type>.<number of functions>", or the next free number: a user may
+        // have taken a name of that form, and after a removal the count can
+        // name a live function.
         size_t n = std::count_if(entries_.begin(), entries_.end(), [](auto& x) { return x->pci != nullptr; });
-        e->id = fmt::format("{}.{}", cfg.type->name, n);  // reachable as a socket's default only
+        for (;; ++n) {
+            e->id = fmt::format("{}.{}", cfg.type->name, n);  // reachable as a socket's default only
+            if (!find(e->id)) break;
+        }
     }
     e->config = std::move(cfg);
     BuildContext ctx{loop_, dma_, timers_, e->id};
@@ -188,11 +195,14 @@ Status DeviceSet::remove(std::string_view id) {
         if (entries_[i]->pci) {
             MPQ_TRY(plugs_.may_unplug(*entries_[i]));
             // What sits on its bus goes first.
-            std::string ctrl = entries_[i]->id;
+            const DeviceEntry* ctrl = entries_[i].get();
             for (size_t j = entries_.size(); j-- > 0;)
-                if (entries_[j]->scsi && entries_[j]->parent == ctrl) destroy(j, Teardown::Unplug);
+                if (entries_[j]->scsi && entries_[j]->parent == ctrl->id) destroy(j, Teardown::Unplug);
             for (size_t j = 0; j < entries_.size(); ++j)
-                if (entries_[j]->id == ctrl) destroy(j, Teardown::Unplug);
+                if (entries_[j].get() == ctrl) {
+                    destroy(j, Teardown::Unplug);
+                    break;
+                }
             return {};
         }
         destroy(i, Teardown::Unplug);

@@ -6,6 +6,7 @@ namespace mpq::devices {
 namespace {
 
 constexpr PropDef kProps[] = {
+    // QEMU's default, hw::kEduDefaultDmaMask.
     {"dma_mask", PropType::Uint, "0xfffffff", UINT64_MAX, "guest addresses the DMA engine reaches"},
 };
 

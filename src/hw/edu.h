@@ -48,7 +48,7 @@ inline constexpr uint64_t kEduDmaIrq = 0x4;            // raise kEduIrqDma when 
 inline constexpr uint64_t kEduDmaBufBase = 0x40000;    // the buffer's DMA address
 inline constexpr uint32_t kEduDmaBufSize = 4096;
 inline constexpr int64_t kEduDmaDelayNs = 100'000'000;  // guest time from start to completion
-inline constexpr uint64_t kEduDefaultDmaMask = (1ull << 28) - 1;
+inline constexpr uint64_t kEduDefaultDmaMask = (1ull << 28) - 1;  // the dma_mask property's default (28 bits)
 
 // Everything the guest can change besides config space.
 struct EduState {

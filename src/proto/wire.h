@@ -13,6 +13,7 @@
 // request in vmm/proxy_link_session.h.
 #pragma once
 
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <iterator>
@@ -171,11 +172,28 @@ using Payload = typename PayloadOf<C>::type;
 
 constexpr int32_t raw(Cmd c) { return static_cast<int32_t>(c); }
 
+namespace detail {
+// Command ids are small (stock 0..7, ours from 64): a row index per id, so
+// that every frame's lookup (validation, dispatch, reply rule) is one load.
+inline constexpr int32_t kCmdIdLimit = 128;
+constexpr std::array<int8_t, kCmdIdLimit> make_row_index() {
+    std::array<int8_t, kCmdIdLimit> idx{};
+    for (auto& i : idx) i = -1;
+    for (size_t i = 0; i < std::size(kMessages); i++) {
+        int32_t id = static_cast<int32_t>(kMessages[i].cmd);
+        if (id >= 0 && id < kCmdIdLimit) idx[static_cast<size_t>(id)] = static_cast<int8_t>(i);
+    }
+    return idx;
+}
+inline constexpr auto kRowIndex = make_row_index();
+}  // namespace detail
+
 // The row of `c`, nullptr for a command no row describes.
 constexpr const Message* message(Cmd c) {
-    for (const Message& m : kMessages)
-        if (m.cmd == c) return &m;
-    return nullptr;
+    int32_t id = static_cast<int32_t>(c);
+    if (id < 0 || id >= detail::kCmdIdLimit) return nullptr;
+    int8_t i = detail::kRowIndex[static_cast<size_t>(id)];
+    return i < 0 ? nullptr : &kMessages[i];
 }
 
 // The row of a command we send: always there.
@@ -209,6 +227,7 @@ constexpr bool table_is_sound() {
         // Stock ids are QEMU's 0..7; ours start at 64, each behind a feature.
         if ((raw(m.cmd) < 64) != (m.feature == kStock)) return false;
         if ((m.feature & ~kSupportedFeatures) != 0) return false;
+        if (raw(m.cmd) < 0 || raw(m.cmd) >= kCmdIdLimit) return false;  // kRowIndex reaches it
     }
     return true;
 }

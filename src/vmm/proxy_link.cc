@@ -95,6 +95,9 @@ Result<uint64_t> ProxyLink::exchange(Cmd cmd, std::span<const uint8_t> payload, 
         return fail("{}", reason_);
     }
     auto v = session_.reply(cmd, rx_);
+    // A RET carries no fds; any that came with one (refused by reply())
+    // would otherwise stay open until a receive that a broken link never makes.
+    rx_.close_fds();
     if (!v.ok()) {
         mark_broken(v.error().message);
         return fail("{}", reason_);

@@ -146,3 +146,28 @@ TEST(DeviceSet, BuildsPlugsAndRemovesAtRunTime) {
     }
     EXPECT_EQ(plugs.log, (std::vector<std::string>{"plug lsi0", "plug edu.1", "unplug lsi0", "unplug edu.1"}));
 }
+
+// An unnamed function's generated id never takes one in use, whether a user
+// chose it or a removal made the count of functions point at it; removing
+// one device removes that device only.
+TEST(DeviceSet, GeneratedIdsStayUnique) {
+    EventLoop loop;
+    ManualTimers timers;
+    GuestMemory mem;
+    Plugs plugs;
+    DeviceSet set(loop, &mem, timers, plugs);
+    ASSERT_TRUE(set.add(kv("edu,id=edu.0")).ok());
+    auto a = set.add(kv("edu"));  // the count (1) is free
+    ASSERT_TRUE(a.ok());
+    EXPECT_EQ((*a)->id, "edu.1");
+    ASSERT_TRUE(set.add(kv("edu,id=edu.2")).ok());
+    ASSERT_TRUE(set.remove("edu.0").ok());
+    auto b = set.add(kv("edu"));  // the count (2) names the user's edu.2
+    ASSERT_TRUE(b.ok());
+    EXPECT_EQ((*b)->id, "edu.3");
+    ASSERT_TRUE(set.remove("edu.2").ok());
+    EXPECT_NE(set.find("edu.1"), nullptr);
+    EXPECT_NE(set.find("edu.3"), nullptr);
+    EXPECT_EQ(set.find("edu.2"), nullptr);
+    EXPECT_EQ(set.find(""), nullptr);
+}
