@@ -147,10 +147,11 @@ void DeviceServer::serve(Conn& c) {
                 w->poison_pending = false;
                 answer_as_dead(c, frame_);
             } else {
-                if (w->test_poison && frame_.cmd() == proto::Cmd::BarWrite &&
+                w->hdr->handling.store(1, std::memory_order_relaxed);
+                if (w->test_poison &&
+                    (frame_.cmd() == proto::Cmd::BarWrite || frame_.cmd() == proto::Cmd::BarWritePosted) &&
                     frame_.as<proto::BarAccess>().val == w->test_poison_value)
                     ::raise(SIGSEGV);  // TEST ONLY: -x-test-worker-poison
-                w->hdr->handling.store(1, std::memory_order_relaxed);
                 c.session.handle(frame_, c.out);
                 w->hdr->handling.store(0, std::memory_order_relaxed);
             }
@@ -286,10 +287,12 @@ void DeviceServer::publish_round() {
         w->hdr->consumed_seq.store(seq, std::memory_order_release);
         w->hdr->sent_seq.store(seq, std::memory_order_release);
     }
+    if (any_request && w->test_die_at == 'p') ::raise(SIGKILL);  // TEST ONLY
     std::vector<Conn*> failed;
     for (auto& c : conns_)
         if (c->peek && !c->peek->request_bytes().empty())
             if (auto st = c->peek->consume(); !st.ok()) failed.push_back(c.get());
+    if (any_request && w->test_die_at == 'c') ::raise(SIGKILL);  // TEST ONLY
     if (any_request) {
         w->hdr->consumed_seq.store(seq, std::memory_order_release);
         w->hdr->sent_seq.store(seq, std::memory_order_release);

@@ -263,12 +263,15 @@ int main(int argc, char** argv) {
             if (wctx->test_fault_fd >= 0) {
                 // TEST ONLY (-x-test-worker-fault fd=N): a byte read from N
                 // makes this worker fault: 's' SIGSEGV, 'x' a forbidden
-                // syscall. Read first, so that its successor does not.
+                // syscall, 'p'/'c' SIGKILL inside the next round's publish
+                // (see DeviceServer::publish_round). Read first, so that
+                // its successor does not.
                 int tfd = wctx->test_fault_fd;
                 keep.push_back(tfd);
-                loop.add_fd(tfd, FdEvents::Read, [tfd](uint32_t) {
+                loop.add_fd(tfd, FdEvents::Read, [tfd, wctx](uint32_t) {
                     char c = 0;
                     if (::read(tfd, &c, 1) != 1) return;
+                    if (c == 'p' || c == 'c') wctx->test_die_at = c;  // in the next round with a request
                     if (c == 's') ::raise(SIGSEGV);
                     if (c == 'x') (void)sandbox::test_forbidden_syscall("execve");
                 });

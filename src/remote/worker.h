@@ -155,6 +155,9 @@ struct Context {
     uint64_t died_ns = 0;  // when the predecessor's death was seen
     FdTable* table = nullptr;
     int test_fault_fd = -1;  // TEST ONLY: a byte on it makes the worker fault
+    // TEST ONLY: die inside the next round with a request, right after its
+    // publish ('p') or after its consume, before the sent mark ('c').
+    char test_die_at = 0;
     uint64_t test_poison_value = 0;
     bool test_poison = false;
 

@@ -52,7 +52,7 @@ class Killer(threading.Thread):
         self.sup, self.fault_w = sup, fault_w
         self.rnd = random.Random(seed)
         self.stop_ev = threading.Event()
-        self.kills = {"kill": 0, "segv": 0, "syscall": 0}
+        self.kills = {"kill": 0, "segv": 0, "syscall": 0, "publish": 0, "consume": 0}
 
     def run(self):
         # At most 8 per run: more than 10 within 10 s make the remote give up.
@@ -61,12 +61,27 @@ class Killer(threading.Thread):
             if not pid:
                 continue
             r = self.rnd.random()
+            nth = sum(self.kills.values())
+            if nth == 1:
+                r = 0.0  # every run has each kind at least once
+            elif nth == 3:
+                r = 0.2
+            elif nth in (4, 6):
+                r = 0.3  # inside a publish: after it, before the consume
+            elif nth in (5, 7):
+                r = 0.4  # after the consume, before the replies are marked sent
             if r < 0.15:
                 os.write(self.fault_w, b"s")
                 self.kills["segv"] += 1
             elif r < 0.25:
                 os.write(self.fault_w, b"x")
                 self.kills["syscall"] += 1
+            elif r == 0.3:
+                os.write(self.fault_w, b"p")
+                self.kills["publish"] += 1
+            elif r == 0.4:
+                os.write(self.fault_w, b"c")
+                self.kills["consume"] += 1
             else:
                 try:
                     os.kill(pid, signal.SIGKILL)
@@ -188,10 +203,10 @@ def poison_and_give_up():
             # Kills the worker, then its successor: the third answers it as a
             # dead device; the write is dropped and the device carries on.
             rig.q.writel(rig.lsi.mmio + SCRATCHB, POISON)
+            got = rig.q.readl(rig.lsi.mmio + SCRATCHB)  # after the (posted) write
             log = rig.log("remote")
             assert restarts_in(log) == 2, "want 2 restarts:\n" + log
             assert "answered as a dead device" in log and "Bytes: " in log, log
-            got = rig.q.readl(rig.lsi.mmio + SCRATCHB)
             assert got != POISON, "the poison write took effect"
             assert rig.q.readl(rig.lsi.mmio + SCRATCHA) == 0x12345678
             ok, st, got = rig.read_blocks(10, 1)
@@ -222,12 +237,12 @@ def run():
     fr.need_peers()
     seeds = [int(s) for s in os.environ.get("MPQ_WORKER_SEEDS", "1,2,3").split(",")]
     kill_run(seeds[0], with_kills=False)
-    totals = {"kill": 0, "segv": 0, "syscall": 0}
+    totals = {"kill": 0, "segv": 0, "syscall": 0, "publish": 0, "consume": 0}
     for s in seeds:
         kills, n = kill_run(s, with_kills=True)
         for k, v in kills.items():
             totals[k] += v
-    assert totals["segv"] > 0 and totals["syscall"] > 0 and totals["kill"] > 0, totals
+    assert all(v > 0 for v in totals.values()), totals
     poison_and_give_up()
     print("ok: worker killed %r times over seeds %r, same registers/memory/disk; poison answered as a "
           "dead device; repeated deaths give up" % (totals, seeds))
