@@ -114,7 +114,8 @@ Result<SlotView> decode_slot(std::span<const uint8_t> slot) {
 }
 
 HeadVerdict judge_head(std::span<const uint8_t> head, std::span<const uint8_t> request) {
-    if (request.empty()) return HeadVerdict::AlreadyGone;
+    // Nothing there: consumed (the proxy sends nothing before our reply).
+    if (request.empty() || head.empty()) return HeadVerdict::AlreadyGone;
     size_t n = std::min(head.size(), request.size());
     if (!std::equal(head.begin(), head.begin() + static_cast<std::ptrdiff_t>(n), request.begin()))
         return HeadVerdict::AlreadyGone;
