@@ -143,10 +143,13 @@ void DeviceServer::serve(Conn& c) {
         }
         if (c.peek) {
             worker::Context* w = worker::context();
-            if (w->poison_pending) {
+            uint32_t off = static_cast<uint32_t>(c.peek->last_frame_offset());
+            if (w->poison_pending && w->poison_conn == c.index && w->poison_off == off) {
                 w->poison_pending = false;
                 answer_as_dead(c, frame_);
             } else {
+                w->hdr->handling_conn.store(c.index, std::memory_order_relaxed);
+                w->hdr->handling_off.store(off, std::memory_order_relaxed);
                 w->hdr->handling.store(1, std::memory_order_relaxed);
                 if (w->test_poison &&
                     (frame_.cmd() == proto::Cmd::BarWrite || frame_.cmd() == proto::Cmd::BarWritePosted) &&
@@ -287,6 +290,9 @@ void DeviceServer::publish_round() {
         w->hdr->consumed_seq.store(seq, std::memory_order_release);
         w->hdr->sent_seq.store(seq, std::memory_order_release);
     }
+    // The request a poison verdict named was in the first round's bytes
+    // (they start at the same socket head); it never applies to a later one.
+    if (any_request) w->poison_pending = false;
     if (any_request && w->test_die_at == 'p') ::raise(SIGKILL);  // TEST ONLY
     std::vector<Conn*> failed;
     for (auto& c : conns_)

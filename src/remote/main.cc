@@ -319,9 +319,16 @@ int main(int argc, char** argv) {
               wctx ? fmt::format(" (worker pid {}{})", ::getpid(), wctx->successor ? ", successor" : "") : "");
     if (wctx) {
         wctx->hdr->serving.store(1);
-        if (wctx->successor && wctx->died_ns)
-            log::info("worker: serving again {} us after the predecessor's death",
-                      (EventLoop::now_ns() - wctx->died_ns) / 1000);
+        if (wctx->successor && wctx->died_ns) {
+            uint64_t us = (EventLoop::now_ns() - wctx->died_ns) / 1000;
+            log::info("worker: serving again {} us after the predecessor's death", us);
+            // Only clients connected to this worker's monitors see it; the
+            // restart is in x-query-worker as well.
+            if (*monitors)
+                (*monitors)->emit("WORKER_RESTARTED",
+                                  monitor::Json{{"cause", wctx->last_exit.cause}, {"unavailable-us", us},
+                                                {"restarts", wctx->restarts}});
+        }
     }
     int rc = loop.run();
     // Ending on purpose: the supervisor exits with our status instead of

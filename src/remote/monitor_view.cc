@@ -1,12 +1,33 @@
 // Adapter from RemoteProcess to monitor::MachineView.
 #include "remote/monitor_view.h"
 
+#include <unistd.h>
+
+#include "remote/worker.h"
+#include "state/device_state.h"
+
 #include <fmt/format.h>
 
 #include "remote/device_server.h"
 #include "remote/state_io.h"
 
 namespace mpq::remote {
+
+Result<monitor::MachineView::WorkerInfo> RemoteMachineView::query_worker() {
+    worker::Context* w = worker::context();
+    if (!w) return fail("this process has no device worker (start it with -x-worker on)");
+    WorkerInfo i;
+    i.pid = ::getpid();
+    i.restarts = w->restarts;
+    i.has_last_exit = w->last_exit.valid;
+    i.last_exit_signal = w->last_exit.signal;
+    i.last_exit_status = w->last_exit.status;
+    i.state_version = state::kFormatVersion;
+    i.published_rounds = w->hdr->publishes.load(std::memory_order_relaxed);
+    if (i.published_rounds)
+        i.publish_avg_ns = w->hdr->publish_ns_total.load(std::memory_order_relaxed) / i.published_rounds;
+    return i;
+}
 
 std::vector<monitor::PciDeviceInfo> RemoteMachineView::pci_devices() {
     std::vector<monitor::PciDeviceInfo> out;

@@ -127,6 +127,7 @@ Result<RecvState> PeekTransport::next(proto::Frame& f) {
         f.num_fds = k;
         fds_.clear();
     }
+    last_off_ = used_;
     used_ += len;
     return RecvState::Frame;
 }

@@ -32,6 +32,8 @@ public:
 
     // The bytes of the frames next() handed out this round.
     std::span<const uint8_t> request_bytes() const { return {buf_.data(), used_}; }
+    // Offset of the frame next() returned last, in request_bytes().
+    size_t last_frame_offset() const { return last_off_; }
     std::span<const uint8_t> queued_replies() const { return replies_; }
     // Takes request_bytes() off the socket (their fds, received again, are closed).
     Status consume();
@@ -56,6 +58,7 @@ private:
     std::vector<uint8_t> buf_;  // the peeked bytes
     size_t have_ = 0;           // peeked bytes in buf_
     size_t used_ = 0;           // bytes of the frames handed out
+    size_t last_off_ = 0;
     bool peeked_ = false;       // buf_ holds this round's peek
     bool eof_ = false;
     std::vector<UniqueFd> fds_;  // copies of the fds of the peek

@@ -362,6 +362,8 @@ Status run_supervisor(const SupervisorOptions& opts) {
             ::_exit(1);
         }
         ctx.poison_pending = poison.died(hdr->handling.load() != 0, hdr->seq.load());
+        ctx.poison_conn = hdr->handling_conn.load();
+        ctx.poison_off = hdr->handling_off.load();
         ctx.restarts++;
         log::warn("worker: pid {} died ({}) at published round {}; starting a successor (restart {}){}", pid,
                   ctx.last_exit.cause, hdr->seq.load(), ctx.restarts,

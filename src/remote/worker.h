@@ -49,6 +49,8 @@ struct PublishHeader {
     std::atomic<uint32_t> serving;       // this worker got as far as serving
     std::atomic<uint32_t> finished;      // the worker exits on purpose (quit, VMM gone)
     std::atomic<uint32_t> handling;      // inside a request taken from a socket
+    std::atomic<uint32_t> handling_conn;  // ... of this connection
+    std::atomic<uint32_t> handling_off;   // ... at this offset of the round's request bytes
     std::atomic<uint64_t> consumed_seq;  // request bytes of publish `seq` consumed from the sockets
     std::atomic<uint64_t> sent_seq;      // replies of publish `seq` handed to sendmsg
     std::atomic<uint64_t> slot_len[2];
@@ -149,7 +151,9 @@ struct Context {
     uint8_t* slots = nullptr;
     int handoff_fd = -1;
     bool successor = false;
-    bool poison_pending = false;  // answer the head request as a dead device
+    bool poison_pending = false;  // answer one request as a dead device:
+    uint32_t poison_conn = 0;     // the one of this connection
+    uint32_t poison_off = 0;      // at this offset of the unconsumed bytes
     unsigned restarts = 0;
     LastExit last_exit;
     uint64_t died_ns = 0;  // when the predecessor's death was seen

@@ -17,6 +17,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
 import faultrig as fr  # noqa: E402
+import monitor_client as mc  # noqa: E402
 
 SCRATCHA = 0x34
 SCRATCHB = 0x5c
@@ -142,8 +143,10 @@ def kill_run(seed, with_kills):
         disk = os.path.join(tmp, "disk.img")
         fr.make_raw(disk, 4)
         fault_r, fault_w = os.pipe()
+        qmp = os.path.join(tmp, "remote.qmp")
         rig = fr.Rig(tmp, disk, vmm="ours",
-                     remote_args=["-x-worker", "on", "-x-test-worker-fault", "fd=%d" % fault_r])
+                     remote_args=["-x-worker", "on", "-x-test-worker-fault", "fd=%d" % fault_r,
+                                  "-qmp", "unix:%s,server=on,wait=off" % qmp])
         rig.start(extra_pass_fds=[fault_r])
         killer = None
         try:
@@ -170,6 +173,18 @@ def kill_run(seed, with_kills):
             log = rig.log("remote")
             assert rig.remote.poll() is None, "the remote exited:\n" + log
             n = restarts_in(log)
+            # The monitor (served by the current worker) reports it.
+            c = mc.QmpClient(qmp, rig.remote)
+            c.negotiate()
+            r = c.cmd("x-query-worker")["return"]
+            c.close()
+            assert r["pid"] == worker_pid(rig.remote.pid), r
+            assert r["restarts"] == n and r["state-version"] == 1, (r, n)
+            assert r["published-rounds"] > 0, r
+            if n:
+                assert set(r["last-exit"]) <= {"signal", "status"} and r["last-exit"], r
+            else:
+                assert "last-exit" not in r, r
             if killer:
                 total = sum(killer.kills.values())
                 assert total >= 5, "only %d kills:\n%s" % (total, log)
