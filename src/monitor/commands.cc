@@ -384,6 +384,14 @@ void register_commands(QmpDispatcher& d, CommandEnv& env) {
         return QmpReply::ok(r);
     });
 
+    // mpqemu's own: live update of the device worker.
+    d.add("x-worker-restart", {{"binary", ArgType::String, true}}, [&env](const Json& args) {
+        std::string bin = args.contains("binary") ? args["binary"].get<std::string>() : "";
+        auto st = env.view.worker_restart(bin);
+        if (!st) return QmpReply::err(kGenericError, st.error().message);
+        return QmpReply::ok();
+    });
+
     // mpqemu's own: hands the proxy device `id` a new socket (named by
     // getfd) to a remote that serves its device now, e.g. one started with
     // -incoming-state from the old remote's x-device-state-save.

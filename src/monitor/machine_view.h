@@ -127,6 +127,13 @@ public:
     };
     virtual Result<WorkerInfo> query_worker() { return Error{"this process has no device worker (-x-worker on)", 0}; }
 
+    // x-worker-restart: replaces the device worker by a new one carrying the
+    // state (live update); `binary` empty: the same binary.
+    virtual Status worker_restart(const std::string& binary) {
+        (void)binary;
+        return Error{"this process has no device worker (-x-worker on)", 0};
+    }
+
     // x-proxy-reconnect: the proxy device `id` continues on `sock`, a socket
     // to a remote that now serves its device (started with -incoming-state).
     virtual Status proxy_reconnect(const std::string& id, UniqueFd sock) {

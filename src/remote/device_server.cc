@@ -308,6 +308,12 @@ void DeviceServer::publish_round() {
         if (auto st = c->peek->flush(); !st.ok()) failed.push_back(c.get());
         if (!c->peek->request_bytes().empty() || c->peek->frame_ready()) continue;
     }
+    if (w->leave_after_publish) {
+        // Live update: everything of this round is published, consumed and
+        // sent; the loop ends here and main() hands over (remote/main.cc).
+        loop_.stop(0);
+        return;
+    }
     for (Conn* c : failed) {
         for (auto& p : conns_)
             if (p.get() == c) {

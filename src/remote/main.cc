@@ -331,6 +331,14 @@ int main(int argc, char** argv) {
         }
     }
     int rc = loop.run();
+    if (wctx && wctx->leave_after_publish) {
+        // x-worker-restart: the drives are flushed (the qcow2 metadata this
+        // worker caches reaches the image), then the supervisor starts the
+        // successor, which carries on from the state published last.
+        proc.shutdown();
+        wctx->hdr->live_update.store(1);
+        ::_exit(0);
+    }
     // Ending on purpose: the supervisor exits with our status instead of
     // starting a successor.
     if (wctx) wctx->hdr->finished.store(1);

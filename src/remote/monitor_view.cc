@@ -13,6 +13,17 @@
 
 namespace mpq::remote {
 
+Status RemoteMachineView::worker_restart(const std::string& binary) {
+    worker::Context* w = worker::context();
+    if (!w) return fail("this process has no device worker (start it with -x-worker on)");
+    if (!binary.empty())
+        return fail("x-worker-restart: 'binary' is not supported yet (only the running binary can be restarted)");
+    // Give the reply a moment to reach the client, then leave at the end
+    // of a round, right after its publish (DeviceServer::publish_round).
+    proc_.loop().add_timer(5'000'000, [w] { w->leave_after_publish = true; });
+    return {};
+}
+
 Result<monitor::MachineView::WorkerInfo> RemoteMachineView::query_worker() {
     worker::Context* w = worker::context();
     if (!w) return fail("this process has no device worker (start it with -x-worker on)");

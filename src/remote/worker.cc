@@ -299,6 +299,7 @@ Status run_supervisor(const SupervisorOptions& opts) {
         hdr->serving.store(0);
         hdr->finished.store(0);
         hdr->handling.store(0);
+        hdr->live_update.store(0);
         pid_t pid = ::fork();
         if (pid < 0) {
             int e = errno;
@@ -356,6 +357,17 @@ Status run_supervisor(const SupervisorOptions& opts) {
         ctx.last_exit.status = WIFEXITED(status) ? WEXITSTATUS(status) : 0;
         ctx.last_exit.cause = describe(status);
         ctx.died_ns = died;
+        if (hdr->live_update.load()) {
+            // Asked for: not a crash, not counted against the restart limit.
+            ctx.restarts++;
+            ctx.last_exit.cause = "live update";
+            ctx.poison_pending = false;
+            poison.reset();
+            log::info("worker: pid {} left for a live update; starting its successor (restart {})", pid,
+                      ctx.restarts);
+            first = false;
+            continue;
+        }
         if (!policy.allow(died)) {
             log::error("worker: pid {} died ({}); {} restarts within {} s: giving up, the device is gone",
                        pid, ctx.last_exit.cause, opts.max_restarts + 1, opts.window_ns / 1'000'000'000ull);

@@ -48,6 +48,7 @@ struct PublishHeader {
     std::atomic<uint32_t> slot;          // the slot holding publish number `seq`
     std::atomic<uint32_t> serving;       // this worker got as far as serving
     std::atomic<uint32_t> finished;      // the worker exits on purpose (quit, VMM gone)
+    std::atomic<uint32_t> live_update;   // the worker left for a successor (x-worker-restart)
     std::atomic<uint32_t> handling;      // inside a request taken from a socket
     std::atomic<uint32_t> handling_conn;  // ... of this connection
     std::atomic<uint32_t> handling_off;   // ... at this offset of the round's request bytes
@@ -162,6 +163,9 @@ struct Context {
     // TEST ONLY: die inside the next round with a request, right after its
     // publish ('p') or after its consume, before the sent mark ('c').
     char test_die_at = 0;
+    // x-worker-restart: leave at the end of the next round, after its
+    // replies went out; the supervisor starts a successor.
+    bool leave_after_publish = false;
     uint64_t test_poison_value = 0;
     bool test_poison = false;
 

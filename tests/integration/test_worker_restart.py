@@ -203,6 +203,78 @@ def kill_run(seed, with_kills, vmm="ours"):
         return (killer.kills if killer else None), n
 
 
+def live_update_run(seed, updates=20):
+    """x-worker-restart while the workload runs: each time a new worker
+    carries the state on; nothing counts as a crash."""
+    with fr.TmpDir() as tmp:
+        disk = os.path.join(tmp, "disk.img")
+        fr.make_raw(disk, 4)
+        qmp = os.path.join(tmp, "remote.qmp")
+        rig = fr.Rig(tmp, disk, vmm="ours",
+                     remote_args=["-x-worker", "on", "-qmp", "unix:%s,server=on,wait=off" % qmp])
+        rig.start()
+        done = []
+        errors = []
+
+        def updater():
+            try:
+                for _ in range(updates):
+                    time.sleep(0.03)
+                    old = wait_worker(rig.remote.pid)
+                    c = mc.QmpClient(qmp, rig.remote)
+                    c.negotiate()
+                    r = c.cmd("x-worker-restart")
+                    c.close()
+                    if r != {"return": {}}:
+                        errors.append(r)
+                        return
+                    wait_worker(rig.remote.pid, not_pid=old)
+                    # The successor's monitor socket is there once it serves.
+                    end = time.time() + 10
+                    while time.time() < end:
+                        try:
+                            c = mc.QmpClient(qmp, rig.remote)
+                            c.negotiate()
+                            c.close()
+                            break
+                        except OSError:
+                            time.sleep(0.005)
+                    done.append(1)
+            except Exception as e:  # reported by the main thread
+                errors.append(repr(e))
+
+        th = threading.Thread(target=updater, daemon=True)
+        th.start()
+        try:
+            try:
+                expect, regs = workload(rig, seed, 4, more=th.is_alive)
+            except AssertionError as e:
+                raise AssertionError("%s\nremote log:\n%s" % (e, rig.log("remote")[-6000:]))
+            th.join(60)
+            assert not errors, errors
+            assert len(done) == updates, (len(done), rig.log("remote")[-3000:])
+            for reg, v in regs.items():
+                assert rig.q.readl(rig.lsi.mmio + reg) == v
+            for lba, data in sorted(expect.items()):
+                ok, st, got = rig.read_blocks(lba, 1)
+                assert ok and got == data, "live update: final read LBA %d" % lba
+            c = mc.QmpClient(qmp, rig.remote)
+            c.negotiate()
+            r = c.cmd("x-query-worker")["return"]
+            assert r["restarts"] == updates, r
+            # Another binary is not supported yet: refused, the worker stays.
+            r = c.cmd("x-worker-restart", {"binary": "/bin/true"})
+            assert "error" in r and "not supported" in r["error"]["desc"], r
+            c.close()
+            log = rig.log("remote")
+            assert restarts_in(log) == 0, "a live update was taken for a crash:\n" + log
+            assert log.count("left for a live update") == updates, log
+        finally:
+            rig.stop()
+        for lba, data in expect.items():
+            assert fr.file_blocks(disk, lba, 1) == data, "live update: image at LBA %d" % lba
+
+
 def poison_and_give_up():
     with fr.TmpDir() as tmp:
         disk = os.path.join(tmp, "disk.img")
@@ -262,9 +334,10 @@ def run():
     for k, v in kills.items():
         totals[k] += v
     assert all(v > 0 for v in totals.values()), totals
+    live_update_run(seeds[0] + 200)
     poison_and_give_up()
     print("ok: worker killed %r times over seeds %r, same registers/memory/disk; poison answered as a "
-          "dead device; repeated deaths give up" % (totals, seeds))
+          "dead device; repeated deaths give up; 20 live updates" % (totals, seeds))
 
 
 if __name__ == "__main__":
