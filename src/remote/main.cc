@@ -159,6 +159,7 @@ int main(int argc, char** argv) {
         if (sandbox_opts.pid_namespace == sandbox::Namespaces::New)
             return die(fail("-x-worker on cannot be combined with -sandbox pidns=on yet"));
         worker::SupervisorOptions so;
+        so.sandbox = sandbox_opts;
         if (const auto* t = cl->last("x-test-worker-fault")) {
             std::string_view v = t->text;
             if (!v.starts_with("fd=")) return die(t->error("expected fd=N"));

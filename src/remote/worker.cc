@@ -4,7 +4,9 @@
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sched.h>
 #include <sys/signalfd.h>
+#include <sys/syscall.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -15,6 +17,7 @@
 #include <cstring>
 #include <new>
 
+#include "sandbox/policy.h"
 #include "util/log.h"
 
 namespace mpq::remote::worker {
@@ -140,9 +143,10 @@ bool PoisonDetector::died(bool handling, uint64_t seq) {
     return again;
 }
 
-bool hand_over(const HandoffMsg& m, std::span<const int> fds) {
-    if (!g_ctx) return true;
-    iovec iov{const_cast<HandoffMsg*>(&m), sizeof m};
+namespace {
+
+bool send_with_fds(int sock, const void* data, size_t len, std::span<const int> fds) {
+    iovec iov{const_cast<void*>(data), len};
     msghdr msg{};
     msg.msg_iov = &iov;
     msg.msg_iovlen = 1;
@@ -157,11 +161,46 @@ bool hand_over(const HandoffMsg& m, std::span<const int> fds) {
         std::memcpy(CMSG_DATA(c), fds.data(), sizeof(int) * fds.size());
     }
     for (;;) {
-        ssize_t n = ::sendmsg(g_ctx->handoff_fd, &msg, MSG_NOSIGNAL);
-        if (n == static_cast<ssize_t>(sizeof m)) return true;
+        ssize_t n = ::sendmsg(sock, &msg, MSG_NOSIGNAL);
+        if (n == static_cast<ssize_t>(len)) return true;
         if (n < 0 && errno == EINTR) continue;
         return false;
     }
+}
+
+// One message and its fds; the size, 0 at EOF, -1 on error / nothing there.
+ssize_t recv_with_fds(int sock, void* buf, size_t len, std::vector<UniqueFd>& fds, int flags) {
+    fds.clear();
+    iovec iov{buf, len};
+    alignas(cmsghdr) char ctl[CMSG_SPACE(sizeof(int) * proto::kMaxFdsOnWire)]{};
+    msghdr msg{};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = ctl;
+    msg.msg_controllen = sizeof ctl;
+    ssize_t n;
+    do {
+        n = ::recvmsg(sock, &msg, flags | MSG_CMSG_CLOEXEC);
+    } while (n < 0 && errno == EINTR);
+    if (n < 0) return -1;
+    for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+        size_t k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        for (size_t i = 0; i < k; i++) {
+            int fd;
+            std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
+            fds.emplace_back(fd);
+        }
+    }
+    if (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) return -1;
+    return n;
+}
+
+}  // namespace
+
+bool hand_over(const HandoffMsg& m, std::span<const int> fds) {
+    if (!g_ctx) return true;
+    return send_with_fds(g_ctx->handoff_fd, &m, sizeof m, fds);
 }
 
 Status publish(std::span<const uint8_t> bytes) {
@@ -190,47 +229,140 @@ std::span<const uint8_t> last_published() {
 
 namespace {
 
+void apply_handoff(const HandoffMsg& m, std::vector<UniqueFd>& fds, FdTable& t) {
+    if (fds.size() != m.nfds || m.nfds > proto::kMaxFdsOnWire) return;
+    auto key = std::make_pair(m.conn, m.dev);
+    switch (static_cast<HandoffKind>(m.kind)) {
+    case HandoffKind::Sysmem:
+        t.sysmem.clear();
+        t.sysmem_fds.clear();
+        for (uint32_t i = 0; i < m.nfds; i++) {
+            t.sysmem.push_back(RamRegion{m.gpa[i], m.size[i], m.offset[i], fds[i].get()});
+            t.sysmem_fds.push_back(std::move(fds[i]));
+        }
+        break;
+    case HandoffKind::Irqfd:
+        if (m.nfds == 2) t.irqfds[key] = {std::move(fds[0]), std::move(fds[1])};
+        break;
+    case HandoffKind::Mirror:
+        if (m.nfds == 1) t.mirrors[key] = std::move(fds[0]);
+        break;
+    }
+}
+
 void take_handoff(int sock, FdTable& t) {
+    std::vector<UniqueFd> fds;
     for (;;) {
         HandoffMsg m{};
-        iovec iov{&m, sizeof m};
-        alignas(cmsghdr) char ctl[CMSG_SPACE(sizeof(int) * proto::kMaxFdsOnWire)]{};
-        msghdr msg{};
-        msg.msg_iov = &iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = ctl;
-        msg.msg_controllen = sizeof ctl;
-        ssize_t n = ::recvmsg(sock, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
-        if (n < 0 && errno == EINTR) continue;
+        ssize_t n = recv_with_fds(sock, &m, sizeof m, fds, MSG_DONTWAIT);
         if (n <= 0) return;
-        std::vector<UniqueFd> fds;
-        for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
-            if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
-            size_t k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-            for (size_t i = 0; i < k; i++) {
-                int fd;
-                std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
-                fds.emplace_back(fd);
-            }
+        if (n == static_cast<ssize_t>(sizeof m)) apply_handoff(m, fds, t);
+    }
+}
+
+// ---- The spawner: forked from the supervisor before the supervisor
+// locks itself down, so that a new worker starts from a process that may
+// still open images, map memory and start threads (a fork of the sandboxed
+// supervisor would inherit its filter: seccomp filters are never dropped).
+// It holds nothing between spawns; the supervisor sends it the fd table and
+// the worker's hand-over socket with each request, and the worker it clones
+// (CLONE_PARENT) is the supervisor's child.
+constexpr uint32_t kSpawnKind = 100;
+struct SpawnMsg {
+    uint32_t kind;
+    uint32_t successor;
+    uint32_t restarts;
+    int32_t last_signal;
+    int32_t last_status;
+    uint32_t last_valid;
+    uint64_t died_ns;
+    uint32_t poison;
+    uint32_t poison_conn;
+    uint32_t poison_off;
+    char cause[60];
+};
+static_assert(sizeof(SpawnMsg) == 104);
+
+bool send_table(int sock, const FdTable& t) {
+    if (!t.sysmem.empty()) {
+        HandoffMsg m{};
+        m.kind = static_cast<uint32_t>(HandoffKind::Sysmem);
+        std::vector<int> fds;
+        for (size_t i = 0; i < t.sysmem.size() && i < proto::kMaxFdsOnWire; i++) {
+            m.gpa[i] = t.sysmem[i].gpa;
+            m.size[i] = t.sysmem[i].size;
+            m.offset[i] = t.sysmem[i].offset;
+            fds.push_back(t.sysmem_fds[i].get());
         }
-        if (n != static_cast<ssize_t>(sizeof m) || fds.size() != m.nfds || m.nfds > proto::kMaxFdsOnWire) continue;
-        auto key = std::make_pair(m.conn, m.dev);
-        switch (static_cast<HandoffKind>(m.kind)) {
-        case HandoffKind::Sysmem:
-            t.sysmem.clear();
-            t.sysmem_fds.clear();
-            for (uint32_t i = 0; i < m.nfds; i++) {
-                t.sysmem.push_back(RamRegion{m.gpa[i], m.size[i], m.offset[i], fds[i].get()});
-                t.sysmem_fds.push_back(std::move(fds[i]));
-            }
-            break;
-        case HandoffKind::Irqfd:
-            if (m.nfds == 2) t.irqfds[key] = {std::move(fds[0]), std::move(fds[1])};
-            break;
-        case HandoffKind::Mirror:
-            if (m.nfds == 1) t.mirrors[key] = std::move(fds[0]);
-            break;
+        m.nfds = static_cast<uint32_t>(fds.size());
+        if (!send_with_fds(sock, &m, sizeof m, fds)) return false;
+    }
+    for (const auto& [key, p] : t.irqfds) {
+        HandoffMsg m{};
+        m.kind = static_cast<uint32_t>(HandoffKind::Irqfd);
+        m.conn = key.first;
+        m.dev = key.second;
+        m.nfds = 2;
+        int fds[2] = {p.first.get(), p.second.get()};
+        if (!send_with_fds(sock, &m, sizeof m, fds)) return false;
+    }
+    for (const auto& [key, fd] : t.mirrors) {
+        HandoffMsg m{};
+        m.kind = static_cast<uint32_t>(HandoffKind::Mirror);
+        m.conn = key.first;
+        m.dev = key.second;
+        m.nfds = 1;
+        int f = fd.get();
+        if (!send_with_fds(sock, &m, sizeof m, std::span(&f, 1))) return false;
+    }
+    return true;
+}
+
+// Runs in the spawner; returns only in a new worker (with g_ctx set).
+void spawner(int sock, Context& ctx) {
+    static FdTable table;
+    std::vector<UniqueFd> fds;
+    for (;;) {
+        union {
+            HandoffMsg h;
+            SpawnMsg s;
+        } u{};
+        ssize_t n = recv_with_fds(sock, &u, sizeof u, fds, 0);
+        if (n <= 0) ::_exit(0);  // the supervisor is gone
+        if (u.s.kind != kSpawnKind) {
+            if (n == static_cast<ssize_t>(sizeof(HandoffMsg))) apply_handoff(u.h, fds, table);
+            continue;
         }
+        if (n != static_cast<ssize_t>(sizeof(SpawnMsg)) || fds.size() != 1) ::_exit(1);
+        const SpawnMsg& m = u.s;
+        long pid = ::syscall(SYS_clone, CLONE_PARENT | SIGCHLD, 0, 0, 0, 0);
+        if (pid == 0) {
+            ::close(sock);
+            ::prctl(PR_SET_NAME, "qemu-scsi-dev", 0, 0, 0);
+            ctx.handoff_fd = fds[0].release();
+            ctx.successor = m.successor != 0;
+            ctx.restarts = m.restarts;
+            ctx.last_exit.valid = m.last_valid != 0;
+            ctx.last_exit.signal = m.last_signal;
+            ctx.last_exit.status = m.last_status;
+            ctx.last_exit.cause = std::string(m.cause, strnlen(m.cause, sizeof m.cause));
+            ctx.died_ns = m.died_ns;
+            ctx.poison_pending = m.poison != 0;
+            ctx.poison_conn = m.poison_conn;
+            ctx.poison_off = m.poison_off;
+            ctx.table = &table;
+            ::prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
+            sigset_t chld;
+            sigemptyset(&chld);
+            sigaddset(&chld, SIGCHLD);
+            ::sigprocmask(SIG_UNBLOCK, &chld, nullptr);
+            g_ctx = &ctx;
+            return;
+        }
+        int32_t answer = pid < 0 ? -errno : static_cast<int32_t>(pid);
+        fds.clear();
+        table = FdTable{};
+        if (!send_with_fds(sock, &answer, sizeof answer, {})) ::_exit(1);
     }
 }
 
@@ -285,9 +417,35 @@ Status run_supervisor(const SupervisorOptions& opts) {
     sigemptyset(&sigs);
     for (int s : {SIGCHLD, SIGTERM, SIGINT, SIGHUP}) sigaddset(&sigs, s);
     ::sigprocmask(SIG_BLOCK, &sigs, nullptr);
+    const pid_t sup = ::getpid();
+
+    int zs[2];
+    if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, zs) != 0)
+        return fail_errno(errno, "worker: socketpair: {}", std::strerror(errno));
+    pid_t zpid = ::fork();
+    if (zpid < 0) return fail_errno(errno, "worker: fork: {}", std::strerror(errno));
+    if (zpid == 0) {
+        ::close(zs[0]);
+        ::prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
+        if (::getppid() != sup) ::_exit(1);
+        ::prctl(PR_SET_NAME, "mpq-spawner", 0, 0, 0);  // tells it apart from the worker in ps
+        spawner(zs[1], ctx);
+        return {};  // a new worker
+    }
+    ::close(zs[1]);
+    UniqueFd zsock(zs[0]);
     UniqueFd sfd(::signalfd(-1, &sigs, SFD_CLOEXEC));
     if (!sfd) return fail_errno(errno, "worker: signalfd: {}", std::strerror(errno));
-    const pid_t sup = ::getpid();
+
+    if (opts.sandbox.mode == sandbox::Mode::On) {
+        // From here on the supervisor only waits, passes fds on and logs.
+        sandbox::SandboxOptions so;
+        so.action = opts.sandbox.action == sandbox::Action::Trap ? sandbox::Action::Kill : opts.sandbox.action;
+        if (::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0)
+            return fail_errno(errno, "worker: no_new_privs: {}", std::strerror(errno));
+        if (auto st = sandbox::load_filter(so, sandbox::Role::WorkerSupervisor, 0); !st.ok())
+            return fail("worker: supervisor sandbox: {}", st.error().message);
+    }
 
     RestartPolicy policy(opts.max_restarts, opts.window_ns);
     PoisonDetector poison;
@@ -300,30 +458,28 @@ Status run_supervisor(const SupervisorOptions& opts) {
         hdr->finished.store(0);
         hdr->handling.store(0);
         hdr->live_update.store(0);
-        pid_t pid = ::fork();
-        if (pid < 0) {
-            int e = errno;
+        SpawnMsg req{};
+        req.kind = kSpawnKind;
+        req.successor = first ? 0 : 1;
+        req.restarts = ctx.restarts;
+        req.last_valid = ctx.last_exit.valid;
+        req.last_signal = ctx.last_exit.signal;
+        req.last_status = ctx.last_exit.status;
+        std::strncpy(req.cause, ctx.last_exit.cause.c_str(), sizeof req.cause - 1);
+        req.died_ns = ctx.died_ns;
+        req.poison = ctx.poison_pending;
+        req.poison_conn = ctx.poison_conn;
+        req.poison_off = ctx.poison_off;
+        int32_t pid = -EPIPE;
+        std::vector<UniqueFd> none;
+        if (send_table(zsock.get(), table) && send_with_fds(zsock.get(), &req, sizeof req, std::span(&sp[1], 1)))
+            if (recv_with_fds(zsock.get(), &pid, sizeof pid, none, 0) != sizeof pid) pid = -EPIPE;
+        if (pid <= 0) {
             ::close(sp[0]);
             ::close(sp[1]);
-            if (first) return fail_errno(e, "worker: fork: {}", std::strerror(e));
-            log::error("worker: cannot fork a successor: {}; giving up", std::strerror(e));
+            if (first) return fail_errno(-pid, "worker: cannot start the worker: {}", std::strerror(-pid));
+            log::error("worker: cannot start a successor: {}; giving up", std::strerror(-pid));
             ::_exit(1);
-        }
-        if (pid == 0) {
-            ::close(sp[0]);
-            ctx.handoff_fd = sp[1];
-            ctx.successor = !first;
-            sfd.reset();
-            // The worker's signals are its own again (main blocks the ones
-            // its loop reads through a signalfd).
-            sigset_t chld;
-            sigemptyset(&chld);
-            sigaddset(&chld, SIGCHLD);
-            ::sigprocmask(SIG_UNBLOCK, &chld, nullptr);
-            ::prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
-            if (::getppid() != sup) ::_exit(1);
-            g_ctx = &ctx;
-            return {};
         }
         ::close(sp[1]);
         UniqueFd hand(sp[0]);

@@ -29,6 +29,7 @@
 
 #include "mem/guest_memory.h"
 #include "proto/channel.h"
+#include "sandbox/sandbox.h"
 #include "util/result.h"
 #include "util/unique_fd.h"
 
@@ -180,6 +181,9 @@ struct SupervisorOptions {
     int test_fault_fd = -1;
     uint64_t test_poison_value = 0;
     bool test_poison = false;
+    // -sandbox: on puts the supervisor under its own allowlist
+    // (sandbox::Role::WorkerSupervisor).
+    sandbox::SandboxOptions sandbox;
 };
 // Forks the first worker and supervises it; returns only in a worker (the
 // first or a successor), with context() set. The supervisor itself exits

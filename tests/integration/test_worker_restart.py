@@ -25,13 +25,25 @@ POISON = 0x0badf00d
 
 
 def worker_pid(sup):
-    """The supervisor's child (the worker), or None between workers."""
+    """The supervisor's worker child (its other child is the spawner, named
+    mpq-spawner), or None between workers."""
     try:
         with open("/proc/%d/task/%d/children" % (sup, sup)) as f:
-            kids = f.read().split()
+            kids = [int(k) for k in f.read().split()]
     except OSError:
         return None
-    return int(kids[0]) if kids else None
+    for k in kids:
+        try:
+            with open("/proc/%d/comm" % k) as f:
+                if f.read().strip() == "mpq-spawner":
+                    continue
+            with open("/proc/%d/stat" % k) as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    continue  # dead, not reaped yet
+        except OSError:
+            continue
+        return k
+    return None
 
 
 def wait_worker(sup, not_pid=None, timeout=10.0):
@@ -151,6 +163,9 @@ def kill_run(seed, with_kills, vmm="ours"):
         killer = None
         try:
             wait_worker(rig.remote.pid)
+            # The supervisor runs under its own seccomp filter (mode 2).
+            with open("/proc/%d/status" % rig.remote.pid) as f:
+                assert "Seccomp:\t2" in f.read(), "the supervisor is not sandboxed"
             if with_kills:
                 killer = Killer(rig.remote.pid, fault_w, seed)
                 killer.start()
