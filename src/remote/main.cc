@@ -241,6 +241,9 @@ int main(int argc, char** argv) {
 
     if (auto s = proc.start(); !s.ok()) return die(s.error());
     if (wctx) {
+        // Every device must be able to carry its state to a successor.
+        if (auto img = remote::capture_state(proc); !img.ok())
+            return die(fail("-x-worker on: {}", img.error().message));
         proc.server()->enable_publishing([&proc]() -> Result<std::vector<uint8_t>> {
             auto img = remote::capture_state(proc);
             if (!img.ok()) return img.take_error();

@@ -88,19 +88,34 @@ std::vector<monitor::RemoteDeviceInfo> RemoteMachineView::remote_devices() {
 }
 
 // Hot-plug: thin glue, the work is RemoteProcess's.
+namespace {
+// A successor rebuilds the devices from the command line: what a monitor
+// plugged in or out would not be there (and the published state would not fit).
+constexpr const char* kNoHotplugWithWorker =
+    "hot-plug is not supported with -x-worker on (a restarted worker rebuilds the devices from the command line)";
+}  // namespace
+
 Status RemoteMachineView::drive_add(const block::DriveOptions& opts, DriveOrigin origin) {
+    if (worker::context()) return fail("{}", kNoHotplugWithWorker);
     return proc_.add_drive_now(opts, origin == DriveOrigin::Blockdev ? DriveOwner::Monitor : DriveOwner::Legacy);
 }
 
-Status RemoteMachineView::drive_del(std::string_view node_name) { return proc_.remove_drive(node_name); }
+Status RemoteMachineView::drive_del(std::string_view node_name) {
+    if (worker::context()) return fail("{}", kNoHotplugWithWorker);
+    return proc_.remove_drive(node_name);
+}
 
 Status RemoteMachineView::device_add(const std::vector<std::pair<std::string, std::string>>& props) {
+    if (worker::context()) return fail("{}", kNoHotplugWithWorker);
     opts::KeyValues kv;
     for (const auto& [k, v] : props) kv.items.push_back(opts::KeyValue{k, v});
     return proc_.add_device_now(kv);
 }
 
-Result<std::string> RemoteMachineView::device_del(std::string_view id) { return proc_.remove_device(id); }
+Result<std::string> RemoteMachineView::device_del(std::string_view id) {
+    if (worker::context()) return fail("{}", kNoHotplugWithWorker);
+    return proc_.remove_device(id);
+}
 
 Status RemoteMachineView::block_resize(std::string_view device, uint64_t size) {
     block::BlockBackend* be = proc_.find_backend(device);

@@ -156,9 +156,11 @@ def kill_run(seed, with_kills, vmm="ours"):
         fr.make_raw(disk, 4)
         fault_r, fault_w = os.pipe()
         qmp = os.path.join(tmp, "remote.qmp")
+        hmp = os.path.join(tmp, "remote.hmp")
         rig = fr.Rig(tmp, disk, vmm=vmm,
                      remote_args=["-x-worker", "on", "-x-test-worker-fault", "fd=%d" % fault_r,
-                                  "-qmp", "unix:%s,server=on,wait=off" % qmp])
+                                  "-qmp", "unix:%s,server=on,wait=off" % qmp,
+                                  "-monitor", "unix:%s,server=on,wait=off" % hmp])
         rig.start(extra_pass_fds=[fault_r])
         killer = None
         try:
@@ -192,7 +194,10 @@ def kill_run(seed, with_kills, vmm="ours"):
             c = mc.QmpClient(qmp, rig.remote)
             c.negotiate()
             r = c.cmd("x-query-worker")["return"]
+            hp = c.cmd("device_add", {"driver": "scsi-hd", "id": "sd9", "drive": "d0", "bus": "lsi0.0",
+                                      "scsi-id": 3})
             c.close()
+            assert "error" in hp and "-x-worker on" in hp["error"]["desc"], hp
             assert r["pid"] == worker_pid(rig.remote.pid), r
             assert r["restarts"] == n and r["state-version"] == 1, (r, n)
             assert r["published-rounds"] > 0, r
@@ -200,6 +205,10 @@ def kill_run(seed, with_kills, vmm="ours"):
                 assert set(r["last-exit"]) <= {"signal", "status"} and r["last-exit"], r
             else:
                 assert "last-exit" not in r, r
+            h = mc.HmpClient(hmp, rig.remote)
+            out = h.cmd("info worker")
+            h.close()
+            assert ("worker pid %d, restarts %d," % (r["pid"], n)) in out, out
             if killer:
                 total = sum(killer.kills.values())
                 assert total >= 5, "only %d kills:\n%s" % (total, log)
@@ -335,8 +344,23 @@ def poison_and_give_up():
             rig.stop()
 
 
+def refusals():
+    """What -x-worker on cannot carry is refused at start, exit status 1."""
+    import subprocess
+    for args, needle in ((["-device", "edu,id=edu0", "-x-worker", "on"], "no saved-state support"),
+                         (["-device", "lsi53c895a,id=lsi0", "-x-worker", "maybe"], "expected on or off")):
+        a, b = socket.socketpair()
+        p = subprocess.run([fr.remote_binary(), str(b.fileno())] + args, pass_fds=[b.fileno()],
+                           stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
+        a.close()
+        b.close()
+        out = (p.stdout + p.stderr).decode(errors="replace")
+        assert p.returncode == 1 and needle in out, (args, p.returncode, out)
+
+
 def run():
     fr.need_peers()
+    refusals()
     seeds = [int(s) for s in os.environ.get("MPQ_WORKER_SEEDS", "1,2,3").split(",")]
     kill_run(seeds[0], with_kills=False)
     totals = {"kill": 0, "segv": 0, "syscall": 0, "publish": 0, "consume": 0}
