@@ -257,6 +257,14 @@ std::string Hmp::info(std::string_view what, std::string_view arg) const {
         if (!call("query-block", Json::object(), r, err)) return err;
         std::string out = format_block(r, arg);
         if (out.empty() && !arg.empty()) return fmt::format("Device '{}' not found\n", arg);
+        // A proxied controller's disks are its device process's: say where
+        // they are listed rather than show a copy that could be stale.
+        Json rd;
+        if (role_ == Role::Vmm && arg.empty() && call("query-remote-devices", Json::object(), rd, err)) {
+            for (const auto& d : rd)
+                out += fmt::format("{}{} ({}): disks are listed by its device process's monitor\n",
+                                   out.empty() ? "" : "\n", str(d, "id"), str(d, "driver"));
+        }
         return out;
     }
     if (what == "blockstats") {

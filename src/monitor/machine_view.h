@@ -17,6 +17,9 @@
 namespace mpq::pci {
 class PciDevice;
 }
+namespace mpq::devices {
+class DeviceSet;
+}
 
 namespace mpq::monitor {
 
@@ -121,7 +124,8 @@ public:
         return Error{"this process has no proxy devices", 0};
     }
 
-    // --- hot-plug (the remote; processes without disks of their own refuse) ---
+    // --- hot-plug (disks on the process's own controllers: the remote's, the
+    //     VMM's in-process ones; both through devices::DeviceSet) ---
     // blockdev-add (DriveOrigin::Blockdev: stays until drive_del) or HMP
     // drive_add (DriveOrigin::DriveAdd: goes with the disk using it).
     enum class DriveOrigin : uint8_t { Blockdev, DriveAdd };
@@ -150,5 +154,10 @@ PciDeviceInfo describe_pci_config(const std::function<uint32_t(uint32_t, unsigne
                                   unsigned slot, unsigned function, std::string qdev_id);
 BlockDeviceInfo describe_block_backend(block::BlockBackend& be, std::string node_name,
                                        std::string qdev);
+// Every open drive of a device set, as query-block lists it in both programs:
+// a -drive / drive_add drive by its id, with a "#blockNNN" node name that
+// stays put while others come and go; a blockdev-add node by its node-name,
+// without a BlockBackend name of its own.
+std::vector<BlockDeviceInfo> describe_drives(devices::DeviceSet& set);
 
 }  // namespace mpq::monitor

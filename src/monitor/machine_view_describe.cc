@@ -2,6 +2,9 @@
 // monitor core does not pull in the PCI and block implementations.
 #include "monitor/machine_view.h"
 
+#include <fmt/format.h>
+
+#include "devices/device_set.h"
 #include "pci/pci_device.h"
 
 namespace mpq::monitor {
@@ -69,6 +72,22 @@ BlockDeviceInfo describe_block_backend(block::BlockBackend& be, std::string node
     b.in_flight = be.in_flight();
     b.write_threshold = be.write_threshold();
     return b;
+}
+
+std::vector<BlockDeviceInfo> describe_drives(devices::DeviceSet& set) {
+    std::vector<BlockDeviceInfo> out;
+    for (auto& d : set.drives()) {
+        if (!d.backend) continue;
+        if (d.owner == devices::DriveOwner::Monitor) {
+            BlockDeviceInfo info = describe_block_backend(*d.backend, d.opts.id, d.attached_to);
+            info.device.clear();
+            out.push_back(std::move(info));
+            continue;
+        }
+        out.push_back(describe_block_backend(*d.backend, fmt::format("#block{:03}", 100 + d.serial),
+                                             d.attached_to));
+    }
+    return out;
 }
 
 }  // namespace mpq::monitor
