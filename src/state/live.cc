@@ -134,17 +134,17 @@ Status apply(const DeviceStateImage& img, LiveDevices& live) {
         MPQ_TRY(check_config(fi.id, *f->dev, fi.config));
         fns.emplace_back(f, &fi);
     }
-    for (const auto& d : live.drives) {
-        bool saved = false;
-        for (const auto& di : img.drives) saved = saved || di.id == d.id;
-        if (!saved) return fail("drive '{}' is not in the saved state (it was not open when the state was saved)", d.id);
-    }
     for (const auto& k : live.disks) {
         bool saved = false;
         for (const auto& di : img.disks) saved = saved || di.id == k.id;
         if (!saved)
             return fail("disk '{}' ({}.0 scsi-id {}) is not in the saved state (it was not plugged when the "
                         "state was saved)", k.id, k.controller, k.scsi_id);
+    }
+    for (const auto& d : live.drives) {
+        bool saved = false;
+        for (const auto& di : img.drives) saved = saved || di.id == d.id;
+        if (!saved) return fail("drive '{}' is not in the saved state (it was not open when the state was saved)", d.id);
     }
     for (const auto& f : live.functions) {
         bool saved = false;
