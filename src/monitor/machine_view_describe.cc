@@ -90,4 +90,31 @@ std::vector<BlockDeviceInfo> describe_drives(devices::DeviceSet& set) {
     return out;
 }
 
+std::vector<QtreeDevice> describe_devices(const devices::DeviceSet& set,
+                                          const std::function<std::string(const pci::PciDevice&)>& pci_addr) {
+    std::vector<QtreeDevice> out;
+    for (const auto& e : set.entries()) {
+        if (!e->pci) continue;
+        QtreeDevice d;
+        d.driver = std::string(e->type->name);
+        d.id = e->named ? e->id : std::string();
+        d.bus = "pci.0";
+        if (std::string a = pci_addr(*e->pci); !a.empty()) d.props.emplace_back("addr", a);
+        if (e->scsi_bus) d.child_bus = e->id + ".0";
+        out.push_back(std::move(d));
+        if (!e->scsi_bus) continue;
+        for (const auto& k : set.entries()) {
+            if (!k->scsi || k->parent != e->id) continue;
+            QtreeDevice s;
+            s.driver = std::string(k->type->name);
+            s.id = k->named ? k->id : std::string();
+            s.bus = e->id + ".0";
+            s.props = {{"drive", k->drive}, {"channel", "0"}, {"scsi-id", std::to_string(k->scsi_id)},
+                       {"lun", std::to_string(k->lun)}};
+            out.push_back(std::move(s));
+        }
+    }
+    return out;
+}
+
 }  // namespace mpq::monitor

@@ -102,6 +102,22 @@ public:
         return vmm_.device_set().hot_remove(id);
     }
 
+    std::vector<QtreeDevice> qtree() override {
+        auto addr = [this](int devfn) {
+            return fmt::format("{:02x}.{}", vmm::devfn_slot(devfn), vmm::devfn_fn(devfn));
+        };
+        std::vector<QtreeDevice> out = describe_devices(vmm_.device_set(), [&](const pci::PciDevice& dev) {
+            for (const auto& d : vmm_.devices())
+                if (d.local == &dev) return addr(d.devfn);
+            return std::string();
+        });
+        for (const auto& d : vmm_.devices()) {
+            if (!d.proxy) continue;
+            out.push_back(QtreeDevice{d.driver, d.id, "pci.0", {{"addr", addr(d.devfn)}}, {}});
+        }
+        return out;
+    }
+
     std::vector<RemoteDeviceInfo> remote_devices() override {
         std::vector<RemoteDeviceInfo> out;
         for (const auto& d : vmm_.devices()) {

@@ -135,6 +135,9 @@ def main():
                "device_add scsi-hd id=hot0 scsi-id=1")
         blk = {b.get("qdev"): b for b in qmp.ret("query-block")}
         chk.check("hot0" in blk and blk["hot0"]["inserted"]["node-name"] == "hot", "query-block: %r" % list(blk))
+        tree = hmp.cmd("info qtree")
+        chk.check('dev: scsi-hd, id "hot0"' in tree and "scsi-id = 1 (0x1)" in tree and "bus: lsi0.0" in tree,
+                  "info qtree shows hot0 on lsi0.0:\n" + tree)
         t1 = Target(scsi, 1)
         chk.eq(t1.run(bytes(6), 0), 2, "first command to the new disk: CHECK CONDITION")
         chk.eq(t1.sense(), (6, 0x3F, 0x0E), "UNIT ATTENTION: REPORTED LUNS DATA HAS CHANGED")
@@ -166,6 +169,7 @@ def main():
         chk.eq(qmp.cmd("device_del", {"id": "hot0"}).get("error"),
                {"class": "DeviceNotFound", "desc": "Device 'hot0' not found"}, "second device_del")
         disk0_ok("device_del")
+        chk.check('id "hot0"' not in hmp.cmd("info qtree"), "info qtree no longer shows hot0")
         chk.eq(qmp.cmd("blockdev-del", {"node-name": "hot"}), {"return": {}}, "blockdev-del hot")
         chk.check("hot" not in [b["inserted"]["node-name"] for b in qmp.ret("query-block")],
                   "query-block no longer lists it")

@@ -6,7 +6,7 @@ and a proxied one (rlsi) served by our qemu-scsi-dev; the shared qtest-bench SCR
 plays the guest on lsi0. Checked:
 - blockdev-add raw over /dev/fdset/N (add-fd over the QMP socket), device_add scsi-hd at
   scsi-id 1: UNIT ATTENTION 06/3f/0e first, INQUIRY answers a disk, reads return the image's
-  data and writes reach the image file; query-block, info block and query-pci list it;
+  data and writes reach the image file; query-block, info block and info qtree list it;
 - blockdev-del of a node in use is refused; device_del: DEVICE_DELETED, then INQUIRY and TEST
   UNIT READY at that id end in a selection timeout, a second device_del is DeviceNotFound;
   blockdev-del then succeeds and query-block no longer lists the node;
@@ -167,6 +167,13 @@ def main():
         chk.check("Attached to:      hot0" in info, "info block lists the new disk:\n" + info)
         chk.check("rlsi (pci-proxy-dev): disks are listed by its device process's monitor" in info,
                   "info block says where the proxied controller's disks are listed:\n" + info)
+        tree = hmp.cmd("info qtree")
+        print(tree)
+        lsi = tree.find('dev: lsi53c895a, id "lsi0"')
+        chk.check(lsi >= 0 and "bus: lsi0.0" in tree[lsi:] and 'dev: scsi-hd, id "hot0"' in tree[lsi:]
+                  and "scsi-id = 1 (0x1)" in tree and 'drive = "hot"' in tree,
+                  "info qtree shows hot0 at scsi-id 1 on lsi0.0")
+        chk.check('dev: pci-proxy-dev, id "rlsi"' in tree, "info qtree shows the proxy")
         ids = [d.get("qdev_id") for d in qmp.ret("query-pci")[0]["devices"]]
         chk.check("lsi0" in ids and "rlsi" in ids, "query-pci: %r" % ids)
         t1 = Target(scsi, 1)
@@ -196,6 +203,9 @@ def main():
                {"class": "DeviceNotFound", "desc": "Device 'hot0' not found"}, "second device_del")
         disk0_ok("device_del")
         chk.check("hot0" not in hmp.cmd("info block"), "info block no longer shows hot0")
+        tree = hmp.cmd("info qtree")
+        chk.check('id "hot0"' not in tree and 'dev: scsi-hd, id "sd0"' in tree,
+                  "info qtree no longer shows hot0, still sd0")
         chk.eq(qmp.cmd("blockdev-del", {"node-name": "hot"}), {"return": {}}, "blockdev-del hot")
         chk.check("hot" not in [b["inserted"]["node-name"] for b in qmp.ret("query-block")],
                   "query-block no longer lists it")
