@@ -84,6 +84,11 @@ public:
         for (const auto& [k, v] : props) {
             if (k == "driver" && (v == "pci-proxy-dev" || v == "x-pci-proxy-dev"))
                 return fail("Bus 'pci.0' does not support hotplugging (a {} comes from the command line)", v);
+            if (k == "id") {
+                // Proxies are not in the device set; their ids are taken all the same.
+                for (const auto& d : vmm_.devices())
+                    if (d.proxy && d.id == v) return fail("Duplicate ID '{}' for device", v);
+            }
             if (k == "bus") {
                 if (const vmm::DeviceInfo* p = proxy_of_bus(v))
                     return fail("Bus '{}' belongs to '{}', a device served by its device process: add disks "

@@ -153,6 +153,8 @@ def main():
         r = dadd(id="x", drive="hot", bus="rlsi.0", **{"scsi-id": 1})
         chk.check("device process" in err(r) and "rlsi" in err(r),
                   "a disk for the proxied controller points at its device process: %r" % r)
+        chk.eq(err(dadd(id="rlsi", drive="hot", bus="lsi0.0", **{"scsi-id": 1})),
+               "Duplicate ID 'rlsi' for device", "a proxy's id")
         chk.check("hotplugging" in err(qmp.cmd("device_del", {"id": "lsi0"})), "device_del of a controller")
         chk.check("hotplugging" in err(qmp.cmd("device_del", {"id": "rlsi"})), "device_del of a proxy")
         disk0_ok("bad device_add")
