@@ -253,8 +253,11 @@ void DeviceServer::publish_round() {
     uint64_t t0 = EventLoop::now_ns();
     auto blob = capture_();
     if (!blob.ok()) {
-        if (!publish_failed_) log::error("worker: cannot publish the device state: {}", blob.error().message);
-        publish_failed_ = true;
+        // Carrying on unpublished would leave a successor an older state
+        // than what the VMM was answered: leave now instead, with this
+        // round's requests still in the socket for the successor.
+        log::error("worker: cannot publish the device state: {}; leaving it to a successor", blob.error().message);
+        ::_exit(70);
     }
     // After the capture: its drain may have run device work.
     for (auto& c : conns_) c->session.mirrors_publish();
@@ -276,11 +279,11 @@ void DeviceServer::publish_round() {
         }
         js.push_back(std::move(j));
     }
-    if (blob.ok()) {
+    {
         auto slot = worker::encode_slot(js, *blob);
-        if (auto st = worker::publish(slot); !st.ok() && !publish_failed_) {
-            log::error("worker: {}", st.error().message);
-            publish_failed_ = true;
+        if (auto st = worker::publish(slot); !st.ok()) {
+            log::error("worker: {}; leaving it to a successor", st.error().message);
+            ::_exit(70);
         }
     }
     uint64_t seq = w->hdr->seq.load(std::memory_order_relaxed);

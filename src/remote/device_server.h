@@ -81,7 +81,6 @@ private:
     bool round_hooks_ = false;
     uint32_t next_index_ = 0;
     CaptureState capture_;
-    bool publish_failed_ = false;
 };
 
 }  // namespace mpq::remote
