@@ -380,7 +380,9 @@ DataDir HdRequest::dispatch() {
             uint32_t alloc = allocation_length(c);
             return start_emulated(emulate_inquiry_bad_lun(c), alloc);
         }
-        if (opc == op::kReportLuns) return start_emulated(emulate_report_luns(dev_->view(), c), allocation_length(c));
+        // REPORT LUNS is answered by the logical units that exist (stock
+        // QEMU's SCSI target answers only INQUIRY and REQUEST SENSE for
+        // another LUN): here it is LOGICAL UNIT NOT SUPPORTED like the rest.
         if (opc == op::kRequestSense) {
             EmulResult r;
             r.exact_alloc = false;

@@ -770,6 +770,11 @@ TEST_F(ScsiHdTest, ReportLunsAndOtherLuns) {
     EXPECT_EQ(o.data[0], 0x7f);
     expect_sense(run({0x00, 0, 0, 0, 0, 0}, {}, 1), kLunNotSupported);
     expect_sense(run(rw10(0x28, 0, 1), {}, 1), kLunNotSupported);
+    // REPORT LUNS too, as stock QEMU answers it for a LUN that is not
+    // there: no data, CHECK CONDITION.
+    o = run({0xa0, 0, 0, 0, 0, 0, 0, 0, 0x10, 0, 0, 0}, {}, 1);
+    expect_sense(o, kLunNotSupported);
+    EXPECT_TRUE(o.data.empty());
     o = run({0x03, 0, 0, 0, 18, 0}, {}, 1);
     expect_good(o);
     EXPECT_EQ(o.data[2], 0x05);
