@@ -73,6 +73,17 @@ std::vector<uint8_t> mode_page(const HdView& v, uint8_t page, PageControl pc) {
             p[5] = static_cast<uint8_t>(g.sectors);
             put_be16(&p[6], static_cast<uint16_t>(std::min<uint32_t>(v.state.block_size, 0xffff)));
             put_be16(&p[8], static_cast<uint16_t>(g.cylinders));
+            // Write precompensation and reduced write current start at the
+            // last cylinder (i.e. off); step rate, step pulse width, head
+            // settle delay and motor on/off delays at one unit each: the
+            // values stock QEMU's scsi-hd reports.
+            put_be16(&p[10], static_cast<uint16_t>(g.cylinders));
+            put_be16(&p[12], static_cast<uint16_t>(g.cylinders));
+            put_be16(&p[14], 1);
+            p[16] = 1;
+            put_be16(&p[17], 1);
+            p[19] = 1;
+            p[20] = 1;
             put_be16(&p[28], 5400);
             break;
         }

@@ -499,6 +499,21 @@ TEST_F(ScsiHdTest, ModeSense) {
     EXPECT_EQ(o.data[24], 0x04);
     EXPECT_EQ(o.data[48], 0x05);
     EXPECT_EQ(o.data[80], 0x08);
+
+    // Flexible disk page: the cylinder count also as write precompensation
+    // and reduced write current start, and one unit of step rate, step
+    // pulse width, head settle and motor on/off delay, as stock QEMU has it.
+    o = run({0x1a, 0x08, 0x05, 0, 255, 0});
+    ASSERT_GE(o.data.size(), 4u + 32);
+    const uint8_t* f = &o.data[4];
+    EXPECT_EQ(f[0], 0x05);
+    EXPECT_EQ(f[1], 0x1e);
+    const uint16_t cyl = uint16_t(f[8] << 8 | f[9]);
+    EXPECT_NE(cyl, 0);
+    EXPECT_EQ(uint16_t(f[10] << 8 | f[11]), cyl);
+    EXPECT_EQ(uint16_t(f[12] << 8 | f[13]), cyl);
+    EXPECT_EQ(std::vector<uint8_t>(f + 14, f + 21), (std::vector<uint8_t>{0, 1, 1, 0, 1, 1, 1}));
+    EXPECT_EQ(uint16_t(f[28] << 8 | f[29]), 5400);
 }
 
 TEST_F(ScsiHdTest, ModeSenseReadOnly) {
