@@ -460,6 +460,11 @@ def scsi_command(rng, slot, idx, pm_jump, ua_pending):
             ua_pending.discard(target)
     if cdb[0] == 0x91:
         ops.append(["note", "sync-cache-16"])
+    group_len = {0: 6, 1: 10, 2: 10, 4: 16, 5: 12}.get(cdb[0] >> 5)
+    if group_len is None or len(cdb) < group_len:
+        ops.append(["note", "cdb-length"])
+    if cdb[0] == 0x12 and cdb[1] & 1 and cdb[2] == 0xB0:
+        ops.append(["note", "vpd-block-limits"])
     if cdb[0] == 0x2F and len(cdb) >= 10 and not cdb[1] & 0x06:
         lba, n = int.from_bytes(cdb[2:6], "big"), int.from_bytes(cdb[7:9], "big")
         if lba + n > DISK_SECTORS:
