@@ -378,7 +378,7 @@ DataDir HdRequest::dispatch() {
     if (lun_ != dev_->props_.lun) {
         if (opc == op::kInquiry) {
             uint32_t alloc = allocation_length(c);
-            return start_emulated(emulate_inquiry_bad_lun(c), alloc);
+            return start_emulated(emulate_inquiry_bad_lun(c, lun_), alloc);
         }
         // REPORT LUNS is answered by the logical units that exist (stock
         // QEMU's SCSI target answers only INQUIRY and REQUEST SENSE for

@@ -214,7 +214,7 @@ EmulResult emulate_inquiry(const HdView& v, std::span<const uint8_t> c) {
     return r;
 }
 
-EmulResult emulate_inquiry_bad_lun(std::span<const uint8_t> c) {
+EmulResult emulate_inquiry_bad_lun(std::span<const uint8_t> c, uint32_t lun) {
     if (c[1] & 0x02) return check(kInvalidField);
     EmulResult r;
     r.exact_alloc = false;
@@ -225,10 +225,19 @@ EmulResult emulate_inquiry_bad_lun(std::span<const uint8_t> c) {
     }
     if (c[2] != 0) return check(kInvalidField);
     r.data.assign(36, 0);
-    r.data[0] = 0x7f;  // no device on this LUN
+    if (lun != 0) {
+        // Nothing but "no device on this LUN", as stock QEMU's SCSI target
+        // answers for a LUN other than 0.
+        r.data[0] = 0x7f;
+        return r;
+    }
+    // LUN 0 without a device (the disk sits on another LUN): stock QEMU's
+    // target describes itself, "not present, inactive".
+    const size_t alloc = be16(&c[3]);
+    r.data[0] = 0x3f;
     r.data[2] = 5;
     r.data[3] = 0x12;
-    r.data[4] = 31;
+    r.data[4] = static_cast<uint8_t>(std::min<size_t>(alloc, 36) - 5);  // wraps below 5, as stock's does
     r.data[7] = 0x12;
     std::string vendor = "QEMU", product = "QEMU TARGET", rev = "2.5+";
     put_padded(r.data, 8, vendor, 8);

@@ -783,6 +783,9 @@ TEST_F(ScsiHdTest, ReportLunsAndOtherLuns) {
     expect_good(o);
     ASSERT_EQ(o.data.size(), 36u);
     EXPECT_EQ(o.data[0], 0x7f);
+    // Only the peripheral byte, as stock QEMU's target answers for a LUN
+    // other than 0: no vendor, product or version there.
+    EXPECT_EQ(std::vector<uint8_t>(o.data.begin() + 1, o.data.end()), std::vector<uint8_t>(35, 0));
     expect_sense(run({0x00, 0, 0, 0, 0, 0}, {}, 1), kLunNotSupported);
     expect_sense(run(rw10(0x28, 0, 1), {}, 1), kLunNotSupported);
     // REPORT LUNS too, as stock QEMU answers it for a LUN that is not
