@@ -193,7 +193,7 @@ def diff(ref, got, irq_both, prog=None):
     # status or data differ, and with them what follows in the program
     # (phases, counters, unit attentions, later data).
     for note in ("ua-request-sense", "sync-cache-16", "verify-lba-range", "mode-select-block-length",
-                 "cdb-length", "vpd-block-limits"):
+                 "cdb-length", "vpd-block-limits", "vpd-no-lun"):
         if note in notes:
             if _diff_fields(ref, got, irq_both):
                 return [note]

@@ -465,6 +465,8 @@ def scsi_command(rng, slot, idx, pm_jump, ua_pending):
         ops.append(["note", "cdb-length"])
     if cdb[0] == 0x12 and cdb[1] & 1 and cdb[2] == 0xB0:
         ops.append(["note", "vpd-block-limits"])
+    if cdb[0] == 0x12 and cdb[1] & 1 and lun != 0:
+        ops.append(["note", "vpd-no-lun"])
     if cdb[0] == 0x2F and len(cdb) >= 10 and not cdb[1] & 0x06:
         lba, n = int.from_bytes(cdb[2:6], "big"), int.from_bytes(cdb[7:9], "big")
         if lba + n > DISK_SECTORS:
