@@ -153,6 +153,12 @@ def wait_idle(setup, timeout):
     while True:
         ist, ist1 = [int(v, 16) for v in q.cmd_batch(
             ["readb 0x%x" % (T.MMIO_BASE + 0x14), "readb 0x%x" % (T.MMIO_BASE + 0x15)])]
+        if not ist1 & 2 and not ist & 3:
+            # SCRIPTS stopped between the two reads (a completion that
+            # arrived in between, more likely the more loaded the machine):
+            # ISTAT read before the stop is not the stop's. Once SRUN is
+            # clear the interrupt bits are final, so read them again.
+            ist = q.readb(T.MMIO_BASE + 0x14)
         if ist & 3 or not ist1 & 2 or time.monotonic() > end:
             return (ist & 0x0F, ist1 & 2)
         time.sleep(delay)
@@ -467,6 +473,8 @@ def main():
                         st["undocumented"] += 1
                         if a.verbose:
                             print("%s seed %d on %s: %s" % (kind, seed, n, ", ".join(new)))
+                            for ln in detail(r2, g2, limit=8):
+                                print("      ", ln)
                         key = (kind, new[0])
                         if a.shrink and key not in shrunk and len(shrunk) < a.shrink:
                             shrunk.add(key)
