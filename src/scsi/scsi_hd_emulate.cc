@@ -58,7 +58,8 @@ std::vector<uint8_t> mode_page(const HdView& v, uint8_t page, PageControl pc) {
             p[5] = static_cast<uint8_t>(g.heads);
             put_be24(&p[6], g.cylinders);   // write precompensation start
             put_be24(&p[9], g.cylinders);   // reduced write current start
-            put_be16(&p[12], 0x200);        // step rate
+            put_be16(&p[12], 200);          // step rate (stock QEMU's 200)
+            put_be24(&p[14], 0xffffff);     // landing zone cylinder, as stock QEMU reports it
             put_be16(&p[20], 5400);         // rotation rate
             break;
         }

@@ -500,6 +500,14 @@ TEST_F(ScsiHdTest, ModeSense) {
     EXPECT_EQ(o.data[48], 0x05);
     EXPECT_EQ(o.data[80], 0x08);
 
+    // Rigid disk geometry page: step rate 200 and landing zone FFFFFFh, the
+    // values stock QEMU's scsi-hd reports.
+    o = run({0x1a, 0x08, 0x04, 0, 255, 0});
+    ASSERT_GE(o.data.size(), 4u + 24);
+    EXPECT_EQ(o.data[4], 0x04);
+    EXPECT_EQ(std::vector<uint8_t>(o.data.begin() + 4 + 12, o.data.begin() + 4 + 17),
+              (std::vector<uint8_t>{0x00, 0xc8, 0xff, 0xff, 0xff}));
+
     // Flexible disk page: the cylinder count also as write precompensation
     // and reduced write current start, and one unit of step rate, step
     // pulse width, head settle and motor on/off delay, as stock QEMU has it.
