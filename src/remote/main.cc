@@ -48,7 +48,8 @@ constexpr std::string_view kAccepted[] = {
 // Test-only (not in --help): the sandbox integration test makes the process
 // attempt a forbidden syscall right after the sandbox is applied.
 constexpr std::string_view kHidden[] = {"x-test-forbidden-syscall", "x-test-worker-fault",
-                                        "x-test-worker-poison"};
+                                        "x-test-worker-poison", "x-worker-successor",
+                                        "x-worker-state-version"};
 // Parked I/O threads for drives added under the sandbox (2 per drive).
 constexpr unsigned kLateDriveWorkers = 6;
 
@@ -90,6 +91,13 @@ int main(int argc, char** argv) {
     if (!cl.ok()) return die(cl.error());
     if (cl->has("h") || cl->has("help")) {
         usage();
+        return 0;
+    }
+    // Asked by a running remote's spawner before a live update to this
+    // binary: the format of the state it would have to read.
+    if (cl->has(worker::kVersionOption)) {
+        std::printf("%.*s%u\n", static_cast<int>(worker::kVersionPrefix.size()), worker::kVersionPrefix.data(),
+                    state::kFormatVersion);
         return 0;
     }
     if (cl->has("version")) {
@@ -173,7 +181,13 @@ int main(int argc, char** argv) {
             so.test_poison = true;
             so.test_poison_value = *v;
         }
-        if (auto s = worker::run_supervisor(so); !s.ok()) return die(s.error());
+        so.argv.assign(argv, argv + argc);
+        if (const auto* t = cl->last("x-worker-successor")) {
+            // Exec'd by the spawner of a running remote (live update to this binary).
+            if (auto s = worker::adopt(so, t->text); !s.ok()) return die(s.error());
+        } else if (auto s = worker::run_supervisor(so); !s.ok()) {
+            return die(s.error());
+        }
     }
     worker::Context* wctx = worker::context();
     if (auto s = sandbox::prepare(sandbox_opts); !s.ok()) return die(s.error());

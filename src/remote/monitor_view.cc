@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include "remote/worker.h"
+#include "util/fdset.h"
 #include "state/device_state.h"
 
 #include <fmt/format.h>
@@ -16,8 +17,20 @@ namespace mpq::remote {
 Status RemoteMachineView::worker_restart(const std::string& binary) {
     worker::Context* w = worker::context();
     if (!w) return fail("this process has no device worker (start it with -x-worker on)");
-    if (!binary.empty())
-        return fail("x-worker-restart: 'binary' is not supported yet (only the running binary can be restarted)");
+    if (!binary.empty()) {
+        // A name given to getfd (no '/' in it) is the binary's fd; anything
+        // else a path. Checked (state format) before this worker stops.
+        Status st;
+        // The fd is used up by the attempt, whatever its outcome.
+        Result<UniqueFd> fd = fail("not a name");
+        if (binary.find('/') == std::string::npos) fd = fdset::take_named(binary);
+        if (fd.ok()) {
+            st = worker::choose_binary({}, fd->get());
+        } else {
+            st = worker::choose_binary(binary, -1);
+        }
+        if (!st.ok()) return st;
+    }
     // Give the reply a moment to reach the client, then leave at the end
     // of a round, right after its publish (DeviceServer::publish_round).
     proc_.loop().add_timer(5'000'000, [w] { w->leave_after_publish = true; });

@@ -9,6 +9,7 @@
 #include <sys/syscall.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
+#include <fcntl.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -16,8 +17,12 @@
 #include <cerrno>
 #include <cstring>
 #include <new>
+#include <charconv>
+
+extern char** environ;
 
 #include "sandbox/policy.h"
+#include "state/device_state.h"
 #include "util/log.h"
 
 namespace mpq::remote::worker {
@@ -250,13 +255,24 @@ void apply_handoff(const HandoffMsg& m, std::vector<UniqueFd>& fds, FdTable& t) 
     }
 }
 
-void take_handoff(int sock, FdTable& t) {
+void relay_probe(int sock, const void* msg, std::vector<UniqueFd>& fds, int zsock);
+
+// `zsock`: the spawner, which answers a worker's x-worker-restart binary=
+// (-1 once the worker is gone: its question has no one to answer).
+void take_handoff(int sock, FdTable& t, int zsock = -1) {
     std::vector<UniqueFd> fds;
     for (;;) {
-        HandoffMsg m{};
-        ssize_t n = recv_with_fds(sock, &m, sizeof m, fds, MSG_DONTWAIT);
+        alignas(8) uint8_t buf[520];
+        static_assert(sizeof buf >= sizeof(HandoffMsg));
+        ssize_t n = recv_with_fds(sock, buf, sizeof buf, fds, MSG_DONTWAIT);
         if (n <= 0) return;
-        if (n == static_cast<ssize_t>(sizeof m)) apply_handoff(m, fds, t);
+        if (n == static_cast<ssize_t>(sizeof(HandoffMsg))) {
+            HandoffMsg m;
+            std::memcpy(&m, buf, sizeof m);
+            apply_handoff(m, fds, t);
+        } else if (n == 520 && zsock >= 0) {
+            relay_probe(sock, buf, fds, zsock);
+        }
     }
 }
 
@@ -282,6 +298,168 @@ struct SpawnMsg {
     char cause[60];
 };
 static_assert(sizeof(SpawnMsg) == 104);
+
+// x-worker-restart binary=...: worker -> supervisor -> spawner, with the
+// binary's fd (getfd) or its path; the answer goes back the same way.
+constexpr uint32_t kProbeKind = 101;
+struct ProbeMsg {
+    uint32_t kind;
+    uint32_t has_fd;
+    char path[512];
+};
+static_assert(sizeof(ProbeMsg) == 520 && sizeof(ProbeMsg) != sizeof(HandoffMsg));
+struct ProbeReply {
+    int32_t ok;
+    char message[252];
+};
+static_assert(sizeof(ProbeReply) == 256);
+
+// The memfd of the publish area (kept for successors exec'd from another
+// binary, which cannot inherit the mapping) and, in the spawner, the binary
+// successors are exec'd from (-1: forked from the spawner's own image).
+int g_area_fd = -1;
+int g_binary_fd = -1;
+std::vector<std::string> g_argv;
+
+void set_message(ProbeReply& r, const std::string& m) {
+    std::strncpy(r.message, m.c_str(), sizeof r.message - 1);
+}
+
+int exec_fd(int fd, char* const* argv) {
+    // A descriptor without close-on-exec, so that a script (#!) can be run
+    // from it as well (the kernel hands its interpreter /dev/fd/N).
+    int e = ::dup(fd);
+    if (e < 0) return errno;
+    ::syscall(SYS_execveat, e, "", argv, environ, AT_EMPTY_PATH);
+    return errno;
+}
+
+// Runs `binary -x-worker-state-version` and checks its answer against the
+// format this build writes. Bounded: 5 s, 256 bytes.
+ProbeReply probe_binary(const ProbeMsg& m, std::vector<UniqueFd>& fds, UniqueFd& out_fd) {
+    ProbeReply r{};
+    std::string name = m.has_fd ? std::string("the binary passed as an fd")
+                                : std::string(m.path, strnlen(m.path, sizeof m.path));
+    UniqueFd f;
+    if (m.has_fd) {
+        if (fds.size() != 1) {
+            set_message(r, "x-worker-restart: the binary's fd did not arrive");
+            return r;
+        }
+        f = std::move(fds[0]);
+    } else {
+        f = UniqueFd(::open(name.c_str(), O_RDONLY | O_CLOEXEC));
+        if (!f) {
+            set_message(r, fmt::format("x-worker-restart: cannot open '{}': {}", name, std::strerror(errno)));
+            return r;
+        }
+    }
+    int p[2];
+    if (::pipe2(p, O_CLOEXEC) != 0) {
+        set_message(r, fmt::format("x-worker-restart: pipe: {}", std::strerror(errno)));
+        return r;
+    }
+    std::string opt = "-" + std::string(kVersionOption);
+    char arg0[] = "qemu-scsi-dev";
+    char* av[] = {arg0, opt.data(), nullptr};
+    pid_t pid = ::fork();
+    if (pid == 0) {
+        ::dup2(p[1], 1);
+        int nul = ::open("/dev/null", O_RDONLY);
+        if (nul >= 0) ::dup2(nul, 0);
+        exec_fd(f.get(), av);
+        ::_exit(127);
+    }
+    ::close(p[1]);
+    UniqueFd rd(p[0]);
+    if (pid < 0) {
+        set_message(r, fmt::format("x-worker-restart: fork: {}", std::strerror(errno)));
+        return r;
+    }
+    std::string out;
+    uint64_t end = mono_ns() + 5'000'000'000ull;
+    for (;;) {
+        uint64_t now = mono_ns();
+        if (now >= end) break;
+        pollfd pf{rd.get(), POLLIN, 0};
+        int n = ::poll(&pf, 1, static_cast<int>((end - now) / 1'000'000 + 1));
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) break;
+        char buf[256];
+        ssize_t k = ::read(rd.get(), buf, sizeof buf);
+        if (k < 0 && errno == EINTR) continue;
+        if (k <= 0) break;
+        out.append(buf, static_cast<size_t>(k));
+        if (out.size() > 256) break;
+    }
+    ::kill(pid, SIGKILL);  // done or too slow: it has nothing more to say
+    int st = 0;
+    while (::waitpid(pid, &st, 0) < 0 && errno == EINTR) {
+    }
+    auto v = parse_version_answer(out);
+    if (!v) {
+        set_message(r, fmt::format("x-worker-restart: {} does not report a device state format (not a "
+                                   "qemu-scsi-dev?); the worker keeps running",
+                                   name));
+        return r;
+    }
+    if (*v != state::kFormatVersion) {
+        set_message(r, fmt::format("x-worker-restart: {} writes device state format {}, this worker format {}: "
+                                   "incompatible, refused; the worker keeps running",
+                                   name, *v, state::kFormatVersion));
+        return r;
+    }
+    r.ok = 1;
+    out_fd = std::move(f);
+    return r;
+}
+
+bool send_table(int sock, const FdTable& t);
+
+// The supervisor passes a worker's question on to the spawner and its
+// answer back; it never runs anything itself.
+void relay_probe(int sock, const void* msg, std::vector<UniqueFd>& fds, int zsock) {
+    ProbeMsg m;
+    std::memcpy(&m, msg, sizeof m);
+    ProbeReply r{};
+    if (m.kind != kProbeKind) return;
+    m.path[sizeof m.path - 1] = 0;
+    std::vector<int> raw;
+    if (m.has_fd && fds.size() == 1) raw.push_back(fds[0].get());
+    std::vector<UniqueFd> none;
+    if (!send_with_fds(zsock, &m, sizeof m, raw) || recv_with_fds(zsock, &r, sizeof r, none, 0) != sizeof r) {
+        r = ProbeReply{};
+        set_message(r, "x-worker-restart: the spawner did not answer");
+    }
+    r.message[sizeof r.message - 1] = 0;
+    send_with_fds(sock, &r, sizeof r, {});
+}
+
+// In a new worker (the clone of the spawner): becomes the binary chosen with
+// x-worker-restart, carrying what the clone would have had. Returns only if
+// the exec failed (the clone then carries on from the spawner's image).
+void exec_successor(const SpawnMsg& m, int hand_fd, const FdTable& table) {
+    int tp[2];
+    if (::socketpair(AF_UNIX, SOCK_SEQPACKET, 0, tp) != 0) return;
+    if (!send_table(tp[0], table)) return;
+    ::close(tp[0]);  // the successor reads the table up to the end
+    int mem = ::dup(g_area_fd), hand = ::dup(hand_fd);
+    if (mem < 0 || hand < 0) return;
+    std::string spec = fmt::format("{},{},{},", mem, hand, tp[1]);
+    const auto* b = reinterpret_cast<const uint8_t*>(&m);
+    for (size_t i = 0; i < sizeof m; i++) spec += fmt::format("{:02x}", b[i]);
+    std::vector<std::string> args = g_argv;
+    args.push_back("-x-worker-successor");
+    args.push_back(spec);
+    std::vector<char*> av;
+    for (auto& a : args) av.push_back(a.data());
+    av.push_back(nullptr);
+    int err = exec_fd(g_binary_fd, av.data());
+    log::error("worker: cannot exec the new binary: {}; the successor runs the previous one", std::strerror(err));
+    ::close(mem);
+    ::close(hand);
+    ::close(tp[1]);
+}
 
 bool send_table(int sock, const FdTable& t) {
     if (!t.sysmem.empty()) {
@@ -326,9 +504,22 @@ void spawner(int sock, Context& ctx) {
         union {
             HandoffMsg h;
             SpawnMsg s;
+            ProbeMsg p;
         } u{};
         ssize_t n = recv_with_fds(sock, &u, sizeof u, fds, 0);
         if (n <= 0) ::_exit(0);  // the supervisor is gone
+        if (u.s.kind == kProbeKind && n == static_cast<ssize_t>(sizeof(ProbeMsg))) {
+            UniqueFd chosen;
+            ProbeReply r = probe_binary(u.p, fds, chosen);
+            if (r.ok) {
+                // Every successor from now on (a live update's, a crash's).
+                if (g_binary_fd >= 0) ::close(g_binary_fd);
+                g_binary_fd = chosen.release();
+            }
+            fds.clear();
+            if (!send_with_fds(sock, &r, sizeof r, {})) ::_exit(1);
+            continue;
+        }
         if (u.s.kind != kSpawnKind) {
             if (n == static_cast<ssize_t>(sizeof(HandoffMsg))) apply_handoff(u.h, fds, table);
             continue;
@@ -339,6 +530,7 @@ void spawner(int sock, Context& ctx) {
         if (pid == 0) {
             ::close(sock);
             ::prctl(PR_SET_NAME, "qemu-scsi-dev", 0, 0, 0);
+            if (g_binary_fd >= 0) exec_successor(m, fds[0].get(), table);
             ctx.handoff_fd = fds[0].release();
             ctx.successor = m.successor != 0;
             ctx.restarts = m.restarts;
@@ -399,8 +591,11 @@ Status run_supervisor(const SupervisorOptions& opts) {
         return fail_errno(errno, "worker: cannot size the publish memfd: {}", std::strerror(errno));
     }
     void* map = ::mmap(nullptr, total, PROT_READ | PROT_WRITE, MAP_SHARED, mfd, 0);
-    ::close(mfd);  // the mapping keeps it; workers inherit the mapping
     if (map == MAP_FAILED) return fail_errno(errno, "worker: mmap: {}", std::strerror(errno));
+    // Forked workers inherit the mapping; one exec'd from a new binary maps
+    // the memfd the spawner passes it.
+    g_area_fd = mfd;
+    g_argv = opts.argv;
     auto* hdr = new (map) PublishHeader{};
     hdr->magic = kAreaMagic;
 
@@ -489,7 +684,7 @@ Status run_supervisor(const SupervisorOptions& opts) {
             pollfd p[2] = {{sfd.get(), POLLIN, 0}, {hand.get(), POLLIN, 0}};
             int n = ::poll(p, 2, -1);
             if (n < 0) continue;
-            if (p[1].revents & POLLIN) take_handoff(hand.get(), table);
+            if (p[1].revents & POLLIN) take_handoff(hand.get(), table, zsock.get());
             if (p[0].revents & POLLIN) {
                 signalfd_siginfo si;
                 if (::read(sfd.get(), &si, sizeof si) != sizeof si) continue;
@@ -539,6 +734,116 @@ Status run_supervisor(const SupervisorOptions& opts) {
                                      : "");
         first = false;
     }
+}
+
+std::optional<uint32_t> parse_version_answer(std::string_view out) {
+    if (!out.starts_with(kVersionPrefix)) return std::nullopt;
+    out.remove_prefix(kVersionPrefix.size());
+    size_t nl = out.find('\n');
+    if (nl == std::string_view::npos || nl == 0 || nl > 10) return std::nullopt;
+    uint32_t v = 0;
+    auto [p, ec] = std::from_chars(out.data(), out.data() + nl, v);
+    if (ec != std::errc{} || p != out.data() + nl) return std::nullopt;
+    return v;
+}
+
+Status choose_binary(const std::string& path, int fd) {
+    Context* c = g_ctx;
+    if (!c) return fail("this process has no device worker (start it with -x-worker on)");
+    ProbeMsg m{};
+    m.kind = kProbeKind;
+    m.has_fd = fd >= 0;
+    if (fd < 0) {
+        if (path.empty() || path.size() >= sizeof m.path) return fail("x-worker-restart: 'binary': bad path");
+        std::memcpy(m.path, path.data(), path.size());
+    }
+    std::vector<int> raw;
+    if (fd >= 0) raw.push_back(fd);
+    if (!send_with_fds(c->handoff_fd, &m, sizeof m, raw)) return fail("x-worker-restart: the supervisor is gone");
+    // The spawner gives up on the binary after 5 s.
+    pollfd p{c->handoff_fd, POLLIN, 0};
+    int n;
+    do {
+        n = ::poll(&p, 1, 10'000);
+    } while (n < 0 && errno == EINTR);
+    ProbeReply r{};
+    std::vector<UniqueFd> none;
+    if (n != 1 || recv_with_fds(c->handoff_fd, &r, sizeof r, none, 0) != sizeof r)
+        return fail("x-worker-restart: no answer from the supervisor");
+    r.message[sizeof r.message - 1] = 0;
+    if (!r.ok) return fail("{}", r.message);
+    return {};
+}
+
+Status adopt(const SupervisorOptions& opts, std::string_view spec) {
+    // MEM,HAND,TABLE,HEX(SpawnMsg), written by exec_successor.
+    int nums[3];
+    for (int& v : nums) {
+        size_t comma = spec.find(',');
+        if (comma == std::string_view::npos) return fail("-x-worker-successor: malformed");
+        auto [p, ec] = std::from_chars(spec.data(), spec.data() + comma, v);
+        if (ec != std::errc{} || p != spec.data() + comma || v < 0) return fail("-x-worker-successor: malformed");
+        spec.remove_prefix(comma + 1);
+    }
+    SpawnMsg m{};
+    if (spec.size() != 2 * sizeof m) return fail("-x-worker-successor: malformed");
+    auto* b = reinterpret_cast<uint8_t*>(&m);
+    for (size_t i = 0; i < sizeof m; i++) {
+        auto [p, ec] = std::from_chars(spec.data() + 2 * i, spec.data() + 2 * i + 2, b[i], 16);
+        if (ec != std::errc{} || p != spec.data() + 2 * i + 2) return fail("-x-worker-successor: malformed");
+    }
+    if (m.kind != kSpawnKind) return fail("-x-worker-successor: malformed");
+    const size_t total = kHeaderBytes + 2 * kSlotBytes;
+    // The fds we were passed stay taken (by /dev/null) until the sandbox
+    // closes what this process inherited: were they closed now, the sandbox
+    // would close whatever reused their numbers.
+    auto release = [](int fd) {
+        int nul = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+        if (nul < 0 || ::dup2(nul, fd) < 0) ::close(fd);
+        if (nul >= 0) ::close(nul);
+    };
+    void* map = ::mmap(nullptr, total, PROT_READ | PROT_WRITE, MAP_SHARED, nums[0], 0);
+    release(nums[0]);
+    if (map == MAP_FAILED) return fail_errno(errno, "-x-worker-successor: mmap: {}", std::strerror(errno));
+    auto* hdr = static_cast<PublishHeader*>(map);
+    if (hdr->magic != kAreaMagic) return fail("-x-worker-successor: not a publish area");
+
+    static FdTable table;
+    {
+        std::vector<UniqueFd> fds;
+        for (;;) {
+            HandoffMsg h{};
+            ssize_t n = recv_with_fds(nums[2], &h, sizeof h, fds, 0);
+            if (n <= 0) break;
+            if (n == static_cast<ssize_t>(sizeof h)) apply_handoff(h, fds, table);
+        }
+        release(nums[2]);
+    }
+    static Context ctx;
+    ctx.hdr = hdr;
+    ctx.slots = static_cast<uint8_t*>(map) + kHeaderBytes;
+    ctx.table = &table;
+    ctx.test_fault_fd = opts.test_fault_fd;
+    ctx.test_poison = opts.test_poison;
+    ctx.test_poison_value = opts.test_poison_value;
+    ctx.handoff_fd = nums[1];
+    ::fcntl(ctx.handoff_fd, F_SETFD, FD_CLOEXEC);
+    ctx.successor = m.successor != 0;
+    ctx.restarts = m.restarts;
+    ctx.last_exit.valid = m.last_valid != 0;
+    ctx.last_exit.signal = m.last_signal;
+    ctx.last_exit.status = m.last_status;
+    ctx.last_exit.cause = std::string(m.cause, strnlen(m.cause, sizeof m.cause));
+    ctx.died_ns = m.died_ns;
+    ctx.poison_pending = m.poison != 0;
+    ctx.poison_conn = m.poison_conn;
+    ctx.poison_off = m.poison_off;
+    sigset_t chld;
+    sigemptyset(&chld);
+    sigaddset(&chld, SIGCHLD);
+    ::sigprocmask(SIG_UNBLOCK, &chld, nullptr);
+    g_ctx = &ctx;
+    return {};
 }
 
 }  // namespace mpq::remote::worker

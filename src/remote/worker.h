@@ -22,8 +22,10 @@
 #include <atomic>
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <span>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -186,12 +188,33 @@ struct SupervisorOptions {
     // -sandbox: on puts the supervisor under its own allowlist
     // (sandbox::Role::WorkerSupervisor).
     sandbox::SandboxOptions sandbox;
+    // The command line, for a successor exec'd from another binary (live
+    // update): it is started with the same options.
+    std::vector<std::string> argv;
 };
 // Forks the first worker and supervises it; returns only in a worker (the
 // first or a successor), with context() set. The supervisor itself exits
 // with the worker's status when a worker ends on purpose, or 1 when it gives
 // up. Must run before any thread exists.
 Status run_supervisor(const SupervisorOptions& opts);
+
+// A worker exec'd from a new binary (live update), told by the spawner
+// through the hidden option -x-worker-successor SPEC: takes the publish area,
+// the hand-over socket and the fd table the spawner passed, sets context().
+Status adopt(const SupervisorOptions& opts, std::string_view spec);
+
+// The hidden option a binary answers (and exits) with its device state
+// format version, which the spawner asks before a live update to it.
+inline constexpr std::string_view kVersionOption = "x-worker-state-version";
+inline constexpr std::string_view kVersionPrefix = "mpq-state-version ";
+// Parses that answer (unit-tested); nullopt when it is not one.
+std::optional<uint32_t> parse_version_answer(std::string_view out);
+
+// Worker side of x-worker-restart binary=...: asks the spawner (through the
+// supervisor) to check `path`, or the executable open as `fd` if valid, and
+// to start successors from it. Fails, with nothing changed, when the binary
+// cannot be run or writes another state format. Blocking (bounded).
+Status choose_binary(const std::string& path, int fd);
 
 // Worker side: hands the fds of a frame to the supervisor before the
 // worker acts on them. Blocking; false if the supervisor is gone.

@@ -28,6 +28,8 @@ constexpr OptionDef kTable[] = {
     {"x-worker", ArgKind::String, "", "on: a supervisor restarts the device worker if it dies; off: one process"},
     {"x-test-worker-fault", ArgKind::String, "", "TEST ONLY: fd=N: a byte on fd N makes the worker fault"},
     {"x-test-worker-poison", ArgKind::String, "", "TEST ONLY: a BAR write of this value kills the worker"},
+    {"x-worker-successor", ArgKind::String, "", "internal: a worker exec'd by the spawner for a live update"},
+    {"x-worker-state-version", ArgKind::None, "", "internal: print the device state format version and exit"},
     {"S", ArgKind::None, "", "do not start CPUs"},
     {"m", ArgKind::KeyValue, "size", "guest RAM size (default unit MiB)"},
     {"accel", ArgKind::KeyValue, "accel", "accelerator: kvm|tcg|qtest"},

@@ -247,22 +247,44 @@ def live_update_run(seed, updates=20):
                     old = wait_worker(rig.remote.pid)
                     c = mc.QmpClient(qmp, rig.remote)
                     c.negotiate()
-                    r = c.cmd("x-worker-restart")
+                    # In turn: the running binary, a new binary by path, one
+                    # handed over as an fd (getfd), as a sandboxed worker
+                    # cannot open it itself.
+                    how = len(done) % 3
+                    if how == 0:
+                        r = c.cmd("x-worker-restart")
+                    elif how == 1:
+                        r = c.cmd("x-worker-restart", {"binary": fr.remote_binary()})
+                    else:
+                        fd = os.open(fr.remote_binary(), os.O_RDONLY)
+                        try:
+                            g = mc.send_fd(c, "getfd", {"fdname": "newbin"}, fd)
+                        finally:
+                            os.close(fd)
+                        assert g == {"return": {}}, g
+                        r = c.cmd("x-worker-restart", {"binary": "newbin"})
                     c.close()
                     if r != {"return": {}}:
                         errors.append(r)
                         return
-                    wait_worker(rig.remote.pid, not_pid=old)
+                    new = wait_worker(rig.remote.pid, not_pid=old)
                     # The successor's monitor socket is there once it serves.
                     end = time.time() + 10
                     while time.time() < end:
                         try:
                             c = mc.QmpClient(qmp, rig.remote)
                             c.negotiate()
+                            w = c.cmd("x-query-worker")["return"]
                             c.close()
                             break
                         except OSError:
                             time.sleep(0.005)
+                    assert w["pid"] == new, (w, new)
+                    # Until a binary is chosen the successor is a fork of the
+                    # remote's image; from then on it is exec'd from that binary.
+                    with open("/proc/%d/cmdline" % new, "rb") as f:
+                        execd = b"-x-worker-successor" in f.read()
+                    assert execd == (len(done) > 0), (len(done), execd)
                     done.append(1)
             except Exception as e:  # reported by the main thread
                 errors.append(repr(e))
@@ -286,9 +308,33 @@ def live_update_run(seed, updates=20):
             c.negotiate()
             r = c.cmd("x-query-worker")["return"]
             assert r["restarts"] == updates, r
-            # Another binary is not supported yet: refused, the worker stays.
+            # Binaries that cannot take the state over are refused before
+            # the worker stops: one that writes another state format, one
+            # that says nothing, one that is not there.
+            pid, sv = r["pid"], r["state-version"]
+            other = os.path.join(tmp, "other-format")
+            with open(other, "w") as f:
+                f.write("#!/bin/sh\necho 'mpq-state-version %d'\n" % (sv + 1))
+            os.chmod(other, 0o755)
+            r = c.cmd("x-worker-restart", {"binary": other})
+            assert "error" in r and "incompatible" in r["error"]["desc"], r
+            assert "format %d" % (sv + 1) in r["error"]["desc"], r
+            fd = os.open(other, os.O_RDONLY)
+            try:
+                assert mc.send_fd(c, "getfd", {"fdname": "other"}, fd) == {"return": {}}
+            finally:
+                os.close(fd)
+            r = c.cmd("x-worker-restart", {"binary": "other"})
+            assert "error" in r and "incompatible" in r["error"]["desc"], r
             r = c.cmd("x-worker-restart", {"binary": "/bin/true"})
-            assert "error" in r and "not supported" in r["error"]["desc"], r
+            assert "error" in r and "does not report a device state format" in r["error"]["desc"], r
+            r = c.cmd("x-worker-restart", {"binary": os.path.join(tmp, "absent")})
+            assert "error" in r and "cannot open" in r["error"]["desc"], r
+            time.sleep(0.05)
+            r = c.cmd("x-query-worker")["return"]
+            assert r["pid"] == pid and r["restarts"] == updates, r
+            ok, st, got = rig.read_blocks(3, 1)
+            assert ok, "the device after the refusals"
             c.close()
             log = rig.log("remote")
             assert restarts_in(log) == 0, "a live update was taken for a crash:\n" + log

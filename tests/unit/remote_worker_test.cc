@@ -104,5 +104,19 @@ TEST(WorkerPoison, ProgressOrIdleDeathsAreNotPoison) {
     EXPECT_TRUE(d.died(true, 6));
 }
 
+TEST(WorkerLiveUpdate, VersionAnswerIsParsedStrictly) {
+    EXPECT_EQ(parse_version_answer("mpq-state-version 1\n"), 1u);
+    EXPECT_EQ(parse_version_answer("mpq-state-version 4294967295\n"), 4294967295u);
+    // Anything else is no answer: the binary is refused.
+    EXPECT_FALSE(parse_version_answer(""));
+    EXPECT_FALSE(parse_version_answer("mpq-state-version 1"));  // cut short
+    EXPECT_FALSE(parse_version_answer("mpq-state-version \n"));
+    EXPECT_FALSE(parse_version_answer("mpq-state-version -1\n"));
+    EXPECT_FALSE(parse_version_answer("mpq-state-version 1x\n"));
+    EXPECT_FALSE(parse_version_answer("mpq-state-version 4294967296\n"));
+    EXPECT_FALSE(parse_version_answer("usage: qemu-scsi-dev\n"));
+    EXPECT_FALSE(parse_version_answer(" mpq-state-version 1\n"));
+}
+
 }  // namespace
 }  // namespace mpq::remote::worker
