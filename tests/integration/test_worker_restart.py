@@ -339,6 +339,18 @@ def live_update_run(seed, updates=20):
             log = rig.log("remote")
             assert restarts_in(log) == 0, "a live update was taken for a crash:\n" + log
             assert log.count("left for a live update") == updates, log
+            # A crash after the update: the successor comes from the new
+            # binary too, and carries on.
+            os.kill(pid, signal.SIGKILL)
+            ok, st, got = rig.read_blocks(3, 1)
+            assert ok and got == expect.get(3, got), "read after a kill following the updates"
+            new = wait_worker(rig.remote.pid, not_pid=pid)
+            with open("/proc/%d/cmdline" % new, "rb") as f:
+                assert b"-x-worker-successor" in f.read()
+            lba, data = sorted(expect.items())[-1]
+            ok, st, got = rig.read_blocks(lba, 1)
+            assert ok and got == data, "read after a kill following the updates"
+            assert restarts_in(rig.log("remote")) == 1
         finally:
             rig.stop()
         for lba, data in expect.items():
