@@ -364,10 +364,14 @@ ProbeReply probe_binary(const ProbeMsg& m, std::vector<UniqueFd>& fds, UniqueFd&
     char* av[] = {arg0, opt.data(), nullptr};
     pid_t pid = ::fork();
     if (pid == 0) {
+        // The binary is not trusted yet: it gets its stdout (the pipe),
+        // stderr and itself as fd 3, none of the remote's sockets.
         ::dup2(p[1], 1);
         int nul = ::open("/dev/null", O_RDONLY);
         if (nul >= 0) ::dup2(nul, 0);
-        exec_fd(f.get(), av);
+        if (::dup2(f.get(), 3) != 3) ::_exit(127);
+        ::syscall(SYS_close_range, 4u, ~0u, 0u);
+        ::syscall(SYS_execveat, 3, "", av, environ, AT_EMPTY_PATH);
         ::_exit(127);
     }
     ::close(p[1]);
