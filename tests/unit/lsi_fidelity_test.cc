@@ -173,5 +173,25 @@ TEST_F(Fidelity, DmodeIoSpaceMemoryMoves) {
     EXPECT_EQ(le32_at(ram, 0x4030), 0xeeeeeeeeu);
 }
 
+// The general purpose timer expires at once when STIME1 is written: with
+// SIEN1.GEN enabled, a SCRIPTS LOAD into STIME1 halts SCRIPTS right after
+// the LOAD with SIP; masked, SCRIPTS run on and only SIST1.GEN is set.
+TEST_F(Fidelity, GeneralPurposeTimerHaltsScriptsWhenEnabled) {
+    ram[0x3000] = 0x0c;
+    wb(L::kSien1, L::kSist1Gen);
+    prog(0x1000, {load(L::kStime1, 1), 0x3000, kInt, 1});
+    run(0x1000);
+    EXPECT_TRUE(pump_until([&] { return stopped(); }));
+    EXPECT_EQ(rb(L::kIstat0) & (L::kIstatSip | L::kIstatDip), L::kIstatSip);
+    EXPECT_EQ(rl(L::kDsp), 0x1008u);
+    EXPECT_EQ(rb(L::kSist1), L::kSist1Gen);
+    wb(L::kSien1, 0);
+    prog(0x1000, {load(L::kStime1, 1), 0x3000, kInt, 2});
+    run(0x1000);
+    EXPECT_TRUE(pump_until([&] { return stopped(); }));
+    EXPECT_EQ(rl(L::kDsps), 2u);
+    EXPECT_EQ(rb(L::kSist1), L::kSist1Gen);
+}
+
 }  // namespace
 }  // namespace lsitest
