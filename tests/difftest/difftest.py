@@ -201,8 +201,10 @@ def cause(ref, got, prog=None):
     # move into DSP made a loop (the generator's jumps only go forward).
     # Stock QEMU sits where its instruction limit paused it, ours moves on
     # with every yield; where each one is when read is not comparable.
+    # Both waiting in one place (WAIT RESELECT, say) is compared as usual.
     if prog and prog["kind"] == "scripts" and ref[1].get("reg:mmio1@15", 0) & 2 \
-            and got[1].get("reg:mmio1@15", 0) & 2 and _diff_fields(ref, got, True):
+            and got[1].get("reg:mmio1@15", 0) & 2 \
+            and ref[1].get("reg:mmio4@2c") != got[1].get("reg:mmio4@2c") and _diff_fields(ref, got, True):
         return "runaway-scripts"
     return None
 
