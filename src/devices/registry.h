@@ -23,11 +23,10 @@
 namespace mpq {
 class EventLoop;
 class DmaSpace;
+class WorkQueue;
 }  // namespace mpq
 
 namespace mpq::devices {
-
-class DeviceTimers;
 
 enum class PropType : uint8_t {
     String,
@@ -88,7 +87,9 @@ struct DeviceConfig {
 struct BuildContext {
     EventLoop& loop;
     DmaSpace* dma;             // guest memory as the device's bus master sees it
-    DeviceTimers& timers;
+    // Deferred work and timers on guest time: the device process's event
+    // loop, the VMM's virtual clock, a ManualWorkQueue in tests.
+    WorkQueue& timers;
     std::string name;          // the device's id, or a generated one
     // ScsiDevice: the bus and target it goes to (free), and its drive.
     scsi::Bus* bus = nullptr;
