@@ -84,6 +84,21 @@ public:
     // function (with what sits on its bus) leaves through unplug().
     Status remove(std::string_view id);
 
+    // --- changes while the machine runs (device_set_hotplug.cc) ---
+    // Both programs' monitors do their hot-plug through these, so the rules
+    // and QEMU's messages are the same wherever the controller lives.
+    // blockdev-del: only a monitor-owned node (blockdev-add) no disk uses;
+    // flushed, then closed.
+    Status hot_remove_drive(std::string_view id);
+    // device_add with -device's keys: a SCSI device on an existing
+    // controller's bus, coming up with the unit attention a new QEMU disk
+    // reports. PCI functions are refused (pci.0 has no hot-plug here).
+    Result<DeviceEntry*> hot_add(const opts::KeyValues& kv);
+    // device_del of a SCSI device (see remove()), flushed; a -drive or
+    // drive_add drive goes with it, a blockdev-add node stays. Returns the
+    // QOM path for DEVICE_DELETED.
+    Result<std::string> hot_remove(std::string_view id);
+
     // Destroys every device, then every drive (what the destructor does).
     void clear();
 

@@ -324,6 +324,20 @@ void register_commands(QmpDispatcher& d, CommandEnv& env) {
         return QmpReply::ok(std::move(out));
     });
 
+    // The backend of HMP info qtree (QEMU has no QMP form of it): the
+    // devices this process built, each with its bus and placing properties.
+    d.add("x-query-qtree", {}, [&env](const Json&) {
+        Json out = Json::array();
+        for (const auto& q : env.view.qtree()) {
+            Json props = Json::array();
+            for (const auto& [k, v] : q.props) props.push_back(Json{{"name", k}, {"value", v}});
+            Json j{{"driver", q.driver}, {"id", q.id}, {"bus", q.bus}, {"props", std::move(props)}};
+            if (!q.child_bus.empty()) j["child-bus"] = q.child_bus;
+            out.push_back(std::move(j));
+        }
+        return QmpReply::ok(std::move(out));
+    });
+
     d.add("query-remote-devices", {}, [&env](const Json&) {
         return QmpReply::ok(remote_devices_json(env.view.remote_devices()));
     });

@@ -38,6 +38,7 @@ constexpr HelpLine kInfo[] = {
     {"chardev", "", "show the character devices"},
     {"name", "", "show the current VM name"},
     {"pci", "", "show PCI info"},
+    {"qtree", "", "show device tree"},
     {"remote-devices", "", "show the remote devices and their channels (mpqemu)"},
     {"status", "", "show the current VM status (running|paused)"},
     {"trace-events", "[name] [vcpu]", "show available trace-events & their state (name: event name pattern; vcpu: vCPU to query, default is any)"},
@@ -176,6 +177,39 @@ std::string format_block(const Json& list, std::string_view only) {
     return out;
 }
 
+// QEMU's info qtree layout for what x-query-qtree lists: the host bridge's
+// PCI bus, each device with its properties, a controller's SCSI bus under it.
+std::string format_qtree(const Json& devs, Role role) {
+    std::string out = "bus: main-system-bus\n  type System\n";
+    out += fmt::format("  dev: {}, id \"\"\n", role == Role::Vmm ? "i440FX-pcihost" : "remote-pcihost");
+    out += "    bus: pci.0\n      type PCI\n";
+    auto device = [&](const Json& d, size_t indent) {
+        std::string pad(indent, ' ');
+        std::string o = fmt::format("{}dev: {}, id \"{}\"\n", pad, str(d, "driver"), str(d, "id"));
+        for (const auto& p : d["props"]) {
+            std::string name = str(p, "name"), value = str(p, "value");
+            bool number = !value.empty() && value.find_first_not_of("0123456789") == std::string::npos;
+            if (number)
+                o += fmt::format("{}  {} = {} ({:#x})\n", pad, name, value, std::stoull(value));
+            else if (name == "addr")
+                o += fmt::format("{}  {} = {}\n", pad, name, value);
+            else
+                o += fmt::format("{}  {} = \"{}\"\n", pad, name, value);
+        }
+        return o;
+    };
+    for (const auto& d : devs) {
+        if (str(d, "bus") != "pci.0") continue;
+        out += device(d, 6);
+        std::string child = str(d, "child-bus");
+        if (child.empty()) continue;
+        out += fmt::format("        bus: {}\n          type SCSI\n", child);
+        for (const auto& k : devs)
+            if (str(k, "bus") == child) out += device(k, 10);
+    }
+    return out;
+}
+
 std::string format_blockstats(const Json& list) {
     std::string out;
     for (const auto& b : list) {
@@ -257,7 +291,19 @@ std::string Hmp::info(std::string_view what, std::string_view arg) const {
         if (!call("query-block", Json::object(), r, err)) return err;
         std::string out = format_block(r, arg);
         if (out.empty() && !arg.empty()) return fmt::format("Device '{}' not found\n", arg);
+        // A proxied controller's disks are its device process's: say where
+        // they are listed rather than show a copy that could be stale.
+        Json rd;
+        if (role_ == Role::Vmm && arg.empty() && call("query-remote-devices", Json::object(), rd, err)) {
+            for (const auto& d : rd)
+                out += fmt::format("{}{} ({}): disks are listed by its device process's monitor\n",
+                                   out.empty() ? "" : "\n", str(d, "id"), str(d, "driver"));
+        }
         return out;
+    }
+    if (what == "qtree") {
+        if (!call("x-query-qtree", Json::object(), r, err)) return err;
+        return format_qtree(r, role_);
     }
     if (what == "blockstats") {
         if (!call("query-blockstats", Json::object(), r, err)) return err;

@@ -6,13 +6,15 @@
 #include <string>
 #include <string_view>
 
+#include "monitor/machine_view.h"
 #include "monitor/qmp.h"
 
 namespace mpq::monitor {
 
 class Hmp {
 public:
-    explicit Hmp(const QmpDispatcher& qmp) : qmp_(qmp) {}
+    // `role`: the VMM's `info block` adds where its proxied devices' disks are listed.
+    explicit Hmp(const QmpDispatcher& qmp, Role role = Role::Remote) : qmp_(qmp), role_(role) {}
     // Runs one command line; returns its output with "\n" line ends.
     std::string run(std::string_view line) const;
 
@@ -23,6 +25,7 @@ private:
     bool call(std::string_view cmd, const Json& args, Json& out, std::string& err) const;
 
     const QmpDispatcher& qmp_;
+    Role role_;
 };
 
 // "\n" -> "\r\n", as QEMU's monitor output does.

@@ -17,6 +17,9 @@
 namespace mpq::pci {
 class PciDevice;
 }
+namespace mpq::devices {
+class DeviceSet;
+}
 
 namespace mpq::monitor {
 
@@ -83,6 +86,16 @@ struct RemoteDeviceInfo {
     std::vector<std::string> features;  // negotiated protocol extensions
 };
 
+// One device as `info qtree` shows it: on which bus, what it is, the
+// properties that place it, and the bus it provides (a controller's SCSI bus).
+struct QtreeDevice {
+    std::string driver;            // "lsi53c895a", "scsi-hd", "pci-proxy-dev"
+    std::string id;                // "" for an unnamed one
+    std::string bus;               // "pci.0", or a controller's "lsi0.0"
+    std::vector<std::pair<std::string, std::string>> props;  // shown in order, e.g. {"scsi-id", "1"}
+    std::string child_bus;         // "" = provides none
+};
+
 class MachineView {
 public:
     virtual ~MachineView() = default;
@@ -96,6 +109,8 @@ public:
     // Character devices other than the monitors' own (which the monitor lists itself).
     virtual std::vector<ChardevInfo> chardevs() { return {}; }
     virtual std::vector<RemoteDeviceInfo> remote_devices() { return {}; }
+    // The devices this process built (command line and hot-plug), for info qtree.
+    virtual std::vector<QtreeDevice> qtree() { return {}; }
 
     // block_resize of drive `device` (a BlockDeviceInfo::device the command
     // already looked up): changes the image, then tells the disk using it.
@@ -121,7 +136,8 @@ public:
         return Error{"this process has no proxy devices", 0};
     }
 
-    // --- hot-plug (the remote; processes without disks of their own refuse) ---
+    // --- hot-plug (disks on the process's own controllers: the remote's, the
+    //     VMM's in-process ones; both through devices::DeviceSet) ---
     // blockdev-add (DriveOrigin::Blockdev: stays until drive_del) or HMP
     // drive_add (DriveOrigin::DriveAdd: goes with the disk using it).
     enum class DriveOrigin : uint8_t { Blockdev, DriveAdd };
@@ -150,5 +166,15 @@ PciDeviceInfo describe_pci_config(const std::function<uint32_t(uint32_t, unsigne
                                   unsigned slot, unsigned function, std::string qdev_id);
 BlockDeviceInfo describe_block_backend(block::BlockBackend& be, std::string node_name,
                                        std::string qdev);
+// Every open drive of a device set, as query-block lists it in both programs:
+// a -drive / drive_add drive by its id, with a "#blockNNN" node name that
+// stays put while others come and go; a blockdev-add node by its node-name,
+// without a BlockBackend name of its own.
+std::vector<BlockDeviceInfo> describe_drives(devices::DeviceSet& set);
+// Every device of a device set, PCI functions first (each followed by the
+// disks on its bus). `pci_addr` gives a function's "SLOT.FN" where the
+// process places it ("" = not shown: the remote has no PCI bus of its own).
+std::vector<QtreeDevice> describe_devices(const devices::DeviceSet& set,
+                                          const std::function<std::string(const pci::PciDevice&)>& pci_addr);
 
 }  // namespace mpq::monitor

@@ -2,6 +2,9 @@
 // monitor core does not pull in the PCI and block implementations.
 #include "monitor/machine_view.h"
 
+#include <fmt/format.h>
+
+#include "devices/device_set.h"
 #include "pci/pci_device.h"
 
 namespace mpq::monitor {
@@ -69,6 +72,49 @@ BlockDeviceInfo describe_block_backend(block::BlockBackend& be, std::string node
     b.in_flight = be.in_flight();
     b.write_threshold = be.write_threshold();
     return b;
+}
+
+std::vector<BlockDeviceInfo> describe_drives(devices::DeviceSet& set) {
+    std::vector<BlockDeviceInfo> out;
+    for (auto& d : set.drives()) {
+        if (!d.backend) continue;
+        if (d.owner == devices::DriveOwner::Monitor) {
+            BlockDeviceInfo info = describe_block_backend(*d.backend, d.opts.id, d.attached_to);
+            info.device.clear();
+            out.push_back(std::move(info));
+            continue;
+        }
+        out.push_back(describe_block_backend(*d.backend, fmt::format("#block{:03}", 100 + d.serial),
+                                             d.attached_to));
+    }
+    return out;
+}
+
+std::vector<QtreeDevice> describe_devices(const devices::DeviceSet& set,
+                                          const std::function<std::string(const pci::PciDevice&)>& pci_addr) {
+    std::vector<QtreeDevice> out;
+    for (const auto& e : set.entries()) {
+        if (!e->pci) continue;
+        QtreeDevice d;
+        d.driver = std::string(e->type->name);
+        d.id = e->named ? e->id : std::string();
+        d.bus = "pci.0";
+        if (std::string a = pci_addr(*e->pci); !a.empty()) d.props.emplace_back("addr", a);
+        if (e->scsi_bus) d.child_bus = e->id + ".0";
+        out.push_back(std::move(d));
+        if (!e->scsi_bus) continue;
+        for (const auto& k : set.entries()) {
+            if (!k->scsi || k->parent != e->id) continue;
+            QtreeDevice s;
+            s.driver = std::string(k->type->name);
+            s.id = k->named ? k->id : std::string();
+            s.bus = e->id + ".0";
+            s.props = {{"drive", k->drive}, {"channel", "0"}, {"scsi-id", std::to_string(k->scsi_id)},
+                       {"lun", std::to_string(k->lun)}};
+            out.push_back(std::move(s));
+        }
+    }
+    return out;
 }
 
 }  // namespace mpq::monitor

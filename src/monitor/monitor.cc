@@ -133,7 +133,7 @@ Json timestamp_now() {
 }  // namespace
 
 Monitors::Monitors(EventLoop& loop, MachineView& view, UnlinkAtExit unlink)
-    : loop_(loop), view_(view), hmp_(qmp_), env_{view, *this, {}, {}, {}},
+    : loop_(loop), view_(view), hmp_(qmp_, view.role()), env_{view, *this, {}, {}, {}},
       alive_(std::make_shared<bool>(true)), unlink_at_exit_(unlink) {
     env_.monitor_chardevs = [this] { return chardevs(); };
     env_.defer = [this](std::function<void()> cb) {

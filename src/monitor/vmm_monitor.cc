@@ -3,6 +3,7 @@
 
 #include <fmt/format.h>
 
+#include "devices/device_set.h"
 #include "monitor/monitor.h"
 #include "vmm/proxy.h"
 #include "vmm/vmm.h"
@@ -63,14 +64,61 @@ public:
         return out;
     }
 
-    std::vector<BlockDeviceInfo> block_devices() override {
-        std::vector<BlockDeviceInfo> out;
-        unsigned n = 0;
-        for (auto& d : vmm_.device_set().drives()) {
-            ++n;
-            if (!d.backend) continue;
-            out.push_back(describe_block_backend(*d.backend, fmt::format("#block{:03}", 100 + n),
-                                                 d.attached_to));
+    // Only what this process opened: the in-process controllers' drives. A
+    // proxied controller's disks live in its device process and are listed
+    // (and hot-plugged) by that process's monitor; listing them here would
+    // go stale the moment someone used it.
+    std::vector<BlockDeviceInfo> block_devices() override { return describe_drives(vmm_.device_set()); }
+
+    // Hot-plug on the in-process controllers: the device set does it, as in
+    // the remote. Here only what a VMM adds: proxies are not ours to change.
+    Status drive_add(const block::DriveOptions& opts, DriveOrigin origin) override {
+        return vmm_.device_set().add_drive(opts, origin == DriveOrigin::Blockdev ? devices::DriveOwner::Monitor
+                                                                                 : devices::DriveOwner::Legacy);
+    }
+    Status drive_del(std::string_view node_name) override {
+        return vmm_.device_set().hot_remove_drive(node_name);
+    }
+    Status device_add(const std::vector<std::pair<std::string, std::string>>& props) override {
+        opts::KeyValues kv;
+        for (const auto& [k, v] : props) {
+            if (k == "driver" && (v == "pci-proxy-dev" || v == "x-pci-proxy-dev"))
+                return fail("Bus 'pci.0' does not support hotplugging (a {} comes from the command line)", v);
+            if (k == "id") {
+                // Proxies are not in the device set; their ids are taken all the same.
+                for (const auto& d : vmm_.devices())
+                    if (d.proxy && d.id == v) return fail("Duplicate ID '{}' for device", v);
+            }
+            if (k == "bus") {
+                if (const vmm::DeviceInfo* p = proxy_of_bus(v))
+                    return fail("Bus '{}' belongs to '{}', a device served by its device process: add disks "
+                                "to it through that process's monitor", v, p->id);
+            }
+            kv.items.push_back(opts::KeyValue{k, v});
+        }
+        auto e = vmm_.device_set().hot_add(kv);
+        if (!e.ok()) return e.take_error();
+        return {};
+    }
+    Result<std::string> device_del(std::string_view id) override {
+        for (const auto& d : vmm_.devices())
+            if (d.proxy && !id.empty() && d.id == id)
+                return fail("Bus 'pci.0' does not support hotplugging ('{}' is a PCI function)", id);
+        return vmm_.device_set().hot_remove(id);
+    }
+
+    std::vector<QtreeDevice> qtree() override {
+        auto addr = [this](int devfn) {
+            return fmt::format("{:02x}.{}", vmm::devfn_slot(devfn), vmm::devfn_fn(devfn));
+        };
+        std::vector<QtreeDevice> out = describe_devices(vmm_.device_set(), [&](const pci::PciDevice& dev) {
+            for (const auto& d : vmm_.devices())
+                if (d.local == &dev) return addr(d.devfn);
+            return std::string();
+        });
+        for (const auto& d : vmm_.devices()) {
+            if (!d.proxy) continue;
+            out.push_back(QtreeDevice{d.driver, d.id, "pci.0", {{"addr", addr(d.devfn)}}, {}});
         }
         return out;
     }
@@ -101,6 +149,15 @@ public:
     bool in_monitor_reset() const { return in_monitor_reset_; }
 
 private:
+    // The proxy whose controller "ID.0" names, if any.
+    const vmm::DeviceInfo* proxy_of_bus(std::string_view bus) const {
+        size_t dot = bus.rfind('.');
+        if (dot == std::string_view::npos) return nullptr;
+        for (const auto& d : vmm_.devices())
+            if (d.proxy && !d.id.empty() && d.id == bus.substr(0, dot)) return &d;
+        return nullptr;
+    }
+
     vmm::Vmm& vmm_;
     bool in_monitor_reset_ = false;
 };

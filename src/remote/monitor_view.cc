@@ -17,22 +17,7 @@ std::vector<monitor::PciDeviceInfo> RemoteMachineView::pci_devices() {
 }
 
 std::vector<monitor::BlockDeviceInfo> RemoteMachineView::block_devices() {
-    std::vector<monitor::BlockDeviceInfo> out;
-    for (auto& d : proc_.drives()) {
-        if (!d.backend) continue;
-        // QEMU names anonymous nodes "#blockNNN"; ours are stable per drive.
-        // A blockdev-add node is known by its node-name and has no
-        // BlockBackend name of its own.
-        if (d.owner == DriveOwner::Monitor) {
-            auto info = monitor::describe_block_backend(*d.backend, d.opts.id, d.attached_to);
-            info.device.clear();
-            out.push_back(std::move(info));
-            continue;
-        }
-        out.push_back(monitor::describe_block_backend(*d.backend, fmt::format("#block{:03}", 100 + d.serial),
-                                                      d.attached_to));
-    }
-    return out;
+    return monitor::describe_drives(proc_.devices());
 }
 
 std::vector<monitor::RemoteDeviceInfo> RemoteMachineView::remote_devices() {

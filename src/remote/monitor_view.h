@@ -19,6 +19,9 @@ public:
     std::vector<monitor::PciDeviceInfo> pci_devices() override;
     std::vector<monitor::BlockDeviceInfo> block_devices() override;
     std::vector<monitor::RemoteDeviceInfo> remote_devices() override;
+    std::vector<monitor::QtreeDevice> qtree() override {
+        return monitor::describe_devices(proc_.devices(), [](const pci::PciDevice&) { return std::string(); });
+    }
     Status block_resize(std::string_view device, uint64_t size) override;
     Status set_write_threshold(std::string_view device, uint64_t threshold,
                                ThresholdHit hit) override;

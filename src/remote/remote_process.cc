@@ -131,51 +131,16 @@ Status RemoteProcess::add_drive_now(const block::DriveOptions& opts, DriveOwner 
     return devices_.add_drive(opts, owner);
 }
 
-Status RemoteProcess::remove_drive(std::string_view id) {
-    DriveEntry* d = find_drive(id);
-    if (!d) return fail("Failed to find node with node-name='{}'", id);
-    if (!d->attached_to.empty()) return fail("Node {} is in use", id);
-    if (d->owner != DriveOwner::Monitor) return fail("Node {} is not owned by the monitor", id);
-    return devices_.remove_drive(id);
-}
+// Hot-plug is the device set's (shared with the VMM's in-process controllers).
+Status RemoteProcess::remove_drive(std::string_view id) { return devices_.hot_remove_drive(id); }
 
 Status RemoteProcess::add_device_now(const opts::KeyValues& kv) {
-    std::string driver = kv.get("driver");
-    if (driver.empty()) return fail("Parameter 'driver' is missing");
-    const devices::DeviceType* t = devices::find_device_type(driver);
-    if (t && t->kind == devices::DeviceKind::PciFunction)
-        return fail("Bus 'pci.0' does not support hotplugging (this process serves its PCI functions "
-                    "from start-up; add a {} on the command line)", t->name);
-    auto e = devices_.add(kv);
+    auto e = devices_.hot_add(kv);
     if (!e.ok()) return e.take_error();
-    (*e)->scsi->hotplugged();
-    log::info("{} '{}' added on {}.0 scsi-id {} (drive '{}')", (*e)->type->name, (*e)->id, (*e)->parent,
-              (*e)->scsi_id, (*e)->drive);
     return {};
 }
 
-Result<std::string> RemoteProcess::remove_device(std::string_view id) {
-    if (!id.empty() && find_function(id))
-        return fail("Bus 'pci.0' does not support hotplugging ('{}' is a PCI function this process serves)", id);
-    const devices::DeviceEntry* e = id.empty() ? nullptr : devices_.find(id);
-    if (!e || !e->scsi) return fail("Device '{}' not found", id);
-    std::string drive_id = e->drive, ctrl = e->parent;
-    unsigned target = e->scsi_id;
-    std::string path = fmt::format("/machine/peripheral/{}", id);
-    MPQ_TRY(devices_.remove(id));
-    log::info("scsi-hd '{}' removed from {}.0 scsi-id {}", id, ctrl, target);
-    // A -drive / drive_add drive goes with its disk; a blockdev-add node stays, flushed.
-    DriveEntry* drive = find_drive(drive_id);
-    if (drive && drive->owner == DriveOwner::Legacy) {
-        MPQ_TRY(devices_.remove_drive(drive_id));
-    } else if (drive && !drive->backend->read_only()) {
-        drive->backend->flush([drive_id](Status s) {
-            if (!s.ok()) log::error("drive {}: flush after unplug failed: {}", drive_id, s.error().message);
-        });
-        drive->backend->drain();
-    }
-    return path;
-}
+Result<std::string> RemoteProcess::remove_device(std::string_view id) { return devices_.hot_remove(id); }
 
 Status RemoteProcess::add_object(const Option& o) {
     std::string type = o.kv.get("qom-type");

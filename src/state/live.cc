@@ -92,17 +92,17 @@ Result<DeviceStateImage> capture(LiveDevices& live, std::string producer) {
 }
 
 Status apply(const DeviceStateImage& img, LiveDevices& live) {
-    // Same set of drives, disks and functions on both sides.
-    if (img.drives.size() != live.drives.size() || img.disks.size() != live.disks.size() ||
-        img.functions.size() != live.functions.size())
-        return fail("saved state has {} drive(s), {} disk(s), {} device(s); this process has {}, {}, {}",
-                    img.drives.size(), img.disks.size(), img.functions.size(), live.drives.size(),
-                    live.disks.size(), live.functions.size());
+    // Same set of drives, disks and functions on both sides, each named when
+    // it is missing on one side: disks come and go at run time (device_add,
+    // device_del, blockdev-add), so a state describes the disk set it was
+    // saved with and the new process's command line must build exactly that.
     for (const auto& di : img.drives) {
         const LiveDrive* d = nullptr;
         for (const auto& e : live.drives)
             if (e.id == di.id) d = &e;
-        if (!d || !d->backend) return fail("saved state: drive '{}' is not on this command line", di.id);
+        if (!d || !d->backend)
+            return fail("saved state: drive '{}' ({}) is not on this command line (add it with -drive)",
+                        di.id, di.format);
         if (d->backend->driver().format_name() != di.format)
             return fail("saved state: drive '{}' was {}, is {} now", di.id, di.format,
                         d->backend->driver().format_name());
@@ -116,7 +116,9 @@ Status apply(const DeviceStateImage& img, LiveDevices& live) {
         const LiveDisk* k = nullptr;
         for (const auto& e : live.disks)
             if (e.id == di.id) k = &e;
-        if (!k) return fail("saved state: disk '{}' is not on this command line", di.id);
+        if (!k)
+            return fail("saved state: disk '{}' ({}.0 scsi-id {}, drive '{}') is not on this command line "
+                        "(add it with -device)", di.id, di.controller, di.scsi_id, di.drive);
         if (k->controller != di.controller || k->drive != di.drive || k->scsi_id != di.scsi_id)
             return fail("saved state: disk '{}' was at {}.0 scsi-id {} on drive '{}', is at {}.0 scsi-id {} on '{}'",
                         di.id, di.controller, di.scsi_id, di.drive, k->controller, k->scsi_id, k->drive);
@@ -131,6 +133,23 @@ Status apply(const DeviceStateImage& img, LiveDevices& live) {
         if (f->driver != fi.driver) return fail("saved state: device '{}' was a {}, is a {}", fi.id, fi.driver, f->driver);
         MPQ_TRY(check_config(fi.id, *f->dev, fi.config));
         fns.emplace_back(f, &fi);
+    }
+    for (const auto& k : live.disks) {
+        bool saved = false;
+        for (const auto& di : img.disks) saved = saved || di.id == k.id;
+        if (!saved)
+            return fail("disk '{}' ({}.0 scsi-id {}) is not in the saved state (it was not plugged when the "
+                        "state was saved)", k.id, k.controller, k.scsi_id);
+    }
+    for (const auto& d : live.drives) {
+        bool saved = false;
+        for (const auto& di : img.drives) saved = saved || di.id == d.id;
+        if (!saved) return fail("drive '{}' is not in the saved state (it was not open when the state was saved)", d.id);
+    }
+    for (const auto& f : live.functions) {
+        bool saved = false;
+        for (const auto& fi : img.functions) saved = saved || fi.id == f.id;
+        if (!saved) return fail("device '{}' is not in the saved state", f.id);
     }
     // Disks first: a controller's requests are rebuilt on the disk's
     // restored block size.

@@ -17,66 +17,20 @@ QEMU's x-pci-proxy-dev; the shared qtest-bench SCRIPTS driver plays the guest. C
   is not qcow2, an fdset that does not exist, a read-only fd for a writable drive, add-fd
   without an fd, a path under the sandbox (open=deny), a PCI device for device_add/device_del.
 """
-import array
-import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "lib"))
 import mpqtest as T  # noqa: E402
-from monitor_client import HmpClient, QmpClient, RemoteRig, Scsi, bench_setup  # noqa: E402
+from monitor_client import HmpClient, QmpClient, RemoteRig, Scsi, Target, bench_setup, send_fd  # noqa: E402
 
 SHARED = os.environ.get("MPQ_SHARED_DIR") or os.path.join(HERE, "..", "..", "..", "shared")
 BENCH = os.path.join(SHARED, "tools", "qtest-bench")
 MiB = 1 << 20
 DISK_MB = 4
-
-
-def send_fd(qmp, name, args, fd):
-    """One QMP command with `fd` attached (SCM_RIGHTS), as QEMU's clients pass fds."""
-    msg = json.dumps({"execute": name, "arguments": args}).encode() + b"\n"
-    qmp.sock.sendmsg([msg], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))])
-    return qmp.response()
-
-
-class Target:
-    """SCSI commands to one target id through the qtest-bench SCRIPTS driver."""
-
-    def __init__(self, scsi, target):
-        self.s, self.B, self.q, self.t = scsi, scsi.B, scsi.q, target
-
-    def run(self, cdb, dlen):
-        B = self.B
-        img = B.scsi_command_script(B.SLOT_BASE, self.t, len(cdb), dlen, B.SCSI_BUF)
-        self.q.memwrite(B.SLOT_BASE, bytes(B.slot_with_cdb(img, cdb)))
-        self.s.lsi.run(B.SLOT_BASE)
-        return self.q.memread(B.SLOT_BASE + 0x120, 1)[0]
-
-    def sense(self):
-        self.q.memset(self.B.SCSI_BUF, 18, 0)
-        self.run(bytes([0x03, 0, 0, 0, 18, 0]), 18)
-        d = self.q.memread(self.B.SCSI_BUF, 18)
-        return (d[2] & 0x0F, d[12], d[13])
-
-    def read(self, lba, blocks):
-        st = self.run(self.B.cdb_rw10(False, lba, blocks), blocks * 512)
-        return st, self.q.memread(self.B.SCSI_BUF, blocks * 512)
-
-    def write(self, lba, data):
-        self.q.memwrite(self.B.SCSI_BUF, data)
-        return self.run(self.B.cdb_rw10(True, lba, len(data) // 512), len(data))
-
-    def selection_timeout(self):
-        try:
-            self.run(bytes(6), 0)
-        except Exception as e:  # the SCRIPTS stop with SIST1 STO instead of finishing
-            print("selection: %s" % e)
-            return "SIST1=0x04" in str(e)
-        return False
 
 
 def main():
@@ -181,6 +135,9 @@ def main():
                "device_add scsi-hd id=hot0 scsi-id=1")
         blk = {b.get("qdev"): b for b in qmp.ret("query-block")}
         chk.check("hot0" in blk and blk["hot0"]["inserted"]["node-name"] == "hot", "query-block: %r" % list(blk))
+        tree = hmp.cmd("info qtree")
+        chk.check('dev: scsi-hd, id "hot0"' in tree and "scsi-id = 1 (0x1)" in tree and "bus: lsi0.0" in tree,
+                  "info qtree shows hot0 on lsi0.0:\n" + tree)
         t1 = Target(scsi, 1)
         chk.eq(t1.run(bytes(6), 0), 2, "first command to the new disk: CHECK CONDITION")
         chk.eq(t1.sense(), (6, 0x3F, 0x0E), "UNIT ATTENTION: REPORTED LUNS DATA HAS CHANGED")
@@ -212,6 +169,7 @@ def main():
         chk.eq(qmp.cmd("device_del", {"id": "hot0"}).get("error"),
                {"class": "DeviceNotFound", "desc": "Device 'hot0' not found"}, "second device_del")
         disk0_ok("device_del")
+        chk.check('id "hot0"' not in hmp.cmd("info qtree"), "info qtree no longer shows hot0")
         chk.eq(qmp.cmd("blockdev-del", {"node-name": "hot"}), {"return": {}}, "blockdev-del hot")
         chk.check("hot" not in [b["inserted"]["node-name"] for b in qmp.ret("query-block")],
                   "query-block no longer lists it")

@@ -3,6 +3,7 @@
 Unlike mpqtest.Qmp these keep raw access: negotiation is explicit, errors
 come back as values, events are collected, and a caller can send any bytes.
 """
+import array
 import json
 import os
 import socket
@@ -228,3 +229,54 @@ def bench_setup(T, bench_dir, tmp_prefix, disk_mb, seed):
         f.write(rng.randbytes(disk_mb << 20))
     return types.SimpleNamespace(qemu=qemu, remote=remote, B=B, QTest=QTest, chk=T.Checker(),
                                  tmp=tmp, disk=disk, rng=rng)
+
+
+def send_fd(qmp, name, args, fd):
+    """One QMP command with `fd` attached (SCM_RIGHTS), as QEMU's clients pass fds."""
+    msg = json.dumps({"execute": name, "arguments": args}).encode() + b"\n"
+    qmp.sock.sendmsg([msg], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))])
+    return qmp.response()
+
+
+class Target:
+    """SCSI commands to one target id through the qtest-bench SCRIPTS driver
+    (`scsi` is a Scsi)."""
+
+    def __init__(self, scsi, target):
+        self.s, self.B, self.q, self.t = scsi, scsi.B, scsi.q, target
+
+    def run(self, cdb, dlen):
+        B = self.B
+        img = B.scsi_command_script(B.SLOT_BASE, self.t, len(cdb), dlen, B.SCSI_BUF)
+        self.q.memwrite(B.SLOT_BASE, bytes(B.slot_with_cdb(img, cdb)))
+        self.s.lsi.run(B.SLOT_BASE)
+        return self.q.memread(B.SLOT_BASE + 0x120, 1)[0]
+
+    def sense(self):
+        self.q.memset(self.B.SCSI_BUF, 18, 0)
+        self.run(bytes([0x03, 0, 0, 0, 18, 0]), 18)
+        d = self.q.memread(self.B.SCSI_BUF, 18)
+        return (d[2] & 0x0F, d[12], d[13])
+
+    def read(self, lba, blocks):
+        st = self.run(self.B.cdb_rw10(False, lba, blocks), blocks * 512)
+        return st, self.q.memread(self.B.SCSI_BUF, blocks * 512)
+
+    def write(self, lba, data):
+        self.q.memwrite(self.B.SCSI_BUF, data)
+        return self.run(self.B.cdb_rw10(True, lba, len(data) // 512), len(data))
+
+    def inquiry(self):
+        """(status, peripheral qualifier/type byte) of a standard INQUIRY."""
+        self.q.memset(self.B.SCSI_BUF, 36, 0)
+        st = self.run(bytes([0x12, 0, 0, 0, 36, 0]), 36)
+        return st, self.q.memread(self.B.SCSI_BUF, 1)[0]
+
+    def selection_timeout(self, cdb=bytes(6), dlen=0):
+        """Whether `cdb` (TEST UNIT READY unless given) ends in a selection timeout: no target."""
+        try:
+            self.run(cdb, dlen)
+        except Exception as e:  # the SCRIPTS stop with SIST1 STO instead of finishing
+            print("selection: %s" % e)
+            return "SIST1=0x04" in str(e)
+        return False

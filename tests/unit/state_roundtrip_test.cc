@@ -439,6 +439,29 @@ TEST_F(StateRoundTrip, RestoreRefusesInconsistentRequests) {
         EXPECT_NE(st.error().message.find("bytes"), std::string::npos) << st.error().message;
     }
 
+    // Another disk set (disks are hot-plugged at run time): the disk or
+    // drive that differs is named, whichever side has it.
+    {
+        auto l = dev_.live();
+        l.disks.clear();
+        auto st = state::apply(*img, l);
+        ASSERT_FALSE(st.ok());
+        EXPECT_NE(st.error().message.find("disk 'sd0' (lsi0.0 scsi-id 0, drive 'd0') is not on this command line"),
+                  std::string::npos) << st.error().message;
+        l = dev_.live();
+        l.drives.push_back({"hot", dev_.backend.get()});
+        l.disks.push_back({"hot0", "lsi0", "hot", 1, dev_.hd.get()});
+        st = state::apply(*img, l);
+        ASSERT_FALSE(st.ok());
+        EXPECT_NE(st.error().message.find("disk 'hot0' (lsi0.0 scsi-id 1) is not in the saved state"),
+                  std::string::npos) << st.error().message;
+        l.disks.pop_back();
+        st = state::apply(*img, l);
+        ASSERT_FALSE(st.ok());
+        EXPECT_NE(st.error().message.find("drive 'hot' is not in the saved state"), std::string::npos)
+            << st.error().message;
+    }
+
     // After all the refusals the controller still works from its state.
     EXPECT_TRUE(dev_.lsi->snapshot().ok());
     dev_.destroy();
