@@ -85,6 +85,9 @@ struct DeviceConfig {
 
 // What a factory may use. The device set fills it in.
 struct BuildContext {
+    // The program's event loop (also a WorkQueue): fds, block I/O, and work
+    // on host time such as the LSI's SCRIPTS yields, which must go on even
+    // while a VMM's virtual clock stands still.
     EventLoop& loop;
     DmaSpace* dma;             // guest memory as the device's bus master sees it
     // Deferred work and timers on guest time: the device process's event
