@@ -33,6 +33,9 @@ constexpr unsigned kWorkers = 4;
 // A drive added at run time borrows at most this many, so that several fit
 // in the reserve.
 constexpr unsigned kLateWorkers = 2;
+// Requests a serialised driver runs before acknowledging them together:
+// bounds the latency the first one gains.
+constexpr size_t kMaxBatch = 16;
 }
 
 // Completed jobs wait here for the loop thread. It is shared with the
@@ -61,6 +64,7 @@ struct BlockBackend::Impl {
     FileDriver* cached_reads = nullptr;  // buffered raw file: try the page cache first
 
     void worker(BlockBackend* bb);
+    static void run_batch(BlockDriver& drv, std::vector<JobPtr>& jobs);
     static void queue_completion(WorkQueue& wq, EventLoop* loop,
                                  const std::shared_ptr<CompletionQueue>& cq, JobPtr j, Wake how);
     static void run_job(BlockDriver& drv, Job& j);
@@ -110,19 +114,52 @@ void BlockBackend::Impl::run_job(BlockDriver& drv, Job& j) {
 void BlockBackend::Impl::worker(BlockBackend* bb) {
     EventLoop* loop = bb->loop_;
     BlockDriver& drv = *bb->drv_;
+    // A driver that is not concurrent_safe has this one thread to itself:
+    // it takes every queued request (up to kMaxBatch), runs them, and
+    // writes the metadata they changed once for all of them
+    // (commit_metadata) before any is acknowledged.
+    const bool batch = !drv.concurrent_safe();
+    std::vector<JobPtr> jobs;
     std::unique_lock lk(mu);
     for (;;) {
         work_cv.wait(lk, [&] { return stopping || !queue.empty(); });
         if (queue.empty()) return;  // stopping and nothing left
-        JobPtr j = std::move(queue.front());
-        queue.pop_front();
+        do {
+            jobs.push_back(std::move(queue.front()));
+            queue.pop_front();
+        } while (batch && !queue.empty() && jobs.size() < kMaxBatch);
         ++running;
         lk.unlock();
-        run_job(drv, *j);
-        queue_completion(bb->wq_, loop, cq, std::move(j), Wake::Post);
+        if (batch) {
+            run_batch(drv, jobs);
+        } else {
+            run_job(drv, *jobs.front());
+        }
+        for (auto& j : jobs) queue_completion(bb->wq_, loop, cq, std::move(j), Wake::Post);
+        jobs.clear();
         lk.lock();
         --running;
         if (running == 0 && queue.empty()) idle_cv.notify_all();
+    }
+}
+
+void BlockBackend::Impl::run_batch(BlockDriver& drv, std::vector<JobPtr>& jobs) {
+    if (jobs.size() == 1) {
+        run_job(drv, *jobs.front());  // the driver commits its metadata itself
+        return;
+    }
+    drv.set_metadata_writes(BlockDriver::MetadataWrites::Batched);
+    for (auto& j : jobs) run_job(drv, *j);
+    drv.set_metadata_writes(BlockDriver::MetadataWrites::PerRequest);
+    Status st = drv.commit_metadata();
+    if (st) return;
+    // Not in the file: none of the batch's updates may be acknowledged.
+    for (auto& j : jobs) {
+        if (j->kind == JobKind::Read || j->kind == JobKind::Flush || !j->result.ok()) continue;
+        Error e = st.error();
+        if (!e.err) e.err = EIO;
+        j->result = std::move(e);
+        j->end_ns = monotonic_ns();
     }
 }
 

@@ -38,6 +38,17 @@ public:
     // Changes the image's length (block_resize). Drivers that cannot say so
     // with QEMU's words; nothing is changed then.
     virtual Status truncate(uint64_t new_len);
+
+    // A driver that keeps metadata in process memory (qcow2) writes it to
+    // the file before a write, write-zeroes or discard returns, so that a
+    // process killed right after the acknowledgement loses nothing (the
+    // kernel keeps what reached the file). A caller that acknowledges
+    // several requests at once may defer that to one commit_metadata() for
+    // the batch (Batched), and must run it, and see it succeed, before it
+    // acknowledges any of them. Drivers without such metadata ignore both.
+    enum class MetadataWrites : uint8_t { PerRequest, Batched };
+    virtual void set_metadata_writes(MetadataWrites) {}
+    virtual Status commit_metadata() { return {}; }
 };
 
 enum class CacheMode : uint8_t { Writeback, None, Writethrough, Directsync, Unsafe };

@@ -64,6 +64,8 @@ public:
     Status write_zeroes(uint64_t off, uint64_t len) override;
     bool concurrent_safe() const override { return inner_->concurrent_safe(); }
     Status truncate(uint64_t new_len) override { return inner_->truncate(new_len); }
+    void set_metadata_writes(MetadataWrites w) override { inner_->set_metadata_writes(w); }
+    Status commit_metadata() override { return inner_->commit_metadata(); }
 
 private:
     Status check(FaultOp op, uint64_t off, uint64_t len);

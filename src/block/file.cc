@@ -229,6 +229,11 @@ Status FileDriver::pread(uint64_t off, std::span<uint8_t> buf) {
     return read_full(off, buf.data(), buf.size());
 }
 
+// Returns success only once every byte went through pwrite(2): the data is
+// then in the page cache (or on the device with O_DIRECT/O_DSYNC), where it
+// outlives this process, so a write the guest saw complete survives a kill
+// of the device process in every cache mode. io_uring writes keep the same
+// rule (uring.cc resubmits short writes before completing).
 Status FileDriver::pwrite(uint64_t off, std::span<const uint8_t> buf) {
     if (read_only()) return refuse_write("write");
     if (range_overflows(off, buf.size())) return fail_errno(EINVAL, "write range overflows");

@@ -9,6 +9,13 @@
 //   4. refcount decrements (discard, COW of shared clusters) are queued and
 //      applied only once the L2/L1 updates that dropped the references are
 //      on disk, so a freed cluster is never reused while still referenced.
+// Step 3 also runs before every write, write-zeroes or discard returns
+// (commit_metadata; the backend may run it once for a batch of requests):
+// a process killed after the acknowledgement then leaves the metadata in
+// the file, where the kernel keeps it, and the same order keeps the file
+// consistent at every instant in between, for a kill as for a power
+// failure. Only queued decrements wait for an explicit flush; losing them
+// leaks clusters, never data.
 #pragma once
 
 #include <cstdint>
@@ -107,6 +114,8 @@ public:
     Status discard(uint64_t off, uint64_t len) override;
     Status write_zeroes(uint64_t off, uint64_t len) override;
     bool concurrent_safe() const override { return false; }
+    void set_metadata_writes(MetadataWrites w) override { metadata_writes_ = w; }
+    Status commit_metadata() override;
 
     // Flushes everything and clears the dirty bit; the destructor does the
     // same but can only log a failure.
@@ -159,6 +168,8 @@ private:
     Status write_l1();
     Status apply_pending_frees();
     Status flush_metadata();
+    // After a guest-visible update: commit_metadata() unless batched.
+    Status updated();
     Status write_header_field(size_t off, std::span<const uint8_t> bytes);
     Status set_incompat(uint64_t bits);
     Status rebuild_refcounts();
@@ -192,6 +203,13 @@ private:
     bool rebuilt_ = false;
     bool closed_ = false;
     bool broken_ = false;  // a metadata write failed: refuse further writes
+    MetadataWrites metadata_writes_ = MetadataWrites::PerRequest;
+    // The file writes synchronously (O_DSYNC: cache=writethrough and
+    // directsync): each write is durable, in order, when it returns, so
+    // write-through needs no barrier of its own.
+    bool sync_file_ = false;
+    // Some table may be dirty in the caches (cleared once all are written).
+    bool meta_dirty_ = false;
     // One decompressed cluster, keyed by its L2 entry.
     uint64_t zcache_entry_ = 0;
     std::vector<uint8_t> zcache_;

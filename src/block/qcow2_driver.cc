@@ -35,6 +35,7 @@ Result<std::unique_ptr<Qcow2Driver>> Qcow2Driver::open(std::unique_ptr<BlockDriv
     std::unique_ptr<Qcow2Driver> d(new Qcow2Driver);
     d->file_ = std::move(file);
     d->read_only_ = opts.read_only == ReadOnly::Yes;
+    d->sync_file_ = opts.cache == CacheMode::Writethrough || opts.cache == CacheMode::Directsync;
     d->closed_ = true;  // nothing to write back if open fails
     if (auto st = d->load(opts, chain); !st) {
         auto e = st.take_error();
@@ -397,6 +398,7 @@ Result<TableCache::Entry*> Qcow2Driver::l2_for_write(uint64_t l1i) {
     l1_[l1i] = *off | kFlagCopied;
     l1_dirty_lo_ = std::min(l1_dirty_lo_, l1i);
     l1_dirty_hi_ = std::max(l1_dirty_hi_, l1i);
+    meta_dirty_ = true;
     if (old) pending_frees_.push_back(old >> cb_);
     return &e;
 }
@@ -459,6 +461,7 @@ Status Qcow2Driver::write_in_cluster(uint64_t g, uint64_t coff, std::span<const 
         }
         put_be64(&t->data[idx * 8], m.host | kFlagCopied);
         t->dirty = true;
+        meta_dirty_ = true;
         return {};
     }
     if (!whole) MPQ_TRY(read_cluster_content(m, g, buf));
@@ -474,6 +477,7 @@ Status Qcow2Driver::write_in_cluster(uint64_t g, uint64_t coff, std::span<const 
     }
     put_be64(&t->data[idx * 8], *host | kFlagCopied);
     t->dirty = true;
+    meta_dirty_ = true;
     release(m);
     if (pending_frees_.size() > kMaxPendingFrees) MPQ_TRY(flush_metadata());
     return {};
@@ -523,7 +527,8 @@ Status Qcow2Driver::pwrite(uint64_t off, std::span<const uint8_t> buf) {
         }
         pos += n;
     }
-    return flush_run();
+    MPQ_TRY(flush_run());
+    return updated();
 }
 
 Status Qcow2Driver::drop_cluster(uint64_t g, Drop how) {
@@ -539,6 +544,7 @@ Status Qcow2Driver::drop_cluster(uint64_t g, Drop how) {
     if (!e) return e.take_error();
     put_be64(&(*e)->data[(g & ((1ull << l2_bits_) - 1)) * 8], target);
     (*e)->dirty = true;
+    meta_dirty_ = true;
     release(*cur);
     if (pending_frees_.size() > kMaxPendingFrees) MPQ_TRY(flush_metadata());
     return {};
@@ -560,7 +566,9 @@ Status Qcow2Driver::discard(uint64_t off, uint64_t len) {
         }
         MPQ_TRY(drop_cluster(g, Drop::Discard));
     }
-    return {};
+    // A discard the guest saw complete must not come back: it may rely on
+    // the range reading as zeroes.
+    return updated();
 }
 
 Status Qcow2Driver::write_zeroes(uint64_t off, uint64_t len) {
@@ -591,7 +599,7 @@ Status Qcow2Driver::write_zeroes(uint64_t off, uint64_t len) {
         }
         pos += n;
     }
-    return {};
+    return updated();
 }
 
 Status Qcow2Driver::flush() {

@@ -23,6 +23,10 @@ public:
             s_->crashed = s_->crash_image(s_->rng);
             s_->has_crashed = true;
         }
+        if (s_->kill_at_write >= 0 && s_->writes == uint64_t(s_->kill_at_write) && !s_->has_killed) {
+            s_->killed = s_->data;
+            s_->has_killed = true;
+        }
         if (s_->fail_write_at >= 0 && s_->writes == uint64_t(s_->fail_write_at)) {
             s_->writes++;
             return fail_errno(EIO, "memory file: injected write error");

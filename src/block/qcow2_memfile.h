@@ -29,6 +29,12 @@ struct MemStore {
     int64_t crash_at_write = -1;
     std::vector<uint8_t> crashed;
     bool has_crashed = false;
+    // The process dying just before the n-th write: `killed` receives what
+    // reads saw then (the kernel keeps every completed write of a killed
+    // process) and I/O goes on.
+    int64_t kill_at_write = -1;
+    std::vector<uint8_t> killed;
+    bool has_killed = false;
     std::mt19937_64 rng{1};
 
     // The image after a power failure at this instant.

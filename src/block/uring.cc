@@ -172,6 +172,8 @@ private:
                 }
             } else {
                 j->progress += static_cast<uint64_t>(res);
+                // A short write is resubmitted for the rest: the request
+                // completes only when all of it reached the file.
                 if (j->progress < j->len) {
                     pending_.push_back(std::move(j));
                     return;

@@ -201,6 +201,7 @@ private:
     void finish_unmap();
     void unmap_next();
     void finish_write_same();
+    bool write_same_range_ok();
     void io_failed(const IoStatus& st, bool writing);
     // Wraps a completion so it is dropped once the request is cancelled.
     template <typename F>
@@ -377,9 +378,11 @@ DataDir HdRequest::dispatch() {
     if (lun_ != dev_->props_.lun) {
         if (opc == op::kInquiry) {
             uint32_t alloc = allocation_length(c);
-            return start_emulated(emulate_inquiry_bad_lun(c), alloc);
+            return start_emulated(emulate_inquiry_bad_lun(c, lun_), alloc);
         }
-        if (opc == op::kReportLuns) return start_emulated(emulate_report_luns(dev_->view(), c), allocation_length(c));
+        // REPORT LUNS is answered by the logical units that exist (stock
+        // QEMU's SCSI target answers only INQUIRY and REQUEST SENSE for
+        // another LUN): here it is LOGICAL UNIT NOT SUPPORTED like the rest.
         if (opc == op::kRequestSense) {
             EmulResult r;
             r.exact_alloc = false;
@@ -786,23 +789,19 @@ void HdRequest::unmap_next() {
     }));
 }
 
+// WRITE SAME takes its one block of data before it looks at the CDB's
+// range and flags: stock QEMU's scsi-hd checks them only once the data has
+// arrived, so a guest sees the DATA OUT phase (and a data move that is cut
+// short by the status) for a bad range too.
 DataDir HdRequest::start_write_same() {
     const bool sixteen = cdb_[0] == op::kWriteSame16;
     const uint8_t f = cdb_[1];
     if (f & 0xe0) return fail(kInvalidField);                       // WRPROTECT
-    if (f & 0x16) return fail(kInvalidField);                       // ANCHOR, PBDATA, LBDATA
     const bool ndob = sixteen && (f & 0x01);
-    const uint64_t lba = sixteen ? be64(&cdb_[2]) : be32(&cdb_[2]);
-    const uint32_t n = sixteen ? be32(&cdb_[10]) : be16(&cdb_[7]);
     const uint32_t bs = dev_->state_.block_size;
-    if (n == 0 || uint64_t{n} * bs > kChunkBytes) return fail(kInvalidField);
-    if (dev_->backend_.read_only()) return fail(kWriteProtected);
-    const uint64_t blocks = dev_->blocks();
-    if (lba > blocks || n > blocks - lba) return fail(kLbaOutOfRange);
-    io_off_ = lba * bs;
-    io_left_ = uint64_t{n} * bs;
     flush_after_ = dev_->state_.write_cache == WriteCache::Off;
     if (ndob) {
+        if (!write_same_range_ok()) return DataDir::None;
         kind_ = Kind::WriteSame;
         dev_->backend_.write_zeroes(io_off_, io_left_, guard([](HdRequest* r, IoStatus st) {
             if (!st) return r->io_failed(st, true);
@@ -810,14 +809,40 @@ DataDir HdRequest::start_write_same() {
         }));
         return DataDir::None;
     }
-    // One block of data in, replicated over the range afterwards.
-    if (!set_buffer(io_left_)) return fail(kInvalidField);
-    DataDir d = start_data_out(Kind::WriteSame, bs);
-    return d;
+    return start_data_out(Kind::WriteSame, bs);
+}
+
+// The checks stock QEMU makes when WRITE SAME's data is in: flags, write
+// protection, the LBA range (and ours: the range fits one chunk). Sets the
+// byte range on success, completes the request with CHECK CONDITION if not.
+bool HdRequest::write_same_range_ok() {
+    const bool sixteen = cdb_[0] == op::kWriteSame16;
+    const uint64_t lba = sixteen ? be64(&cdb_[2]) : be32(&cdb_[2]);
+    const uint32_t n = sixteen ? be32(&cdb_[10]) : be16(&cdb_[7]);
+    const uint32_t bs = dev_->state_.block_size;
+    Sense bad = kNoSense;
+    const uint64_t blocks = dev_->blocks();
+    if (n == 0 || (cdb_[1] & 0x16)) bad = kInvalidField;            // ANCHOR, PBDATA, LBDATA
+    else if (dev_->backend_.read_only()) bad = kWriteProtected;
+    else if (lba > blocks || n > blocks - lba) bad = kLbaOutOfRange;
+    else if (uint64_t{n} * bs > kChunkBytes) bad = kInvalidField;
+    if (bad.key != kNoSense.key || bad.asc != kNoSense.asc) {
+        fail(bad);
+        return false;
+    }
+    io_off_ = lba * bs;
+    io_left_ = uint64_t{n} * bs;
+    return true;
 }
 
 void HdRequest::finish_write_same() {
+    if (!write_same_range_ok()) return;
     const uint32_t bs = dev_->state_.block_size;
+    // The data-out buffer is a whole chunk, and the range fits one.
+    if (!set_buffer(io_left_)) {
+        complete_check(kInvalidField);
+        return;
+    }
     uint8_t* b = bufs_[0].get();
     const bool zero = std::all_of(b, b + bs, [](uint8_t x) { return x == 0; });
     if (zero) {
@@ -950,20 +975,15 @@ IoStatus HdRequest::resume_from(const RequestSnapshot& s) {
         if (!set_buffer(n)) return bad("out of memory");
         kind = opc == op::kUnmap ? Kind::Unmap : Kind::ModeSelect;
     } else if (opc == op::kWriteSame10 || opc == op::kWriteSame16) {
-        const bool sixteen = opc == op::kWriteSame16;
-        const uint64_t lba = sixteen ? be64(&cdb_[2]) : be32(&cdb_[2]);
-        const uint32_t nb = sixteen ? be32(&cdb_[10]) : be16(&cdb_[7]);
-        const uint64_t blocks = dev_->blocks();
+        // The range and flags are checked when the data is in (as the
+        // running request does), so a saved request may hold a bad one.
         if (lun_ != dev_->props_.lun) return bad("command for a LUN the disk does not have");
-        if (dev_->backend_.read_only()) return bad("WRITE SAME on a read-only drive");
-        if (nb == 0 || uint64_t{nb} * bs > kChunkBytes || lba > blocks || nb > blocks - lba)
-            return bad("WRITE SAME range not valid");
+        if (cdb_[1] & 0xe0) return bad("WRITE SAME with WRPROTECT");
+        if (opc == op::kWriteSame16 && (cdb_[1] & 0x01)) return bad("WRITE SAME with NDOB has no data");
         if (s.dir != DataDir::ToDevice || s.moved != 0 || n != bs || s.expected != bs)
             return bad("WRITE SAME data does not match the block size");
-        io_off_ = lba * bs;
-        io_left_ = uint64_t{nb} * bs;
         flush_after_ = s.flush_after;
-        if (!set_buffer(io_left_)) return bad("out of memory");
+        if (!set_buffer(n)) return bad("out of memory");
         kind = Kind::WriteSame;
     } else {
         // An emulated data-in command: the whole answer is the one chunk.

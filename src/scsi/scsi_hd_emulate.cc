@@ -58,7 +58,8 @@ std::vector<uint8_t> mode_page(const HdView& v, uint8_t page, PageControl pc) {
             p[5] = static_cast<uint8_t>(g.heads);
             put_be24(&p[6], g.cylinders);   // write precompensation start
             put_be24(&p[9], g.cylinders);   // reduced write current start
-            put_be16(&p[12], 0x200);        // step rate
+            put_be16(&p[12], 200);          // step rate (stock QEMU's 200)
+            put_be24(&p[14], 0xffffff);     // landing zone cylinder, as stock QEMU reports it
             put_be16(&p[20], 5400);         // rotation rate
             break;
         }
@@ -73,6 +74,17 @@ std::vector<uint8_t> mode_page(const HdView& v, uint8_t page, PageControl pc) {
             p[5] = static_cast<uint8_t>(g.sectors);
             put_be16(&p[6], static_cast<uint16_t>(std::min<uint32_t>(v.state.block_size, 0xffff)));
             put_be16(&p[8], static_cast<uint16_t>(g.cylinders));
+            // Write precompensation and reduced write current start at the
+            // last cylinder (i.e. off); step rate, step pulse width, head
+            // settle delay and motor on/off delays at one unit each: the
+            // values stock QEMU's scsi-hd reports.
+            put_be16(&p[10], static_cast<uint16_t>(g.cylinders));
+            put_be16(&p[12], static_cast<uint16_t>(g.cylinders));
+            put_be16(&p[14], 1);
+            p[16] = 1;
+            put_be16(&p[17], 1);
+            p[19] = 1;
+            p[20] = 1;
             put_be16(&p[28], 5400);
             break;
         }
@@ -203,7 +215,7 @@ EmulResult emulate_inquiry(const HdView& v, std::span<const uint8_t> c) {
     return r;
 }
 
-EmulResult emulate_inquiry_bad_lun(std::span<const uint8_t> c) {
+EmulResult emulate_inquiry_bad_lun(std::span<const uint8_t> c, uint32_t lun) {
     if (c[1] & 0x02) return check(kInvalidField);
     EmulResult r;
     r.exact_alloc = false;
@@ -214,10 +226,19 @@ EmulResult emulate_inquiry_bad_lun(std::span<const uint8_t> c) {
     }
     if (c[2] != 0) return check(kInvalidField);
     r.data.assign(36, 0);
-    r.data[0] = 0x7f;  // no device on this LUN
+    if (lun != 0) {
+        // Nothing but "no device on this LUN", as stock QEMU's SCSI target
+        // answers for a LUN other than 0.
+        r.data[0] = 0x7f;
+        return r;
+    }
+    // LUN 0 without a device (the disk sits on another LUN): stock QEMU's
+    // target describes itself, "not present, inactive".
+    const size_t alloc = be16(&c[3]);
+    r.data[0] = 0x3f;
     r.data[2] = 5;
     r.data[3] = 0x12;
-    r.data[4] = 31;
+    r.data[4] = static_cast<uint8_t>(std::min<size_t>(alloc, 36) - 5);  // wraps below 5, as stock's does
     r.data[7] = 0x12;
     std::string vendor = "QEMU", product = "QEMU TARGET", rev = "2.5+";
     put_padded(r.data, 8, vendor, 8);

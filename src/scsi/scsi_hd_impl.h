@@ -124,7 +124,7 @@ struct HdView {
 };
 
 EmulResult emulate_inquiry(const HdView& v, std::span<const uint8_t> cdb);
-EmulResult emulate_inquiry_bad_lun(std::span<const uint8_t> cdb);
+EmulResult emulate_inquiry_bad_lun(std::span<const uint8_t> cdb, uint32_t lun);
 EmulResult emulate_mode_sense(const HdView& v, std::span<const uint8_t> cdb);
 EmulResult emulate_read_capacity10(const HdView& v, std::span<const uint8_t> cdb);
 EmulResult emulate_read_capacity16(const HdView& v, std::span<const uint8_t> cdb);

@@ -425,8 +425,10 @@ def cdb_catalogue(rng):
 CDB_LEN = {0: 6, 1: 10, 2: 10, 4: 16, 5: 12}
 
 
-def scsi_command(rng, slot, idx, pm_jump):
-    """Ops for one command: its driver script at `slot` plus host steps."""
+def scsi_command(rng, slot, idx, pm_jump, ua_pending):
+    """Ops for one command: its driver script at `slot` plus host steps.
+    `ua_pending`: the targets whose power-on unit attention no command has
+    taken yet (updated here)."""
     cdb, din, dout = cdb_catalogue(rng)
     target = rng.choice((0, 0, 0, 3, 3, 5))
     lun = 0 if rng.random() < 0.9 else 1
@@ -448,6 +450,29 @@ def scsi_command(rng, slot, idx, pm_jump):
     # any data (SBC-3, LBPRZ = 0): the comparison needs to know.
     if cdb[0] == 0x42 or (cdb[0] in (0x41, 0x93) and cdb[1] & 0x08):
         ops.append(["note", "unmap"])
+    # Commands where stock QEMU departs from the SCSI standards (see
+    # DIVERGENCES.md): REQUEST SENSE while the reset's unit attention is
+    # pending, and SYNCHRONIZE CACHE(16).
+    if target in ua_pending:
+        if cdb[0] == 0x03:
+            ops.append(["note", "ua-request-sense"])
+        if cdb[0] not in (0x12, 0xA0):     # INQUIRY, REPORT LUNS leave it pending
+            ua_pending.discard(target)
+    if cdb[0] == 0x91:
+        ops.append(["note", "sync-cache-16"])
+    group_len = {0: 6, 1: 10, 2: 10, 4: 16, 5: 12}.get(cdb[0] >> 5)
+    if group_len is None or len(cdb) < group_len:
+        ops.append(["note", "cdb-length"])
+    if cdb[0] == 0x12 and cdb[1] & 1 and cdb[2] == 0xB0:
+        ops.append(["note", "vpd-block-limits"])
+    if cdb[0] == 0x12 and cdb[1] & 1 and lun != 0:
+        ops.append(["note", "vpd-no-lun"])
+    if cdb[0] == 0x2F and len(cdb) >= 10 and not cdb[1] & 0x06:
+        lba, n = int.from_bytes(cdb[2:6], "big"), int.from_bytes(cdb[7:9], "big")
+        if lba + n > DISK_SECTORS:
+            ops.append(["note", "verify-lba-range"])
+    if cdb[0] == 0x15 and len(dout) >= 12 and dout[3] == 8 and int.from_bytes(dout[9:12], "big") == 256:
+        ops.append(["note", "mode-select-block-length"])
     mo = bytes([(0xC0 if disc else 0x80) | lun]) + (bytes(tag) if tag else b"")
     ops.append(["mem", d, (mo + bytes(16 - len(mo)) + cdb + bytes(32 - len(cdb)) +
                            b"\xFF" * 8 + b"\xEE" * 8).hex()])
@@ -515,15 +540,16 @@ def gen_scsi(rng):
         ops.append(wr(0x39, 1, 0x7D))       # DIEN
         ops.append(wr(0x40, 2, 0x058F))     # SIEN
     ncmd = rng.randint(1, 4)
+    ua_pending = {0, 3}
     for i in range(ncmd):
         if in_ram:
             slot = RAM_BASE + 0x200 * i
             # SCRIPTS RAM holds the code; the data area stays in guest RAM.
-            sub = scsi_command(rng, slot, i, pm_jump)
+            sub = scsi_command(rng, slot, i, pm_jump, ua_pending)
             # Relocate the data area (slot + 0x400) into the window.
             ops += relocate(sub, slot + 0x400, WIN_BASE + 0x10000 + 0x20000 * i)
         else:
-            ops += scsi_command(rng, WIN_BASE + 0x20000 * i, i, pm_jump)
+            ops += scsi_command(rng, WIN_BASE + 0x20000 * i, i, pm_jump, ua_pending)
     return ops
 
 

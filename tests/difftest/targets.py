@@ -214,11 +214,17 @@ class Setup:
         # cannot write: one JUMP to a fixed address sets it alike on every
         # setup, then a second reset clears what that script left.
         at = WIN_BASE + WIN_SIZE - 0x10
+        # Stock QEMU's scsi-hd keeps its last sense data across a reset, and
+        # REQUEST SENSE right after a reset answers from it when it was a
+        # unit attention: a program would start from what the one before it
+        # left. An INQUIRY to each disk (which leaves the reset's unit
+        # attention pending) clears it on every setup. Before the JUMP
+        # below, which sets ADDER last.
+        self._inquire_disks(at - 0x400)
+        q.readb(MMIO_BASE + 0x0C)     # DSTAT: its DIP is read and cleared
         q.write(at, struct.pack("<IIII", 0x80080000, at + 8, 0x98080000, 0))
         q.writel(MMIO_BASE + 0x2C, at)
-        for _ in range(1000):
-            if q.readb(MMIO_BASE + 0x14) & 1:
-                break
+        self._wait_dip("the ADDER script")
         q.outb(0xCF9, 0x06)
         q.cmd("endianness")
         self.program_bars()
@@ -229,6 +235,44 @@ class Setup:
         q.writeb(MMIO_BASE + 0x08, 0)   # SFBR survives a chip reset
         self.restore_disks()
         q.irq_events.clear()
+
+    def _wait_dip(self, what):
+        """Until ISTAT shows an interrupt: the tester's own scripts end in
+        one. A time bound only against a hang (then the run stops)."""
+        end = time.monotonic() + 60
+        while not self.q.readb(MMIO_BASE + 0x14) & 3:
+            if time.monotonic() > end:
+                raise RuntimeError("%s: %s did not finish" % (self.name, what))
+            time.sleep(0.0002)
+
+    def _inquire_disks(self, base):
+        """INQUIRY (LUN 0, no disconnect) to every disk target, one SCRIPTS
+        program; waits for its final INT."""
+        q = self.q
+        msg, cdb, buf = base + 0x200, base + 0x210, base + 0x240
+        q.write(msg, bytes([0x80]))
+        q.write(cdb, bytes([0x12, 0, 0, 0, 36, 0]))
+        words = []
+        for t in DISK_TARGETS:
+            words += [0x41000000 | (t << 16), 0,          # SELECT ATN t
+                      0x0E000001, msg,                    # MOVE 1, MSG OUT
+                      0x0A000006, cdb,                    # MOVE 6, COMMAND
+                      0x09000024, buf,                    # MOVE 36, DATA IN
+                      0x0B000001, buf + 0x30,             # MOVE 1, STATUS
+                      0x0F000001, buf + 0x38,             # MOVE 1, MSG IN
+                      0x60000040, 0,                      # CLEAR ACK
+                      0x48000000, 0]                      # WAIT DISCONNECT
+        words += [0x98080000, 0x1D1E]                     # INT
+        # A failed selection jumps to the final INT as well (alternate address).
+        end = base + 4 * (len(words) - 2)
+        for i in range(0, len(words) - 2, 16):
+            words[i + 1] = end
+        q.write(base, b"".join(w.to_bytes(4, "little") for w in words))
+        q.writel(MMIO_BASE + 0x2C, base)
+        self._wait_dip("the INQUIRY script")
+        st = q.memread(buf + 0x30, 1)[0]
+        if st != 0:
+            raise RuntimeError("%s: INQUIRY after reset ended with status 0x%02x" % (self.name, st))
 
     def poll_irq(self):
         if not self.irq_visible:

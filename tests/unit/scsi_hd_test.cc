@@ -499,6 +499,29 @@ TEST_F(ScsiHdTest, ModeSense) {
     EXPECT_EQ(o.data[24], 0x04);
     EXPECT_EQ(o.data[48], 0x05);
     EXPECT_EQ(o.data[80], 0x08);
+
+    // Rigid disk geometry page: step rate 200 and landing zone FFFFFFh, the
+    // values stock QEMU's scsi-hd reports.
+    o = run({0x1a, 0x08, 0x04, 0, 255, 0});
+    ASSERT_GE(o.data.size(), 4u + 24);
+    EXPECT_EQ(o.data[4], 0x04);
+    EXPECT_EQ(std::vector<uint8_t>(o.data.begin() + 4 + 12, o.data.begin() + 4 + 17),
+              (std::vector<uint8_t>{0x00, 0xc8, 0xff, 0xff, 0xff}));
+
+    // Flexible disk page: the cylinder count also as write precompensation
+    // and reduced write current start, and one unit of step rate, step
+    // pulse width, head settle and motor on/off delay, as stock QEMU has it.
+    o = run({0x1a, 0x08, 0x05, 0, 255, 0});
+    ASSERT_GE(o.data.size(), 4u + 32);
+    const uint8_t* f = &o.data[4];
+    EXPECT_EQ(f[0], 0x05);
+    EXPECT_EQ(f[1], 0x1e);
+    const uint16_t cyl = uint16_t(f[8] << 8 | f[9]);
+    EXPECT_NE(cyl, 0);
+    EXPECT_EQ(uint16_t(f[10] << 8 | f[11]), cyl);
+    EXPECT_EQ(uint16_t(f[12] << 8 | f[13]), cyl);
+    EXPECT_EQ(std::vector<uint8_t>(f + 14, f + 21), (std::vector<uint8_t>{0, 1, 1, 0, 1, 1, 1}));
+    EXPECT_EQ(uint16_t(f[28] << 8 | f[29]), 5400);
 }
 
 TEST_F(ScsiHdTest, ModeSenseReadOnly) {
@@ -768,8 +791,16 @@ TEST_F(ScsiHdTest, ReportLunsAndOtherLuns) {
     expect_good(o);
     ASSERT_EQ(o.data.size(), 36u);
     EXPECT_EQ(o.data[0], 0x7f);
+    // Only the peripheral byte, as stock QEMU's target answers for a LUN
+    // other than 0: no vendor, product or version there.
+    EXPECT_EQ(std::vector<uint8_t>(o.data.begin() + 1, o.data.end()), std::vector<uint8_t>(35, 0));
     expect_sense(run({0x00, 0, 0, 0, 0, 0}, {}, 1), kLunNotSupported);
     expect_sense(run(rw10(0x28, 0, 1), {}, 1), kLunNotSupported);
+    // REPORT LUNS too, as stock QEMU answers it for a LUN that is not
+    // there: no data, CHECK CONDITION.
+    o = run({0xa0, 0, 0, 0, 0, 0, 0, 0, 0x10, 0, 0, 0}, {}, 1);
+    expect_sense(o, kLunNotSupported);
+    EXPECT_TRUE(o.data.empty());
     o = run({0x03, 0, 0, 0, 18, 0}, {}, 1);
     expect_good(o);
     EXPECT_EQ(o.data[2], 0x05);
@@ -828,8 +859,22 @@ TEST_F(ScsiHdTest, UnmapAndWriteSame) {
     expect_good(ndob);
     EXPECT_EQ(ndob.transfers, 0);
     EXPECT_EQ(img_->read(52 * 512, 1024), std::vector<uint8_t>(1024, 0));
-    expect_sense(run({0x41, 0, 0, 0, 0, 50, 0, 0, 0, 0}, blk), kInvalidField);  // 0 blocks
-    expect_sense(run({0x41, 0, 0, 0, 0x20, 0, 0, 0, 1, 0}, blk), kLbaOutOfRange);
+    // Flags and range are checked once the block is in, as stock QEMU's
+    // scsi-hd does: a bad WRITE SAME still has its DATA OUT phase (a
+    // driver's data move ends in a phase mismatch, not at once in STATUS),
+    // and nothing reaches the disk.
+    const auto before = img_->read(0, 64 * 512);
+    for (auto cdb : {std::vector<uint8_t>{0x41, 0, 0, 0, 0, 50, 0, 0, 0, 0},          // 0 blocks
+                     std::vector<uint8_t>{0x41, 0x02, 0, 0, 0, 50, 0, 0, 1, 0},       // LBDATA
+                     std::vector<uint8_t>{0x41, 0, 0, 0, 0x20, 0, 0, 0, 1, 0},        // LBA beyond the end
+                     rw16(0x93, (4 << 20) / 512 - 1, 8, 0x08)}) {                     // range runs past it
+        auto w = run(cdb, blk);
+        expect_sense(w, cdb[1] == 0x02 || cdb[8] == 0 ? kInvalidField : kLbaOutOfRange);
+        EXPECT_EQ(w.dir, DataDir::ToDevice);
+        EXPECT_EQ(w.expected, 512u);
+        EXPECT_EQ(w.transfers, 1);
+    }
+    EXPECT_EQ(img_->read(0, 64 * 512), before);
 }
 
 // Hostile CDBs: known opcodes with random fields, random data-out bytes,
