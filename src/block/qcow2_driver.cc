@@ -164,6 +164,7 @@ Status Qcow2Driver::open_for_write() {
             MPQ_TRY(set_incompat(hdr_.incompatible | kIncompatDirty));
             MPQ_TRY(file_->flush());
             dirty_bit_set_ = true;
+            lazy_refcounts_ = true;
         }
     }
     return {};
@@ -177,12 +178,11 @@ Status Qcow2Driver::close() {
     if (closed_) return {};
     closed_ = true;
     if (read_only_ || broken_) return {};
+    const bool was_dirty = dirty_bit_set_;
+    lazy_refcounts_ = false;  // flush_metadata clears the bit now
     MPQ_TRY(flush_metadata());
-    if (dirty_bit_set_) {
-        MPQ_TRY(set_incompat(hdr_.incompatible & ~kIncompatDirty));
-        MPQ_TRY(file_->flush());
-        dirty_bit_set_ = false;
-    }
+    // A clean header on the disk spares the next opener a rebuild.
+    if (was_dirty) MPQ_TRY(file_->flush());
     return {};
 }
 
