@@ -100,9 +100,14 @@ void kill_rounds(const KillCase& kc, uint64_t seed, int rounds) {
                 ASSERT_TRUE(st.ok()) << st.error().message;
                 model_apply(next, op, cs);
                 pending.push_back(op);
-                const bool commit = kc.writes == BlockDriver::MetadataWrites::PerRequest || rng() % 4 == 0;
-                if (commit) {
-                    ASSERT_TRUE((*d)->commit_metadata().ok());
+                // Per request, the operation's return is its acknowledgement
+                // (the driver commits by itself); batched, the commit is.
+                const bool per_request = kc.writes == BlockDriver::MetadataWrites::PerRequest;
+                if (per_request && store->has_killed) break;  // killed before it returned
+                if (per_request || rng() % 4 == 0) {
+                    if (!per_request) {
+                        ASSERT_TRUE((*d)->commit_metadata().ok());
+                    }
                     if (store->has_killed) break;  // killed before the acknowledgement
                     acked = next;
                     pending.clear();
