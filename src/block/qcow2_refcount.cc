@@ -206,7 +206,10 @@ Status Qcow2Driver::evict_l2() {
     if (v.dirty) {
         // Refcounts and data must be durable before an L2 entry points at
         // them, or the dirty bit must say that they may not be.
-        if (unordered_until_flush()) MPQ_TRY(mark_dirty());
+        if (unordered_until_flush()) {
+            MPQ_TRY(mark_dirty());
+            MPQ_TRY(durable_length());
+        }
         MPQ_TRY(write_dirty_refblocks());
         if (!unordered_until_flush()) MPQ_TRY(file_->flush());
         MPQ_TRY(write_host(v.offset, v.data));
@@ -280,6 +283,7 @@ Status Qcow2Driver::flush_metadata() {
     }
     MPQ_TRY(file_->flush());
     meta_dirty_ = false;
+    durable_size_ = file_size_;
     if (dirty_bit_set_ && !lazy_refcounts_) {
         // Everything is durable and in order now. The cleared bit need not
         // be durable at once: left set by a power failure it only costs a
@@ -300,6 +304,21 @@ Status Qcow2Driver::mark_dirty() {
     return {};
 }
 
+Status Qcow2Driver::durable_length() {
+    if (file_size_ <= durable_size_) return {};
+    // Clusters are allocated from the lowest free one, so the ones ahead
+    // are taken before the file grows again: one barrier per few MiB of
+    // new clusters instead of one per request. The area ahead reads as
+    // zeroes, holds no reference and is not a leak.
+    const uint64_t ahead = std::max<uint64_t>(cs_ * 16, 4ull << 20);
+    const uint64_t end = ((file_size_ + ahead + cs_ - 1) >> cb_) << cb_;
+    std::vector<uint8_t> last(cs_, 0);
+    MPQ_TRY(write_host(end - cs_, last));
+    MPQ_TRY(file_->flush());
+    durable_size_ = file_size_;
+    return {};
+}
+
 Status Qcow2Driver::updated() {
     return metadata_writes_ == MetadataWrites::PerRequest ? commit_metadata() : Status{};
 }
@@ -311,7 +330,12 @@ Status Qcow2Driver::commit_metadata() {
     // two of these writes leaves at worst a leaked cluster. For a power
     // failure, version 2 puts a barrier between them (data written before
     // the first one is durable before an L2 entry points at it); version 3
-    // sets the dirty bit instead, once until the next flush (see qcow2.h).
+    // sets the dirty bit instead, once until the next flush (see qcow2.h),
+    // and keeps only the barrier before an L1 entry: a new L2 table must be
+    // durable before L1 points at it, or a power failure would leave L1
+    // pointing at whatever the cluster held before (a rebuild of the
+    // refcounts cannot repair that). It costs one fdatasync per new L2
+    // table, not per request.
     // A file opened O_DSYNC is durable write by write: no barrier needed.
     const bool l2_dirty = l2_cache_->any_dirty();
     const bool l1_dirty = l1_dirty_lo_ <= l1_dirty_hi_;
@@ -319,6 +343,7 @@ Status Qcow2Driver::commit_metadata() {
     if (unordered_until_flush()) MPQ_TRY(mark_dirty());
     MPQ_TRY(write_dirty_refblocks());
     if (l2_dirty) {
+        if (unordered_until_flush()) MPQ_TRY(durable_length());
         if (barriers) MPQ_TRY(file_->flush());
         Status st;
         l2_cache_->for_each([&](TableCache::Entry& e) {
@@ -329,7 +354,7 @@ Status Qcow2Driver::commit_metadata() {
         MPQ_TRY(std::move(st));
     }
     if (l1_dirty) {
-        if (barriers) MPQ_TRY(file_->flush());
+        if (!sync_file_) MPQ_TRY(file_->flush());
         MPQ_TRY(write_l1());
     }
     meta_dirty_ = false;

@@ -205,7 +205,8 @@ bool dirty_in_file(const MemStore& s) { return be64(&s.data[kHdrIncompat]) & kIn
 
 // Version 3: the first allocating write after open or after a flush sets
 // the dirty bit durably (the one fdatasync), the next ones write their
-// tables without any; the flush clears the bit. A kill before each write
+// tables without any, except before the L1 entry of a new L2 table; the
+// flush clears the bit. A kill before each write
 // of that sequence (between the dirty bit and the tables, between the
 // tables) leaves an image with every acknowledged write and no corruption,
 // before and after the repair the next open does.
@@ -224,10 +225,13 @@ TEST(Qcow2Durability, DirtyBitThenUnorderedMetadataUntilFlush) {
         const uint64_t w0 = store->writes, f0 = store->flushes;
         ASSERT_TRUE((*d)->pwrite(0, a).ok());
         EXPECT_TRUE(dirty_in_file(*store));
-        EXPECT_EQ(store->flushes - f0, 1u) << "one barrier: the dirty bit";
+        // The dirty bit, the file extended ahead, the new L2 table's L1 entry.
+        EXPECT_EQ(store->flushes - f0, 3u);
         const uint64_t f1 = store->flushes;
-        ASSERT_TRUE((*d)->pwrite(3 << 20, b).ok());  // a new L2 table too
+        ASSERT_TRUE((*d)->pwrite(8192, a).ok());  // a new cluster, same L2 table
         EXPECT_EQ(store->flushes, f1) << "no barrier under the dirty bit";
+        ASSERT_TRUE((*d)->pwrite(3 << 20, b).ok());  // a new L2 table too
+        EXPECT_EQ(store->flushes - f1, 1u) << "one barrier: the new L2 table before its L1 entry";
         ASSERT_TRUE((*d)->flush().ok());
         EXPECT_FALSE(dirty_in_file(*store));
         const uint64_t f2 = store->flushes;
@@ -254,6 +258,7 @@ TEST(Qcow2Durability, DirtyBitThenUnorderedMetadataUntilFlush) {
                 if (!store->has_killed) std::copy(buf.begin(), buf.end(), model.begin() + off);
             };
             step(0, a, false);
+            step(8192, a, false);
             step(3 << 20, b, true);
             step(1 << 20, c, false);
         }
