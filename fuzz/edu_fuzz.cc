@@ -1,7 +1,7 @@
 // The edu device as a guest drives it: register and config accesses of any
 // width, time passing (deferred factorials, DMA timers), PCI resets, DMA
 // between a fuzzed guest memory and the device's buffer. Synchronous: time
-// is devices::ManualTimers, guest memory a host buffer, so an input runs in
+// is a ManualWorkQueue, guest memory a host buffer, so an input runs in
 // microseconds and reproduces from its file alone.
 //
 // Input: [ops_len:u16 LE][ops: 8 bytes each][guest RAM image (up to 64 KiB)]
@@ -16,9 +16,9 @@
 #include <cstring>
 #include <vector>
 
-#include "devices/timers.h"
 #include "hw/edu.h"
 #include "mem/guest_memory.h"
+#include "util/manual_work_queue.h"
 
 namespace {
 
@@ -56,7 +56,7 @@ public:
 
 unsigned width(uint8_t sel) { return 1u << (sel & 3); }  // 1, 2, 4, 8
 
-void do_op(mpq::hw::Edu& edu, mpq::devices::ManualTimers& timers, const uint8_t* op) {
+void do_op(mpq::hw::Edu& edu, mpq::ManualWorkQueue& timers, const uint8_t* op) {
     uint8_t kind = op[0] % 8;
     unsigned size = width(op[1]);
     uint32_t off;
@@ -86,7 +86,7 @@ void do_op(mpq::hw::Edu& edu, mpq::devices::ManualTimers& timers, const uint8_t*
         else edu.config_write(off, v32, size);
         break;
     case 4: timers.run_deferred(); break;
-    case 5: timers.advance(static_cast<int64_t>(v32) * 1000); break;  // up to ~71 min of guest time
+    case 5: timers.advance(static_cast<uint64_t>(v32) * 1000); break;  // up to ~71 min of guest time
     case 6: edu.pci_reset(); break;
     case 7: timers.advance(mpq::hw::kEduDmaDelayNs); break;
     }
@@ -104,7 +104,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     std::vector<uint8_t> ram(kRamSize);
     std::memcpy(ram.data(), data + ops_len, std::min(size - ops_len, kRamSize));
 
-    mpq::devices::ManualTimers timers;
+    mpq::ManualWorkQueue timers;
     mpq::GuestMemory mem;
     if (!mem.set_host_region(0, ram.data(), ram.size()).ok()) std::abort();
     WatchedMemory watched(mem);

@@ -2,12 +2,11 @@
 
 #include <algorithm>
 
-#include "devices/timers.h"
 #include "util/log.h"
 
 namespace mpq::devices {
 
-DeviceSet::DeviceSet(EventLoop& loop, DmaSpace* dma, DeviceTimers& timers, DevicePlugs& plugs)
+DeviceSet::DeviceSet(EventLoop& loop, DmaSpace* dma, WorkQueue& timers, DevicePlugs& plugs)
     : loop_(loop), dma_(dma), timers_(timers), plugs_(plugs) {}
 
 DeviceSet::~DeviceSet() { clear(); }

@@ -64,7 +64,7 @@ public:
 
 class DeviceSet {
 public:
-    DeviceSet(EventLoop& loop, DmaSpace* dma, DeviceTimers& timers, DevicePlugs& plugs);
+    DeviceSet(EventLoop& loop, DmaSpace* dma, WorkQueue& timers, DevicePlugs& plugs);
     ~DeviceSet();
     DeviceSet(const DeviceSet&) = delete;
     DeviceSet& operator=(const DeviceSet&) = delete;
@@ -117,7 +117,7 @@ private:
 
     EventLoop& loop_;
     DmaSpace* dma_;
-    DeviceTimers& timers_;
+    WorkQueue& timers_;
     DevicePlugs& plugs_;
     std::vector<std::unique_ptr<DeviceEntry>> entries_;
     std::vector<DriveEntry> drives_;

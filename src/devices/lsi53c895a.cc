@@ -1,5 +1,4 @@
 // Registration of the LSI53C895A SCSI controller (model: src/hw/lsi*).
-#include "devices/timers.h"
 #include "devices/types.h"
 #include "hw/lsi53c895a.h"
 #include "util/event_loop.h"

@@ -23,11 +23,10 @@
 namespace mpq {
 class EventLoop;
 class DmaSpace;
+class WorkQueue;
 }  // namespace mpq
 
 namespace mpq::devices {
-
-class DeviceTimers;
 
 enum class PropType : uint8_t {
     String,
@@ -86,9 +85,14 @@ struct DeviceConfig {
 
 // What a factory may use. The device set fills it in.
 struct BuildContext {
+    // The program's event loop (also a WorkQueue): fds, block I/O, and work
+    // on host time such as the LSI's SCRIPTS yields, which must go on even
+    // while a VMM's virtual clock stands still.
     EventLoop& loop;
     DmaSpace* dma;             // guest memory as the device's bus master sees it
-    DeviceTimers& timers;
+    // Deferred work and timers on guest time: the device process's event
+    // loop, the VMM's virtual clock, a ManualWorkQueue in tests.
+    WorkQueue& timers;
     std::string name;          // the device's id, or a generated one
     // ScsiDevice: the bus and target it goes to (free), and its drive.
     scsi::Bus* bus = nullptr;

@@ -35,12 +35,12 @@ bool access_ok(uint64_t offset, unsigned size) {
 
 }  // namespace
 
-Edu::Edu(devices::DeviceTimers& timers, uint64_t dma_mask)
-    : pci::PciDevice(edu_identity()), timers_(timers), dma_mask_(dma_mask),
+Edu::Edu(WorkQueue& work, uint64_t dma_mask)
+    : pci::PciDevice(edu_identity()), work_(work), dma_mask_(dma_mask),
       self_(std::make_shared<Edu*>(this)) {}
 
 Edu::~Edu() {
-    if (dma_timer_) timers_.cancel(dma_timer_);
+    if (dma_timer_) work_.cancel_timer(dma_timer_);
 }
 
 uint64_t Edu::bar_read(int bar, uint64_t offset, unsigned size) {
@@ -94,7 +94,7 @@ void Edu::start_factorial(uint32_t n) {
     st_.factorial = n;
     st_.status |= kEduStatusComputing;
     std::weak_ptr<Edu*> weak = self_;
-    timers_.defer([weak] {
+    work_.defer([weak] {
         if (auto s = weak.lock()) (*s)->finish_factorial();
     });
 }
@@ -107,9 +107,9 @@ void Edu::finish_factorial() {
 }
 
 void Edu::start_dma() {
-    if (dma_timer_) timers_.cancel(dma_timer_);
+    if (dma_timer_) work_.cancel_timer(dma_timer_);
     std::weak_ptr<Edu*> weak = self_;
-    dma_timer_ = timers_.add_timer(kEduDmaDelayNs, [weak] {
+    dma_timer_ = work_.add_timer(kEduDmaDelayNs, [weak] {
         if (auto s = weak.lock()) {
             (*s)->dma_timer_ = 0;
             (*s)->finish_dma();

@@ -11,8 +11,8 @@
 #include <cstdint>
 #include <memory>
 
-#include "devices/timers.h"
 #include "pci/pci_device.h"
+#include "util/work_queue.h"
 
 namespace mpq::hw {
 
@@ -47,7 +47,7 @@ inline constexpr uint64_t kEduDmaToRam = 0x2;          // direction: 0 RAM -> bu
 inline constexpr uint64_t kEduDmaIrq = 0x4;            // raise kEduIrqDma when done
 inline constexpr uint64_t kEduDmaBufBase = 0x40000;    // the buffer's DMA address
 inline constexpr uint32_t kEduDmaBufSize = 4096;
-inline constexpr int64_t kEduDmaDelayNs = 100'000'000;  // guest time from start to completion
+inline constexpr uint64_t kEduDmaDelayNs = 100'000'000;  // guest time from start to completion
 inline constexpr uint64_t kEduDefaultDmaMask = (1ull << 28) - 1;  // the dma_mask property's default (28 bits)
 
 // Everything the guest can change besides config space.
@@ -72,8 +72,9 @@ struct EduStats {
 
 class Edu final : public pci::PciDevice {
 public:
-    // Factorials run as deferred work, DMA completes on a `timers` timer.
-    Edu(devices::DeviceTimers& timers, uint64_t dma_mask);
+    // Factorials run as deferred work on `work`, DMA completes on one of
+    // its timers (guest time).
+    Edu(WorkQueue& work, uint64_t dma_mask);
     ~Edu() override;
 
     uint64_t bar_read(int bar, uint64_t offset, unsigned size) override;
@@ -93,11 +94,11 @@ private:
     void raise(uint32_t bits);
     void lower(uint32_t bits);
 
-    devices::DeviceTimers& timers_;
+    WorkQueue& work_;
     uint64_t dma_mask_;
     EduState st_;
     EduStats stats_;
-    devices::DeviceTimers::Id dma_timer_ = 0;
+    WorkQueue::TimerId dma_timer_ = 0;
     // Deferred work and timers hold this weakly: a device destroyed first
     // turns them into no-ops.
     std::shared_ptr<Edu*> self_;

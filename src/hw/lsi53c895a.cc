@@ -336,11 +336,11 @@ void LsiController::reg_write(uint8_t off, uint8_t val) {
     case kStime0: r.stime0 = val; break;
     case kStime1:
         // No timer runs: Linux measures the SCSI clock with it and accepts
-        // an immediate expiry (see the spec, getfreq).
-        if (val & 0x0f) {
-            r.sist1 |= kSist1Gen;
-            update_irq();
-        }
+        // an immediate expiry (see the spec, getfreq). The expiry is a
+        // SCSI interrupt like any other: with SIEN1.GEN set it halts SCRIPTS
+        // (a SCRIPTS LOAD or register move into STIME1 stops there), masked
+        // it only sets SIST1.GEN.
+        if (val & 0x0f) script_scsi_interrupt(0, kSist1Gen);
         break;
     case kRespid0: r.respid0 = val; break;
     case kRespid1: r.respid1 = val; break;

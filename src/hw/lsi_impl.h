@@ -96,6 +96,10 @@ private:
     Status bus_read(uint64_t addr, std::span<uint8_t> out);
     Status bus_write(uint64_t addr, std::span<const uint8_t> in);
     bool read_dword(uint64_t addr, uint32_t* val);
+    // The source and destination of memory moves and data-phase block
+    // moves: memory, or PCI I/O space when DMODE.SIOM / DIOM say so.
+    Status move_read(uint64_t addr, std::span<uint8_t> out);
+    Status move_write(uint64_t addr, std::span<const uint8_t> in);
 
     // ---- SCSI side (lsi_scsi.cc) ----
     void set_phase(lsi::Phase p);

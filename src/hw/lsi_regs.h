@@ -134,6 +134,8 @@ inline constexpr uint8_t kCtest2Sigp = 0x40;
 inline constexpr uint8_t kCtest2Pcicie = 0x08;
 
 inline constexpr uint8_t kDmodeMan = 0x01;
+inline constexpr uint8_t kDmodeDiom = 0x10;   // destination in PCI I/O space
+inline constexpr uint8_t kDmodeSiom = 0x20;   // source in PCI I/O space
 inline constexpr uint8_t kDcntlSsm = 0x10;
 inline constexpr uint8_t kDcntlStd = 0x04;
 inline constexpr uint8_t kDcntlPff = 0x40;

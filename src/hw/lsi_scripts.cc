@@ -513,7 +513,7 @@ void LsiController::exec_memory_move(uint32_t insn, uint32_t src) {
         uint32_t n = std::min(count, kChunk);
         std::span<uint8_t> chunk(buf.data(), n);
         charge(1);
-        if (!bus_read(s, chunk) || !bus_write(d, chunk)) {
+        if (!move_read(s, chunk) || !move_write(d, chunk)) {
             script_dma_interrupt(kDstatBf);
             return;
         }
@@ -619,6 +619,41 @@ Status LsiController::bus_write(uint64_t addr, std::span<const uint8_t> in) {
             MPQ_TRY(dma_write(a, in.subspan(done, w.len)));
         }
         done += w.len;
+    }
+    return {};
+}
+
+// DMODE bits 5 (SIOM) and 4 (DIOM) put the source / destination of a
+// memory move or block move in PCI I/O space (manual, DMODE register): the
+// chip then issues I/O read / write cycles. Of the I/O space only our own
+// I/O BAR is decoded here; no other port answers a cycle from this device,
+// so reads elsewhere in the x86's 64 KiB port range return all ones (an
+// unclaimed port reads as floating lines), reads above it return zero as
+// on stock QEMU (no port space exists there), and writes go nowhere. Like stock QEMU,
+// COMMAND, STATUS and MESSAGE phases, LOAD/STORE, table fetches and
+// instruction fetches stay in memory space.
+static constexpr uint8_t kIoFloat = 0xff;
+static constexpr uint64_t kIoSpaceSize = 0x10000;
+
+Status LsiController::move_read(uint64_t addr, std::span<uint8_t> out) {
+    if (!(s_.regs.dmode & kDmodeSiom)) return bus_read(addr, out);
+    bool on = bar_enabled(0);
+    uint64_t base = bar_address(0), size = identity().bars[0].size;
+    for (size_t i = 0; i < out.size(); i++) {
+        uint64_t a = addr + i;
+        if (on && a >= base && a - base < size) out[i] = reg_read(static_cast<uint8_t>(a - base));
+        else out[i] = a < kIoSpaceSize ? kIoFloat : 0;
+    }
+    return {};
+}
+
+Status LsiController::move_write(uint64_t addr, std::span<const uint8_t> in) {
+    if (!(s_.regs.dmode & kDmodeDiom)) return bus_write(addr, in);
+    bool on = bar_enabled(0);
+    uint64_t base = bar_address(0), size = identity().bars[0].size;
+    for (size_t i = 0; i < in.size(); i++) {
+        uint64_t a = addr + i;
+        if (on && a >= base && a - base < size) reg_write(static_cast<uint8_t>(a - base), in[i]);
     }
     return {};
 }

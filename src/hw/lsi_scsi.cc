@@ -215,7 +215,7 @@ void LsiController::do_data_move() {
         uint32_t n = std::min(r.dbc, q->avail - q->off);
         std::span<uint8_t> part = buf.subspan(q->off, n);
         MPQ_TRACE(lsi_do_dma, sc.move_addr, static_cast<int>(n));
-        Status st = sc.move_out ? bus_read(sc.move_addr, part) : bus_write(sc.move_addr, part);
+        Status st = sc.move_out ? move_read(sc.move_addr, part) : move_write(sc.move_addr, part);
         if (!st) {
             script_dma_interrupt(kDstatBf);
             return;

@@ -385,6 +385,27 @@ void register_commands(QmpDispatcher& d, CommandEnv& env) {
         return QmpReply::ok();
     });
 
+    // mpqemu's own: the device worker of `qemu-scsi-dev -x-worker on`.
+    d.add("x-query-worker", {}, [&env](const Json&) {
+        auto w = env.view.query_worker();
+        if (!w.ok()) return QmpReply::err(kGenericError, w.error().message);
+        Json r{{"pid", w->pid}, {"restarts", w->restarts}, {"state-version", w->state_version},
+               {"published-rounds", w->published_rounds}, {"publish-avg-ns", w->publish_avg_ns}};
+        if (w->has_last_exit) {
+            if (w->last_exit_signal) r["last-exit"] = Json{{"signal", w->last_exit_signal}};
+            else r["last-exit"] = Json{{"status", w->last_exit_status}};
+        }
+        return QmpReply::ok(r);
+    });
+
+    // mpqemu's own: live update of the device worker.
+    d.add("x-worker-restart", {{"binary", ArgType::String, true}}, [&env](const Json& args) {
+        std::string bin = args.contains("binary") ? args["binary"].get<std::string>() : "";
+        auto st = env.view.worker_restart(bin);
+        if (!st) return QmpReply::err(kGenericError, st.error().message);
+        return QmpReply::ok();
+    });
+
     // mpqemu's own: hands the proxy device `id` a new socket (named by
     // getfd) to a remote that serves its device now, e.g. one started with
     // -incoming-state from the old remote's x-device-state-save.

@@ -43,6 +43,7 @@ constexpr HelpLine kInfo[] = {
     {"status", "", "show the current VM status (running|paused)"},
     {"trace-events", "[name] [vcpu]", "show available trace-events & their state (name: event name pattern; vcpu: vCPU to query, default is any)"},
     {"version", "", "show the version of QEMU"},
+    {"worker", "", "show the device worker and its restarts (mpqemu, -x-worker on)"},
 };
 
 // HMP's size arguments: an integer with an optional K/M/G/T/B suffix
@@ -278,6 +279,19 @@ std::string Hmp::info(std::string_view what, std::string_view arg) const {
         if (flag(r, "running")) return "VM status: running\n";
         if (st == "paused") return "VM status: paused\n";
         return fmt::format("VM status: paused ({})\n", st);
+    }
+    if (what == "worker") {
+        if (!call("x-query-worker", Json::object(), r, err)) return err;
+        std::string last = "none";
+        if (r.contains("last-exit")) {
+            const Json& l = r["last-exit"];
+            last = l.contains("signal") ? fmt::format("signal {}", u64(l, "signal"))
+                                        : fmt::format("exit status {}", u64(l, "status"));
+        }
+        return fmt::format("worker pid {}, restarts {}, last exit: {}, state format version {}, "
+                           "{} rounds published ({} ns each on average)\n",
+                           u64(r, "pid"), u64(r, "restarts"), last, u64(r, "state-version"),
+                           u64(r, "published-rounds"), u64(r, "publish-avg-ns"));
     }
     if (what == "name") {
         if (!call("query-name", Json::object(), r, err)) return err;

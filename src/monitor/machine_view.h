@@ -128,6 +128,27 @@ public:
         return Error{"this process has no device state to save", 0};
     }
 
+    // x-query-worker (qemu-scsi-dev -x-worker on): the device worker under
+    // its supervisor. Processes without one refuse.
+    struct WorkerInfo {
+        int64_t pid = 0;
+        uint64_t restarts = 0;
+        bool has_last_exit = false;
+        int last_exit_signal = 0;  // 0: exited with last_exit_status
+        int last_exit_status = 0;
+        uint32_t state_version = 0;
+        uint64_t published_rounds = 0;
+        uint64_t publish_avg_ns = 0;
+    };
+    virtual Result<WorkerInfo> query_worker() { return Error{"this process has no device worker (-x-worker on)", 0}; }
+
+    // x-worker-restart: replaces the device worker by a new one carrying the
+    // state (live update); `binary` empty: the same binary.
+    virtual Status worker_restart(const std::string& binary) {
+        (void)binary;
+        return Error{"this process has no device worker (-x-worker on)", 0};
+    }
+
     // x-proxy-reconnect: the proxy device `id` continues on `sock`, a socket
     // to a remote that now serves its device (started with -incoming-state).
     virtual Status proxy_reconnect(const std::string& id, UniqueFd sock) {

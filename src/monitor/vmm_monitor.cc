@@ -108,7 +108,7 @@ public:
     }
 
     std::vector<QtreeDevice> qtree() override {
-        auto addr = [this](int devfn) {
+        auto addr = [](int devfn) {
             return fmt::format("{:02x}.{}", vmm::devfn_slot(devfn), vmm::devfn_fn(devfn));
         };
         std::vector<QtreeDevice> out = describe_devices(vmm_.device_set(), [&](const pci::PciDevice& dev) {

@@ -9,6 +9,10 @@
 #include <utility>
 #include <vector>
 
+#include <csignal>
+
+#include "remote/peek_transport.h"
+#include "remote/worker.h"
 #include "util/event_loop.h"
 #include "util/log.h"
 
@@ -32,6 +36,8 @@ struct DeviceServer::Conn {
     }
     WireSession session;
     std::unique_ptr<ConnTransport> io;
+    PeekTransport* peek = nullptr;  // io, in worker mode
+    uint32_t index = 0;             // position among the process's sockets (stable across workers)
     std::vector<uint8_t> out;  // encoded replies not yet handed to the transport
 };
 
@@ -60,8 +66,51 @@ Status DeviceServer::add_connection(UniqueFd sock, std::vector<ServedDevice> dev
     int fd = sock.get();
     std::string name = fmt::format("{} (fd {})", devices[0].id, fd);
     auto c = std::make_unique<Conn>(name, std::move(devices), memory_, stats_);
-    c->io = loop_.ring_enabled() ? make_ring_transport(loop_, std::move(sock), name)
-                                 : make_syscall_transport(loop_, std::move(sock), kSendTimeoutMs);
+    c->index = next_index_++;
+    if (worker::context()) {
+        auto p = std::make_unique<PeekTransport>(loop_, std::move(sock), kSendTimeoutMs);
+        c->peek = p.get();
+        c->io = std::move(p);
+        uint32_t conn = c->index;
+        // Fds the VMM sends go to the supervisor before the worker uses
+        // them: a successor finds them in its table.
+        c->session.set_fd_handoff([conn](HeldFd kind, size_t dev, const proto::Frame& f) {
+            worker::HandoffMsg m{};
+            m.conn = conn;
+            m.dev = static_cast<uint32_t>(dev);
+            std::vector<int> fds;
+            switch (kind) {
+            case HeldFd::Sysmem: {
+                m.kind = static_cast<uint32_t>(worker::HandoffKind::Sysmem);
+                auto sm = f.as<proto::Payload<proto::Cmd::SyncSysmem>>();
+                for (unsigned i = 0; i < f.num_fds && i < proto::kMaxFdsOnWire; i++) {
+                    m.gpa[i] = sm.gpa[i];
+                    m.size[i] = sm.size[i];
+                    m.offset[i] = static_cast<int64_t>(sm.offset[i]);
+                    fds.push_back(f.fds[i].get());
+                }
+                break;
+            }
+            case HeldFd::Irqfd:
+                m.kind = static_cast<uint32_t>(worker::HandoffKind::Irqfd);
+                fds = {f.fds[0].get(), f.fds[1].get()};
+                break;
+            case HeldFd::Mirror:
+                m.kind = static_cast<uint32_t>(worker::HandoffKind::Mirror);
+                fds = {f.fds[0].get()};
+                break;
+            }
+            m.nfds = static_cast<uint32_t>(fds.size());
+            if (!worker::hand_over(m, fds)) {
+                // Without the supervisor nobody could carry on after us.
+                log::error("worker: the supervisor is gone; exiting");
+                ::_exit(1);
+            }
+        });
+    } else {
+        c->io = loop_.ring_enabled() ? make_ring_transport(loop_, std::move(sock), name)
+                                     : make_syscall_transport(loop_, std::move(sock), kSendTimeoutMs);
+    }
     Conn* raw = c.get();
     ConnTransport::Handlers h;
     h.input = [this, raw] { serve(*raw); };
@@ -92,7 +141,26 @@ void DeviceServer::serve(Conn& c) {
         case proto::RecvState::Frame:
             break;
         }
-        c.session.handle(frame_, c.out);
+        if (c.peek) {
+            worker::Context* w = worker::context();
+            uint32_t off = static_cast<uint32_t>(c.peek->last_frame_offset());
+            if (w->poison_pending && w->poison_conn == c.index && w->poison_off == off) {
+                w->poison_pending = false;
+                answer_as_dead(c, frame_);
+            } else {
+                w->hdr->handling_conn.store(c.index, std::memory_order_relaxed);
+                w->hdr->handling_off.store(off, std::memory_order_relaxed);
+                w->hdr->handling.store(1, std::memory_order_relaxed);
+                if (w->test_poison &&
+                    (frame_.cmd() == proto::Cmd::BarWrite || frame_.cmd() == proto::Cmd::BarWritePosted) &&
+                    frame_.as<proto::BarAccess>().val == w->test_poison_value)
+                    ::raise(SIGSEGV);  // TEST ONLY: -x-test-worker-poison
+                c.session.handle(frame_, c.out);
+                w->hdr->handling.store(0, std::memory_order_relaxed);
+            }
+        } else {
+            c.session.handle(frame_, c.out);
+        }
         frame_.close_fds();  // whatever the handler did not take
         if (!c.out.empty()) {
             if (auto st = c.io->send(c.out); !st.ok()) {
@@ -148,7 +216,8 @@ void DeviceServer::drop(Conn& c, bool orderly) {
 }
 
 // REG_MIRROR: a round of the loop is where devices change, so its two ends
-// are where every mirror goes odd and is published again.
+// are where every mirror goes odd and is published again. Worker mode adds
+// the state publish to the round's end.
 void DeviceServer::install_round_hooks() {
     round_hooks_ = true;
     loop_.set_round_hooks(
@@ -156,8 +225,171 @@ void DeviceServer::install_round_hooks() {
             for (auto& c : conns_) c->session.mirrors_begin();
         },
         [this] {
+            if (capture_) return publish_round();
             for (auto& c : conns_) c->session.mirrors_publish();
         });
+}
+
+void DeviceServer::enable_publishing(CaptureState capture) {
+    capture_ = std::move(capture);
+    install_round_hooks();
+}
+
+// The end of a worker's round, in the order that makes a restart invisible:
+//  1. the device state is captured (block I/O drained) and published with
+//     the round's request bytes and replies (one store makes it current);
+//  2. the request bytes are consumed from the sockets, then consumed_seq
+//     says so;
+//  3. sent_seq is set, THEN the replies go out. Marking "sent" before the
+//     sendmsg means a worker killed between the two leaves a reply that was
+//     never sent recorded as sent: the VMM waits for ever on that request.
+//     Marking it after would leave the opposite window, a reply sent twice,
+//     which desyncs the peer's stream for good. A lost reply is only
+//     possible in the few instructions between the store and the syscall.
+// A successor (take_over) settles each connection from these marks and the
+// head of its socket.
+void DeviceServer::publish_round() {
+    worker::Context* w = worker::context();
+    uint64_t t0 = EventLoop::now_ns();
+    auto blob = capture_();
+    if (!blob.ok()) {
+        // Carrying on unpublished would leave a successor an older state
+        // than what the VMM was answered: leave now instead, with this
+        // round's requests still in the socket for the successor.
+        log::error("worker: cannot publish the device state: {}; leaving it to a successor", blob.error().message);
+        ::_exit(70);
+    }
+    // After the capture: its drain may have run device work.
+    for (auto& c : conns_) c->session.mirrors_publish();
+    std::vector<worker::ConnJournal> js;
+    js.reserve(conns_.size());
+    bool any_request = false;
+    for (auto& c : conns_) {
+        worker::ConnJournal j;
+        SessionState ss = c->session.state();
+        j.features = ss.features;
+        j.selected = ss.selected;
+        j.posted_done = ss.posted_done;
+        if (c->peek) {
+            auto rq = c->peek->request_bytes();
+            auto rp = c->peek->queued_replies();
+            j.request.assign(rq.begin(), rq.end());
+            j.replies.assign(rp.begin(), rp.end());
+            any_request |= !rq.empty();
+        }
+        js.push_back(std::move(j));
+    }
+    {
+        auto slot = worker::encode_slot(js, *blob);
+        if (auto st = worker::publish(slot); !st.ok()) {
+            log::error("worker: {}; leaving it to a successor", st.error().message);
+            ::_exit(70);
+        }
+    }
+    uint64_t seq = w->hdr->seq.load(std::memory_order_relaxed);
+    w->hdr->publish_ns_total.fetch_add(EventLoop::now_ns() - t0, std::memory_order_relaxed);
+    w->hdr->publishes.fetch_add(1, std::memory_order_relaxed);
+    if (!any_request) {
+        w->hdr->consumed_seq.store(seq, std::memory_order_release);
+        w->hdr->sent_seq.store(seq, std::memory_order_release);
+    }
+    // The request a poison verdict named was in the first round's bytes
+    // (they start at the same socket head); it never applies to a later one.
+    if (any_request) w->poison_pending = false;
+    if (any_request && w->test_die_at == 'p') ::raise(SIGKILL);  // TEST ONLY
+    std::vector<Conn*> failed;
+    for (auto& c : conns_)
+        if (c->peek && !c->peek->request_bytes().empty())
+            if (auto st = c->peek->consume(); !st.ok()) failed.push_back(c.get());
+    if (any_request && w->test_die_at == 'c') ::raise(SIGKILL);  // TEST ONLY
+    if (any_request) {
+        w->hdr->consumed_seq.store(seq, std::memory_order_release);
+        w->hdr->sent_seq.store(seq, std::memory_order_release);
+    }
+    for (auto& c : conns_) {
+        if (!c->peek) continue;
+        if (auto st = c->peek->flush(); !st.ok()) failed.push_back(c.get());
+        if (!c->peek->request_bytes().empty() || c->peek->frame_ready()) continue;
+    }
+    if (w->leave_after_publish) {
+        // Live update: everything of this round is published, consumed and
+        // sent; the loop ends here and main() hands over (remote/main.cc).
+        loop_.stop(0);
+        return;
+    }
+    for (Conn* c : failed) {
+        for (auto& p : conns_)
+            if (p.get() == c) {
+                log::info("{}: peer went away", c->session.name());
+                drop(*c, true);
+                break;
+            }
+    }
+}
+
+void DeviceServer::answer_as_dead(Conn& c, const proto::Frame& f) {
+    std::string hex;
+    const auto* hb = reinterpret_cast<const uint8_t*>(&f.hdr);
+    for (size_t i = 0; i < sizeof f.hdr; i++) hex += fmt::format("{:02x}", hb[i]);
+    for (size_t i = 0; i < f.size() && i < proto::kMaxPayload; i++) hex += fmt::format("{:02x}", f.payload[i]);
+    log::error("{}: request {} took down two workers in a row; answered as a dead device, never retried. "
+               "Bytes: {}", c.session.name(), proto::cmd_name(f.cmd()), hex);
+    const proto::Message* m = proto::message(f.cmd());
+    if (!m || !proto::reply_due(f.cmd())) return;
+    uint64_t v = proto::kAllOnes;
+    if (f.cmd() == proto::Cmd::BarWrite || f.cmd() == proto::Cmd::PciCfgWrite) v = 0;  // the write is dropped
+    if (m->answer == proto::Answer::RetEmpty) proto::encode(c.out, proto::Cmd::Ret, {});
+    else proto::encode(c.out, proto::Cmd::Ret, proto::bytes_of(v));
+}
+
+Status DeviceServer::take_over() {
+    worker::Context* w = worker::context();
+    if (!w || !w->successor) return {};
+    auto last = worker::last_published();
+    worker::SlotView view;
+    if (!last.empty()) {
+        auto v = worker::decode_slot(last);
+        if (!v.ok()) return v.take_error();
+        view = std::move(*v);
+    }
+    worker::FdTable& t = *w->table;
+    if (!t.sysmem.empty())
+        if (auto st = memory_.set_regions(t.sysmem); !st.ok())
+            log::error("worker: guest RAM map from the supervisor: {}", st.error().message);
+    uint64_t seq = w->hdr->seq.load(std::memory_order_acquire);
+    bool consumed = w->hdr->consumed_seq.load() == seq;
+    bool sent = w->hdr->sent_seq.load() == seq;
+    for (auto& c : conns_) {
+        for (auto& [key, fds] : t.irqfds) {
+            if (key.first != c->index) continue;
+            c->session.restore_irqfds(key.second, UniqueFd(::dup(fds.first.get())), UniqueFd(::dup(fds.second.get())));
+        }
+        for (auto& [key, fd] : t.mirrors) {
+            if (key.first != c->index) continue;
+            if (auto st = c->session.restore_mirror(key.second, UniqueFd(::dup(fd.get()))); !st.ok())
+                log::error("{}: register mirror not restored: {}", c->session.name(), st.error().message);
+        }
+        if (c->index >= view.conns.size()) continue;
+        const worker::ConnJournal& j = view.conns[c->index];
+        MPQ_TRY(c->session.restore_state({j.features, j.selected, j.posted_done}));
+        if (!c->peek || j.request.empty()) continue;
+        if (!consumed) {
+            auto head = c->peek->peek_head(j.request.size());
+            if (!head.ok()) return head.take_error();
+            if (worker::judge_head(*head, j.request) == worker::HeadVerdict::Consume) {
+                MPQ_TRY(c->peek->discard(j.request.size()));
+                log::info("{}: the last round's request ({} bytes) was carried out already; consumed",
+                          c->session.name(), j.request.size());
+            }
+        }
+        if (!sent && !j.replies.empty()) {
+            MPQ_TRY(c->peek->send_now(j.replies));
+            log::info("{}: re-sent the last round's replies ({} bytes)", c->session.name(), j.replies.size());
+        }
+    }
+    w->hdr->consumed_seq.store(seq);
+    w->hdr->sent_seq.store(seq);
+    return {};
 }
 
 }  // namespace mpq::remote

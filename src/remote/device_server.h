@@ -47,6 +47,18 @@ public:
     // negotiated.
     Status add_connection(UniqueFd sock, std::vector<ServedDevice> devices);
     size_t connections() const { return conns_.size(); }
+
+    // Worker mode (remote/worker.h): connections read with MSG_PEEK, the
+    // complete state published at the end of every round before its
+    // replies go out. `capture` returns the encoded device state.
+    using CaptureState = std::function<Result<std::vector<uint8_t>>()>;
+    void enable_publishing(CaptureState capture);
+    // A successor takes over from the last published round: connection
+    // state, the fds its predecessor handed to the supervisor, the journal
+    // (a request handled but not consumed is consumed, not re-applied; its
+    // replies are sent unless they went out already). Call after every
+    // add_connection(), before the loop runs.
+    Status take_over();
     const ServerStats& stats() const { return stats_; }
 
 private:
@@ -57,6 +69,8 @@ private:
     void ended(Conn& c, ConnTransport::End end, const std::string& why);
     void drop(Conn& c, bool orderly);
     void install_round_hooks();
+    void publish_round();
+    void answer_as_dead(Conn& c, const proto::Frame& f);
 
     EventLoop& loop_;
     GuestMemory& memory_;
@@ -65,6 +79,8 @@ private:
     proto::Frame frame_;  // reused for every frame
     ServerStats stats_;
     bool round_hooks_ = false;
+    uint32_t next_index_ = 0;
+    CaptureState capture_;
 };
 
 }  // namespace mpq::remote

@@ -24,6 +24,9 @@
 #include "remote/monitor_view.h"
 #include "remote/remote_process.h"
 #include "remote/state_io.h"
+#include "remote/worker.h"
+#include "remote/device_server.h"
+#include "state/device_state.h"
 #include "sandbox/sandbox.h"
 #include "trace/trace.h"
 #include "util/event_loop.h"
@@ -32,18 +35,20 @@
 #include "util/thread_reserve.h"
 
 using namespace mpq;
+namespace worker = mpq::remote::worker;
 
 namespace {
 
 constexpr std::string_view kAccepted[] = {
     "device", "drive", "object", "machine", "M", "chardev", "mon", "monitor", "qmp", "name",
     "display", "nographic", "nodefaults", "D", "d", "sandbox", "run-with", "S", "trace", "msg",
-    "no-shutdown", "incoming-state",
+    "no-shutdown", "incoming-state", "x-worker",
     "h", "help", "version"};
 
 // Test-only (not in --help): the sandbox integration test makes the process
 // attempt a forbidden syscall right after the sandbox is applied.
-constexpr std::string_view kHidden[] = {"x-test-forbidden-syscall"};
+constexpr std::string_view kHidden[] = {"x-test-forbidden-syscall", "x-test-worker-fault",
+                                        "x-test-worker-poison"};
 // Parked I/O threads for drives added under the sandbox (2 per drive).
 constexpr unsigned kLateDriveWorkers = 6;
 
@@ -142,6 +147,35 @@ int main(int argc, char** argv) {
             return die(o->error(s.error()));
     // The I/O worker pool is fixed once the drives are open: no thread after.
     sandbox_opts.threads = sandbox::SandboxOptions::Threads::Complete;
+
+    // -x-worker on: from here on this is a worker process; the caller's pid
+    // is the supervisor's, which restarts a worker that dies (remote/worker.h).
+    bool worker_mode = false;
+    if (const auto* w = cl->last("x-worker")) {
+        if (w->text == "on") worker_mode = true;
+        else if (w->text != "off") return die(w->error("'{}': expected on or off", w->text));
+    }
+    if (worker_mode) {
+        if (sandbox_opts.pid_namespace == sandbox::Namespaces::New)
+            return die(fail("-x-worker on cannot be combined with -sandbox pidns=on yet"));
+        worker::SupervisorOptions so;
+        so.sandbox = sandbox_opts;
+        if (const auto* t = cl->last("x-test-worker-fault")) {
+            std::string_view v = t->text;
+            if (!v.starts_with("fd=")) return die(t->error("expected fd=N"));
+            auto fd = opts::parse_uint(v.substr(3), "fd", INT_MAX);
+            if (!fd.ok()) return die(t->error(fd.error()));
+            so.test_fault_fd = static_cast<int>(*fd);
+        }
+        if (const auto* t = cl->last("x-test-worker-poison")) {
+            auto v = opts::parse_uint(t->text, "value", UINT32_MAX);
+            if (!v.ok()) return die(t->error(v.error()));
+            so.test_poison = true;
+            so.test_poison_value = *v;
+        }
+        if (auto s = worker::run_supervisor(so); !s.ok()) return die(s.error());
+    }
+    worker::Context* wctx = worker::context();
     if (auto s = sandbox::prepare(sandbox_opts); !s.ok()) return die(s.error());
 
     EventLoop loop;
@@ -158,7 +192,18 @@ int main(int argc, char** argv) {
     if (auto s = proc.configure(*cl, first_fd); !s.ok()) return die(s.error());
     // -incoming-state FILE: the devices carry on from a saved state instead
     // of from power-on. Read before the sandbox closes open().
-    if (const auto* in = cl->last("incoming-state")) {
+    if (wctx && wctx->successor) {
+        // A successor carries on from its predecessor's last published round.
+        auto last = worker::last_published();
+        if (!last.empty()) {
+            auto slot = worker::decode_slot(last);
+            if (!slot.ok()) return die(slot.error());
+            auto img = state::decode(slot->state);
+            if (!img.ok()) return die(fail("published state: {}", img.error().message));
+            if (auto s = remote::apply_state(proc, *img); !s.ok())
+                return die(fail("published state: {}", s.error().message));
+        }
+    } else if (const auto* in = cl->last("incoming-state")) {
         if (auto s = remote::load_state_file(proc, in->text); !s.ok())
             return die(in->error(s.error()));
     }
@@ -195,6 +240,17 @@ int main(int argc, char** argv) {
         return die(fail("cannot watch signals"));
 
     if (auto s = proc.start(); !s.ok()) return die(s.error());
+    if (wctx) {
+        // Every device must be able to carry its state to a successor.
+        if (auto img = remote::capture_state(proc); !img.ok())
+            return die(fail("-x-worker on: {}", img.error().message));
+        proc.server()->enable_publishing([&proc]() -> Result<std::vector<uint8_t>> {
+            auto img = remote::capture_state(proc);
+            if (!img.ok()) return img.take_error();
+            return state::encode(*img);
+        });
+        if (auto s = proc.server()->take_over(); !s.ok()) return die(s.error());
+    }
 
     // Drives added later (blockdev-add, drive_add) cannot start threads once
     // the sandbox is on: their I/O workers wait here, started now.
@@ -206,6 +262,25 @@ int main(int argc, char** argv) {
     {
         std::vector<int> keep;
         for (const auto& b : proc.bindings()) keep.push_back(b.fd);
+        if (wctx) {
+            keep.push_back(wctx->handoff_fd);
+            if (wctx->test_fault_fd >= 0) {
+                // TEST ONLY (-x-test-worker-fault fd=N): a byte read from N
+                // makes this worker fault: 's' SIGSEGV, 'x' a forbidden
+                // syscall, 'p'/'c' SIGKILL inside the next round's publish
+                // (see DeviceServer::publish_round). Read first, so that
+                // its successor does not.
+                int tfd = wctx->test_fault_fd;
+                keep.push_back(tfd);
+                loop.add_fd(tfd, FdEvents::Read, [tfd, wctx](uint32_t) {
+                    char c = 0;
+                    if (::read(tfd, &c, 1) != 1) return;
+                    if (c == 'p' || c == 'c') wctx->test_die_at = c;  // in the next round with a request
+                    if (c == 's') ::raise(SIGSEGV);
+                    if (c == 'x') (void)sandbox::test_forbidden_syscall("execve");
+                });
+            }
+        }
         // TEST ONLY: "-x-test-forbidden-syscall NAME[,fd=N]": attempt NAME
         // now, or once the inherited fd N becomes readable (the test says when).
         std::string test_syscall;
@@ -244,8 +319,33 @@ int main(int argc, char** argv) {
         }
     }
 
-    log::info("serving {} device(s) on {} socket(s)", proc.functions().size(), proc.bindings().size());
+    log::info("serving {} device(s) on {} socket(s){}", proc.functions().size(), proc.bindings().size(),
+              wctx ? fmt::format(" (worker pid {}{})", ::getpid(), wctx->successor ? ", successor" : "") : "");
+    if (wctx) {
+        wctx->hdr->serving.store(1);
+        if (wctx->successor && wctx->died_ns) {
+            uint64_t us = (EventLoop::now_ns() - wctx->died_ns) / 1000;
+            log::info("worker: serving again {} us after the predecessor's death", us);
+            // Only clients connected to this worker's monitors see it; the
+            // restart is in x-query-worker as well.
+            if (*monitors)
+                (*monitors)->emit("WORKER_RESTARTED",
+                                  monitor::Json{{"cause", wctx->last_exit.cause}, {"unavailable-us", us},
+                                                {"restarts", wctx->restarts}});
+        }
+    }
     int rc = loop.run();
+    if (wctx && wctx->leave_after_publish) {
+        // x-worker-restart: the drives are flushed (the qcow2 metadata this
+        // worker caches reaches the image), then the supervisor starts the
+        // successor, which carries on from the state published last.
+        proc.shutdown();
+        wctx->hdr->live_update.store(1);
+        ::_exit(0);
+    }
+    // Ending on purpose: the supervisor exits with our status instead of
+    // starting a successor.
+    if (wctx) wctx->hdr->finished.store(1);
     // Tell QMP clients why we stop, unless a monitor's quit already did.
     if (*monitors && !mon_view.quit_requested() && !shutdown_reported)
         (*monitors)->shutdown_event(rc == 0 ? "guest-shutdown" : "host-error", rc == 0);

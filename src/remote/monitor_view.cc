@@ -1,12 +1,44 @@
 // Adapter from RemoteProcess to monitor::MachineView.
 #include "remote/monitor_view.h"
 
+#include <unistd.h>
+
+#include "remote/worker.h"
+#include "state/device_state.h"
+
 #include <fmt/format.h>
 
 #include "remote/device_server.h"
 #include "remote/state_io.h"
 
 namespace mpq::remote {
+
+Status RemoteMachineView::worker_restart(const std::string& binary) {
+    worker::Context* w = worker::context();
+    if (!w) return fail("this process has no device worker (start it with -x-worker on)");
+    if (!binary.empty())
+        return fail("x-worker-restart: 'binary' is not supported yet (only the running binary can be restarted)");
+    // Give the reply a moment to reach the client, then leave at the end
+    // of a round, right after its publish (DeviceServer::publish_round).
+    proc_.loop().add_timer(5'000'000, [w] { w->leave_after_publish = true; });
+    return {};
+}
+
+Result<monitor::MachineView::WorkerInfo> RemoteMachineView::query_worker() {
+    worker::Context* w = worker::context();
+    if (!w) return fail("this process has no device worker (start it with -x-worker on)");
+    WorkerInfo i;
+    i.pid = ::getpid();
+    i.restarts = w->restarts;
+    i.has_last_exit = w->last_exit.valid;
+    i.last_exit_signal = w->last_exit.signal;
+    i.last_exit_status = w->last_exit.status;
+    i.state_version = state::kFormatVersion;
+    i.published_rounds = w->hdr->publishes.load(std::memory_order_relaxed);
+    if (i.published_rounds)
+        i.publish_avg_ns = w->hdr->publish_ns_total.load(std::memory_order_relaxed) / i.published_rounds;
+    return i;
+}
 
 std::vector<monitor::PciDeviceInfo> RemoteMachineView::pci_devices() {
     std::vector<monitor::PciDeviceInfo> out;
@@ -41,19 +73,34 @@ std::vector<monitor::RemoteDeviceInfo> RemoteMachineView::remote_devices() {
 }
 
 // Hot-plug: thin glue, the work is RemoteProcess's.
+namespace {
+// A successor rebuilds the devices from the command line: what a monitor
+// plugged in or out would not be there (and the published state would not fit).
+constexpr const char* kNoHotplugWithWorker =
+    "hot-plug is not supported with -x-worker on (a restarted worker rebuilds the devices from the command line)";
+}  // namespace
+
 Status RemoteMachineView::drive_add(const block::DriveOptions& opts, DriveOrigin origin) {
+    if (worker::context()) return fail("{}", kNoHotplugWithWorker);
     return proc_.add_drive_now(opts, origin == DriveOrigin::Blockdev ? DriveOwner::Monitor : DriveOwner::Legacy);
 }
 
-Status RemoteMachineView::drive_del(std::string_view node_name) { return proc_.remove_drive(node_name); }
+Status RemoteMachineView::drive_del(std::string_view node_name) {
+    if (worker::context()) return fail("{}", kNoHotplugWithWorker);
+    return proc_.remove_drive(node_name);
+}
 
 Status RemoteMachineView::device_add(const std::vector<std::pair<std::string, std::string>>& props) {
+    if (worker::context()) return fail("{}", kNoHotplugWithWorker);
     opts::KeyValues kv;
     for (const auto& [k, v] : props) kv.items.push_back(opts::KeyValue{k, v});
     return proc_.add_device_now(kv);
 }
 
-Result<std::string> RemoteMachineView::device_del(std::string_view id) { return proc_.remove_device(id); }
+Result<std::string> RemoteMachineView::device_del(std::string_view id) {
+    if (worker::context()) return fail("{}", kNoHotplugWithWorker);
+    return proc_.remove_device(id);
+}
 
 Status RemoteMachineView::block_resize(std::string_view device, uint64_t size) {
     block::BlockBackend* be = proc_.find_backend(device);

@@ -31,6 +31,8 @@ public:
     Result<std::string> device_del(std::string_view id) override;
     Status system_reset() override;
     Status save_device_state(const std::string& filename) override;
+    Result<WorkerInfo> query_worker() override;
+    Status worker_restart(const std::string& binary) override;
     // Whether the sandbox lets this process create files; when not, the
     // reason is what x-device-state-save answers (instead of dying on the
     // forbidden open).

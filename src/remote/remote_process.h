@@ -11,7 +11,6 @@
 
 #include "block/block.h"
 #include "devices/device_set.h"
-#include "devices/timers.h"
 #include "mem/guest_memory.h"
 #include "remote/irq_line.h"
 #include "scsi/scsi.h"
@@ -113,7 +112,7 @@ private:
     EventLoop& loop_;
     GuestMemory memory_;
     std::string name_;
-    devices::LoopTimers timers_;
+    WorkQueue& timers_;  // device timers: the event loop (guest time is host time)
     std::vector<PciFunctionEntry> functions_;
     // After functions_: destroyed first, while their interrupt lines exist.
     devices::DeviceSet devices_;

@@ -224,6 +224,7 @@ void WireSession::do_sync_sysmem(Frame& f) {
     for (unsigned i = 0; i < f.num_fds; i++)
         regions_.push_back(RamRegion{s.gpa[i], s.size[i], s.offset[i], f.fds[i].get()});
     stats_.sysmem_updates++;
+    if (handoff_) handoff_(HeldFd::Sysmem, selected_, f);
     auto st = memory_.set_regions(regions_);
     if (!st.ok()) complain("SYNC_SYSMEM: {}; no guest RAM is mapped now", st.error().message);
     // The mappings keep the memory; the frame closes the fds.
@@ -236,6 +237,7 @@ void WireSession::do_set_irqfd(Frame& f) {
             return;
         }
     }
+    if (handoff_) handoff_(HeldFd::Irqfd, selected_, f);
     dev().irq->set_fds(f.take_fd(0), f.take_fd(1));
 }
 
@@ -268,6 +270,7 @@ void WireSession::do_mirror_setup(Frame& f, std::vector<uint8_t>& out) {
         reply(out, kAllOnes);
         return;
     }
+    if (handoff_) handoff_(HeldFd::Mirror, selected_, f);
     auto m = RegMirror::attach(f.take_fd(0), *dev().dev, dev().irq);
     if (!m.ok()) {
         // Not the peer's fault when the device has no window: no complaint.
@@ -288,6 +291,32 @@ void WireSession::mirrors_begin() {
 void WireSession::mirrors_publish() {
     for (auto& m : mirrors_)
         if (m) m->publish(posted_done_);
+}
+
+}  // namespace mpq::remote
+
+namespace mpq::remote {
+
+Status WireSession::restore_state(const SessionState& s) {
+    if (s.selected >= devices_.size())
+        return fail("{}: saved connection selects device {} of {}", name_, s.selected, devices_.size());
+    features_ = s.features & proto::kSupportedFeatures & proto::kExtFeatureMask;
+    selected_ = s.selected;
+    posted_done_ = s.posted_done;
+    return {};
+}
+
+void WireSession::restore_irqfds(size_t dev, UniqueFd irq, UniqueFd resample) {
+    if (dev < devices_.size() && devices_[dev].irq) devices_[dev].irq->set_fds(std::move(irq), std::move(resample));
+}
+
+Status WireSession::restore_mirror(size_t dev, UniqueFd page) {
+    if (dev >= devices_.size()) return fail("{}: no device {}", name_, dev);
+    auto m = RegMirror::attach(std::move(page), *devices_[dev].dev, devices_[dev].irq);
+    if (!m.ok()) return m.take_error();
+    if (mirrors_.size() != devices_.size()) mirrors_.resize(devices_.size());
+    mirrors_[dev] = std::move(*m);
+    return {};
 }
 
 }  // namespace mpq::remote

@@ -12,6 +12,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -35,6 +36,17 @@ struct ServedDevice {
     std::string id;
     pci::PciDevice* dev = nullptr;
     EventfdIrqLine* irq = nullptr;
+};
+
+// What the worker/supervisor split (remote/worker.h) needs from a session:
+// fds handed to the supervisor before they are used, and the negotiated
+// state a successor takes over.
+enum class HeldFd : uint8_t { Sysmem, Irqfd, Mirror };
+using FdHandoff = std::function<void(HeldFd kind, size_t dev, const proto::Frame& f)>;
+struct SessionState {
+    uint64_t features = 0;
+    uint32_t selected = 0;
+    uint64_t posted_done = 0;
 };
 
 struct ServerStats {
@@ -71,6 +83,16 @@ public:
     void mirrors_begin();
     void mirrors_publish();
 
+    // Worker mode: `h` runs before the session acts on a frame's fds.
+    void set_fd_handoff(FdHandoff h) { handoff_ = std::move(h); }
+    SessionState state() const { return {features_, static_cast<uint32_t>(selected_), posted_done_}; }
+    // A successor takes over: the negotiated state, and the fds its
+    // predecessor received (irq pair / mirror page of device `dev`).
+    Status restore_state(const SessionState& s);
+    void restore_irqfds(size_t dev, UniqueFd irq, UniqueFd resample);
+    Status restore_mirror(size_t dev, UniqueFd page);
+    size_t device_count() const { return devices_.size(); }
+
 private:
     ServedDevice& dev() { return devices_[selected_]; }
     void reply(std::vector<uint8_t>& out, uint64_t v);
@@ -102,6 +124,7 @@ private:
     uint64_t posted_done_ = 0;  // BAR_WRITE_POSTED frames handled, valid or not (REG_MIRROR)
     std::vector<std::unique_ptr<RegMirror>> mirrors_;  // by device index, empty without REG_MIRROR
     std::vector<RamRegion> regions_;                   // reused for SYNC_SYSMEM
+    FdHandoff handoff_;
 };
 
 }  // namespace mpq::remote

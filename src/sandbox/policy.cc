@@ -17,6 +17,7 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <termios.h>
 #include <unistd.h>
 
@@ -201,6 +202,41 @@ void pidns_supervisor(std::vector<Rule>& r, int child_pid) {
 #endif
 }
 
+// The supervisor of `-x-worker on` (remote/worker.h): it waits for its
+// worker, takes the fds the worker hands over, passes them to the spawner
+// that forks the next worker, and logs. It never parses the device state.
+void worker_supervisor(std::vector<Rule>& r) {
+    r.push_back({"poll", {}, "waiting for the worker's messages and signals"});
+    r.push_back({"ppoll", {}, "waiting (glibc's poll)"});
+    r.push_back({"read", {}, "the signalfd"});
+    r.push_back({"recvmsg", {}, "fds the worker hands over; the spawner's answer"});
+    r.push_back({"sendmsg", {}, "fds and the spawn request to the spawner"});
+    r.push_back({"socketpair", {eq(0, AF_UNIX)}, "the hand-over channel of each new worker"});
+    r.push_back({"close", {}, "fds replaced or passed on"});
+    r.push_back({"wait4", {}, "reaping a worker"});
+    // A worker's pid changes with every restart: any pid >= 0 (never -1,
+    // every process, or -PGID, a whole group other than our own).
+    r.push_back({"kill", {masked_eq(0, 0xffffffff80000000ull, 0)},
+                 "forwarding SIGTERM/SIGINT/SIGHUP to the worker; re-raising its fatal signal"});
+    r.push_back({"getpid", {}, "re-raising a fatal signal on itself"});
+    r.push_back({"rt_sigprocmask", {}, "unblocking the signal it re-raises"});
+    r.push_back({"rt_sigaction", {}, "default action for the signal it re-raises"});
+    r.push_back({"rt_sigreturn", {}, "returning from a signal handler"});
+    r.push_back({"restart_syscall", {}, "a wait restarted after a signal"});
+    r.push_back({"write", {}, "log lines"});
+    r.push_back({"brk", {}, "malloc (log lines, the fd table)"});
+    r.push_back({"mmap", {masked_eq(2, PROT_EXEC, 0)}, "malloc, never executable"});
+    r.push_back({"munmap", {}, "free"});
+    r.push_back({"madvise", {}, "free"});
+    r.push_back({"clock_gettime", {}, "restart times (vDSO fallback)"});
+    r.push_back({"exit_group", {}, "exiting with the worker's status, or giving up"});
+    r.push_back({"exit", {}, "exiting"});
+#if MPQ_SANITIZER_BUILD
+    r.push_back({"sigaltstack", {}, "sanitizer builds only: ASan's signal stack", 0, Scope::SanitizerBuild});
+    r.push_back({"futex", {}, "sanitizer builds only: the runtime's locks", 0, Scope::SanitizerBuild});
+#endif
+}
+
 void add_obsolete(std::vector<Rule>& r) {
     for (const char* n : {"_sysctl", "create_module", "get_kernel_syms", "query_module",
                           "sysfs", "uselib", "ustat"})
@@ -245,6 +281,9 @@ std::vector<Rule> build_rules(const SandboxOptions& opts, Role role, int self_pi
         case Role::RemoteSteadyState:
             remote_steady_state(r, self_pid);
             break;
+        case Role::WorkerSupervisor:
+            worker_supervisor(r);
+            return r;
         case Role::PidNamespaceSupervisor:
             // self_pid is the device process here: the only kill() target.
             pidns_supervisor(r, self_pid);

@@ -29,7 +29,8 @@ enum class Group : uint8_t { Deny, Allow };
 // Which steady state a policy describes: the device process, or the tiny
 // supervisor that stays outside when the device process gets its own PID
 // namespace (`pidns=on`).
-enum class Role : uint8_t { RemoteSteadyState, PidNamespaceSupervisor };
+// `WorkerSupervisor`: the supervisor of `-x-worker on` (remote/worker.h).
+enum class Role : uint8_t { RemoteSteadyState, PidNamespaceSupervisor, WorkerSupervisor };
 enum class Namespaces : uint8_t { Keep, New };
 enum class OpenPolicy : uint8_t { Deny, ReadOnly, ReadWrite };
 

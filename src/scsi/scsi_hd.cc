@@ -493,7 +493,13 @@ DataDir HdRequest::start_request_sense() {
     }
     s.sense = kNoSense;
     EmulResult r;
-    r.exact_alloc = false;
+    // Pending sense data goes out as it is (18 bytes fixed, 8 descriptor,
+    // cut to the allocation length); with nothing pending the NO SENSE
+    // answer is padded with zeros to the allocation length like the other
+    // emulated commands, as stock QEMU's scsi-hd does (its SCSI target
+    // answers the former, the disk the latter): the cumulative byte count
+    // and the phase that follows a longer DATA IN move depend on it.
+    r.exact_alloc = sn.key == kNoSense.key && sn.asc == kNoSense.asc && sn.ascq == kNoSense.ascq;
     r.data = build_sense(sn, cdb_[1] & 0x01);
     return start_emulated(std::move(r), cdb_[4]);
 }

@@ -58,10 +58,21 @@ bool ManualWorkQueue::fire_next_timer() {
     return true;
 }
 
-void ManualWorkQueue::advance(uint64_t ns) {
-    now_ = ns > std::numeric_limits<uint64_t>::max() - now_ ? std::numeric_limits<uint64_t>::max()
-                                                             : now_ + ns;
-    fire_due();
+bool ManualWorkQueue::advance(uint64_t ns, size_t max) {
+    const uint64_t target = ns > std::numeric_limits<uint64_t>::max() - now_
+                                ? std::numeric_limits<uint64_t>::max()
+                                : now_ + ns;
+    size_t ran = run_deferred(max);
+    while (ran < max && !timers_.empty() && timers_.begin()->first <= target) {
+        if (timers_.begin()->first > now_) now_ = timers_.begin()->first;
+        Callback cb = std::move(timers_.begin()->second.cb);
+        timers_.erase(timers_.begin());
+        ++ran;
+        if (cb) cb();
+        ran += run_deferred(max - ran);
+    }
+    now_ = target;
+    return ran < max || (deferred_.empty() && (timers_.empty() || timers_.begin()->first > target));
 }
 
 bool ManualWorkQueue::run_until_idle(size_t max) {

@@ -23,14 +23,23 @@ public:
     TimerId add_timer(uint64_t delay_ns, Callback cb) override;
     void cancel_timer(TimerId id) override;
 
+    // What one pump may run at most when the caller names no bound: a
+    // device that keeps deferring or re-arming work stops here instead of
+    // hanging the test.
+    static constexpr size_t kDefaultBound = 1000;
+
     // Runs deferred callbacks in order, including those they defer, up to
     // `max` of them. Returns how many ran.
-    size_t run_deferred(size_t max);
+    size_t run_deferred(size_t max = kDefaultBound);
     // Advances the virtual clock to the earliest timer and fires it (and
     // every other timer due by then). False if no timer was armed.
     bool fire_next_timer();
-    // Advances the virtual clock by `ns`, firing the timers that come due.
-    void advance(uint64_t ns);
+    // Lets `ns` of time pass as an event loop would: deferred work first,
+    // then every timer that comes due, in deadline order, each seeing its
+    // own deadline as now_ns() and followed by the deferred work it caused.
+    // At most `max` callbacks run; false if that bound stopped it (the
+    // clock is at the end of the span anyway, what is left is overdue).
+    bool advance(uint64_t ns, size_t max = kDefaultBound);
     // Deferred work first, then timers, until nothing is left or `max`
     // callbacks ran. Returns true if the queue ran dry (false: the bound
     // stopped it, e.g. a device that keeps re-arming a timer).
@@ -38,6 +47,7 @@ public:
 
     bool has_deferred() const { return !deferred_.empty(); }
     size_t timers_armed() const { return timers_.size(); }
+    size_t pending() const { return deferred_.size() + timers_.size(); }
     uint64_t now_ns() const { return now_; }
 
 private:

@@ -1,9 +1,15 @@
-// Deferred work and one-shot timers, as device models and the block layer
-// ask for them. Two implementations: the EventLoop (production: callbacks
-// run on the loop thread, timers on CLOCK_MONOTONIC) and ManualWorkQueue
-// (tests, fuzzers: nothing runs until the driver pumps it, timers follow a
-// virtual clock), so the same device code runs with or without threads and
-// an event loop.
+// Deferred work and one-shot timers: the one way device models and the
+// block layer ask for work "in the background" (a SCRIPTS resumption, a
+// block completion, edu's factorial) or after some time (edu's DMA). Models
+// never see what runs it:
+//   - EventLoop: the device process; callbacks on the loop thread, timers
+//     on CLOCK_MONOTONIC (guest time is host time there);
+//   - vmm::MachineTimers: in-process devices of our VMM; deferred work on
+//     its event loop, timers on the machine's virtual clock (qtest's
+//     clock_step moves it);
+//   - ManualWorkQueue: tests and fuzzers; nothing runs until the driver
+//     pumps it, timers follow a clock only the driver advances.
+// So the same device code runs with or without threads and an event loop.
 #pragma once
 
 #include <cstdint>

@@ -71,8 +71,13 @@ void Machine::remove_irq_listener(ListenerId id) {
 
 void MachineTimers::defer(Callback cb) { loop_.defer(std::move(cb)); }
 
-devices::DeviceTimers::Id MachineTimers::add_timer(int64_t delay_ns, Callback cb) {
-    return clock_.add_timer(clock_.now() + (delay_ns > 0 ? delay_ns : 0), std::move(cb));
+WorkQueue::TimerId MachineTimers::add_timer(uint64_t delay_ns, Callback cb) {
+    // The clock counts in int64_t: a deadline past its end never comes.
+    const int64_t now = clock_.now();
+    const int64_t deadline = delay_ns > static_cast<uint64_t>(INT64_MAX - now)
+                                 ? INT64_MAX
+                                 : now + static_cast<int64_t>(delay_ns);
+    return clock_.add_timer(deadline, std::move(cb));
 }
 
 void Machine::system_reset() {

@@ -15,8 +15,8 @@
 #include <string>
 #include <vector>
 
-#include "devices/timers.h"
 #include "pci/pci_function.h"
+#include "util/work_queue.h"
 #include "vmm/chipset.h"
 #include "vmm/guest_ram.h"
 #include "vmm/irq_router.h"
@@ -48,12 +48,12 @@ private:
 
 // Device timers of in-process models: deferred work on the event loop,
 // guest time on the machine's virtual clock.
-class MachineTimers final : public devices::DeviceTimers {
+class MachineTimers final : public WorkQueue {
 public:
     MachineTimers(EventLoop& loop, VirtualClock& clock) : loop_(loop), clock_(clock) {}
     void defer(Callback cb) override;
-    Id add_timer(int64_t delay_ns, Callback cb) override;
-    void cancel(Id id) override { clock_.cancel(id); }
+    TimerId add_timer(uint64_t delay_ns, Callback cb) override;
+    void cancel_timer(TimerId id) override { clock_.cancel(id); }
 
 private:
     EventLoop& loop_;
@@ -70,7 +70,7 @@ public:
     PciBus& bus() { return bus_; }
     IrqRouter& irq() { return irq_; }
     VirtualClock& clock() { return clock_; }
-    devices::DeviceTimers& timers() { return timers_; }
+    WorkQueue& timers() { return timers_; }
 
     // The legacy IRQ that INTA# of `devfn` is routed to now (PIIX3 registers).
     std::optional<unsigned> routed_irq(int devfn) const {

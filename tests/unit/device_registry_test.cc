@@ -6,10 +6,10 @@
 
 #include <gtest/gtest.h>
 
-#include "devices/timers.h"
 #include "hw/edu.h"
 #include "mem/guest_memory.h"
 #include "util/event_loop.h"
+#include "util/manual_work_queue.h"
 
 using namespace mpq;
 using namespace mpq::devices;
@@ -91,7 +91,7 @@ TEST(DeviceRegistry, DriveParser) {
 TEST(DeviceSet, BuildsPlugsAndRemovesAtRunTime) {
     Img img;
     EventLoop loop;
-    ManualTimers timers;
+    ManualWorkQueue timers;
     GuestMemory mem;
     Plugs plugs;
     {
@@ -152,7 +152,7 @@ TEST(DeviceSet, BuildsPlugsAndRemovesAtRunTime) {
 // one device removes that device only.
 TEST(DeviceSet, GeneratedIdsStayUnique) {
     EventLoop loop;
-    ManualTimers timers;
+    ManualWorkQueue timers;
     GuestMemory mem;
     Plugs plugs;
     DeviceSet set(loop, &mem, timers, plugs);

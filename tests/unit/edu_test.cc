@@ -1,5 +1,5 @@
 // The edu device model against QEMU's docs/specs/edu.rst, driven
-// synchronously: guest memory is a host buffer, time is ManualTimers.
+// synchronously: guest memory is a host buffer, time is ManualWorkQueue.
 #include "hw/edu.h"
 
 #include <gtest/gtest.h>
@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "mem/guest_memory.h"
+#include "util/manual_work_queue.h"
 
 using namespace mpq;
 using namespace mpq::hw;
@@ -26,7 +27,7 @@ constexpr uint64_t kRamBase = 0;
 constexpr size_t kRamSize = 1 << 20;
 
 struct Rig {
-    devices::ManualTimers timers;
+    ManualWorkQueue timers;
     std::vector<uint8_t> ram = std::vector<uint8_t>(kRamSize);
     GuestMemory mem;
     Line line;
@@ -210,7 +211,7 @@ TEST(Edu, HostileDmaIsRefused) {
 }
 
 TEST(Edu, DestroyedWithWorkPendingIsSafe) {
-    devices::ManualTimers timers;
+    ManualWorkQueue timers;
     {
         Edu edu(timers, kEduDefaultDmaMask);
         edu.bar_write(0, kEduRegFactorial, 4, 4);

@@ -8,6 +8,10 @@ namespace {
 
 using Fidelity = LsiBench;
 
+uint32_t le32_at(const std::vector<uint8_t>& m, size_t at) {
+    return m[at] | m[at + 1] << 8 | m[at + 2] << 16 | static_cast<uint32_t>(m[at + 3]) << 24;
+}
+
 // DFIFO and DCMD are the chip's report of the last block move and the last
 // fetched instruction: a host (or SCRIPTS LOAD) write leaves them alone.
 TEST_F(Fidelity, DfifoAndDcmdIgnoreWrites) {
@@ -141,6 +145,52 @@ TEST_F(Fidelity, ByteCountsAfterAnOrdinaryCommand) {
     EXPECT_EQ(rl(L::kDnad), 0x2300u);
     EXPECT_EQ(rl(L::kRbc), 0u);
     EXPECT_EQ(rl(L::kUa), 0x2304u);
+}
+
+// DMODE.SIOM / DIOM put a memory move's source / destination in PCI I/O
+// space: our own I/O BAR answers there (registers), other ports below 64 KiB
+// read as all ones, above it as zero, and guest memory at the same address
+// is neither read nor written.
+TEST_F(Fidelity, DmodeIoSpaceMemoryMoves) {
+    for (int i = 0; i < 4; i++) ram[0x3000 + i] = static_cast<uint8_t>(0xa1 + i);
+    ram[0x20000] = 0x5a;
+    std::memset(&ram[0x4000], 0xee, 0x40);
+    wl(L::kScratchA, 0x44332211);
+    wb(L::kDmode, 0x20);  // SIOM
+    prog(0x1000, {memmove_insn(4), kIoBase + L::kScratchA, 0x4000, memmove_insn(4), 0x3000, 0x4010,
+                  memmove_insn(4), 0x20000, 0x4020, kInt, 1});
+    run(0x1000);
+    EXPECT_TRUE(pump_until([&] { return stopped(); }));
+    EXPECT_EQ(le32_at(ram, 0x4000), 0x44332211u);
+    EXPECT_EQ(le32_at(ram, 0x4010), 0xffffffffu);
+    EXPECT_EQ(le32_at(ram, 0x4020), 0u);
+    rb(L::kDstat);
+    wb(L::kDmode, 0x10);  // DIOM
+    prog(0x1000, {memmove_insn(4), 0x3000, kIoBase + L::kScratchB, memmove_insn(4), 0x3000, 0x4030, kInt, 2});
+    run(0x1000);
+    EXPECT_TRUE(pump_until([&] { return stopped(); }));
+    EXPECT_EQ(rl(L::kScratchB), 0xa4a3a2a1u);
+    EXPECT_EQ(le32_at(ram, 0x4030), 0xeeeeeeeeu);
+}
+
+// The general purpose timer expires at once when STIME1 is written: with
+// SIEN1.GEN enabled, a SCRIPTS LOAD into STIME1 halts SCRIPTS right after
+// the LOAD with SIP; masked, SCRIPTS run on and only SIST1.GEN is set.
+TEST_F(Fidelity, GeneralPurposeTimerHaltsScriptsWhenEnabled) {
+    ram[0x3000] = 0x0c;
+    wb(L::kSien1, L::kSist1Gen);
+    prog(0x1000, {load(L::kStime1, 1), 0x3000, kInt, 1});
+    run(0x1000);
+    EXPECT_TRUE(pump_until([&] { return stopped(); }));
+    EXPECT_EQ(rb(L::kIstat0) & (L::kIstatSip | L::kIstatDip), L::kIstatSip);
+    EXPECT_EQ(rl(L::kDsp), 0x1008u);
+    EXPECT_EQ(rb(L::kSist1), L::kSist1Gen);
+    wb(L::kSien1, 0);
+    prog(0x1000, {load(L::kStime1, 1), 0x3000, kInt, 2});
+    run(0x1000);
+    EXPECT_TRUE(pump_until([&] { return stopped(); }));
+    EXPECT_EQ(rl(L::kDsps), 2u);
+    EXPECT_EQ(rb(L::kSist1), L::kSist1Gen);
 }
 
 }  // namespace

@@ -1,7 +1,9 @@
 // ManualWorkQueue: deferred work in order and never inside defer(), timers
-// on a virtual clock, cancellation, and the bound on a pump.
+// on a virtual clock (deferred work running as time passes), cancellation,
+// and the bound on a pump.
 #include <gtest/gtest.h>
 
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -72,6 +74,42 @@ TEST(ManualWorkQueue, RunUntilIdleRunsDeferredWorkBeforeTimersAndRearmedTimers) 
     EXPECT_TRUE(q.run_until_idle(100));
     EXPECT_EQ(log, "dttt");
     EXPECT_EQ(q.now_ns(), 2010u);
+}
+
+TEST(ManualWorkQueue, AdvanceRunsDeferredWorkAsTimePassesAndTimersSeeTheirDeadline) {
+    ManualWorkQueue q;
+    std::string log;
+    std::vector<uint64_t> seen;
+    q.defer([&] { log += "d"; });
+    q.add_timer(100, [&] {
+        log += "a";
+        seen.push_back(q.now_ns());
+        q.defer([&] { log += "x"; });  // work a timer starts runs in the same span
+        q.add_timer(50, [&] {
+            log += "b";
+            seen.push_back(q.now_ns());
+        });
+    });
+    q.add_timer(500, [&] { log += "late"; });
+    EXPECT_TRUE(q.advance(200));
+    EXPECT_EQ(log, "daxb");
+    EXPECT_EQ(seen, std::vector<uint64_t>({100, 150}));
+    EXPECT_EQ(q.now_ns(), 200u);
+    EXPECT_EQ(q.pending(), 1u);
+}
+
+TEST(ManualWorkQueue, AdvanceStopsAtItsBoundWhenATimerKeepsRearmingAtZeroDelay) {
+    ManualWorkQueue q;
+    int ticks = 0;
+    std::function<void()> tick = [&] {
+        ++ticks;
+        q.add_timer(0, tick);
+    };
+    q.add_timer(10, tick);
+    EXPECT_FALSE(q.advance(20, 50));
+    EXPECT_EQ(ticks, 50);
+    EXPECT_EQ(q.now_ns(), 20u);
+    EXPECT_EQ(q.timers_armed(), 1u);  // overdue, fires at the next pump
 }
 
 TEST(ManualWorkQueue, TimerDelayNearTheEndOfTimeDoesNotWrap) {

@@ -178,6 +178,27 @@ TEST(SandboxPolicy, QemuGroupsAddTheirSyscallsBack) {
     EXPECT_FALSE(has(parse_ok("on"), "openat"));
 }
 
+TEST(SandboxPolicy, WorkerSupervisorWaitsPassesFdsAndLogs) {
+    // -x-worker on: the supervisor never opens, executes, forks or maps
+    // executable memory; the README gives its count.
+    auto p = sb::describe_policy(parse_ok("on,spawn=allow,open=rw"), sb::Role::WorkerSupervisor);
+    size_t n = 0;
+    for (const auto& e : p) {
+        if (e.scope != sb::Scope::Always) continue;
+        ++n;
+        EXPECT_FALSE(e.why.empty()) << e.name;
+        EXPECT_GE(e.nr, 0) << e.name;
+        for (std::string_view bad : {"execve", "execveat", "openat", "open", "socket", "clone", "clone3",
+                                     "fork", "vfork", "ptrace", "connect", "accept4", "bind", "mprotect",
+                                     "io_uring_setup", "memfd_create"})
+            EXPECT_NE(e.name, bad) << "supervisor must not have " << bad;
+        if (e.name == "kill" || e.name == "mmap" || e.name == "socketpair") {
+            EXPECT_TRUE(e.has_arg_filter) << e.name;
+        }
+    }
+    EXPECT_EQ(n, 22u);
+}
+
 TEST(SandboxPolicy, PidNamespaceSupervisorCanOnlyWaitAndSignal) {
     // Whatever -sandbox groups say: they concern the device process.
     auto p = sb::describe_policy(parse_ok("on,spawn=allow,open=rw"),

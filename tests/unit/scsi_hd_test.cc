@@ -147,8 +147,13 @@ protected:
     Sense request_sense() {
         auto o = run({0x03, 0, 0, 0, 32, 0});
         EXPECT_EQ(o.status, Status::Good);
-        EXPECT_EQ(o.data.size(), 18u);
-        if (o.data.size() < 18) return {};
+        if (o.data.size() < 18) {
+            ADD_FAILURE() << "sense data of " << o.data.size() << " bytes";
+            return {};
+        }
+        // Pending sense data is 18 bytes; NO SENSE is padded to the allocation length.
+        bool none = o.data[2] == 0 && o.data[12] == 0 && o.data[13] == 0;
+        EXPECT_EQ(o.data.size(), none ? 32u : 18u);
         EXPECT_EQ(o.data[0], 0x70);
         EXPECT_EQ(o.data[7], 10);
         return Sense{o.data[2], o.data[12], o.data[13]};
@@ -326,6 +331,23 @@ TEST_F(ScsiHdTest, RequestSenseReturnsLastErrorOnceAndShortTransfer) {
     EXPECT_EQ(o.data[0], 0x72);
     EXPECT_EQ(o.data[1], 0x05);
     EXPECT_EQ(o.data[2], 0x24);
+}
+
+// REQUEST SENSE with nothing pending answers NO SENSE padded with zeros to
+// the allocation length (as stock QEMU's scsi-hd); pending sense data goes
+// out as its 18 bytes (see the test above).
+TEST_F(ScsiHdTest, RequestSenseNoSensePaddedToAllocationLength) {
+    auto o = run({0x03, 0, 0, 0, 96, 0});
+    expect_good(o);
+    ASSERT_EQ(o.data.size(), 96u);
+    EXPECT_EQ(o.residual, 0u);
+    EXPECT_EQ(o.data[0], 0x70);
+    EXPECT_EQ(o.data[2], 0x00);
+    EXPECT_EQ(o.data[7], 10);
+    for (size_t i = 18; i < o.data.size(); i++) EXPECT_EQ(o.data[i], 0) << i;
+    expect_sense(run({0xff, 0, 0, 0, 0, 0}), kInvalidOpcode);
+    o = run({0x03, 0, 0, 0, 96, 0});
+    EXPECT_EQ(o.data.size(), 18u);
 }
 
 // Sense data is kept only until the next command: a REQUEST SENSE after
