@@ -16,6 +16,20 @@
 // consistent at every instant in between, for a kill as for a power
 // failure. Only queued decrements wait for an explicit flush; losing them
 // leaks clusters, never data.
+// On a version 3 image (and a file not opened O_DSYNC) the barriers of
+// step 3 are left to the explicit flush: before the first metadata write
+// since open or since the last flush, the header's dirty bit is set and
+// made durable (one fdatasync), then each request's tables are written in
+// the same order with plain writes, which is all a process death needs (the
+// kernel keeps them, in order). Two barriers stay, each amortised: before
+// the L1 entry that links a new L2 table (L1 pointing at a stale cluster is
+// beyond a refcount rebuild), and, before L2 tables are written, one that
+// makes the file's new length durable a few MiB ahead (an L2 entry past the
+// end of the file is beyond it too). A power failure may then leave refcounts
+// behind the tables, which the dirty bit announces: whoever opens the image
+// next (this driver, QEMU, qemu-img) rebuilds the refcounts first. The flush
+// writes everything back with its barriers and clears the bit. Version 2
+// has no dirty bit and keeps the barriers on every allocating request.
 #pragma once
 
 #include <cstdint>
@@ -168,6 +182,16 @@ private:
     Status write_l1();
     Status apply_pending_frees();
     Status flush_metadata();
+    // Makes the dirty bit durable unless it already is (see the top).
+    Status mark_dirty();
+    // Under the dirty bit, before L2 tables are written: an L2 entry must
+    // not outlive a power failure pointing past the end of the file (no
+    // repair can give that cluster a meaning), so a file that grew since
+    // the last barrier is extended a few MiB ahead and made durable.
+    Status durable_length();
+    // Whether metadata writes between flushes go without barriers, under
+    // the dirty bit.
+    bool unordered_until_flush() const { return hdr_.version >= 3 && !sync_file_ && !write_failed_; }
     // After a guest-visible update: commit_metadata() unless batched.
     Status updated();
     Status write_header_field(size_t off, std::span<const uint8_t> bytes);
@@ -199,7 +223,10 @@ private:
     std::vector<uint64_t> pending_frees_;  // host cluster indexes
     uint64_t free_hint_ = 0;
     uint64_t alloc_end_ = 0;  // one past the highest cluster we allocated
-    bool dirty_bit_set_ = false;  // we set the dirty bit (lazy refcounts)
+    bool dirty_bit_set_ = false;  // we set the dirty bit in the file's header
+    bool lazy_refcounts_ = false;  // keep it set until close
+    uint64_t durable_size_ = 0;  // file length as of the last barrier
+    bool write_failed_ = false;  // a write to the file failed once
     bool rebuilt_ = false;
     bool closed_ = false;
     bool broken_ = false;  // a metadata write failed: refuse further writes

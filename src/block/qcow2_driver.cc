@@ -102,6 +102,7 @@ Status Qcow2Driver::load(const DriveOptions& opts, ChainState& chain) {
         backing_ = std::move(*b);
     }
     if (!read_only_) MPQ_TRY(open_for_write());
+    durable_size_ = file_size_;
     return {};
 }
 
@@ -164,6 +165,7 @@ Status Qcow2Driver::open_for_write() {
             MPQ_TRY(set_incompat(hdr_.incompatible | kIncompatDirty));
             MPQ_TRY(file_->flush());
             dirty_bit_set_ = true;
+            lazy_refcounts_ = true;
         }
     }
     return {};
@@ -177,12 +179,11 @@ Status Qcow2Driver::close() {
     if (closed_) return {};
     closed_ = true;
     if (read_only_ || broken_) return {};
+    const bool was_dirty = dirty_bit_set_;
+    lazy_refcounts_ = false;  // flush_metadata clears the bit now
     MPQ_TRY(flush_metadata());
-    if (dirty_bit_set_) {
-        MPQ_TRY(set_incompat(hdr_.incompatible & ~kIncompatDirty));
-        MPQ_TRY(file_->flush());
-        dirty_bit_set_ = false;
-    }
+    // A clean header on the disk spares the next opener a rebuild.
+    if (was_dirty) MPQ_TRY(file_->flush());
     return {};
 }
 
@@ -365,7 +366,12 @@ Status Qcow2Driver::pread(uint64_t off, std::span<uint8_t> buf) {
 // ---- writes ----
 
 Status Qcow2Driver::write_host(uint64_t host, std::span<const uint8_t> buf) {
-    MPQ_TRY(file_->pwrite(host, buf));
+    if (auto st = file_->pwrite(host, buf); !st) {
+        // What reached the file is then uncertain: back to barriers on
+        // every request, the way that needs no dirty bit to be right.
+        write_failed_ = true;
+        return st;
+    }
     file_size_ = std::max(file_size_, host + buf.size());
     return {};
 }

@@ -204,9 +204,14 @@ Status Qcow2Driver::grow_reftable(uint64_t min_block) {
 Status Qcow2Driver::evict_l2() {
     auto& v = l2_cache_->lru();
     if (v.dirty) {
-        // Refcounts and data must be durable before an L2 entry points at them.
+        // Refcounts and data must be durable before an L2 entry points at
+        // them, or the dirty bit must say that they may not be.
+        if (unordered_until_flush()) {
+            MPQ_TRY(mark_dirty());
+            MPQ_TRY(durable_length());
+        }
         MPQ_TRY(write_dirty_refblocks());
-        MPQ_TRY(file_->flush());
+        if (!unordered_until_flush()) MPQ_TRY(file_->flush());
         MPQ_TRY(write_host(v.offset, v.data));
     }
     l2_cache_->erase_lru();
@@ -278,6 +283,39 @@ Status Qcow2Driver::flush_metadata() {
     }
     MPQ_TRY(file_->flush());
     meta_dirty_ = false;
+    durable_size_ = file_size_;
+    if (dirty_bit_set_ && !lazy_refcounts_) {
+        // Everything is durable and in order now. The cleared bit need not
+        // be durable at once: left set by a power failure it only costs a
+        // rebuild, and the next unordered write sets it durably again.
+        MPQ_TRY(set_incompat(hdr_.incompatible & ~kIncompatDirty));
+        dirty_bit_set_ = false;
+    }
+    return {};
+}
+
+Status Qcow2Driver::mark_dirty() {
+    if (dirty_bit_set_) return {};
+    // Durable before any table written under it can be, and after the data
+    // and tables written so far (which the flush also makes durable).
+    MPQ_TRY(set_incompat(hdr_.incompatible | kIncompatDirty));
+    MPQ_TRY(file_->flush());
+    dirty_bit_set_ = true;
+    return {};
+}
+
+Status Qcow2Driver::durable_length() {
+    if (file_size_ <= durable_size_) return {};
+    // Clusters are allocated from the lowest free one, so the ones ahead
+    // are taken before the file grows again: one barrier per few MiB of
+    // new clusters instead of one per request. The area ahead reads as
+    // zeroes, holds no reference and is not a leak.
+    const uint64_t ahead = std::max<uint64_t>(cs_ * 16, 4ull << 20);
+    const uint64_t end = ((file_size_ + ahead + cs_ - 1) >> cb_) << cb_;
+    std::vector<uint8_t> last(cs_, 0);
+    MPQ_TRY(write_host(end - cs_, last));
+    MPQ_TRY(file_->flush());
+    durable_size_ = file_size_;
     return {};
 }
 
@@ -288,16 +326,25 @@ Status Qcow2Driver::updated() {
 Status Qcow2Driver::commit_metadata() {
     if (!meta_dirty_ || read_only_) return {};
     // Step 3 of the write-back order without the queued decrements: new
-    // refcounts, a barrier, L2 tables, a barrier, the L1 entries. A process
-    // killed between any two of these writes leaves at worst a leaked
-    // cluster; the barriers do the same for a power failure (data written
-    // before the first one is durable before an L2 entry points at it).
+    // refcounts, L2 tables, the L1 entries. A process killed between any
+    // two of these writes leaves at worst a leaked cluster. For a power
+    // failure, version 2 puts a barrier between them (data written before
+    // the first one is durable before an L2 entry points at it); version 3
+    // sets the dirty bit instead, once until the next flush (see qcow2.h),
+    // and keeps only the barrier before an L1 entry: a new L2 table must be
+    // durable before L1 points at it, or a power failure would leave L1
+    // pointing at whatever the cluster held before (a rebuild of the
+    // refcounts cannot repair that). It costs one fdatasync per new L2
+    // table, not per request.
     // A file opened O_DSYNC is durable write by write: no barrier needed.
     const bool l2_dirty = l2_cache_->any_dirty();
     const bool l1_dirty = l1_dirty_lo_ <= l1_dirty_hi_;
+    const bool barriers = !sync_file_ && !unordered_until_flush();
+    if (unordered_until_flush()) MPQ_TRY(mark_dirty());
     MPQ_TRY(write_dirty_refblocks());
     if (l2_dirty) {
-        if (!sync_file_) MPQ_TRY(file_->flush());
+        if (unordered_until_flush()) MPQ_TRY(durable_length());
+        if (barriers) MPQ_TRY(file_->flush());
         Status st;
         l2_cache_->for_each([&](TableCache::Entry& e) {
             if (!st || !e.dirty) return;
