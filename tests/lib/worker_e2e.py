@@ -1,0 +1,161 @@
+"""A real guest (stock QEMU as the VMM, the shared guest-e2e harness) on our
+remote with -x-worker on, while the device worker is disrupted about every
+0.5 s: killed (SIGKILL; at least 10 kills) or replaced by a live update
+(QMP x-worker-restart; at least 20). The guest verifies its data, the
+harness checks the image (qemu-img check for qcow2), and the console shows no
+I/O error: stock QEMU's proxy never learns that anything happened. The
+tests/guest/test_e2e_worker_*.py cases choose the disk format and the
+disruption."""
+import os
+import re
+import signal
+import sys
+import threading
+import time
+
+import guesttest as gt
+from monitor_client import QmpClient
+
+MIN_KILLS = 10
+MIN_UPDATES = 20
+
+
+class Disruption:
+    KILL = "kill"
+    LIVE_UPDATE = "live-update"
+
+
+def comm(pid):
+    try:
+        with open("/proc/%d/comm" % pid) as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def ppid(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def workers(tag):
+    """Live workers of the remote named `tag`: a qemu-scsi-dev whose parent
+    (the supervisor) is a qemu-scsi-dev as well."""
+    out = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        pid = int(d)
+        try:
+            with open("/proc/%d/cmdline" % pid, "rb") as f:
+                cmd = f.read()
+        except OSError:
+            continue
+        if tag.encode() not in cmd or comm(pid) != "qemu-scsi-dev":
+            continue
+        if comm(ppid(pid)) == "qemu-scsi-dev":
+            out.append(pid)
+    return out
+
+
+def live_update(qmp_path):
+    """One x-worker-restart. The monitor socket is the worker's: a
+    successor opens it again, so every update is a new connection."""
+    c = QmpClient(qmp_path)
+    try:
+        c.negotiate()
+        r = c.cmd("x-worker-restart")
+    finally:
+        c.close()
+    if "return" not in r:
+        raise RuntimeError("x-worker-restart: %r" % r)
+
+
+def run(disk_format, disruption):
+    gt.require_host()
+    harness = os.path.join(gt.SHARED, "tools", "guest-e2e", "run-e2e.py")
+    if not os.path.isfile(harness):
+        gt.skip("shared harness not found at %s (MPQ_SHARED_DIR)" % harness)
+    remote = gt.require_our_remote()
+    sb = gt.Sandbox("e2ekill")
+    qmp_path = os.path.join(sb.tmp, "qmp.sock")
+    template = ("%s {fd} -name %s -x-worker on -device lsi53c895a,id=lsi0 "
+                "-drive id=d0,file={disk},format={format},if=none "
+                "-device scsi-hd,id=sd0,drive=d0,bus=lsi0.0,scsi-id=0 "
+                "-qmp unix:%s,server=on,wait=off" % (remote, sb.tag, qmp_path))
+    argv = [sys.executable, harness, "--remote-cmd", template, "--workload", "basic",
+            "--disk-format", disk_format, "--timeout", "400", "--workdir-base", sb.tmp,
+            "--main-extra", "-name %s" % sb.tag,
+            "--keep-logs", os.path.join(sb.tmp, "logs")] + gt.e2e_accel_args()
+    kills = []
+    update_errors = []
+    stop = threading.Event()
+
+    def killer():
+        while not stop.wait(0.5):
+            for pid in workers(sb.tag):
+                if disruption == Disruption.KILL:
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                        kills.append(pid)
+                    except ProcessLookupError:
+                        pass
+                    continue
+                try:
+                    live_update(qmp_path)
+                    kills.append(pid)
+                except (OSError, EOFError, ValueError, RuntimeError) as e:
+                    # A monitor that is being opened again by a successor
+                    # refuses or drops the connection: the next round retries.
+                    update_errors.append(str(e))
+
+    th = threading.Thread(target=killer, daemon=True)
+    th.start()
+    try:
+        rc, out, err = gt.run(argv, sb, timeout=500)
+    finally:
+        stop.set()
+        th.join()
+    text = out + err
+
+    def kept(name):
+        try:
+            with open(os.path.join(sb.tmp, "logs", name), errors="replace") as f:
+                return f.read()
+        except OSError:
+            return ""
+    console = kept("console.log") + kept("dmesg.txt")
+    remote_log = kept("remote-stderr.log") + kept("remote.log")
+    want = MIN_KILLS if disruption == Disruption.KILL else MIN_UPDATES
+    what = "worker kills" if disruption == Disruption.KILL else "live updates"
+    if rc != 0 or not re.search(r"^E2E PASS", out, re.M):
+        gt.fail("guest-e2e basic/%s with %s: rc=%s after %d" % (disk_format, what, rc, len(kills)))
+    if len(kills) < want:
+        gt.fail("only %d %s during the run (want %d; %d refused: %s)"
+                % (len(kills), what, want, len(update_errors), update_errors[-3:]))
+    if not console:
+        gt.fail("no guest console kept")
+    bad = [l for l in console.splitlines()
+           if re.search(r"I/O error|abort|ABORT|timing out|timed out|rejecting I/O|error handler|"
+                        r"host reset|offline", l)]
+    # sym53c8xx resets the bus once when it starts; another reset is its
+    # error handler at work.
+    resets = kept("console.log").count("SCSI BUS has been reset")
+    if resets > 1:
+        bad.append("%d SCSI bus resets" % resets)
+    # The disk's power-on unit attention is seen once, at probe; another
+    # one would be a worker that came up from power-on instead of the state.
+    power_on = kept("console.log").count("Power-on or device reset occurred")
+    if power_on > 1:
+        bad.append("%d power-on unit attentions" % power_on)
+    if bad:
+        gt.fail("the guest saw the deaths:\n" + "\n".join(bad[:20]))
+    restarts = len(re.findall(r"starting (?:a|its) successor", remote_log))
+    if restarts < want:
+        gt.fail("the remote restarted its worker %d times (want >= %d)" % (restarts, want))
+    sb.assert_clean(keep=("logs", "qmp.sock"))
+    sb.cleanup()
+    print("PASS (%s, %d %s, %d restarts)" % (disk_format, len(kills), what, restarts))
