@@ -72,6 +72,9 @@ void sanitizer_runtime(std::vector<Rule>& r) {
     r.push_back({"open", {masked_eq(1, kWriting, 0)},
                  "sanitizer builds only: /proc and debug info, read-only", 0,
                  Scope::SanitizerBuild});
+    // A report (SEGV included) stats the binary it symbolizes.
+    r.push_back({"newfstatat", {}, "sanitizer builds only: a report stats the binary it symbolizes", 0,
+                 Scope::SanitizerBuild});
 }
 #endif
 
@@ -234,6 +237,10 @@ void worker_supervisor(std::vector<Rule>& r) {
 #if MPQ_SANITIZER_BUILD
     r.push_back({"sigaltstack", {}, "sanitizer builds only: ASan's signal stack", 0, Scope::SanitizerBuild});
     r.push_back({"futex", {}, "sanitizer builds only: the runtime's locks", 0, Scope::SanitizerBuild});
+    // Seen as SIGSYS (kernel record type=1326, syscall 293) when a worker
+    // died: the runtime checks memory it is handed by writing it to a pipe.
+    r.push_back({"pipe2", {}, "sanitizer builds only: ASan probes memory by writing it into a pipe", 0,
+                 Scope::SanitizerBuild});
 #endif
 }
 
