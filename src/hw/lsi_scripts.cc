@@ -186,7 +186,17 @@ void LsiController::exec_block_move(uint32_t insn, uint32_t arg) {
     uint32_t count = insn & 0xffffff;
     uint64_t addr = arg;
     uint32_t upper = 0;
-    if (insn & (1u << 28)) {
+    // With both addressing bits set, indirect wins and the count stays the
+    // instruction's, as in stock QEMU (difftest scripts:300986).
+    if (insn & (1u << 29)) {
+        uint32_t ptr = 0;
+        if (!read_dword(arg, &ptr)) {
+            script_dma_interrupt(kDstatBf);
+            return;
+        }
+        addr = ptr;
+        if (r.ccntl1 & kCcntl1En64Dbmv) upper = r.sbms;
+    } else if (insn & (1u << 28)) {
         // Table indirect: {count, address} at DSA + signed offset.
         uint8_t ent[8];
         uint64_t ta = static_cast<uint32_t>(r.dsa + static_cast<uint32_t>(sext24(arg)));
@@ -217,14 +227,6 @@ void LsiController::exec_block_move(uint32_t insn, uint32_t arg) {
             else if (sel == 0x15)
                 upper = r.dbms;
         }
-    } else if (insn & (1u << 29)) {
-        uint32_t ptr = 0;
-        if (!read_dword(arg, &ptr)) {
-            script_dma_interrupt(kDstatBf);
-            return;
-        }
-        addr = ptr;
-        if (r.ccntl1 & kCcntl1En64Dbmv) upper = r.sbms;
     } else if (r.ccntl1 & kCcntl1En64Dbmv) {
         // 64-bit direct move: a third dword carries the upper address.
         charge(1);

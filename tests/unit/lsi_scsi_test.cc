@@ -115,6 +115,29 @@ TEST_F(Scsi, InquiryTableIndirectAndIndirect) {
     EXPECT_EQ(ram[kStatus], 0);
 }
 
+// Indirect and table indirect both set: indirect wins and the count is the
+// instruction's, as stock QEMU does it (a table entry that would move
+// elsewhere, or a different length, is ignored).
+TEST_F(Scsi, IndirectBitWinsOverTableIndirect) {
+    attach_disk(Timing::Sync);
+    ram[kMsgOut] = 0x80;
+    set_cdb({0x12, 0, 0, 0, 36, 0});
+    wl(L::kDsa, kTable);
+    put32(kTable + 0x10, 8);               // a table entry: 8 bytes to kBuf + 0x200
+    put32(kTable + 0x14, kBuf + 0x200);
+    put32(kTable + 0x20, kBuf);            // the indirect pointer
+    emit_issue(1, 6);
+    emit(move_ind(kDI, 36) | (1u << 28), kTable + 0x20);
+    emit_status_and_finish(4);
+    load_program();
+    run(P);
+    ASSERT_TRUE(pump_until([&] { return stopped(); }));
+    EXPECT_EQ(rl(L::kDsps), 4u);
+    EXPECT_EQ(std::memcmp(&ram[kBuf + 8], "QEMU    QEMU HARDDISK", 21), 0);
+    EXPECT_EQ(ram[kBuf + 0x200], 0);  // the table's address was not used
+    EXPECT_EQ(ram[kStatus], 0);
+}
+
 TEST_F(Scsi, TableIndirect40BitAddress) {
     attach_disk(Timing::Sync);
     std::vector<uint8_t> high(0x10000, 0);
