@@ -1,11 +1,13 @@
 """A real guest (stock QEMU as the VMM, the shared guest-e2e harness) on our
 remote with -x-worker on, while the device worker is disrupted about every
-0.5 s: killed (SIGKILL; at least 10 kills) or replaced by a live update
-(QMP x-worker-restart; at least 20). The guest verifies its data, the
+0.5 s: killed (SIGKILL, every third kill SIGSEGV; at least 10 kills) or
+replaced by a live update (QMP x-worker-restart; at least 20). The guest verifies its data, the
 harness checks the image (qemu-img check for qcow2), and the console shows no
 I/O error: stock QEMU's proxy never learns that anything happened. The
 tests/guest/test_e2e_worker_*.py cases choose the disk format and the
-disruption."""
+disruption; `python3 tests/lib/worker_e2e.py --suite` runs the longer suite:
+the basic, fs (ext2) and perf workloads on raw and qcow2, each with kills and
+with live updates (12 guest runs, about 10 minutes)."""
 import os
 import re
 import signal
@@ -74,7 +76,7 @@ def live_update(qmp_path):
         raise RuntimeError("x-worker-restart: %r" % r)
 
 
-def run(disk_format, disruption):
+def run(disk_format, disruption, workload="basic"):
     gt.require_host()
     harness = os.path.join(gt.SHARED, "tools", "guest-e2e", "run-e2e.py")
     if not os.path.isfile(harness):
@@ -86,7 +88,7 @@ def run(disk_format, disruption):
                 "-drive id=d0,file={disk},format={format},if=none "
                 "-device scsi-hd,id=sd0,drive=d0,bus=lsi0.0,scsi-id=0 "
                 "-qmp unix:%s,server=on,wait=off" % (remote, sb.tag, qmp_path))
-    argv = [sys.executable, harness, "--remote-cmd", template, "--workload", "basic",
+    argv = [sys.executable, harness, "--remote-cmd", template, "--workload", workload,
             "--disk-format", disk_format, "--timeout", "400", "--workdir-base", sb.tmp,
             "--main-extra", "-name %s" % sb.tag,
             "--keep-logs", os.path.join(sb.tmp, "logs")] + gt.e2e_accel_args()
@@ -98,8 +100,11 @@ def run(disk_format, disruption):
         while not stop.wait(0.5):
             for pid in workers(sb.tag):
                 if disruption == Disruption.KILL:
+                    # Every third death by SIGSEGV: the supervisor sees a
+                    # crash, not only a kill.
+                    sig = signal.SIGSEGV if len(kills) % 3 == 2 else signal.SIGKILL
                     try:
-                        os.kill(pid, signal.SIGKILL)
+                        os.kill(pid, sig)
                         kills.append(pid)
                     except ProcessLookupError:
                         pass
@@ -132,7 +137,7 @@ def run(disk_format, disruption):
     want = MIN_KILLS if disruption == Disruption.KILL else MIN_UPDATES
     what = "worker kills" if disruption == Disruption.KILL else "live updates"
     if rc != 0 or not re.search(r"^E2E PASS", out, re.M):
-        gt.fail("guest-e2e basic/%s with %s: rc=%s after %d" % (disk_format, what, rc, len(kills)))
+        gt.fail("guest-e2e %s/%s with %s: rc=%s after %d" % (workload, disk_format, what, rc, len(kills)))
     if len(kills) < want:
         gt.fail("only %d %s during the run (want %d; %d refused: %s)"
                 % (len(kills), what, want, len(update_errors), update_errors[-3:]))
@@ -158,4 +163,23 @@ def run(disk_format, disruption):
         gt.fail("the remote restarted its worker %d times (want >= %d)" % (restarts, want))
     sb.assert_clean(keep=("logs", "qmp.sock"))
     sb.cleanup()
-    print("PASS (%s, %d %s, %d restarts)" % (disk_format, len(kills), what, restarts))
+    print("PASS (%s, %s, %d %s, %d restarts)" % (workload, disk_format, len(kills), what, restarts))
+
+
+def suite():
+    """Every workload on both formats with both disruptions, one after the
+    other; stops at the first failure (gt.fail exits)."""
+    for workload in ("basic", "fs", "perf"):
+        for fmt in ("raw", "qcow2"):
+            for d in (Disruption.KILL, Disruption.LIVE_UPDATE):
+                print("== %s %s %s" % (workload, fmt, d), flush=True)
+                run(fmt, d, workload)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--suite"]:
+        suite()
+    elif len(sys.argv) == 4:
+        run(sys.argv[2], sys.argv[3], sys.argv[1])
+    else:
+        sys.exit("usage: worker_e2e.py --suite | WORKLOAD FORMAT kill|live-update")
