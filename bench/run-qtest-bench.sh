@@ -120,5 +120,32 @@ for k, what in (("scsi_randread_4k_iops", "4 KiB random-read IOPS"), ("scsi_seqr
               % (what, a / b, "%.2fx" % p if p else "-", verdict(a / b >= 1.5)))
     else:
         print("(b) %s: not measured (needs scsi, vmm-ours and stock-multi)" % what)
+
+# Multi-process at in-process speed: ours against stock QEMU's in-process
+# controller (stock-single) and against our own (vmm-inproc).
+print("\n## In-process speed targets (vmm-ours against stock-single and vmm-inproc)")
+io = (("scsi_randread_4k_iops", "4 KiB random read IOPS"), ("scsi_randwrite_4k_iops", "4 KiB random write IOPS"),
+      ("scsi_seqread_1MiB_MBps", "1 MiB sequential read MB/s"), ("scsi_seqwrite_1MiB_MBps", "1 MiB sequential write MB/s"))
+for base, need in (("stock-single", 1.0), ("vmm-inproc", 0.8)):
+    for k, what in io:
+        a, b = med(k, "vmm-ours"), med(k, base)
+        if a and b:
+            p = paired(k, "vmm-ours", base)
+            print("%s vs %s: %.0f / %.0f = %.2fx (paired %s)  (target >= %.1fx): %s"
+                  % (what, base, a, b, a / b, "%.2fx" % p if p else "-", need, verdict(a / b >= need)))
+        else:
+            print("%s vs %s: not measured (needs scsi and both targets)" % (what, base))
+a, b = med("scsi_tur_us", "vmm-ours"), med("scsi_tur_us", "stock-single")
+if a and b:
+    print("TEST UNIT READY latency vs stock-single: %.1f / %.1f us = %.2fx  (target <= 1.0x): %s"
+          % (a, b, a / b, verdict(a <= b)))
+else:
+    print("TEST UNIT READY latency: not measured (needs scsi, vmm-ours and stock-single)")
+a, b = med("irq_latency_us", "vmm-ours"), med("irq_latency_us", "vmm-inproc")
+if a and b:
+    print("IRQ latency vs vmm-inproc: %.1f / %.1f us = %.2fx  (target <= 1.5x): %s"
+          % (a, b, a / b, verdict(a / b <= 1.5)))
+else:
+    print("IRQ latency: not measured (needs irq, vmm-ours and vmm-inproc)")
 PY
 exit $rc
