@@ -267,9 +267,11 @@ int main(int argc, char** argv) {
     }
 
     // Drives added later (blockdev-add, drive_add) cannot start threads once
-    // the sandbox is on: their I/O workers wait here, started now.
+    // the sandbox is on: their I/O workers wait here, started now. Not in a
+    // -x-worker worker: it refuses hot-plug, and every successor would pay
+    // for six threads before it serves again.
     const bool sandboxed = sandbox_opts.mode == sandbox::Mode::On;
-    if (sandboxed) late_workers = std::make_unique<ThreadReserve>(kLateDriveWorkers);
+    if (sandboxed && !wctx) late_workers = std::make_unique<ThreadReserve>(kLateDriveWorkers);
 
     // Everything is open (images, sockets, monitors, log file) and the I/O
     // threads run: close the door. Kept fds: the sockets we were handed.
