@@ -63,6 +63,12 @@ int output_fd() {
     return out ? fileno(out) : 2;
 }
 
-void set_timestamps(bool on) { g_timestamps = on; }
+void set_timestamps(bool on) {
+    g_timestamps = on;
+    // glibc reads the time zone (opens /etc/localtime) on the first
+    // gmtime_r: done now, while open() is allowed, not at the first
+    // timestamped line after the sandbox closed it (SIGSYS).
+    if (on) ::tzset();
+}
 
 }  // namespace mpq::log

@@ -192,12 +192,27 @@ def namespaces(tmp, disk):
         rig.stop()
 
 
+def timestamps(tmp, disk):
+    """-msg timestamp=on: the first timestamped line after the sandbox is
+    up must not need a file (glibc's time zone) the sandbox no longer opens."""
+    rig = fr.Rig(tmp, disk, remote_args=["-msg", "timestamp=on"])
+    try:
+        rig.start()
+        workload(rig, "-msg timestamp=on")
+        log = rig.log("remote")
+        assert re.search(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z qemu-scsi-dev: ", log, re.M), log
+        print("-msg timestamp=on: serving sandboxed, lines timestamped")
+    finally:
+        rig.stop()
+
+
 def run():
     fr.need_peers()
     with fr.TmpDir() as tmp:
         disk = os.path.join(tmp, "disk.img")
         fr.make_raw(disk, 16, pattern=b"mpq-sandbox-test")
         default_sandbox_serves(tmp, disk)
+        timestamps(tmp, disk)
         for name in ("execve", "socket", "openat", "mmap-exec"):
             forbidden(tmp, disk, name, None, "kill")
         forbidden(tmp, disk, "execve", "on,action=log", "log")
