@@ -173,6 +173,10 @@ inline constexpr uint8_t kGpcntlValue = 0x0f;
 inline constexpr uint8_t kMacntlValue = 0x0f;
 inline constexpr uint8_t kUnknownRead = 0xff;
 
+// Block move instruction (first dword), addressing mode bits.
+inline constexpr uint32_t kMoveIndirect = 1u << 29;       // second dword points to the address
+inline constexpr uint32_t kMoveTableIndirect = 1u << 28;  // {count, address} at DSA + offset
+
 // SCSI bus phases (MSG, C/D, I/O).
 enum class Phase : uint8_t {
     DataOut = 0,

@@ -188,7 +188,7 @@ void LsiController::exec_block_move(uint32_t insn, uint32_t arg) {
     uint32_t upper = 0;
     // With both addressing bits set, indirect wins and the count stays the
     // instruction's, as in stock QEMU (difftest scripts:300986).
-    if (insn & (1u << 29)) {
+    if (insn & kMoveIndirect) {
         uint32_t ptr = 0;
         if (!read_dword(arg, &ptr)) {
             script_dma_interrupt(kDstatBf);
@@ -196,7 +196,7 @@ void LsiController::exec_block_move(uint32_t insn, uint32_t arg) {
         }
         addr = ptr;
         if (r.ccntl1 & kCcntl1En64Dbmv) upper = r.sbms;
-    } else if (insn & (1u << 28)) {
+    } else if (insn & kMoveTableIndirect) {
         // Table indirect: {count, address} at DSA + signed offset.
         uint8_t ent[8];
         uint64_t ta = static_cast<uint32_t>(r.dsa + static_cast<uint32_t>(sext24(arg)));

@@ -268,8 +268,8 @@ int main(int argc, char** argv) {
 
     // Drives added later (blockdev-add, drive_add) cannot start threads once
     // the sandbox is on: their I/O workers wait here, started now. Not in a
-    // -x-worker worker: it refuses hot-plug, and every successor would pay
-    // for six threads before it serves again.
+    // -x-worker worker: it refuses hot-plug, and every successor would start
+    // the whole reserve before it serves again.
     const bool sandboxed = sandbox_opts.mode == sandbox::Mode::On;
     if (sandboxed && !wctx) late_workers = std::make_unique<ThreadReserve>(kLateDriveWorkers);
 

@@ -44,12 +44,18 @@ ArgCmp eq(unsigned arg, uint64_t value) { return ArgCmp{arg, SCMP_CMP_EQ, value}
 // through the integration tests with action=log and reading the kernel's
 // seccomp records (type=1326). Without these the sandboxed remote dies by
 // SIGSYS at exit (LSan's leak check) or while printing a report.
+// The runtime checks memory it is handed (e.g. at a report) by writing it
+// into a pipe; the -x-worker supervisor reaches this when its worker dies.
+void sanitizer_memory_probe(std::vector<Rule>& r) {
+    r.push_back({"pipe2", {}, "sanitizer builds only: ASan probes memory by writing it into a pipe", 0,
+                 Scope::SanitizerBuild});
+}
+
 void sanitizer_runtime(std::vector<Rule>& r) {
     const char* why_thread = "sanitizer builds only: ASan sets up each new thread";
     r.push_back({"sigaltstack", {}, why_thread, 0, Scope::SanitizerBuild});
     r.push_back({"sched_getaffinity", {}, why_thread, 0, Scope::SanitizerBuild});
-    r.push_back({"pipe2", {}, "sanitizer builds only: ASan probes memory by writing it into a pipe", 0,
-                 Scope::SanitizerBuild});
+    sanitizer_memory_probe(r);
     // LSan's exit-time check stops the world: a tracer task (clone with
     // CLONE_UNTRACED, no CLONE_THREAD) lists /proc/PID/task and ptrace-attaches
     // every thread to scan their registers and stacks.
@@ -237,10 +243,8 @@ void worker_supervisor(std::vector<Rule>& r) {
 #if MPQ_SANITIZER_BUILD
     r.push_back({"sigaltstack", {}, "sanitizer builds only: ASan's signal stack", 0, Scope::SanitizerBuild});
     r.push_back({"futex", {}, "sanitizer builds only: the runtime's locks", 0, Scope::SanitizerBuild});
-    // Seen as SIGSYS (kernel record type=1326, syscall 293) when a worker
-    // died: the runtime checks memory it is handed by writing it to a pipe.
-    r.push_back({"pipe2", {}, "sanitizer builds only: ASan probes memory by writing it into a pipe", 0,
-                 Scope::SanitizerBuild});
+    // Without it the supervisor died by SIGSYS when a worker died.
+    sanitizer_memory_probe(r);
 #endif
 }
 

@@ -1,13 +1,13 @@
 """A real guest (stock QEMU as the VMM, the shared guest-e2e harness) on our
 remote with -x-worker on, while the device worker is disrupted about every
 0.5 s: killed (SIGKILL, every third kill SIGSEGV; at least 10 kills) or
-replaced by a live update (QMP x-worker-restart; at least 20). The guest verifies its data, the
-harness checks the image (qemu-img check for qcow2), and the console shows no
-I/O error: stock QEMU's proxy never learns that anything happened. The
-tests/guest/test_e2e_worker_*.py cases choose the disk format and the
-disruption; `python3 tests/lib/worker_e2e.py --suite` runs the longer suite:
-the basic, fs (ext2) and perf workloads on raw and qcow2, each with kills and
-with live updates (12 guest runs, about 10 minutes)."""
+replaced by a live update (QMP x-worker-restart; at least 20). The guest
+verifies its data, the harness checks the image (qemu-img check for qcow2),
+and the console shows no I/O error: stock QEMU's proxy never learns that
+anything happened. The tests/guest/test_e2e_worker_*.py cases choose the disk
+format and the disruption; `python3 tests/lib/worker_e2e.py --suite` runs the
+longer suite: the basic, fs (ext2) and perf workloads on raw and qcow2, each
+with kills and with live updates (12 guest runs, about 3 minutes on 2 cores)."""
 import os
 import re
 import signal

@@ -127,7 +127,7 @@ TEST_F(Scsi, IndirectBitWinsOverTableIndirect) {
     put32(kTable + 0x14, kBuf + 0x200);
     put32(kTable + 0x20, kBuf);            // the indirect pointer
     emit_issue(1, 6);
-    emit(move_ind(kDI, 36) | (1u << 28), kTable + 0x20);
+    emit(move_ind(kDI, 36) | move_ti(kDI), kTable + 0x20);
     emit_status_and_finish(4);
     load_program();
     run(P);
