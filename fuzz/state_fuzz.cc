@@ -6,7 +6,8 @@
 //
 // Input: [mode:u8][blob]. mode bit 0: rewrite the header's payload length
 // and CRC first, so that mutations reach the section parser instead of all
-// dying at the checksum.
+// dying at the checksum; bit 1: decode as a worker's publish, which may
+// omit the checksum.
 // Checks: no crash/UB/leak (ASan), every call returns (libFuzzer -timeout),
 // and a state that was accepted can always be saved again and that blob
 // decodes (restore never leaves the devices in a state the format cannot
@@ -71,8 +72,10 @@ void reseal(std::vector<uint8_t>& b) {
     if (b.size() < mpq::state::kHeaderSize) return;
     uint64_t len = b.size() - mpq::state::kHeaderSize;
     for (int i = 0; i < 8; i++) b[16 + i] = static_cast<uint8_t>(len >> (8 * i));
-    uint32_t c = static_cast<uint32_t>(
-        ::crc32(::crc32(0, nullptr, 0), b.data() + mpq::state::kHeaderSize, static_cast<uInt>(len)));
+    uint32_t c = (b[12] & mpq::state::kFlagNoChecksum)
+                     ? 0
+                     : static_cast<uint32_t>(::crc32(::crc32(0, nullptr, 0), b.data() + mpq::state::kHeaderSize,
+                                                     static_cast<uInt>(len)));
     for (int i = 0; i < 4; i++) b[24 + i] = static_cast<uint8_t>(c >> (8 * i));
 }
 
@@ -82,7 +85,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     if (size < 1) return 0;
     std::vector<uint8_t> blob(data + 1, data + size);
     if (data[0] & 1) reseal(blob);
-    auto img = mpq::state::decode(blob);
+    // Bit 1: read it as a worker's publish (a missing checksum allowed).
+    auto img = mpq::state::decode(blob, (data[0] & 2) ? mpq::state::ChecksumPolicy::MayBeOmitted
+                                                      : mpq::state::ChecksumPolicy::Required);
     if (!img.ok()) {
         if (img.error().message.empty()) std::abort();  // every refusal says why
         return 0;

@@ -240,12 +240,16 @@ void DeviceServer::enable_publishing(CaptureState capture) {
 //     the round's request bytes and replies (one store makes it current);
 //  2. the request bytes are consumed from the sockets, then consumed_seq
 //     says so;
-//  3. sent_seq is set, THEN the replies go out. Marking "sent" before the
-//     sendmsg means a worker killed between the two leaves a reply that was
-//     never sent recorded as sent: the VMM waits for ever on that request.
-//     Marking it after would leave the opposite window, a reply sent twice,
-//     which desyncs the peer's stream for good. A lost reply is only
-//     possible in the few instructions between the store and the syscall.
+//  3. sent_seq is set, THEN the replies go out (in ring mode one
+//     io_uring_enter sends them and arms the next peek). Marking "sent"
+//     before the send means a worker killed between the two leaves a reply
+//     that was never sent recorded as sent: the VMM waits for ever on that
+//     request. Marking it after would leave the opposite window, a reply
+//     sent twice, which desyncs the peer's stream for good. A lost reply is
+//     only possible in the few instructions between the store and the
+//     syscall. (The consume stays a recvmsg of its own: linked into the
+//     same submission ahead of the send, it lost replies to workers killed
+//     around it in the restart test.)
 // A successor (take_over) settles each connection from these marks and the
 // head of its socket.
 void DeviceServer::publish_round() {
@@ -279,12 +283,9 @@ void DeviceServer::publish_round() {
         }
         js.push_back(std::move(j));
     }
-    {
-        auto slot = worker::encode_slot(js, *blob);
-        if (auto st = worker::publish(slot); !st.ok()) {
-            log::error("worker: {}; leaving it to a successor", st.error().message);
-            ::_exit(70);
-        }
+    if (auto st = worker::publish(js, *blob); !st.ok()) {
+        log::error("worker: {}; leaving it to a successor", st.error().message);
+        ::_exit(70);
     }
     uint64_t seq = w->hdr->seq.load(std::memory_order_relaxed);
     w->hdr->publish_ns_total.fetch_add(EventLoop::now_ns() - t0, std::memory_order_relaxed);
@@ -306,10 +307,12 @@ void DeviceServer::publish_round() {
         w->hdr->consumed_seq.store(seq, std::memory_order_release);
         w->hdr->sent_seq.store(seq, std::memory_order_release);
     }
+    // Before a live update the replies must be out before the loop ends;
+    // otherwise the ring may carry them (submitted now, with the next peek).
+    const auto how = w->leave_after_publish ? PeekTransport::Flush::Now : PeekTransport::Flush::Queued;
     for (auto& c : conns_) {
         if (!c->peek) continue;
-        if (auto st = c->peek->flush(); !st.ok()) failed.push_back(c.get());
-        if (!c->peek->request_bytes().empty() || c->peek->frame_ready()) continue;
+        if (auto st = c->peek->flush(how); !st.ok()) failed.push_back(c.get());
     }
     if (w->leave_after_publish) {
         // Live update: everything of this round is published, consumed and

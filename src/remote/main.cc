@@ -9,6 +9,7 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/signalfd.h>
+#include <malloc.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -170,10 +171,20 @@ int main(int argc, char** argv) {
         so.sandbox = sandbox_opts;
         if (const auto* t = cl->last("x-test-worker-fault")) {
             std::string_view v = t->text;
-            if (!v.starts_with("fd=")) return die(t->error("expected fd=N"));
-            auto fd = opts::parse_uint(v.substr(3), "fd", INT_MAX);
-            if (!fd.ok()) return die(t->error(fd.error()));
-            so.test_fault_fd = static_cast<int>(*fd);
+            if (v.starts_with("path=")) {
+                // A FIFO the test writes to (for harnesses that cannot pass
+                // an fd through to us). Read-write so that the open does not
+                // wait for a writer; inherited by every worker, like fd=N.
+                std::string path(v.substr(5));
+                int fd = ::open(path.c_str(), O_RDWR | O_NONBLOCK);
+                if (fd < 0) return die(t->error("cannot open '{}': {}", path, std::strerror(errno)));
+                so.test_fault_fd = fd;
+            } else {
+                if (!v.starts_with("fd=")) return die(t->error("expected fd=N or path=FIFO"));
+                auto fd = opts::parse_uint(v.substr(3), "fd", INT_MAX);
+                if (!fd.ok()) return die(t->error(fd.error()));
+                so.test_fault_fd = static_cast<int>(*fd);
+            }
         }
         if (const auto* t = cl->last("x-test-worker-poison")) {
             auto v = opts::parse_uint(t->text, "value", UINT32_MAX);
@@ -212,7 +223,7 @@ int main(int argc, char** argv) {
         if (!last.empty()) {
             auto slot = worker::decode_slot(last);
             if (!slot.ok()) return die(slot.error());
-            auto img = state::decode(slot->state);
+            auto img = state::decode(slot->state, state::ChecksumPolicy::MayBeOmitted);
             if (!img.ok()) return die(fail("published state: {}", img.error().message));
             if (auto s = remote::apply_state(proc, *img); !s.ok())
                 return die(fail("published state: {}", s.error().message));
@@ -255,13 +266,19 @@ int main(int argc, char** argv) {
 
     if (auto s = proc.start(); !s.ok()) return die(s.error());
     if (wctx) {
+        // A worker builds its state (a chunk in flight is up to 128 KiB) and
+        // frees it every round: keep those pages in the heap instead of
+        // giving them back and faulting them in again next round (glibc
+        // trims and mmaps blocks this size by default).
+        ::mallopt(M_MMAP_THRESHOLD, 4 << 20);
+        ::mallopt(M_TRIM_THRESHOLD, 16 << 20);
         // Every device must be able to carry its state to a successor.
         if (auto img = remote::capture_state(proc); !img.ok())
             return die(fail("-x-worker on: {}", img.error().message));
         proc.server()->enable_publishing([&proc]() -> Result<std::vector<uint8_t>> {
             auto img = remote::capture_state(proc);
             if (!img.ok()) return img.take_error();
-            return state::encode(*img);
+            return state::encode(*img, state::Checksum::Omit);
         });
         if (auto s = proc.server()->take_over(); !s.ok()) return die(s.error());
     }

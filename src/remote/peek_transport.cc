@@ -18,6 +18,8 @@ namespace {
 
 // Enough for a burst of posted writes; a frame is at most 208 bytes.
 constexpr size_t kPeekBytes = 4096;
+// How soon a peek that found only part of a frame looks again.
+constexpr uint64_t kRepeekNs = 1'000'000;
 
 void close_cmsg_fds(msghdr& msg, std::vector<UniqueFd>* keep) {
     if (msg.msg_controllen == 0) return;
@@ -35,20 +37,43 @@ void close_cmsg_fds(msghdr& msg, std::vector<UniqueFd>* keep) {
 
 }  // namespace
 
+struct PeekTransport::Ring {
+    PeekTransport* owner = nullptr;  // null once the transport is gone
+    bool pending = false;            // a (send +) peek is in the ring
+    int send_error = 0;              // errno of a failed send (its peek is then cancelled)
+    std::vector<uint8_t> buf;
+    iovec iov{};
+    alignas(cmsghdr) char ctl[CMSG_SPACE(sizeof(int) * proto::kRecvFdSpace)];
+    msghdr msg{};
+    std::vector<uint8_t> sending;  // the replies handed to the kernel with the peek
+};
+
 PeekTransport::PeekTransport(EventLoop& loop, UniqueFd sock, int send_timeout_ms)
-    : loop_(loop), sock_(std::move(sock)), send_timeout_ms_(send_timeout_ms) {
-    buf_.resize(kPeekBytes);
+    : loop_(loop), sock_(std::move(sock)), send_timeout_ms_(send_timeout_ms), r_(std::make_shared<Ring>()) {
+    r_->owner = this;
+    r_->buf.resize(kPeekBytes);
     replies_.reserve(1024);
 }
 
 PeekTransport::~PeekTransport() {
     if (watched_) loop_.remove_fd(sock_.get());
+    r_->owner = nullptr;
+    // The buffers stay with the cancelled operation until it completes.
+    if (r_->pending) loop_.ring_cancel(sock_.get());
 }
+
+const uint8_t* PeekTransport::buf() const { return r_->buf.data(); }
 
 bool PeekTransport::start(Handlers h) {
     h_ = std::move(h);
+    if (loop_.ring_enabled()) {
+        ring_mode_ = true;
+        return arm_ring();
+    }
     watched_ = loop_.add_fd(sock_.get(), FdEvents::Read, [this](uint32_t) {
-        if (!peeked_) {
+        // Again if the last peek handed nothing out: it may have held only
+        // part of a frame, whose rest is what woke us.
+        if (!peeked_ || used_ == 0) {
             if (auto st = peek(); !st.ok()) {
                 auto f = h_.ended;
                 f(st.error().err == ECONNRESET ? End::Orderly : End::Error, st.error().message);
@@ -61,9 +86,77 @@ bool PeekTransport::start(Handlers h) {
     return watched_;
 }
 
+// The next peek, behind the replies in `sending` (if any). With replies both
+// go to the kernel now, so that the replies leave before flush() returns;
+// a bare peek waits for the loop's next wait. The first one must: a
+// successor settles the head of the socket (take_over) after its transports
+// start, and a peek taken before that would hand out a request it discards.
+bool PeekTransport::arm_ring() {
+    Ring& r = *r_;
+    r.iov = {r.buf.data(), r.buf.size()};
+    r.msg = msghdr{};
+    r.msg.msg_iov = &r.iov;
+    r.msg.msg_iovlen = 1;
+    r.msg.msg_control = r.ctl;
+    r.msg.msg_controllen = sizeof r.ctl;
+    std::shared_ptr<Ring> keep = r_;
+    auto send_failed = [keep](int res) { keep->send_error = -res; };
+    auto peeked = [keep](int res) {
+        keep->pending = false;
+        keep->sending.clear();
+        ring_peeked(keep, res);
+    };
+    const bool now = !r.sending.empty();
+    if (!loop_.ring_send_recvmsg(sock_.get(), r.sending, &r.msg, send_failed, peeked, MSG_PEEK)) return false;
+    r.pending = true;
+    if (now) loop_.ring_submit();
+    return true;
+}
+
+void PeekTransport::ring_peeked(const std::shared_ptr<Ring>& r, int res) {
+    PeekTransport* t = r->owner;
+    if (!t) {
+        // Copies of fds the peek brought in, for a transport that is gone.
+        if (res > 0) close_cmsg_fds(r->msg, nullptr);
+        return;
+    }
+    // Handlers may destroy the transport: they run last, on copies.
+    auto ended = [t](End e, std::string why) {
+        auto f = t->h_.ended;
+        f(e, why);
+    };
+    if (res == -EINTR || res == -EAGAIN) {
+        if (!t->arm_ring()) ended(End::Error, "cannot queue a receive in the loop's ring");
+        return;
+    }
+    if (res < 0) {
+        int send_error = std::exchange(r->send_error, 0);
+        if (res == -ECONNRESET || (res == -ECANCELED && (send_error == EPIPE || send_error == ECONNRESET)))
+            return ended(End::Orderly, "peer went away (connection reset)");
+        if (send_error) return ended(End::Error, fmt::format("send: {}", std::strerror(send_error)));
+        return ended(End::Error, fmt::format("receive: {}", std::strerror(-res)));
+    }
+    t->took_peek(res, r->msg);
+    auto in = t->h_.input;
+    in();
+}
+
+void PeekTransport::took_peek(ssize_t n, msghdr& msg) {
+    peeked_ = true;
+    used_ = 0;
+    have_ = static_cast<size_t>(n);
+    eof_ = n == 0;
+    close_cmsg_fds(msg, &fds_);
+    if (msg.msg_flags & MSG_CTRUNC) {
+        // Too many fds: the frame they came with is refused by validate()
+        // (no fds where it wants them); nothing of them is kept.
+        fds_.clear();
+    }
+}
+
 Status PeekTransport::peek() {
     fds_.clear();
-    iovec iov{buf_.data(), buf_.size()};
+    iovec iov{r_->buf.data(), r_->buf.size()};
     alignas(cmsghdr) char ctl[CMSG_SPACE(sizeof(int) * proto::kRecvFdSpace)];
     msghdr msg{};
     msg.msg_iov = &iov;
@@ -74,21 +167,13 @@ Status PeekTransport::peek() {
     do {
         n = ::recvmsg(sock_.get(), &msg, MSG_PEEK | MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
     } while (n < 0 && errno == EINTR);
-    peeked_ = true;
-    used_ = 0;
     if (n < 0) {
-        have_ = 0;
+        peeked_ = true;
+        used_ = have_ = 0;
         if (errno == EAGAIN) return {};
         return fail_errno(errno, "receive: {}", std::strerror(errno));
     }
-    have_ = static_cast<size_t>(n);
-    eof_ = n == 0;
-    close_cmsg_fds(msg, &fds_);
-    if (msg.msg_flags & MSG_CTRUNC) {
-        // Too many fds: the frame they came with is refused by validate()
-        // (no fds where it wants them); nothing of them is kept.
-        fds_.clear();
-    }
+    took_peek(n, msg);
     return {};
 }
 
@@ -96,7 +181,7 @@ bool PeekTransport::frame_ready() const {
     size_t left = have_ - used_;
     if (left < sizeof(proto::Header)) return false;
     proto::Header h;
-    std::memcpy(&h, buf_.data() + used_, sizeof h);
+    std::memcpy(&h, buf() + used_, sizeof h);
     return h.size <= proto::kMaxPayload && left >= sizeof h + h.size;
 }
 
@@ -106,14 +191,14 @@ Result<RecvState> PeekTransport::next(proto::Frame& f) {
     size_t left = have_ - used_;
     if (left < sizeof(proto::Header)) return RecvState::WouldBlock;
     proto::Header h;
-    std::memcpy(&h, buf_.data() + used_, sizeof h);
+    std::memcpy(&h, buf() + used_, sizeof h);
     if (h.size > proto::kMaxPayload)
         return fail("receive: cmd {} payload size {} exceeds {}", h.cmd, h.size, proto::kMaxPayload);
     size_t len = sizeof h + h.size;
     if (left < len) return RecvState::WouldBlock;
     f.reset();
     f.hdr = h;
-    std::memcpy(f.payload.data(), buf_.data() + used_ + sizeof h, h.size);
+    std::memcpy(f.payload.data(), buf() + used_ + sizeof h, h.size);
     // The fds of the peek belong to the last frame that starts in it (the
     // kernel ends a read after the message that carries fds, and a sender
     // attaches them to the sendmsg that starts a frame).
@@ -187,11 +272,46 @@ Status PeekTransport::send_now(std::span<const uint8_t> bytes) {
     return {};
 }
 
-Status PeekTransport::flush() {
-    if (replies_.empty()) return {};
-    auto st = send_now(replies_);
+Status PeekTransport::flush(Flush how) {
+    if (!ring_mode_ || how == Flush::Now) {
+        if (replies_.empty()) return {};
+        auto st = send_now(replies_);
+        replies_.clear();
+        return st;
+    }
+    // A peek still in the ring: nothing was peeked this round (a round of
+    // block completions); the replies, if any, go out alone.
+    if (r_->pending || waiting_rest_ || peeked_) {
+        if (peeked_ && used_ == 0 && !eof_) {
+            // The peek held no whole frame (a peer writing a frame in
+            // pieces): peeking again at once would return the same bytes,
+            // so look again a little later instead of spinning on them.
+            peeked_ = false;
+            waiting_rest_ = true;
+            std::weak_ptr<Ring> weak = r_;
+            loop_.add_timer(kRepeekNs, [weak] {
+                auto r = weak.lock();
+                if (!r || !r->owner) return;
+                PeekTransport* t = r->owner;
+                t->waiting_rest_ = false;
+                if (r->pending || t->peeked_) return;
+                if (!t->arm_ring()) {
+                    auto f = t->h_.ended;
+                    f(End::Error, "cannot queue a receive in the loop's ring");
+                }
+            });
+        }
+        if (replies_.empty()) return {};
+        auto st = send_now(replies_);
+        replies_.clear();
+        return st;
+    }
+    // This round's peek was consumed: the replies and the next peek go in
+    // together.
+    r_->sending.swap(replies_);
     replies_.clear();
-    return st;
+    if (!arm_ring()) return fail("cannot queue a receive in the loop's ring");
+    return {};
 }
 
 Result<std::vector<uint8_t>> PeekTransport::peek_head(size_t max) {

@@ -9,8 +9,13 @@
 // Frames are never re-peeked within a round: next() says WouldBlock once the
 // peeked bytes are used up, and the socket is peeked again only after
 // consume().
+// With the loop's ring (EventLoop::enable_ring), flush() hands the replies
+// and the next peek to the ring together and submits them at once: one
+// io_uring_enter sends, and the peek's completion wakes the loop, instead of
+// a readiness wake-up, an epoll_wait, a recvmsg and a send per round.
 #pragma once
 
+#include <memory>
 #include <span>
 #include <vector>
 
@@ -31,14 +36,18 @@ public:
     int fd() const override { return sock_.get(); }
 
     // The bytes of the frames next() handed out this round.
-    std::span<const uint8_t> request_bytes() const { return {buf_.data(), used_}; }
+    std::span<const uint8_t> request_bytes() const { return {buf(), used_}; }
     // Offset of the frame next() returned last, in request_bytes().
     size_t last_frame_offset() const { return last_off_; }
     std::span<const uint8_t> queued_replies() const { return replies_; }
     // Takes request_bytes() off the socket (their fds, received again, are closed).
     Status consume();
-    // Sends the queued replies (blocking, bounded by the send timeout).
-    Status flush();
+    // Sends the queued replies and, in ring mode, arms the next peek. `Now`:
+    // sent before it returns (blocking, bounded by the send timeout), for a
+    // worker about to leave; `Queued` may leave the send to the ring, which
+    // gets it before flush() returns but reports a failure later (ended()).
+    enum class Flush : uint8_t { Now, Queued };
+    Status flush(Flush how);
     // Sends bytes outside a round (a successor re-sending a lost reply).
     Status send_now(std::span<const uint8_t> bytes);
     // Peeks the head of the socket without handing frames out (a successor
@@ -48,19 +57,28 @@ public:
     Status discard(size_t n);
 
 private:
+    // What the kernel may still write or read after the transport is gone
+    // (a peek or send in the ring): kept alive by the ring's completion.
+    struct Ring;
     Status peek();
+    void took_peek(ssize_t n, msghdr& msg);
+    bool arm_ring();
+    static void ring_peeked(const std::shared_ptr<Ring>& r, int res);
+    const uint8_t* buf() const;
 
     EventLoop& loop_;
     UniqueFd sock_;
     int send_timeout_ms_;
     bool watched_ = false;
     Handlers h_;
-    std::vector<uint8_t> buf_;  // the peeked bytes
-    size_t have_ = 0;           // peeked bytes in buf_
+    std::shared_ptr<Ring> r_;   // the peek buffer; the ring's operations in flight
+    bool ring_mode_ = false;
+    size_t have_ = 0;           // peeked bytes in the buffer
     size_t used_ = 0;           // bytes of the frames handed out
     size_t last_off_ = 0;
     bool peeked_ = false;       // buf_ holds this round's peek
     bool eof_ = false;
+    bool waiting_rest_ = false;  // ring mode: a part of a frame was peeked; look again later
     std::vector<UniqueFd> fds_;  // copies of the fds of the peek
     std::vector<uint8_t> replies_;
 };

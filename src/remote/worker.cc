@@ -35,16 +35,30 @@ constexpr size_t kMaxJournalBytes = 64 * 1024;
 
 Context* g_ctx = nullptr;
 
-void put32(std::vector<uint8_t>& o, uint32_t v) {
-    for (int i = 0; i < 4; i++) o.push_back(static_cast<uint8_t>(v >> (8 * i)));
-}
-void put64(std::vector<uint8_t>& o, uint64_t v) {
-    for (int i = 0; i < 8; i++) o.push_back(static_cast<uint8_t>(v >> (8 * i)));
-}
-void putbytes(std::vector<uint8_t>& o, std::span<const uint8_t> b) {
-    put32(o, static_cast<uint32_t>(b.size()));
-    o.insert(o.end(), b.begin(), b.end());
-}
+// Slot bytes are written straight into the publish area (or a vector for
+// tests); a writer that runs out of room says so once, at the end.
+struct Out {
+    std::span<uint8_t> b;
+    size_t pos = 0;
+    bool ok = true;
+    void put(uint64_t v, unsigned n) {
+        if (!ok || b.size() - pos < n) {
+            ok = false;
+            return;
+        }
+        for (unsigned i = 0; i < n; i++) b[pos + i] = static_cast<uint8_t>(v >> (8 * i));
+        pos += n;
+    }
+    void bytes(std::span<const uint8_t> v) {
+        put(v.size(), 4);
+        if (!ok || b.size() - pos < v.size()) {
+            ok = false;
+            return;
+        }
+        if (!v.empty()) std::memcpy(b.data() + pos, v.data(), v.size());
+        pos += v.size();
+    }
+};
 
 struct In {
     std::span<const uint8_t> b;
@@ -82,19 +96,33 @@ uint64_t mono_ns() {
 
 Context* context() { return g_ctx; }
 
-std::vector<uint8_t> encode_slot(std::span<const ConnJournal> conns, std::span<const uint8_t> state) {
-    std::vector<uint8_t> o;
-    o.reserve(64 + state.size());
-    put32(o, kSlotMagic);
-    put32(o, static_cast<uint32_t>(conns.size()));
+Result<size_t> encode_slot_into(std::span<const ConnJournal> conns, std::span<const uint8_t> state,
+                                std::span<uint8_t> out) {
+    Out o{out};
+    o.put(kSlotMagic, 4);
+    o.put(conns.size(), 4);
     for (const auto& c : conns) {
-        put64(o, c.features);
-        put32(o, c.selected);
-        put64(o, c.posted_done);
-        putbytes(o, c.request);
-        putbytes(o, c.replies);
+        o.put(c.features, 8);
+        o.put(c.selected, 4);
+        o.put(c.posted_done, 8);
+        o.bytes(c.request);
+        o.bytes(c.replies);
     }
-    putbytes(o, state);
+    o.bytes(state);
+    if (!o.ok) return fail("published state: {} bytes of device state do not fit a {}-byte slot", state.size(), out.size());
+    return o.pos;
+}
+
+size_t slot_size(std::span<const ConnJournal> conns, std::span<const uint8_t> state) {
+    size_t n = 8 + 4 + state.size();
+    for (const auto& c : conns) n += 8 + 4 + 8 + 4 + c.request.size() + 4 + c.replies.size();
+    return n;
+}
+
+std::vector<uint8_t> encode_slot(std::span<const ConnJournal> conns, std::span<const uint8_t> state) {
+    std::vector<uint8_t> o(slot_size(conns, state));
+    auto n = encode_slot_into(conns, state, o);
+    o.resize(n.ok() ? *n : 0);
     return o;
 }
 
@@ -208,14 +236,15 @@ bool hand_over(const HandoffMsg& m, std::span<const int> fds) {
     return send_with_fds(g_ctx->handoff_fd, &m, sizeof m, fds);
 }
 
-Status publish(std::span<const uint8_t> bytes) {
+Status publish(std::span<const ConnJournal> conns, std::span<const uint8_t> state) {
     Context* c = g_ctx;
     if (!c) return {};
-    if (bytes.size() > kSlotBytes) return fail("published state: {} bytes do not fit a slot", bytes.size());
     uint64_t next = c->hdr->seq.load(std::memory_order_relaxed) + 1;
     uint32_t slot = static_cast<uint32_t>(next & 1);
-    std::memcpy(c->slots + size_t{slot} * kSlotBytes, bytes.data(), bytes.size());
-    c->hdr->slot_len[slot].store(bytes.size(), std::memory_order_relaxed);
+    // Straight into the free slot: nobody reads it until `seq` names it.
+    auto n = encode_slot_into(conns, state, std::span<uint8_t>(c->slots + size_t{slot} * kSlotBytes, kSlotBytes));
+    if (!n.ok()) return n.take_error();
+    c->hdr->slot_len[slot].store(*n, std::memory_order_relaxed);
     // One store makes it current: a worker killed before it leaves the
     // previous publish (in the other slot) in place.
     c->hdr->seq.store(next, std::memory_order_release);

@@ -77,6 +77,9 @@ struct ConnJournal {
 // u64 features | u32 selected | u64 posted_done | u32 len + request bytes |
 // u32 len + reply bytes; then u32 len + the device-state blob.
 std::vector<uint8_t> encode_slot(std::span<const ConnJournal> conns, std::span<const uint8_t> state);
+// The same into `out`; the bytes written, or an error when they do not fit.
+Result<size_t> encode_slot_into(std::span<const ConnJournal> conns, std::span<const uint8_t> state,
+                                std::span<uint8_t> out);
 struct SlotView {
     std::vector<ConnJournal> conns;
     std::span<const uint8_t> state;
@@ -220,8 +223,8 @@ Status choose_binary(const std::string& path, int fd);
 // worker acts on them. Blocking; false if the supervisor is gone.
 bool hand_over(const HandoffMsg& m, std::span<const int> fds);
 
-// Writes one publish into the free slot and makes it current.
-Status publish(std::span<const uint8_t> slot_bytes);
+// Encodes one publish straight into the free slot and makes it current.
+Status publish(std::span<const ConnJournal> conns, std::span<const uint8_t> state);
 // The last complete publish (empty if none yet).
 std::span<const uint8_t> last_published();
 

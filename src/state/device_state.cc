@@ -31,8 +31,16 @@ void put_le(std::vector<uint8_t>& out, size_t at, uint64_t v, int n) {
 
 }  // namespace
 
-std::vector<uint8_t> encode(const DeviceStateImage& img) {
+std::vector<uint8_t> encode(const DeviceStateImage& img, Checksum sum) {
     Writer w;
+    // One allocation: the chunks in flight are most of the bytes.
+    size_t estimate = 16 * 1024;
+    for (const FunctionImage& f : img.functions) {
+        estimate += f.lsi.chip.ram.size();
+        for (const auto& r : f.lsi.reqs)
+            if (r.target_req) estimate += r.target_req->chunk.size() + 64;
+    }
+    w.buffer().reserve(estimate);
     w.buffer().resize(kHeaderSize);
     size_t s = w.begin_section(kTagProc, kProcVersion);
     w.str(img.producer);
@@ -71,10 +79,10 @@ std::vector<uint8_t> encode(const DeviceStateImage& img) {
     std::vector<uint8_t>& out = w.buffer();
     std::memcpy(out.data(), kMagic, sizeof kMagic);
     put_le(out, 8, kFormatVersion, 4);
-    put_le(out, 12, 0, 4);
+    put_le(out, 12, sum == Checksum::Omit ? kFlagNoChecksum : 0, 4);
     const size_t payload = out.size() - kHeaderSize;
     put_le(out, 16, payload, 8);
-    put_le(out, 24, crc(std::span<const uint8_t>(out).subspan(kHeaderSize)), 4);
+    put_le(out, 24, sum == Checksum::Omit ? 0 : crc(std::span<const uint8_t>(out).subspan(kHeaderSize)), 4);
     put_le(out, 28, 0, 4);
     return std::move(out);
 }
@@ -139,7 +147,7 @@ Status cross_check(const DeviceStateImage& img) {
 
 }  // namespace
 
-Result<DeviceStateImage> decode(std::span<const uint8_t> blob) {
+Result<DeviceStateImage> decode(std::span<const uint8_t> blob, ChecksumPolicy policy) {
     if (blob.size() < kHeaderSize)
         return fail("saved state: {} bytes is too short for a state file", blob.size());
     if (std::memcmp(blob.data(), kMagic, sizeof kMagic) != 0)
@@ -152,12 +160,17 @@ Result<DeviceStateImage> decode(std::span<const uint8_t> blob) {
     const uint32_t reserved = hdr.u32("reserved");
     if (version != kFormatVersion)
         return fail("saved state: format version {}, this build reads version {}", version, kFormatVersion);
-    if (flags != 0 || reserved != 0) return fail("saved state: unknown header flags {:#x}", flags | reserved);
+    if ((flags & ~kFlagNoChecksum) != 0 || reserved != 0)
+        return fail("saved state: unknown header flags {:#x}", flags | reserved);
+    const bool unchecked = flags & kFlagNoChecksum;
+    if (unchecked && policy == ChecksumPolicy::Required)
+        return fail("saved state: a worker's live publish without a checksum, not a saved state file");
+    if (unchecked && sum != 0) return fail("saved state: checksum {:#x} on a blob flagged as unchecked", sum);
     if (len > kMaxBlobBytes || len != blob.size() - kHeaderSize)
         return fail("saved state: payload length {} does not match the {} bytes present", len,
                     blob.size() - kHeaderSize);
     std::span<const uint8_t> payload = blob.subspan(kHeaderSize);
-    if (crc(payload) != sum) return fail("saved state: checksum mismatch (file damaged)");
+    if (!unchecked && crc(payload) != sum) return fail("saved state: checksum mismatch (file damaged)");
 
     DeviceStateImage img;
     Reader rd(payload);

@@ -4,8 +4,11 @@
 //
 // Layout (all integers little-endian):
 //   header, 32 bytes:
-//     magic "MPQSTATE" | u32 format version (kFormatVersion) | u32 flags (0)
+//     magic "MPQSTATE" | u32 format version (kFormatVersion) | u32 flags
 //     | u64 payload length | u32 CRC-32 of the payload | u32 reserved (0)
+//     flags: 0, or kFlagNoChecksum (checksum field 0): a worker's per-round
+//     publish, which lives only in the supervisor's shared memory
+//     (remote/worker.h); a file never carries it.
 //   payload: sections, each u32 tag | u16 version | u16 0 | u32 length | body
 //     PROC v1  first: the producer's version string (informational)
 //     DRIV v1  per drive: id, format, length, read-only
@@ -40,8 +43,9 @@
 namespace mpq::state {
 
 inline constexpr char kMagic[8] = {'M', 'P', 'Q', 'S', 'T', 'A', 'T', 'E'};
-inline constexpr uint32_t kFormatVersion = 1;
+inline constexpr uint32_t kFormatVersion = 2;  // 2: header flag kFlagNoChecksum
 inline constexpr size_t kHeaderSize = 32;
+inline constexpr uint32_t kFlagNoChecksum = 1;
 // Section versions this build writes and accepts.
 inline constexpr uint16_t kProcVersion = 1;
 inline constexpr uint16_t kDriveVersion = 1;
@@ -91,12 +95,23 @@ struct DeviceStateImage {
     ConnectionImage connection;
 };
 
-std::vector<uint8_t> encode(const DeviceStateImage& img);
+// A file's blob carries a CRC-32 of its payload. A worker publishes its
+// state every event-loop round into memory only it and its successor see,
+// where the checksum would cost more than the rest of the encoding (a
+// 128 KiB chunk in flight) and catch nothing: the publish protocol already
+// keeps a torn slot from being read.
+enum class Checksum : uint8_t { Compute, Omit };
+// What decode() accepts: every blob read from a file must carry a checksum
+// that matches; a worker's publish may omit it.
+enum class ChecksumPolicy : uint8_t { Required, MayBeOmitted };
+
+std::vector<uint8_t> encode(const DeviceStateImage& img, Checksum sum = Checksum::Compute);
 // Parses and checks a blob: header, checksum, section versions, every
 // field's range, unique ids and the cross-references (a disk's controller
 // and drive exist, a request's target is a disk on its controller). What
 // needs the live devices (sizes of the media, PCI identity) is checked when
 // the image is applied.
-Result<DeviceStateImage> decode(std::span<const uint8_t> blob);
+Result<DeviceStateImage> decode(std::span<const uint8_t> blob,
+                                 ChecksumPolicy policy = ChecksumPolicy::Required);
 
 }  // namespace mpq::state

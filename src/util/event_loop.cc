@@ -175,7 +175,7 @@ bool EventLoop::enable_ring() {
 }
 
 bool EventLoop::ring_send_recvmsg(int fd, std::span<const uint8_t> reply, msghdr* msg, RingDone send_failed,
-                                  RingDone received) {
+                                  RingDone received, int recv_flags) {
     if (!ring_ || fd < 0) return false;
     Ring& r = *ring_;
     if (io_uring_sq_space_left(&r.ring) < 2) (void)io_uring_submit(&r.ring);
@@ -195,10 +195,14 @@ bool EventLoop::ring_send_recvmsg(int fd, std::span<const uint8_t> reply, msghdr
     }
     io_uring_sqe* q = io_uring_get_sqe(&r.ring);
     uint64_t id = r.next_id++;
-    io_uring_prep_recvmsg(q, fd, msg, MSG_CMSG_CLOEXEC);
+    io_uring_prep_recvmsg(q, fd, msg, MSG_CMSG_CLOEXEC | recv_flags);
     io_uring_sqe_set_data64(q, id);
     r.ops.emplace(id, std::move(received));
     return true;
+}
+
+void EventLoop::ring_submit() {
+    if (ring_) (void)io_uring_submit(&ring_->ring);
 }
 
 void EventLoop::ring_cancel(int fd) {

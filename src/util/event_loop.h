@@ -71,9 +71,14 @@ public:
     // stay valid until `received` has run: keep it alive in its captures.
     // Submitted with the loop's next wait, or earlier if the loop has other
     // work to run first. False if the ring is off or full.
+    // `recv_flags` are added to the receive's (MSG_PEEK: look, leave the
+    // bytes in the socket).
     using RingDone = std::function<void(int res)>;
     bool ring_send_recvmsg(int fd, std::span<const uint8_t> reply, msghdr* msg, RingDone send_failed,
-                           RingDone received);
+                           RingDone received, int recv_flags = 0);
+    // Submits what is queued in the ring now instead of with the next wait
+    // (a send that must leave before anything else can happen).
+    void ring_submit();
     // Cancels every ring operation on `fd` (call it before closing `fd`);
     // their handlers still run, with -ECANCELED.
     void ring_cancel(int fd);

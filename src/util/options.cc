@@ -26,7 +26,7 @@ constexpr OptionDef kTable[] = {
     {"run-with", ArgKind::KeyValue, "", "process options: [chroot=DIR][,user=USER]..."},
     {"x-test-forbidden-syscall", ArgKind::String, "", "TEST ONLY: attempt a syscall the sandbox forbids"},
     {"x-worker", ArgKind::String, "", "on: a supervisor restarts the device worker if it dies; off: one process"},
-    {"x-test-worker-fault", ArgKind::String, "", "TEST ONLY: fd=N: a byte on fd N makes the worker fault"},
+    {"x-test-worker-fault", ArgKind::String, "", "TEST ONLY: fd=N or path=FIFO: a byte read there makes the worker fault"},
     {"x-test-worker-poison", ArgKind::String, "", "TEST ONLY: a BAR write of this value kills the worker"},
     {"x-worker-successor", ArgKind::String, "", "internal: a worker exec'd by the spawner for a live update"},
     {"x-worker-state-version", ArgKind::None, "", "internal: print the device state format version and exit"},

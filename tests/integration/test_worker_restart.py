@@ -199,7 +199,7 @@ def kill_run(seed, with_kills, vmm="ours"):
             c.close()
             assert "error" in hp and "-x-worker on" in hp["error"]["desc"], hp
             assert r["pid"] == worker_pid(rig.remote.pid), r
-            assert r["restarts"] == n and r["state-version"] == 1, (r, n)
+            assert r["restarts"] == n and r["state-version"] == 2, (r, n)
             assert r["published-rounds"] > 0, r
             if n:
                 assert set(r["last-exit"]) <= {"signal", "status"} and r["last-exit"], r

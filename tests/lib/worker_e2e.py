@@ -1,6 +1,8 @@
 """A real guest (stock QEMU as the VMM, the shared guest-e2e harness) on our
 remote with -x-worker on, while the device worker is disrupted about every
-0.5 s: killed (SIGKILL, every third kill SIGSEGV; at least 10 kills) or
+0.5 s: killed (SIGKILL; every fourth death a SIGSEGV, and every fourth a
+forbidden syscall the worker makes itself, which its seccomp filter answers
+with SIGSYS; at least 10 deaths) or
 replaced by a live update (QMP x-worker-restart; at least 20). The guest
 verifies its data, the harness checks the image (qemu-img check for qcow2),
 and the console shows no I/O error: stock QEMU's proxy never learns that
@@ -84,10 +86,15 @@ def run(disk_format, disruption, workload="basic"):
     remote = gt.require_our_remote()
     sb = gt.Sandbox("e2ekill")
     qmp_path = os.path.join(sb.tmp, "qmp.sock")
+    # A byte written here makes the running worker fault ('x': a forbidden
+    # syscall); the harness starts the remote, so a FIFO, not an fd.
+    fault_path = os.path.join(sb.tmp, "fault.fifo")
+    os.mkfifo(fault_path)
     template = ("%s {fd} -name %s -x-worker on -device lsi53c895a,id=lsi0 "
                 "-drive id=d0,file={disk},format={format},if=none "
                 "-device scsi-hd,id=sd0,drive=d0,bus=lsi0.0,scsi-id=0 "
-                "-qmp unix:%s,server=on,wait=off" % (remote, sb.tag, qmp_path))
+                "-qmp unix:%s,server=on,wait=off -x-test-worker-fault path=%s"
+                % (remote, sb.tag, qmp_path, fault_path))
     argv = [sys.executable, harness, "--remote-cmd", template, "--workload", workload,
             "--disk-format", disk_format, "--timeout", "400", "--workdir-base", sb.tmp,
             "--main-extra", "-name %s" % sb.tag,
@@ -100,13 +107,20 @@ def run(disk_format, disruption, workload="basic"):
         while not stop.wait(0.5):
             for pid in workers(sb.tag):
                 if disruption == Disruption.KILL:
-                    # Every third death by SIGSEGV: the supervisor sees a
-                    # crash, not only a kill.
-                    sig = signal.SIGSEGV if len(kills) % 3 == 2 else signal.SIGKILL
+                    # Not only kills: a crash (SIGSEGV) and a worker that
+                    # breaks its sandbox (SIGSYS from its seccomp filter).
+                    n = len(kills) % 4
                     try:
-                        os.kill(pid, sig)
+                        if n == 3:
+                            fd = os.open(fault_path, os.O_WRONLY | os.O_NONBLOCK)
+                            try:
+                                os.write(fd, b"x")
+                            finally:
+                                os.close(fd)
+                        else:
+                            os.kill(pid, signal.SIGSEGV if n == 1 else signal.SIGKILL)
                         kills.append(pid)
-                    except ProcessLookupError:
+                    except (ProcessLookupError, OSError):
                         pass
                     continue
                 try:
@@ -161,7 +175,11 @@ def run(disk_format, disruption, workload="basic"):
     restarts = len(re.findall(r"starting (?:a|its) successor", remote_log))
     if restarts < want:
         gt.fail("the remote restarted its worker %d times (want >= %d)" % (restarts, want))
-    sb.assert_clean(keep=("logs", "qmp.sock"))
+    if disruption == Disruption.KILL:
+        for cause in ("SIGKILL", "SIGSEGV", "SIGSYS"):
+            if not re.search(r"died \(signal \d+ \(%s\)\)" % cause, remote_log):
+                gt.fail("no worker death by %s in the remote's log" % cause)
+    sb.assert_clean(keep=("logs", "qmp.sock", "fault.fifo"))
     sb.cleanup()
     print("PASS (%s, %s, %d %s, %d restarts)" % (workload, disk_format, len(kills), what, restarts))
 

@@ -122,8 +122,8 @@ TEST(StateFormat, RefusesDamagedAndForeignBlobs) {
     b[0] = 'X';
     EXPECT_NE(error_of(b).find("bad magic"), std::string::npos);
     b = good;
-    b[8] = 2;  // format version 2
-    EXPECT_NE(error_of(b).find("format version 2"), std::string::npos);
+    b[8] = 3;  // format version 3
+    EXPECT_NE(error_of(b).find("format version 3"), std::string::npos);
     b = good;
     b[good.size() - 20] ^= 1;
     EXPECT_NE(error_of(b).find("checksum"), std::string::npos);
@@ -131,14 +131,42 @@ TEST(StateFormat, RefusesDamagedAndForeignBlobs) {
     b.resize(b.size() - 1);
     EXPECT_NE(error_of(b).find("payload length"), std::string::npos);
     b = good;
-    b[12] = 1;
+    b[12] = 2;
     EXPECT_NE(error_of(b).find("flags"), std::string::npos);
+    // A file must carry its checksum: the flag of a worker's publish is
+    // refused where a file is read.
+    b = good;
+    b[12] = 1;
+    EXPECT_NE(error_of(b).find("without a checksum"), std::string::npos);
     // Every truncation is refused, never read past.
     for (size_t n = 0; n < good.size(); n += 97) {
         b.assign(good.begin(), good.begin() + static_cast<long>(n));
         if (n >= kHeaderSize) reseal(b);
         EXPECT_FALSE(decode(b).ok()) << n;
     }
+}
+
+// A worker's per-round publish skips the CRC; only a reader that expects a
+// publish takes it, and the flag cannot hide a checksum that is present.
+TEST(StateFormat, PublishWithoutChecksum) {
+    std::vector<uint8_t> blob = encode(sample(), Checksum::Omit);
+    EXPECT_EQ(blob[12], kFlagNoChecksum);
+    EXPECT_EQ(blob[24] | blob[25] | blob[26] | blob[27], 0);
+    auto r = decode(blob, ChecksumPolicy::MayBeOmitted);
+    ASSERT_TRUE(r.ok()) << r.error().message;
+    EXPECT_EQ(encode(*r), encode(sample()));
+    EXPECT_NE(error_of(blob).find("without a checksum"), std::string::npos);
+    auto b = blob;
+    b[24] = 1;
+    auto bad = decode(b, ChecksumPolicy::MayBeOmitted);
+    ASSERT_FALSE(bad.ok());
+    EXPECT_NE(bad.error().message.find("flagged as unchecked"), std::string::npos);
+    // A checksummed blob is still checked under the lenient policy.
+    b = encode(sample());
+    b[b.size() - 20] ^= 1;
+    bad = decode(b, ChecksumPolicy::MayBeOmitted);
+    ASSERT_FALSE(bad.ok());
+    EXPECT_NE(bad.error().message.find("checksum mismatch"), std::string::npos);
 }
 
 // Sections are found by walking the payload.
