@@ -657,6 +657,10 @@ Status run_supervisor(const SupervisorOptions& opts) {
         ::prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
         if (::getppid() != sup) ::_exit(1);
         ::prctl(PR_SET_NAME, "mpq-spawner", 0, 0, 0);  // tells it apart from the worker in ps
+        // Every worker it clones loads this instead of compiling its own
+        // filter; without it they compile (slower restarts, same filter).
+        if (auto st = sandbox::precompile_filter(opts.sandbox); !st.ok())
+            log::debug("worker: no precompiled sandbox filter: {}", st.error().message);
         spawner(zs[1], ctx);
         return {};  // a new worker
     }

@@ -5,6 +5,8 @@
 #include <fcntl.h>
 #include <grp.h>
 #include <pwd.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
 #include <seccomp.h>
 #include <signal.h>
 #include <sys/mman.h>
@@ -26,6 +28,7 @@
 
 #include "sandbox/policy.h"
 #include "util/log.h"
+#include "util/unique_fd.h"
 
 namespace mpq::sandbox {
 namespace {
@@ -215,40 +218,140 @@ uint32_t default_action(Action a) {
 
 }  // namespace
 
-Status load_filter(const SandboxOptions& opts, Role role, int pid) {
+namespace {
+
+// The precompiled steady-state filter (precompile_filter): compiled for a
+// pid no process has (pid_max is at most 2^22), which a load replaces by
+// its own; the rules it came from say whether it fits a load's options.
+constexpr int kPidPlaceholder = 0x3ffffff3;
+struct Precompiled {
+    std::vector<Rule> rules;
+    std::vector<sock_filter> prog;
+};
+std::optional<Precompiled> g_precompiled;
+bool g_loaded_precompiled = false;
+
+bool same_rules(const std::vector<Rule>& a, const std::vector<Rule>& b) {
+    if (a.size() != b.size()) return false;
+    for (size_t i = 0; i < a.size(); i++) {
+        const Rule& x = a[i];
+        const Rule& y = b[i];
+        if (std::strcmp(x.name, y.name) != 0 || x.errno_value != y.errno_value || x.args.size() != y.args.size())
+            return false;
+        for (size_t k = 0; k < x.args.size(); k++) {
+            const ArgCmp& p = x.args[k];
+            const ArgCmp& q = y.args[k];
+            if (p.arg != q.arg || p.op != q.op || p.a != q.a || p.b != q.b) return false;
+        }
+    }
+    return true;
+}
+
+// Loads the precompiled program with `pid` in place of the placeholder;
+// false (nothing loaded) if it does not fit.
+bool load_precompiled(const SandboxOptions& opts, int pid) {
+    if (!g_precompiled) return false;
+    if (!same_rules(g_precompiled->rules, build_rules(opts, Role::RemoteSteadyState, kPidPlaceholder)))
+        return false;
+    std::vector<sock_filter> prog = g_precompiled->prog;
+    int patched = 0;
+    for (sock_filter& f : prog) {
+        if (BPF_CLASS(f.code) == BPF_JMP && BPF_OP(f.code) == BPF_JEQ && BPF_SRC(f.code) == BPF_K &&
+            f.k == static_cast<uint32_t>(kPidPlaceholder)) {
+            f.k = static_cast<uint32_t>(pid);
+            patched++;
+        }
+    }
+    // The policy names our pid exactly once (tgkill); anything else means
+    // the program is not what this code expects.
+    if (patched != 1) return false;
+    sock_fprog fp{static_cast<unsigned short>(prog.size()), prog.data()};
+    g_loaded_precompiled = ::syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_TSYNC, &fp) == 0;
+    return g_loaded_precompiled;
+}
+
+scmp_filter_ctx build_ctx(const SandboxOptions& opts, const std::vector<Rule>& rules, Status& st) {
     scmp_filter_ctx ctx = seccomp_init(default_action(opts.action));
-    if (!ctx) return fail("sandbox: seccomp_init failed");
-    struct Release {
-        scmp_filter_ctx c;
-        ~Release() { seccomp_release(c); }
-    } release{ctx};
+    if (!ctx) {
+        st = fail("sandbox: seccomp_init failed");
+        return nullptr;
+    }
     // Every thread (the I/O workers) gets the filter, not only this one.
     int rc = seccomp_attr_set(ctx, SCMP_FLTATR_CTL_TSYNC, 1);
-    if (rc != 0) return fail_errno(-rc, "sandbox: seccomp TSYNC: {}", std::strerror(-rc));
     // i386/x32 entry points are another syscall table: refuse them outright.
-    rc = seccomp_attr_set(ctx, SCMP_FLTATR_ACT_BADARCH, SCMP_ACT_KILL_PROCESS);
-    if (rc != 0) return fail_errno(-rc, "sandbox: seccomp badarch: {}", std::strerror(-rc));
-
-    for (const Rule& r : build_rules(opts, role, pid)) {
+    if (rc == 0) rc = seccomp_attr_set(ctx, SCMP_FLTATR_ACT_BADARCH, SCMP_ACT_KILL_PROCESS);
+    if (rc != 0) {
+        st = fail_errno(-rc, "sandbox: seccomp attributes: {}", std::strerror(-rc));
+        seccomp_release(ctx);
+        return nullptr;
+    }
+    for (const Rule& r : rules) {
         int nr = seccomp_syscall_resolve_name(r.name);
-        if (nr == __NR_SCMP_ERROR) return fail("sandbox: unknown syscall '{}' in policy", r.name);
+        if (nr == __NR_SCMP_ERROR) {
+            st = fail("sandbox: unknown syscall '{}' in policy", r.name);
+            seccomp_release(ctx);
+            return nullptr;
+        }
         std::vector<scmp_arg_cmp> cmps;
         for (const ArgCmp& c : r.args) cmps.push_back(scmp_arg_cmp{c.arg, c.op, c.a, c.b});
         uint32_t action = r.errno_value ? SCMP_ACT_ERRNO(static_cast<uint16_t>(r.errno_value))
                                         : SCMP_ACT_ALLOW;
         rc = seccomp_rule_add_array(ctx, action, nr, static_cast<unsigned>(cmps.size()),
                                     cmps.empty() ? nullptr : cmps.data());
-        if (rc != 0 && rc != -EEXIST)
-            return fail_errno(-rc, "sandbox: seccomp rule for {}: {}", r.name, std::strerror(-rc));
+        if (rc != 0 && rc != -EEXIST) {
+            st = fail_errno(-rc, "sandbox: seccomp rule for {}: {}", r.name, std::strerror(-rc));
+            seccomp_release(ctx);
+            return nullptr;
+        }
     }
-    rc = seccomp_load(ctx);
+    return ctx;
+}
+
+}  // namespace
+
+Status precompile_filter(const SandboxOptions& opts) {
+    if (opts.mode == Mode::Off) return {};
+    std::vector<Rule> rules = build_rules(opts, Role::RemoteSteadyState, kPidPlaceholder);
+    Status st;
+    scmp_filter_ctx ctx = build_ctx(opts, rules, st);
+    if (!ctx) return st;
+    struct Release {
+        scmp_filter_ctx c;
+        ~Release() { seccomp_release(c); }
+    } release{ctx};
+    int fd = ::memfd_create("mpq-seccomp", MFD_CLOEXEC);
+    if (fd < 0) return fail_errno(errno, "sandbox: memfd_create: {}", std::strerror(errno));
+    UniqueFd keep(fd);
+    int rc = seccomp_export_bpf(ctx, fd);
+    if (rc != 0) return fail_errno(-rc, "sandbox: seccomp_export_bpf: {}", std::strerror(-rc));
+    off_t len = ::lseek(fd, 0, SEEK_END);
+    if (len <= 0 || len % static_cast<off_t>(sizeof(sock_filter)) != 0 ||
+        len > static_cast<off_t>(sizeof(sock_filter) * BPF_MAXINSNS))
+        return fail("sandbox: exported filter has {} bytes", static_cast<long long>(len));
+    std::vector<sock_filter> prog(static_cast<size_t>(len) / sizeof(sock_filter));
+    if (::pread(fd, prog.data(), static_cast<size_t>(len), 0) != len)
+        return fail_errno(errno, "sandbox: reading the exported filter: {}", std::strerror(errno));
+    g_precompiled = Precompiled{std::move(rules), std::move(prog)};
+    return {};
+}
+
+bool filter_was_precompiled() { return g_loaded_precompiled; }
+
+Status load_filter(const SandboxOptions& opts, Role role, int pid) {
+    if (role == Role::RemoteSteadyState && load_precompiled(opts, pid)) return {};
+    Status st;
+    scmp_filter_ctx ctx = build_ctx(opts, build_rules(opts, role, pid), st);
+    if (!ctx) return st;
+    struct Release {
+        scmp_filter_ctx c;
+        ~Release() { seccomp_release(c); }
+    } release{ctx};
+    int rc = seccomp_load(ctx);
     if (rc != 0) return fail_errno(-rc, "sandbox: seccomp_load: {}", std::strerror(-rc));
     return {};
 }
 
-namespace {
 
-}  // namespace
 
 Status prepare(const SandboxOptions& opts) {
     if (opts.mode == Mode::Off) return {};

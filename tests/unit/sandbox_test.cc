@@ -310,6 +310,45 @@ TEST(SandboxApply, NewProcessesAreRefusedEvenThroughClone) {
     EXPECT_TRUE(r.killed_by(SIGSYS)) << "status " << r.status << " " << r.output;
 }
 
+// A -x-worker successor loads the filter its spawner compiled, with its own
+// pid patched in: the same policy as a filter compiled in place.
+TEST(SandboxApply, PrecompiledFilterIsTheSamePolicyForTheProcessThatLoadsIt) {
+    auto r = run_child([](int out) {
+        if (auto st = sb::precompile_filter({}); !st.ok()) {
+            say(out, "precompile failed: " + st.error().message);
+            return 90;
+        }
+        // Loaded by another process than the one that compiled it.
+        int p[2];
+        if (pipe(p) != 0) return 92;
+        pid_t child = fork();
+        if (child == 0) {
+            close(p[0]);
+            if (apply_or_exit({}, p[1])) _exit(90);
+            if (!sb::filter_was_precompiled()) {
+                say(p[1], "compiled in place");
+                _exit(93);
+            }
+            // Its own process may be signalled (raise(), abort()) ...
+            if (syscall(SYS_tgkill, getpid(), gettid(), 0) != 0) _exit(94);
+            say(p[1], "self ok;");
+            // ... another may not, nor may it do what the policy forbids.
+            syscall(SYS_tgkill, getppid(), getppid(), 0);
+            say(p[1], "other survived");
+            _exit(0);
+        }
+        close(p[1]);
+        char buf[256];
+        ssize_t n;
+        while ((n = read(p[0], buf, sizeof buf)) > 0) say(out, std::string_view(buf, static_cast<size_t>(n)));
+        int st = 0;
+        waitpid(child, &st, 0);
+        return WIFSIGNALED(st) && WTERMSIG(st) == SIGSYS ? 0 : 95;
+    });
+    EXPECT_TRUE(r.exited(0)) << "status " << r.status << " " << r.output;
+    EXPECT_EQ(r.output, "self ok;");
+}
+
 TEST(SandboxApply, LogModeLetsTheProcessRun) {
     auto r = run_child([](int out) {
         if (apply_or_exit(parse_ok("on,action=log"), out)) return 90;
