@@ -297,6 +297,13 @@ void DeviceServer::publish_round() {
     // The request a poison verdict named was in the first round's bytes
     // (they start at the same socket head); it never applies to a later one.
     if (any_request) w->poison_pending = false;
+    if (any_request && w->successor && w->died_ns && !w->first_served) {
+        // What a restart costs the VMM: its first request carried out
+        // (the replies follow right below).
+        w->first_served = true;
+        log::info("worker: first request served {} us after the predecessor's death",
+                  (EventLoop::now_ns() - w->died_ns) / 1000);
+    }
     if (any_request && w->test_die_at == 'p') ::raise(SIGKILL);  // TEST ONLY
     std::vector<Conn*> failed;
     for (auto& c : conns_)

@@ -215,6 +215,20 @@ int main(int argc, char** argv) {
     std::unique_ptr<ThreadReserve> late_workers;
     remote::RemoteProcess proc(loop);
     if (auto s = proc.configure(*cl, first_fd); !s.ok()) return die(s.error());
+    if (wctx && wctx->spare) {
+        // Devices built: wait to replace a dead worker. Only raw images can
+        // be opened this early: a format's metadata (qcow2's tables) may
+        // change under the running worker until then.
+        for (auto& d : proc.drives()) {
+            std::string fmt_name = d.backend ? d.backend->driver().format_name() : "none";
+            if (fmt_name != "raw") {
+                log::info("worker: no spare worker (drive '{}' is {}); a restart starts a new worker", d.opts.id,
+                          fmt_name);
+                ::_exit(worker::kNoSpareExit);
+            }
+        }
+        worker::await_go();
+    }
     // -incoming-state FILE: the devices carry on from a saved state instead
     // of from power-on. Read before the sandbox closes open().
     if (wctx && wctx->successor) {

@@ -327,6 +327,17 @@ struct SpawnMsg {
     char cause[60];
 };
 static_assert(sizeof(SpawnMsg) == 104);
+// SpawnMsg::successor: what the new process is.
+constexpr uint32_t kFirstWorker = 0;
+constexpr uint32_t kSuccessor = 1;
+constexpr uint32_t kSpare = 2;
+// Supervisor -> spare, after the fd table: become the successor described
+// by the rest of the message (a SpawnMsg).
+constexpr uint32_t kGoKind = 102;
+// A spare is started this long after a worker (re)starts serving.
+constexpr uint64_t kSpareDelayNs = 100'000'000;
+constexpr int kSparePollMs = 20;
+static_assert(sizeof(SpawnMsg) != sizeof(HandoffMsg));
 
 // x-worker-restart binary=...: worker -> supervisor -> spawner, with the
 // binary's fd (getfd) or its path; the answer goes back the same way.
@@ -548,6 +559,7 @@ void spawner(int sock, Context& ctx) {
                 // Every successor from now on (a live update's, a crash's).
                 if (g_binary_fd >= 0) ::close(g_binary_fd);
                 g_binary_fd = chosen.release();
+                ctx.hdr->binary_chosen.store(1);
             }
             fds.clear();
             if (!send_with_fds(sock, &r, sizeof r, {})) ::_exit(1);
@@ -559,13 +571,25 @@ void spawner(int sock, Context& ctx) {
         }
         if (n != static_cast<ssize_t>(sizeof(SpawnMsg)) || fds.size() != 1) ::_exit(1);
         const SpawnMsg& m = u.s;
+        if (m.successor == kSpare && g_binary_fd >= 0) {
+            // A spare would be this image, not the binary chosen for the
+            // successors: none from here on.
+            int32_t no = -ENOTSUP;
+            fds.clear();
+            table = FdTable{};
+            if (!send_with_fds(sock, &no, sizeof no, {})) ::_exit(1);
+            continue;
+        }
         long pid = ::syscall(SYS_clone, CLONE_PARENT | SIGCHLD, 0, 0, 0, 0);
         if (pid == 0) {
             ::close(sock);
-            ::prctl(PR_SET_NAME, "qemu-scsi-dev", 0, 0, 0);
+            // A spare is told apart from the worker in ps (and by tests that
+            // kill the worker) until it becomes one (await_go).
+            ::prctl(PR_SET_NAME, m.successor == kSpare ? "mpq-spare" : "qemu-scsi-dev", 0, 0, 0);
             if (g_binary_fd >= 0) exec_successor(m, fds[0].get(), table);
             ctx.handoff_fd = fds[0].release();
-            ctx.successor = m.successor != 0;
+            ctx.spare = m.successor == kSpare;
+            ctx.successor = m.successor != kFirstWorker;
             ctx.restarts = m.restarts;
             ctx.last_exit.valid = m.last_valid != 0;
             ctx.last_exit.signal = m.last_signal;
@@ -614,6 +638,43 @@ std::string describe(int status) {
 }
 
 }  // namespace
+
+void await_go() {
+    Context* c = g_ctx;
+    if (!c || !c->spare) return;
+    FdTable fresh;
+    std::vector<UniqueFd> fds;
+    for (;;) {
+        union {
+            HandoffMsg h;
+            SpawnMsg s;
+        } u{};
+        ssize_t n = recv_with_fds(c->handoff_fd, &u, sizeof u, fds, 0);
+        if (n <= 0) ::_exit(0);  // the supervisor no longer wants this spare
+        if (n == static_cast<ssize_t>(sizeof(HandoffMsg))) {
+            apply_handoff(u.h, fds, fresh);
+        } else if (n == static_cast<ssize_t>(sizeof(SpawnMsg)) && u.s.kind == kGoKind) {
+            const SpawnMsg& m = u.s;
+            c->restarts = m.restarts;
+            c->last_exit.valid = m.last_valid != 0;
+            c->last_exit.signal = m.last_signal;
+            c->last_exit.status = m.last_status;
+            c->last_exit.cause = std::string(m.cause, strnlen(m.cause, sizeof m.cause));
+            c->died_ns = m.died_ns;
+            c->poison_pending = m.poison != 0;
+            c->poison_conn = m.poison_conn;
+            c->poison_off = m.poison_off;
+            break;
+        }
+        fds.clear();
+    }
+    // The table as it is now: the dead worker may have handed over fds
+    // since this spare was started.
+    *c->table = std::move(fresh);
+    c->spare = false;
+    c->successor = true;
+    ::prctl(PR_SET_NAME, "qemu-scsi-dev", 0, 0, 0);
+}
 
 Status run_supervisor(const SupervisorOptions& opts) {
     int mfd = ::memfd_create("mpq-worker-state", MFD_CLOEXEC);
@@ -682,17 +743,23 @@ Status run_supervisor(const SupervisorOptions& opts) {
     RestartPolicy policy(opts.max_restarts, opts.window_ns);
     PoisonDetector poison;
     bool first = true;
-    for (;;) {
+    // The spare: a worker started ahead of time that has built its devices
+    // and waits to replace the running one (a restart is then a message,
+    // not a clone that opens images and starts threads). Off for good once
+    // one says it cannot be built ahead of time, fails to start twice, or
+    // a live update chose another binary (a spare is this image).
+    struct Spare {
+        int32_t pid = 0;
+        UniqueFd hand;
+    } spare;
+    bool spares_off = false;
+    unsigned spare_failures = 0;
+    auto ask_spawner = [&](uint32_t what, UniqueFd& hand) -> int32_t {
         int sp[2];
-        if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sp) != 0)
-            return fail_errno(errno, "worker: socketpair: {}", std::strerror(errno));
-        hdr->serving.store(0);
-        hdr->finished.store(0);
-        hdr->handling.store(0);
-        hdr->live_update.store(0);
+        if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sp) != 0) return -errno;
         SpawnMsg req{};
         req.kind = kSpawnKind;
-        req.successor = first ? 0 : 1;
+        req.successor = what;
         req.restarts = ctx.restarts;
         req.last_valid = ctx.last_exit.valid;
         req.last_signal = ctx.last_exit.signal;
@@ -706,21 +773,89 @@ Status run_supervisor(const SupervisorOptions& opts) {
         std::vector<UniqueFd> none;
         if (send_table(zsock.get(), table) && send_with_fds(zsock.get(), &req, sizeof req, std::span(&sp[1], 1)))
             if (recv_with_fds(zsock.get(), &pid, sizeof pid, none, 0) != sizeof pid) pid = -EPIPE;
-        if (pid <= 0) {
-            ::close(sp[0]);
-            ::close(sp[1]);
-            if (first) return fail_errno(-pid, "worker: cannot start the worker: {}", std::strerror(-pid));
-            log::error("worker: cannot start a successor: {}; giving up", std::strerror(-pid));
-            ::_exit(1);
-        }
         ::close(sp[1]);
-        UniqueFd hand(sp[0]);
+        if (pid <= 0) ::close(sp[0]);
+        else hand = UniqueFd(sp[0]);
+        return pid;
+    };
+    auto drop_spare = [&]() {
+        if (spare.pid <= 0) return;
+        ::kill(spare.pid, SIGKILL);
+        int st = 0;
+        while (::waitpid(spare.pid, &st, 0) < 0 && errno == EINTR) {
+        }
+        spare = Spare{};
+    };
+    auto spare_died = [&](int st) {
+        spare = Spare{};
+        if (WIFEXITED(st) && WEXITSTATUS(st) == kNoSpareExit) {
+            spares_off = true;  // it said why in its log
+        } else if (++spare_failures >= 2) {
+            spares_off = true;
+            log::warn("worker: spare died ({}); restarts start a new worker from now on", describe(st));
+        }
+    };
+    for (;;) {
+        hdr->serving.store(0);
+        hdr->finished.store(0);
+        hdr->handling.store(0);
+        hdr->live_update.store(0);
+        if (hdr->binary_chosen.load() && !spares_off) {
+            // Successors come from the binary a live update chose; the
+            // spare is the old image.
+            drop_spare();
+            spares_off = true;
+        }
+        int32_t pid = 0;
+        UniqueFd hand;
+        if (!first && spare.pid > 0) {
+            // Promote the spare: the fd table as it is now, then its context.
+            SpawnMsg go{};
+            go.kind = kGoKind;
+            go.successor = kSuccessor;
+            go.restarts = ctx.restarts;
+            go.last_valid = ctx.last_exit.valid;
+            go.last_signal = ctx.last_exit.signal;
+            go.last_status = ctx.last_exit.status;
+            std::strncpy(go.cause, ctx.last_exit.cause.c_str(), sizeof go.cause - 1);
+            go.died_ns = ctx.died_ns;
+            go.poison = ctx.poison_pending;
+            go.poison_conn = ctx.poison_conn;
+            go.poison_off = ctx.poison_off;
+            if (send_table(spare.hand.get(), table) && send_with_fds(spare.hand.get(), &go, sizeof go, {})) {
+                pid = spare.pid;
+                hand = std::move(spare.hand);
+                spare = Spare{};
+            } else {
+                drop_spare();
+            }
+        }
+        if (pid <= 0) {
+            pid = ask_spawner(first ? kFirstWorker : kSuccessor, hand);
+            if (pid <= 0) {
+                if (first) return fail_errno(-pid, "worker: cannot start the worker: {}", std::strerror(-pid));
+                log::error("worker: cannot start a successor: {}; giving up", std::strerror(-pid));
+                ::_exit(1);
+            }
+        }
+        // The next spare is started once this worker has served for a
+        // while: built at once, it would take the CPU from the worker's
+        // first requests, the very ones a restart makes the guest wait for.
+        const uint64_t spare_after = mono_ns() + kSpareDelayNs;
         int status = 0;
         bool dead = false;
         while (!dead) {
+            const bool want_spare = !spares_off && spare.pid <= 0;
             pollfd p[2] = {{sfd.get(), POLLIN, 0}, {hand.get(), POLLIN, 0}};
-            int n = ::poll(p, 2, -1);
+            int n = ::poll(p, 2, want_spare ? kSparePollMs : -1);
             if (n < 0) continue;
+            if (want_spare && hdr->serving.load() && mono_ns() >= spare_after) {
+                UniqueFd sh;
+                int32_t sp = ask_spawner(kSpare, sh);
+                if (sp > 0) spare = Spare{sp, std::move(sh)};
+                else spares_off = true;  // -ENOTSUP: successors come from a chosen binary
+            }
+            if (n == 0) continue;
             if (p[1].revents & POLLIN) take_handoff(hand.get(), table, zsock.get());
             if (p[0].revents & POLLIN) {
                 signalfd_siginfo si;
@@ -729,6 +864,9 @@ Status run_supervisor(const SupervisorOptions& opts) {
                     ::kill(pid, static_cast<int>(si.ssi_signo));
                     continue;
                 }
+                // One SIGCHLD may stand for both children.
+                int sst = 0;
+                if (spare.pid > 0 && ::waitpid(spare.pid, &sst, WNOHANG) == spare.pid) spare_died(sst);
                 if (::waitpid(pid, &status, WNOHANG) == pid) dead = true;
             } else if (p[1].revents & (POLLHUP | POLLERR)) {
                 // The worker's end is closed: it is dying; reap it.
@@ -739,7 +877,10 @@ Status run_supervisor(const SupervisorOptions& opts) {
         take_handoff(hand.get(), table);  // what it sent before dying
         hand.reset();
         bool finished = hdr->finished.load();
-        if (finished || (first && !hdr->serving.load())) exit_like(status);
+        if (finished || (first && !hdr->serving.load())) {
+            drop_spare();
+            exit_like(status);
+        }
         ctx.last_exit.valid = true;
         ctx.last_exit.signal = WIFSIGNALED(status) ? WTERMSIG(status) : 0;
         ctx.last_exit.status = WIFEXITED(status) ? WEXITSTATUS(status) : 0;
@@ -759,6 +900,7 @@ Status run_supervisor(const SupervisorOptions& opts) {
         if (!policy.allow(died)) {
             log::error("worker: pid {} died ({}); {} restarts within {} s: giving up, the device is gone",
                        pid, ctx.last_exit.cause, opts.max_restarts + 1, opts.window_ns / 1'000'000'000ull);
+            drop_spare();
             ::_exit(1);
         }
         ctx.poison_pending = poison.died(hdr->handling.load() != 0, hdr->seq.load());

@@ -60,6 +60,7 @@ struct PublishHeader {
     std::atomic<uint64_t> slot_len[2];
     std::atomic<uint64_t> publish_ns_total;  // time spent publishing (bench, x-query-worker)
     std::atomic<uint64_t> publishes;
+    std::atomic<uint32_t> binary_chosen;  // x-worker-restart chose a binary for the successors
 };
 static_assert(sizeof(PublishHeader) <= kHeaderBytes);
 static_assert(std::atomic<uint64_t>::is_always_lock_free);
@@ -158,12 +159,16 @@ struct Context {
     uint8_t* slots = nullptr;
     int handoff_fd = -1;
     bool successor = false;
+    // A spare: started ahead of time, it builds its devices and then waits
+    // (await_go) until the supervisor makes it the successor of a dead worker.
+    bool spare = false;
     bool poison_pending = false;  // answer one request as a dead device:
     uint32_t poison_conn = 0;     // the one of this connection
     uint32_t poison_off = 0;      // at this offset of the unconsumed bytes
     unsigned restarts = 0;
     LastExit last_exit;
     uint64_t died_ns = 0;  // when the predecessor's death was seen
+    bool first_served = false;  // a successor answered its first request (logged once)
     FdTable* table = nullptr;
     int test_fault_fd = -1;  // TEST ONLY: a byte on it makes the worker fault
     // TEST ONLY: die inside the next round with a request, right after its
@@ -179,6 +184,15 @@ struct Context {
 };
 // The context of this process when it is a worker, else nullptr.
 Context* context();
+
+// In a spare, after its devices are built: waits until the supervisor sends
+// the fd table and the context of the worker it replaces, and returns as
+// that worker's successor. Never returns if the supervisor gives up on it.
+void await_go();
+// A spare whose devices cannot be built ahead of time (a drive with format
+// metadata the live worker keeps changing, e.g. qcow2) leaves with this
+// status; the supervisor then starts successors after a death instead.
+inline constexpr int kNoSpareExit = 75;
 
 struct SupervisorOptions {
     // A worker killed every 0.5 s (20 in 10 s) is carried on; a crash loop

@@ -25,8 +25,9 @@ POISON = 0x0badf00d
 
 
 def worker_pid(sup):
-    """The supervisor's worker child (its other child is the spawner, named
-    mpq-spawner), or None between workers."""
+    """The supervisor's worker child (its other children are the spawner,
+    named mpq-spawner, and the spare worker, mpq-spare), or None between
+    workers."""
     try:
         with open("/proc/%d/task/%d/children" % (sup, sup)) as f:
             kids = [int(k) for k in f.read().split()]
@@ -35,7 +36,7 @@ def worker_pid(sup):
     for k in kids:
         try:
             with open("/proc/%d/comm" % k) as f:
-                if f.read().strip() == "mpq-spawner":
+                if f.read().strip() in ("mpq-spawner", "mpq-spare"):
                     continue
             with open("/proc/%d/stat" % k) as f:
                 if f.read().rsplit(")", 1)[1].split()[0] == "Z":
@@ -416,9 +417,77 @@ def refusals():
         assert p.returncode == 1 and needle in out, (args, p.returncode, out)
 
 
+def children_named(sup, name):
+    try:
+        with open("/proc/%d/task/%d/children" % (sup, sup)) as f:
+            kids = [int(k) for k in f.read().split()]
+    except OSError:
+        return []
+    out = []
+    for k in kids:
+        try:
+            with open("/proc/%d/comm" % k) as f:
+                if f.read().strip() == name:
+                    out.append(k)
+        except OSError:
+            pass
+    return out
+
+
+def spare_takes_over():
+    """On raw, a spare worker (mpq-spare) waits with its devices built; a
+    death makes that very process the successor, the data carries on, and
+    a new spare follows. On qcow2 there is none (its tables may change under
+    the running worker) and a restart starts a new worker."""
+    for fmt in ("raw", "qcow2"):
+        with fr.TmpDir() as tmp:
+            disk = os.path.join(tmp, "disk." + fmt)
+            if fmt == "raw":
+                fr.make_raw(disk, 4)
+            else:
+                fr.make_qcow2(disk, 4)
+            rig = fr.Rig(tmp, disk, fmt=fmt, vmm="ours", remote_args=["-x-worker", "on"])
+            rig.start()
+            try:
+                sup = rig.remote.pid
+                data = fr.pattern(7, 1, 8)
+                assert rig.write_blocks(7, data)[0]
+                for round_no in range(3):
+                    w = wait_worker(sup)
+                    spare = None
+                    end = time.time() + 10
+                    while time.time() < end and fmt == "raw":
+                        found = children_named(sup, "mpq-spare")
+                        if found:
+                            spare = found[0]
+                            break
+                        time.sleep(0.01)
+                    if fmt == "raw":
+                        assert spare, "no spare worker after %d restarts:\n%s" % (round_no, rig.log("remote"))
+                    # Time for a spare to finish building its devices (or,
+                    # on qcow2, to be asked for and decline).
+                    time.sleep(0.3)
+                    os.kill(w, signal.SIGKILL)
+                    ok, st, got = rig.read_blocks(7, 8)
+                    assert ok and got == data, "%s: read after restart %d: ok=%r st=%r" % (fmt, round_no, ok, st)
+                    nw = wait_worker(sup, not_pid=w)
+                    if fmt == "raw":
+                        assert nw == spare, "successor %d is not the spare %d" % (nw, spare)
+                    else:
+                        assert not children_named(sup, "mpq-spare"), "a spare on qcow2"
+                log = rig.log("remote")
+                if fmt == "qcow2":
+                    assert "no spare worker (drive 'd0' is qcow2)" in log, log
+                assert restarts_in(log) == 3, log
+                assert log.count("first request served") == 3, log
+            finally:
+                rig.stop()
+
+
 def run():
     fr.need_peers()
     refusals()
+    spare_takes_over()
     seeds = [int(s) for s in os.environ.get("MPQ_WORKER_SEEDS", "1,2,3").split(",")]
     kill_run(seeds[0], with_kills=False)
     totals = {"kill": 0, "segv": 0, "syscall": 0, "publish": 0, "consume": 0}
@@ -433,8 +502,9 @@ def run():
     assert all(v > 0 for v in totals.values()), totals
     live_update_run(seeds[0] + 200)
     poison_and_give_up()
-    print("ok: worker killed %r times over seeds %r, same registers/memory/disk; poison answered as a "
-          "dead device; repeated deaths give up; 20 live updates" % (totals, seeds))
+    print("ok: a spare takes over on raw, none on qcow2; worker killed %r times over seeds %r, same "
+          "registers/memory/disk; poison answered as a dead device; repeated deaths give up; 20 live "
+          "updates" % (totals, seeds))
 
 
 if __name__ == "__main__":
