@@ -26,6 +26,8 @@ constexpr int kMaxFramesPerWakeup = 64;
 // A peer whose socket buffer is full of unread replies gets this long before
 // it is dropped (it would otherwise stall every other connection).
 constexpr int kSendTimeoutMs = 10000;
+// Batches of device work a worker's publish runs after its drain (publish_round).
+constexpr int kSettleBatches = 4;
 
 }  // namespace
 
@@ -256,6 +258,12 @@ void DeviceServer::publish_round() {
     worker::Context* w = worker::context();
     uint64_t t0 = EventLoop::now_ns();
     auto blob = capture_();
+    // The capture drains the drives: their completions queue device work
+    // (SCRIPTS resuming after a READ's data or a WRITE's status) that would
+    // otherwise wait for another round, and another publish. It runs now,
+    // in this round, a few batches at most (a device that keeps deferring
+    // work gets the next round like any other).
+    for (int i = 0; i < kSettleBatches && blob.ok() && loop_.run_deferred_now(); i++) blob = capture_();
     if (!blob.ok()) {
         // Carrying on unpublished would leave a successor an older state
         // than what the VMM was answered: leave now instead, with this

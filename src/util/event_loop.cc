@@ -324,6 +324,15 @@ void EventLoop::run_deferred() {
     for (auto& cb : batch) cb();
 }
 
+bool EventLoop::run_deferred_now() {
+    {
+        std::lock_guard lk(posted_mu_);
+        if (deferred_.empty() && posted_.empty()) return false;
+    }
+    run_deferred();
+    return true;
+}
+
 void EventLoop::run_once(int timeout_ms) {
     int t = next_timeout_ms();
     if (timeout_ms >= 0 && (t < 0 || timeout_ms < t)) t = timeout_ms;

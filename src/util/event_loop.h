@@ -90,6 +90,11 @@ public:
     // callbacks remove the hooks.
     void set_round_hooks(Callback begin, Callback end);
 
+    // Runs the callbacks deferred (and posted) so far, one batch, from
+    // inside a round (its end hook); false if there were none. For an owner
+    // that must see a round's follow-up work before the round ends.
+    bool run_deferred_now();
+
     // Runs until stop(). Returns the exit code given to stop().
     int run();
     // Runs one round: waits up to `timeout_ms` (-1 forever) for events.

@@ -13,6 +13,7 @@ with kills and with live updates (12 guest runs, about 3 minutes on 2 cores)."""
 import os
 import re
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -184,6 +185,125 @@ def run(disk_format, disruption, workload="basic"):
     print("PASS (%s, %s, %d %s, %d restarts)" % (workload, disk_format, len(kills), what, restarts))
 
 
+def io_bytes(pid):
+    """read + write bytes the process moved through files so far."""
+    try:
+        with open("/proc/%d/io" % pid) as f:
+            v = dict(l.split(": ") for l in f.read().splitlines())
+        return int(v["rchar"]) + int(v["wchar"])
+    except (OSError, KeyError, ValueError):
+        return 0
+
+
+def what_guest_sees(kind):
+    """One guest run (basic workload, raw) in which the device process dies
+    once, by SIGKILL, after the guest has started using the disk: `stock`
+    kills stock QEMU's remote, `single` our remote without a worker (the
+    whole process), `worker` our worker under its supervisor. Returns the
+    harness's verdict and the first lines of the guest console that show
+    the death, for the table in bench/README.md."""
+    gt.require_host()
+    harness = os.path.join(gt.SHARED, "tools", "guest-e2e", "run-e2e.py")
+    if not os.path.isfile(harness):
+        gt.skip("shared harness not found at %s (MPQ_SHARED_DIR)" % harness)
+    remote = gt.require_our_remote()
+    sb = gt.Sandbox("e2edeath")
+    common = ("-device lsi53c895a,id=lsi0 -drive id=d0,file={disk},format={format},if=none "
+              "-device scsi-hd,id=sd0,drive=d0,bus=lsi0.0,scsi-id=0")
+    if kind == "stock":
+        template = ("qemu-system-x86_64 -name %s -machine x-remote -nodefaults -display none %s "
+                    "-object x-remote-object,id=robj0,devid=lsi0,fd={fd}" % (sb.tag, common))
+    else:
+        template = "%s {fd} -name %s %s%s" % (remote, sb.tag, common,
+                                              " -x-worker on" if kind == "worker" else "")
+    if kind != "worker":
+        # The harness stops the guest as soon as its remote dies; run the
+        # remote under a shell that outlives it (and closes its own copy of
+        # the socket, so the proxy does see the death), to see what the
+        # guest sees.
+        template = "sh -c '%s & exec {fd}>&-; wait; sleep 300'" % template
+    argv = [sys.executable, harness, "--remote-cmd", template, "--workload", "basic",
+            "--disk-format", "raw", "--timeout", "150", "--workdir-base", sb.tmp,
+            "--main-extra", "-name %s" % sb.tag,
+            "--keep-logs", os.path.join(sb.tmp, "logs")] + gt.e2e_accel_args()
+    killed = []
+    stop = threading.Event()
+
+    def victims():
+        out = []
+        for d in os.listdir("/proc"):
+            if not d.isdigit():
+                continue
+            pid = int(d)
+            try:
+                with open("/proc/%d/cmdline" % pid, "rb") as f:
+                    cmd = f.read()
+            except OSError:
+                continue
+            if sb.tag.encode() not in cmd or b"x-pci-proxy-dev" in cmd or b"run-e2e" in cmd:
+                continue
+            c = comm(pid)
+            if kind == "worker":
+                if c == "qemu-scsi-dev" and comm(ppid(pid)) == "qemu-scsi-dev":
+                    out.append(pid)
+            elif c in ("qemu-scsi-dev", "qemu-system-x86"):
+                out.append(pid)
+        return out
+
+    def killer():
+        # Once the device process has moved a few MiB (the guest booted and
+        # its workload runs), one SIGKILL.
+        base = None
+        while not stop.wait(0.05):
+            v = victims()
+            if not v:
+                continue
+            moved = io_bytes(v[0])
+            base = moved if base is None else base
+            if moved - base > (4 << 20):
+                os.kill(v[0], signal.SIGKILL)
+                killed.append(time.monotonic())
+                return
+
+    th = threading.Thread(target=killer, daemon=True)
+    th.start()
+    try:
+        r = subprocess.run(argv, env=sb.env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                           timeout=300)
+        rc, out = r.returncode, r.stdout + r.stderr
+    finally:
+        stop.set()
+        th.join()
+    console = ""
+    for name in ("console.log", "dmesg.txt"):
+        try:
+            with open(os.path.join(sb.tmp, "logs", name), errors="replace") as f:
+                console += f.read()
+        except OSError:
+            pass
+    seen = [l.strip() for l in console.splitlines()
+            if re.search(r"I/O error|abort|ABORT|timing out|timed out|rejecting I/O|error handler|"
+                         r"host reset|offline|Buffer I/O|hung|blocked for more", l)]
+    if not seen and kind != "worker":
+        # Nothing the driver said: the last thing the guest printed.
+        seen = ["(last console line) " + l.strip() for l in console.splitlines()[-1:]]
+    fails = re.findall(r"FAIL: (.*)", out)
+    verdict = "PASS" if re.search(r"^E2E PASS", out, re.M) else "FAIL: %s" % (fails[-1][:80] if fails else "rc %s" % rc)
+    sb.cleanup()
+    return bool(killed), verdict, seen
+
+
+def death_table():
+    print("| device process | killed | guest run | what the guest console shows (first lines) |")
+    print("|---|---|---|---|")
+    for kind, name in (("stock", "stock QEMU's remote"), ("single", "ours, one process"),
+                       ("worker", "ours, `-x-worker on` (the worker killed)")):
+        killed, verdict, seen = what_guest_sees(kind)
+        shown = "; ".join("`%s`" % l[:110] for l in seen[:3]) or "nothing"
+        print("| %s | %s | %s | %s (%d lines) |" % (name, "yes" if killed else "no", verdict, shown, len(seen)),
+              flush=True)
+
+
 def suite():
     """Every workload on both formats with both disruptions, one after the
     other; stops at the first failure (gt.fail exits)."""
@@ -197,7 +317,9 @@ def suite():
 if __name__ == "__main__":
     if sys.argv[1:] == ["--suite"]:
         suite()
+    elif sys.argv[1:] == ["--death-table"]:
+        death_table()
     elif len(sys.argv) == 4:
         run(sys.argv[2], sys.argv[3], sys.argv[1])
     else:
-        sys.exit("usage: worker_e2e.py --suite | WORKLOAD FORMAT kill|live-update")
+        sys.exit("usage: worker_e2e.py --suite | --death-table | WORKLOAD FORMAT kill|live-update")
