@@ -31,27 +31,6 @@ sys.path.insert(0, os.path.join(HERE, "..", "tests", "lib"))
 import faultrig as fr  # noqa: E402
 
 
-def worker_of(sup):
-    """The supervisor's worker child (not the spawner or the spare)."""
-    try:
-        with open("/proc/%d/task/%d/children" % (sup, sup)) as f:
-            kids = [int(k) for k in f.read().split()]
-    except OSError:
-        return None
-    for k in kids:
-        try:
-            with open("/proc/%d/comm" % k) as f:
-                if f.read().strip() in ("mpq-spawner", "mpq-spare"):
-                    continue
-            with open("/proc/%d/stat" % k) as f:
-                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
-                    continue
-        except OSError:
-            continue
-        return k
-    return None
-
-
 def summary(xs):
     xs = sorted(xs)
     p90 = xs[min(len(xs) - 1, int(round(0.9 * (len(xs) - 1))))]
@@ -80,11 +59,11 @@ def main():
             read_us = statistics.median(base)
             client = []
             for i in range(a.kills):
-                w = worker_of(rig.remote.pid)
+                w = fr.worker_pid(rig.remote.pid)
                 end = time.monotonic() + 5
                 while w is None and time.monotonic() < end:
                     time.sleep(0.001)
-                    w = worker_of(rig.remote.pid)
+                    w = fr.worker_pid(rig.remote.pid)
                 if w is None:
                     sys.exit("no worker; remote log:\n" + rig.log("remote"))
                 t0 = time.monotonic()

@@ -754,21 +754,26 @@ Status run_supervisor(const SupervisorOptions& opts) {
     } spare;
     bool spares_off = false;
     unsigned spare_failures = 0;
+    // What a new worker (or a spare made one) must know of its predecessor.
+    auto context_msg = [&](uint32_t kind, uint32_t what) {
+        SpawnMsg m{};
+        m.kind = kind;
+        m.successor = what;
+        m.restarts = ctx.restarts;
+        m.last_valid = ctx.last_exit.valid;
+        m.last_signal = ctx.last_exit.signal;
+        m.last_status = ctx.last_exit.status;
+        std::strncpy(m.cause, ctx.last_exit.cause.c_str(), sizeof m.cause - 1);
+        m.died_ns = ctx.died_ns;
+        m.poison = ctx.poison_pending;
+        m.poison_conn = ctx.poison_conn;
+        m.poison_off = ctx.poison_off;
+        return m;
+    };
     auto ask_spawner = [&](uint32_t what, UniqueFd& hand) -> int32_t {
         int sp[2];
         if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sp) != 0) return -errno;
-        SpawnMsg req{};
-        req.kind = kSpawnKind;
-        req.successor = what;
-        req.restarts = ctx.restarts;
-        req.last_valid = ctx.last_exit.valid;
-        req.last_signal = ctx.last_exit.signal;
-        req.last_status = ctx.last_exit.status;
-        std::strncpy(req.cause, ctx.last_exit.cause.c_str(), sizeof req.cause - 1);
-        req.died_ns = ctx.died_ns;
-        req.poison = ctx.poison_pending;
-        req.poison_conn = ctx.poison_conn;
-        req.poison_off = ctx.poison_off;
+        SpawnMsg req = context_msg(kSpawnKind, what);
         int32_t pid = -EPIPE;
         std::vector<UniqueFd> none;
         if (send_table(zsock.get(), table) && send_with_fds(zsock.get(), &req, sizeof req, std::span(&sp[1], 1)))
@@ -810,18 +815,7 @@ Status run_supervisor(const SupervisorOptions& opts) {
         UniqueFd hand;
         if (!first && spare.pid > 0) {
             // Promote the spare: the fd table as it is now, then its context.
-            SpawnMsg go{};
-            go.kind = kGoKind;
-            go.successor = kSuccessor;
-            go.restarts = ctx.restarts;
-            go.last_valid = ctx.last_exit.valid;
-            go.last_signal = ctx.last_exit.signal;
-            go.last_status = ctx.last_exit.status;
-            std::strncpy(go.cause, ctx.last_exit.cause.c_str(), sizeof go.cause - 1);
-            go.died_ns = ctx.died_ns;
-            go.poison = ctx.poison_pending;
-            go.poison_conn = ctx.poison_conn;
-            go.poison_off = ctx.poison_off;
+            SpawnMsg go = context_msg(kGoKind, kSuccessor);
             if (send_table(spare.hand.get(), table) && send_with_fds(spare.hand.get(), &go, sizeof go, {})) {
                 pid = spare.pid;
                 hand = std::move(spare.hand);

@@ -27,10 +27,7 @@ def image_blocks(path, fmt, tmp, lba, nblk):
 def one(fmt):
     with fr.TmpDir() as tmp:
         disk = os.path.join(tmp, "disk." + fmt)
-        if fmt == "raw":
-            fr.make_raw(disk, 16)
-        else:
-            fr.make_qcow2(disk, 16)
+        fr.make_disk(disk, fmt, 16)
         rig = fr.Rig(tmp, disk, fmt=fmt, remote=KIND).start()
         fr.require_writes(rig)
         try:

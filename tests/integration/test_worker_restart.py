@@ -25,26 +25,7 @@ POISON = 0x0badf00d
 
 
 def worker_pid(sup):
-    """The supervisor's worker child (its other children are the spawner,
-    named mpq-spawner, and the spare worker, mpq-spare), or None between
-    workers."""
-    try:
-        with open("/proc/%d/task/%d/children" % (sup, sup)) as f:
-            kids = [int(k) for k in f.read().split()]
-    except OSError:
-        return None
-    for k in kids:
-        try:
-            with open("/proc/%d/comm" % k) as f:
-                if f.read().strip() in ("mpq-spawner", "mpq-spare"):
-                    continue
-            with open("/proc/%d/stat" % k) as f:
-                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
-                    continue  # dead, not reaped yet
-        except OSError:
-            continue
-        return k
-    return None
+    return fr.worker_pid(sup)
 
 
 def wait_worker(sup, not_pid=None, timeout=10.0):
@@ -418,20 +399,7 @@ def refusals():
 
 
 def children_named(sup, name):
-    try:
-        with open("/proc/%d/task/%d/children" % (sup, sup)) as f:
-            kids = [int(k) for k in f.read().split()]
-    except OSError:
-        return []
-    out = []
-    for k in kids:
-        try:
-            with open("/proc/%d/comm" % k) as f:
-                if f.read().strip() == name:
-                    out.append(k)
-        except OSError:
-            pass
-    return out
+    return [k for k, n in fr.children(sup) if n == name]
 
 
 def spare_takes_over():
@@ -442,10 +410,7 @@ def spare_takes_over():
     for fmt in ("raw", "qcow2"):
         with fr.TmpDir() as tmp:
             disk = os.path.join(tmp, "disk." + fmt)
-            if fmt == "raw":
-                fr.make_raw(disk, 4)
-            else:
-                fr.make_qcow2(disk, 4)
+            fr.make_disk(disk, fmt, 4)
             rig = fr.Rig(tmp, disk, fmt=fmt, vmm="ours", remote_args=["-x-worker", "on"])
             rig.start()
             try:

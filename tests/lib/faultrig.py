@@ -81,6 +81,45 @@ def make_qcow2(path, mib):
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", path, "%dM" % mib], check=True)
 
 
+def make_disk(path, fmt, mib):
+    """An empty image of `mib` MiB, raw or qcow2."""
+    if fmt == "raw":
+        make_raw(path, mib)
+    else:
+        make_qcow2(path, mib)
+
+
+def children(sup):
+    """(pid, comm) of the live children of `sup` (zombies left out)."""
+    try:
+        with open("/proc/%d/task/%d/children" % (sup, sup)) as f:
+            kids = [int(k) for k in f.read().split()]
+    except OSError:
+        return []
+    out = []
+    for k in kids:
+        try:
+            with open("/proc/%d/comm" % k) as f:
+                name = f.read().strip()
+            with open("/proc/%d/stat" % k) as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    continue  # dead, not reaped yet
+        except OSError:
+            continue
+        out.append((k, name))
+    return out
+
+
+def worker_pid(sup):
+    """The -x-worker supervisor's worker child (its other children are the
+    spawner, mpq-spawner, and the spare worker, mpq-spare), or None between
+    workers."""
+    for k, name in children(sup):
+        if name not in ("mpq-spawner", "mpq-spare"):
+            return k
+    return None
+
+
 def qemu_img_check(path):
     """(clean, text): clean if no corruption (leaked clusters are allowed)."""
     p = subprocess.run(["qemu-img", "check", "--output=human", path],

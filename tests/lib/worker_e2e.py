@@ -46,9 +46,8 @@ def ppid(pid):
         return 0
 
 
-def workers(tag):
-    """Live workers of the remote named `tag`: a qemu-scsi-dev whose parent
-    (the supervisor) is a qemu-scsi-dev as well."""
+def tagged(tag):
+    """(pid, command line) of the processes whose command line has `tag`."""
     out = []
     for d in os.listdir("/proc"):
         if not d.isdigit():
@@ -59,11 +58,16 @@ def workers(tag):
                 cmd = f.read()
         except OSError:
             continue
-        if tag.encode() not in cmd or comm(pid) != "qemu-scsi-dev":
-            continue
-        if comm(ppid(pid)) == "qemu-scsi-dev":
-            out.append(pid)
+        if tag.encode() in cmd:
+            out.append((pid, cmd))
     return out
+
+
+def workers(tag):
+    """Live workers of the remote named `tag`: a qemu-scsi-dev whose parent
+    (the supervisor) is a qemu-scsi-dev as well."""
+    return [pid for pid, _ in tagged(tag)
+            if comm(pid) == "qemu-scsi-dev" and comm(ppid(pid)) == "qemu-scsi-dev"]
 
 
 def live_update(qmp_path):
@@ -79,12 +83,17 @@ def live_update(qmp_path):
         raise RuntimeError("x-worker-restart: %r" % r)
 
 
-def run(disk_format, disruption, workload="basic"):
+def prerequisites():
+    """The shared harness and our remote, or a skip/failure saying what is missing."""
     gt.require_host()
     harness = os.path.join(gt.SHARED, "tools", "guest-e2e", "run-e2e.py")
     if not os.path.isfile(harness):
         gt.skip("shared harness not found at %s (MPQ_SHARED_DIR)" % harness)
-    remote = gt.require_our_remote()
+    return harness, gt.require_our_remote()
+
+
+def run(disk_format, disruption, workload="basic"):
+    harness, remote = prerequisites()
     sb = gt.Sandbox("e2ekill")
     qmp_path = os.path.join(sb.tmp, "qmp.sock")
     # A byte written here makes the running worker fault ('x': a forbidden
@@ -202,11 +211,7 @@ def what_guest_sees(kind):
     whole process), `worker` our worker under its supervisor. Returns the
     harness's verdict and the first lines of the guest console that show
     the death, for the table in bench/README.md."""
-    gt.require_host()
-    harness = os.path.join(gt.SHARED, "tools", "guest-e2e", "run-e2e.py")
-    if not os.path.isfile(harness):
-        gt.skip("shared harness not found at %s (MPQ_SHARED_DIR)" % harness)
-    remote = gt.require_our_remote()
+    harness, remote = prerequisites()
     sb = gt.Sandbox("e2edeath")
     common = ("-device lsi53c895a,id=lsi0 -drive id=d0,file={disk},format={format},if=none "
               "-device scsi-hd,id=sd0,drive=d0,bus=lsi0.0,scsi-id=0")
@@ -230,25 +235,12 @@ def what_guest_sees(kind):
     stop = threading.Event()
 
     def victims():
-        out = []
-        for d in os.listdir("/proc"):
-            if not d.isdigit():
-                continue
-            pid = int(d)
-            try:
-                with open("/proc/%d/cmdline" % pid, "rb") as f:
-                    cmd = f.read()
-            except OSError:
-                continue
-            if sb.tag.encode() not in cmd or b"x-pci-proxy-dev" in cmd or b"run-e2e" in cmd:
-                continue
-            c = comm(pid)
-            if kind == "worker":
-                if c == "qemu-scsi-dev" and comm(ppid(pid)) == "qemu-scsi-dev":
-                    out.append(pid)
-            elif c in ("qemu-scsi-dev", "qemu-system-x86"):
-                out.append(pid)
-        return out
+        if kind == "worker":
+            return workers(sb.tag)
+        # The remote itself: not the VMM (the proxy's process), not the
+        # harness or the shell around the remote.
+        return [pid for pid, cmd in tagged(sb.tag)
+                if b"x-pci-proxy-dev" not in cmd and comm(pid) in ("qemu-scsi-dev", "qemu-system-x86")]
 
     def killer():
         # Once the device process has moved a few MiB (the guest booted and
