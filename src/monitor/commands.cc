@@ -390,7 +390,8 @@ void register_commands(QmpDispatcher& d, CommandEnv& env) {
         auto w = env.view.query_worker();
         if (!w.ok()) return QmpReply::err(kGenericError, w.error().message);
         Json r{{"pid", w->pid}, {"restarts", w->restarts}, {"state-version", w->state_version},
-               {"published-rounds", w->published_rounds}, {"publish-avg-ns", w->publish_avg_ns}};
+               {"published-rounds", w->published_rounds}, {"publish-avg-ns", w->publish_avg_ns},
+               {"spare", w->spare_pid}};
         if (w->has_last_exit) {
             if (w->last_exit_signal) r["last-exit"] = Json{{"signal", w->last_exit_signal}};
             else r["last-exit"] = Json{{"status", w->last_exit_status}};

@@ -288,10 +288,11 @@ std::string Hmp::info(std::string_view what, std::string_view arg) const {
             last = l.contains("signal") ? fmt::format("signal {}", u64(l, "signal"))
                                         : fmt::format("exit status {}", u64(l, "status"));
         }
+        std::string spare = r.contains("spare") && u64(r, "spare") ? fmt::format("pid {}", u64(r, "spare")) : "none";
         return fmt::format("worker pid {}, restarts {}, last exit: {}, state format version {}, "
-                           "{} rounds published ({} ns each on average)\n",
+                           "{} rounds published ({} ns each on average), spare: {}\n",
                            u64(r, "pid"), u64(r, "restarts"), last, u64(r, "state-version"),
-                           u64(r, "published-rounds"), u64(r, "publish-avg-ns"));
+                           u64(r, "published-rounds"), u64(r, "publish-avg-ns"), spare);
     }
     if (what == "name") {
         if (!call("query-name", Json::object(), r, err)) return err;

@@ -139,6 +139,7 @@ public:
         uint32_t state_version = 0;
         uint64_t published_rounds = 0;
         uint64_t publish_avg_ns = 0;
+        int64_t spare_pid = 0;  // a spare worker waiting to take over, 0: none
     };
     virtual Result<WorkerInfo> query_worker() { return Error{"this process has no device worker (-x-worker on)", 0}; }
 

@@ -50,6 +50,7 @@ Result<monitor::MachineView::WorkerInfo> RemoteMachineView::query_worker() {
     i.published_rounds = w->hdr->publishes.load(std::memory_order_relaxed);
     if (i.published_rounds)
         i.publish_avg_ns = w->hdr->publish_ns_total.load(std::memory_order_relaxed) / i.published_rounds;
+    i.spare_pid = w->hdr->spare_pid.load(std::memory_order_relaxed);
     return i;
 }
 

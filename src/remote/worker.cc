@@ -784,6 +784,7 @@ Status run_supervisor(const SupervisorOptions& opts) {
         return pid;
     };
     auto drop_spare = [&]() {
+        hdr->spare_pid.store(0);
         if (spare.pid <= 0) return;
         ::kill(spare.pid, SIGKILL);
         int st = 0;
@@ -792,6 +793,7 @@ Status run_supervisor(const SupervisorOptions& opts) {
         spare = Spare{};
     };
     auto spare_died = [&](int st) {
+        hdr->spare_pid.store(0);
         spare = Spare{};
         if (WIFEXITED(st) && WEXITSTATUS(st) == kNoSpareExit) {
             spares_off = true;  // it said why in its log
@@ -820,6 +822,7 @@ Status run_supervisor(const SupervisorOptions& opts) {
                 pid = spare.pid;
                 hand = std::move(spare.hand);
                 spare = Spare{};
+                hdr->spare_pid.store(0);
             } else {
                 drop_spare();
             }
@@ -846,8 +849,12 @@ Status run_supervisor(const SupervisorOptions& opts) {
             if (want_spare && hdr->serving.load() && mono_ns() >= spare_after) {
                 UniqueFd sh;
                 int32_t sp = ask_spawner(kSpare, sh);
-                if (sp > 0) spare = Spare{sp, std::move(sh)};
-                else spares_off = true;  // -ENOTSUP: successors come from a chosen binary
+                if (sp > 0) {
+                    spare = Spare{sp, std::move(sh)};
+                    hdr->spare_pid.store(sp);
+                } else {
+                    spares_off = true;  // -ENOTSUP: successors come from a chosen binary
+                }
             }
             if (n == 0) continue;
             if (p[1].revents & POLLIN) take_handoff(hand.get(), table, zsock.get());

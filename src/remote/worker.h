@@ -61,6 +61,7 @@ struct PublishHeader {
     std::atomic<uint64_t> publish_ns_total;  // time spent publishing (bench, x-query-worker)
     std::atomic<uint64_t> publishes;
     std::atomic<uint32_t> binary_chosen;  // x-worker-restart chose a binary for the successors
+    std::atomic<int32_t> spare_pid;       // the spare waiting to take over, 0: none (x-query-worker)
 };
 static_assert(sizeof(PublishHeader) <= kHeaderBytes);
 static_assert(std::atomic<uint64_t>::is_always_lock_free);

@@ -411,7 +411,9 @@ def spare_takes_over():
         with fr.TmpDir() as tmp:
             disk = os.path.join(tmp, "disk." + fmt)
             fr.make_disk(disk, fmt, 4)
-            rig = fr.Rig(tmp, disk, fmt=fmt, vmm="ours", remote_args=["-x-worker", "on"])
+            qmp = os.path.join(tmp, "remote.qmp")
+            rig = fr.Rig(tmp, disk, fmt=fmt, vmm="ours",
+                         remote_args=["-x-worker", "on", "-qmp", "unix:%s,server=on,wait=off" % qmp])
             rig.start()
             try:
                 sup = rig.remote.pid
@@ -432,6 +434,12 @@ def spare_takes_over():
                     # Time for a spare to finish building its devices (or,
                     # on qcow2, to be asked for and decline).
                     time.sleep(0.3)
+                    # The worker names its spare (0: none).
+                    c = mc.QmpClient(qmp, rig.remote)
+                    c.negotiate()
+                    r = c.cmd("x-query-worker")["return"]
+                    c.close()
+                    assert r["spare"] == (spare or 0), (fmt, r, spare)
                     os.kill(w, signal.SIGKILL)
                     ok, st, got = rig.read_blocks(7, 8)
                     assert ok and got == data, "%s: read after restart %d: ok=%r st=%r" % (fmt, round_no, ok, st)
