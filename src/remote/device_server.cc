@@ -249,9 +249,15 @@ void DeviceServer::enable_publishing(CaptureState capture) {
 //     request. Marking it after would leave the opposite window, a reply
 //     sent twice, which desyncs the peer's stream for good. A lost reply is
 //     only possible in the few instructions between the store and the
-//     syscall. (The consume stays a recvmsg of its own: linked into the
-//     same submission ahead of the send, it lost replies to workers killed
-//     around it in the restart test.)
+//     syscall. The consume stays a recvmsg of its own, before the marks.
+//     Linked ahead of the send in the ring, the send would be issued only
+//     from the ring's deferred task work at the next wait (the ring is
+//     IORING_SETUP_DEFER_TASKRUN): a worker killed before it left a reply
+//     marked sent but unsent (the restart test caught it). Unlinked, both
+//     would run inline in one submission, but "consumed" could then only
+//     be said after the reply left, and a VMM that got the reply and sent
+//     the same bytes again before the mark would see that new request
+//     taken for the old one by a successor (judge_head).
 // A successor (take_over) settles each connection from these marks and the
 // head of its socket.
 void DeviceServer::publish_round() {
