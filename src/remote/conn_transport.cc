@@ -157,12 +157,8 @@ void RingTransport::received(EventLoop& loop, const std::shared_ptr<RingState>& 
             if (!arm(loop, s)) ended(End::Error, "cannot queue a receive in the loop's ring");
             return;
         }
-        int send_error = std::exchange(s->send_error, 0);
-        if (res == -ECONNRESET || (res == -ECANCELED && (send_error == EPIPE || send_error == ECONNRESET))) {
-            ended(End::Orderly, "peer went away (connection reset)");
-            return;
-        }
-        ended(End::Error, fmt::format("receive: {}", std::strerror(-res)));
+        auto [e, why] = ring_receive_end(res, std::exchange(s->send_error, 0));
+        ended(e, why);
         return;
     }
     auto st = s->ch.rx_commit(static_cast<size_t>(res), s->msg);
@@ -179,6 +175,13 @@ void RingTransport::received(EventLoop& loop, const std::shared_ptr<RingState>& 
 }
 
 }  // namespace
+
+std::pair<ConnTransport::End, std::string> ring_receive_end(int res, int send_error) {
+    if (res == -ECONNRESET || (res == -ECANCELED && (send_error == EPIPE || send_error == ECONNRESET)))
+        return {ConnTransport::End::Orderly, "peer went away (connection reset)"};
+    if (send_error) return {ConnTransport::End::Error, fmt::format("send: {}", std::strerror(send_error))};
+    return {ConnTransport::End::Error, fmt::format("receive: {}", std::strerror(-res))};
+}
 
 std::unique_ptr<ConnTransport> make_syscall_transport(EventLoop& loop, UniqueFd sock, int send_timeout_ms) {
     return std::make_unique<SyscallTransport>(loop, std::move(sock), send_timeout_ms);

@@ -19,6 +19,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "proto/channel.h"
@@ -67,5 +68,11 @@ public:
 std::unique_ptr<ConnTransport> make_syscall_transport(EventLoop& loop, UniqueFd sock, int send_timeout_ms);
 // The loop's io_uring (the loop must be in ring mode).
 std::unique_ptr<ConnTransport> make_ring_transport(EventLoop& loop, UniqueFd sock, std::string name);
+
+// How a receive through the ring that failed with `res` (< 0, not EINTR or
+// EAGAIN) ends its connection; `send_error` is the errno of the send linked
+// before it, 0 if that did not fail. The proxy going away (a reset, or the
+// receive cancelled behind a send that met EPIPE or ECONNRESET) is orderly.
+std::pair<ConnTransport::End, std::string> ring_receive_end(int res, int send_error);
 
 }  // namespace mpq::remote

@@ -232,7 +232,8 @@ void DeviceServer::install_round_hooks() {
         });
 }
 
-void DeviceServer::enable_publishing(CaptureState capture) {
+void DeviceServer::enable_publishing(Drain drain, CaptureState capture) {
+    drain_ = std::move(drain);
     capture_ = std::move(capture);
     install_round_hooks();
 }
@@ -263,13 +264,15 @@ void DeviceServer::enable_publishing(CaptureState capture) {
 void DeviceServer::publish_round() {
     worker::Context* w = worker::context();
     uint64_t t0 = EventLoop::now_ns();
+    // The state is taken with the drives drained, and their completions
+    // queue device work (SCRIPTS resuming after a READ's data or a WRITE's
+    // status) that would otherwise wait for another round, and another
+    // publish. It runs now, in this round, a few batches at most (a device
+    // that keeps deferring work gets the next round like any other); the
+    // capture drains whatever the last batch started.
+    drain_();
+    for (int i = 0; i < kSettleBatches && loop_.run_deferred_now(); i++) drain_();
     auto blob = capture_();
-    // The capture drains the drives: their completions queue device work
-    // (SCRIPTS resuming after a READ's data or a WRITE's status) that would
-    // otherwise wait for another round, and another publish. It runs now,
-    // in this round, a few batches at most (a device that keeps deferring
-    // work gets the next round like any other).
-    for (int i = 0; i < kSettleBatches && blob.ok() && loop_.run_deferred_now(); i++) blob = capture_();
     if (!blob.ok()) {
         // Carrying on unpublished would leave a successor an older state
         // than what the VMM was answered: leave now instead, with this

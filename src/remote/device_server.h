@@ -52,7 +52,10 @@ public:
     // complete state published at the end of every round before its
     // replies go out. `capture` returns the encoded device state.
     using CaptureState = std::function<Result<std::vector<uint8_t>>()>;
-    void enable_publishing(CaptureState capture);
+    // `drain` waits for the drives' I/O in flight (their completions then
+    // queue device work); `capture` takes and encodes the state.
+    using Drain = std::function<void()>;
+    void enable_publishing(Drain drain, CaptureState capture);
     // A successor takes over from the last published round: connection
     // state, the fds its predecessor handed to the supervisor, the journal
     // (a request handled but not consumed is consumed, not re-applied; its
@@ -80,6 +83,7 @@ private:
     ServerStats stats_;
     bool round_hooks_ = false;
     uint32_t next_index_ = 0;
+    Drain drain_;
     CaptureState capture_;
 };
 

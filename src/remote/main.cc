@@ -289,7 +289,11 @@ int main(int argc, char** argv) {
         // Every device must be able to carry its state to a successor.
         if (auto img = remote::capture_state(proc); !img.ok())
             return die(fail("-x-worker on: {}", img.error().message));
-        proc.server()->enable_publishing([&proc]() -> Result<std::vector<uint8_t>> {
+        auto drain = [&proc] {
+            for (auto& d : proc.drives())
+                if (d.backend) d.backend->drain();
+        };
+        proc.server()->enable_publishing(drain, [&proc]() -> Result<std::vector<uint8_t>> {
             auto img = remote::capture_state(proc);
             if (!img.ok()) return img.take_error();
             return state::encode(*img, state::Checksum::Omit);

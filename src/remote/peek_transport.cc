@@ -70,20 +70,59 @@ bool PeekTransport::start(Handlers h) {
         ring_mode_ = true;
         return arm_ring();
     }
+    return watch();
+}
+
+bool PeekTransport::watch() {
     watched_ = loop_.add_fd(sock_.get(), FdEvents::Read, [this](uint32_t) {
-        // Again if the last peek handed nothing out: it may have held only
-        // part of a frame, whose rest is what woke us.
-        if (!peeked_ || used_ == 0) {
+        if (!peeked_) {
             if (auto st = peek(); !st.ok()) {
                 auto f = h_.ended;
                 f(st.error().err == ECONNRESET ? End::Orderly : End::Error, st.error().message);
                 return;
             }
+            if (partial_frame()) return look_again_later();
         }
         auto in = h_.input;
         in();
     });
     return watched_;
+}
+
+// Right after a peek (nothing handed out yet): bytes, but not a whole first
+// frame. A header announcing too large a payload is not partial: next()
+// refuses it.
+bool PeekTransport::partial_frame() const {
+    if (!peeked_ || have_ == 0 || eof_) return false;
+    if (have_ < sizeof(proto::Header)) return true;
+    proto::Header h;
+    std::memcpy(&h, buf(), sizeof h);
+    return h.size <= proto::kMaxPayload && have_ < sizeof h + h.size;
+}
+
+// A peek that holds only part of a frame (a peer writing a frame in pieces):
+// peeking again at once would return the same bytes (and the socket stays
+// readable for epoll), so look again a little later instead of spinning on
+// them, a round (and a publish) each time.
+void PeekTransport::look_again_later() {
+    peeked_ = false;
+    waiting_rest_ = true;
+    if (watched_) {
+        loop_.remove_fd(sock_.get());
+        watched_ = false;
+    }
+    std::weak_ptr<Ring> weak = r_;
+    loop_.add_timer(kRepeekNs, [weak] {
+        auto r = weak.lock();
+        if (!r || !r->owner) return;
+        PeekTransport* t = r->owner;
+        t->waiting_rest_ = false;
+        if (r->pending || t->peeked_) return;
+        if (!(t->ring_mode_ ? t->arm_ring() : t->watch())) {
+            auto f = t->h_.ended;
+            f(End::Error, "cannot wait for the socket again");
+        }
+    });
 }
 
 // The next peek, behind the replies in `sending` (if any). With replies both
@@ -130,13 +169,11 @@ void PeekTransport::ring_peeked(const std::shared_ptr<Ring>& r, int res) {
         return;
     }
     if (res < 0) {
-        int send_error = std::exchange(r->send_error, 0);
-        if (res == -ECONNRESET || (res == -ECANCELED && (send_error == EPIPE || send_error == ECONNRESET)))
-            return ended(End::Orderly, "peer went away (connection reset)");
-        if (send_error) return ended(End::Error, fmt::format("send: {}", std::strerror(send_error)));
-        return ended(End::Error, fmt::format("receive: {}", std::strerror(-res)));
+        auto [e, why] = ring_receive_end(res, std::exchange(r->send_error, 0));
+        return ended(e, why);
     }
     t->took_peek(res, r->msg);
+    if (t->partial_frame()) return t->look_again_later();
     auto in = t->h_.input;
     in();
 }
@@ -168,7 +205,9 @@ Status PeekTransport::peek() {
         n = ::recvmsg(sock_.get(), &msg, MSG_PEEK | MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
     } while (n < 0 && errno == EINTR);
     if (n < 0) {
-        peeked_ = true;
+        // Nothing there (a spurious wake-up): not a peek, so the next
+        // readiness peeks again.
+        peeked_ = false;
         used_ = have_ = 0;
         if (errno == EAGAIN) return {};
         return fail_errno(errno, "receive: {}", std::strerror(errno));
@@ -273,34 +312,10 @@ Status PeekTransport::send_now(std::span<const uint8_t> bytes) {
 }
 
 Status PeekTransport::flush(Flush how) {
-    if (!ring_mode_ || how == Flush::Now) {
-        if (replies_.empty()) return {};
-        auto st = send_now(replies_);
-        replies_.clear();
-        return st;
-    }
-    // A peek still in the ring: nothing was peeked this round (a round of
-    // block completions); the replies, if any, go out alone.
-    if (r_->pending || waiting_rest_ || peeked_) {
-        if (peeked_ && used_ == 0 && !eof_) {
-            // The peek held no whole frame (a peer writing a frame in
-            // pieces): peeking again at once would return the same bytes,
-            // so look again a little later instead of spinning on them.
-            peeked_ = false;
-            waiting_rest_ = true;
-            std::weak_ptr<Ring> weak = r_;
-            loop_.add_timer(kRepeekNs, [weak] {
-                auto r = weak.lock();
-                if (!r || !r->owner) return;
-                PeekTransport* t = r->owner;
-                t->waiting_rest_ = false;
-                if (r->pending || t->peeked_) return;
-                if (!t->arm_ring()) {
-                    auto f = t->h_.ended;
-                    f(End::Error, "cannot queue a receive in the loop's ring");
-                }
-            });
-        }
+    // Without the ring, or with a peek still in it (nothing was peeked this
+    // round: block completions), or waiting for the rest of a frame, or a
+    // peek not consumed yet: the replies, if any, go out alone.
+    if (!ring_mode_ || how == Flush::Now || r_->pending || waiting_rest_ || peeked_) {
         if (replies_.empty()) return {};
         auto st = send_now(replies_);
         replies_.clear();

@@ -63,6 +63,9 @@ private:
     Status peek();
     void took_peek(ssize_t n, msghdr& msg);
     bool arm_ring();
+    bool watch();
+    bool partial_frame() const;
+    void look_again_later();
     static void ring_peeked(const std::shared_ptr<Ring>& r, int res);
     const uint8_t* buf() const;
 
@@ -76,9 +79,9 @@ private:
     size_t have_ = 0;           // peeked bytes in the buffer
     size_t used_ = 0;           // bytes of the frames handed out
     size_t last_off_ = 0;
-    bool peeked_ = false;       // buf_ holds this round's peek
+    bool peeked_ = false;       // the buffer holds this round's peek
     bool eof_ = false;
-    bool waiting_rest_ = false;  // ring mode: a part of a frame was peeked; look again later
+    bool waiting_rest_ = false;  // a part of a frame was peeked; look again later
     std::vector<UniqueFd> fds_;  // copies of the fds of the peek
     std::vector<uint8_t> replies_;
 };

@@ -339,6 +339,37 @@ constexpr uint64_t kSpareDelayNs = 100'000'000;
 constexpr int kSparePollMs = 20;
 static_assert(sizeof(SpawnMsg) != sizeof(HandoffMsg));
 
+// What a new worker (or a spare made one) must know of its predecessor, as
+// the supervisor's context holds it, and back.
+SpawnMsg predecessor_msg(const Context& c, uint32_t kind, uint32_t what) {
+    SpawnMsg m{};
+    m.kind = kind;
+    m.successor = what;
+    m.restarts = c.restarts;
+    m.last_valid = c.last_exit.valid;
+    m.last_signal = c.last_exit.signal;
+    m.last_status = c.last_exit.status;
+    std::strncpy(m.cause, c.last_exit.cause.c_str(), sizeof m.cause - 1);
+    m.died_ns = c.died_ns;
+    m.poison = c.poison_pending;
+    m.poison_conn = c.poison_conn;
+    m.poison_off = c.poison_off;
+    return m;
+}
+
+void take_predecessor(Context& c, const SpawnMsg& m) {
+    c.successor = m.successor != kFirstWorker;
+    c.restarts = m.restarts;
+    c.last_exit.valid = m.last_valid != 0;
+    c.last_exit.signal = m.last_signal;
+    c.last_exit.status = m.last_status;
+    c.last_exit.cause = std::string(m.cause, strnlen(m.cause, sizeof m.cause));
+    c.died_ns = m.died_ns;
+    c.poison_pending = m.poison != 0;
+    c.poison_conn = m.poison_conn;
+    c.poison_off = m.poison_off;
+}
+
 // x-worker-restart binary=...: worker -> supervisor -> spawner, with the
 // binary's fd (getfd) or its path; the answer goes back the same way.
 constexpr uint32_t kProbeKind = 101;
@@ -589,16 +620,7 @@ void spawner(int sock, Context& ctx) {
             if (g_binary_fd >= 0) exec_successor(m, fds[0].get(), table);
             ctx.handoff_fd = fds[0].release();
             ctx.spare = m.successor == kSpare;
-            ctx.successor = m.successor != kFirstWorker;
-            ctx.restarts = m.restarts;
-            ctx.last_exit.valid = m.last_valid != 0;
-            ctx.last_exit.signal = m.last_signal;
-            ctx.last_exit.status = m.last_status;
-            ctx.last_exit.cause = std::string(m.cause, strnlen(m.cause, sizeof m.cause));
-            ctx.died_ns = m.died_ns;
-            ctx.poison_pending = m.poison != 0;
-            ctx.poison_conn = m.poison_conn;
-            ctx.poison_off = m.poison_off;
+            take_predecessor(ctx, m);
             ctx.table = &table;
             ::prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
             sigset_t chld;
@@ -654,16 +676,7 @@ void await_go() {
         if (n == static_cast<ssize_t>(sizeof(HandoffMsg))) {
             apply_handoff(u.h, fds, fresh);
         } else if (n == static_cast<ssize_t>(sizeof(SpawnMsg)) && u.s.kind == kGoKind) {
-            const SpawnMsg& m = u.s;
-            c->restarts = m.restarts;
-            c->last_exit.valid = m.last_valid != 0;
-            c->last_exit.signal = m.last_signal;
-            c->last_exit.status = m.last_status;
-            c->last_exit.cause = std::string(m.cause, strnlen(m.cause, sizeof m.cause));
-            c->died_ns = m.died_ns;
-            c->poison_pending = m.poison != 0;
-            c->poison_conn = m.poison_conn;
-            c->poison_off = m.poison_off;
+            take_predecessor(*c, u.s);
             break;
         }
         fds.clear();
@@ -672,7 +685,6 @@ void await_go() {
     // since this spare was started.
     *c->table = std::move(fresh);
     c->spare = false;
-    c->successor = true;
     ::prctl(PR_SET_NAME, "qemu-scsi-dev", 0, 0, 0);
 }
 
@@ -754,26 +766,10 @@ Status run_supervisor(const SupervisorOptions& opts) {
     } spare;
     bool spares_off = false;
     unsigned spare_failures = 0;
-    // What a new worker (or a spare made one) must know of its predecessor.
-    auto context_msg = [&](uint32_t kind, uint32_t what) {
-        SpawnMsg m{};
-        m.kind = kind;
-        m.successor = what;
-        m.restarts = ctx.restarts;
-        m.last_valid = ctx.last_exit.valid;
-        m.last_signal = ctx.last_exit.signal;
-        m.last_status = ctx.last_exit.status;
-        std::strncpy(m.cause, ctx.last_exit.cause.c_str(), sizeof m.cause - 1);
-        m.died_ns = ctx.died_ns;
-        m.poison = ctx.poison_pending;
-        m.poison_conn = ctx.poison_conn;
-        m.poison_off = ctx.poison_off;
-        return m;
-    };
     auto ask_spawner = [&](uint32_t what, UniqueFd& hand) -> int32_t {
         int sp[2];
         if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sp) != 0) return -errno;
-        SpawnMsg req = context_msg(kSpawnKind, what);
+        SpawnMsg req = predecessor_msg(ctx, kSpawnKind, what);
         int32_t pid = -EPIPE;
         std::vector<UniqueFd> none;
         if (send_table(zsock.get(), table) && send_with_fds(zsock.get(), &req, sizeof req, std::span(&sp[1], 1)))
@@ -817,7 +813,7 @@ Status run_supervisor(const SupervisorOptions& opts) {
         UniqueFd hand;
         if (!first && spare.pid > 0) {
             // Promote the spare: the fd table as it is now, then its context.
-            SpawnMsg go = context_msg(kGoKind, kSuccessor);
+            SpawnMsg go = predecessor_msg(ctx, kGoKind, kSuccessor);
             if (send_table(spare.hand.get(), table) && send_with_fds(spare.hand.get(), &go, sizeof go, {})) {
                 pid = spare.pid;
                 hand = std::move(spare.hand);
@@ -1008,16 +1004,7 @@ Status adopt(const SupervisorOptions& opts, std::string_view spec) {
     ctx.test_poison_value = opts.test_poison_value;
     ctx.handoff_fd = nums[1];
     ::fcntl(ctx.handoff_fd, F_SETFD, FD_CLOEXEC);
-    ctx.successor = m.successor != 0;
-    ctx.restarts = m.restarts;
-    ctx.last_exit.valid = m.last_valid != 0;
-    ctx.last_exit.signal = m.last_signal;
-    ctx.last_exit.status = m.last_status;
-    ctx.last_exit.cause = std::string(m.cause, strnlen(m.cause, sizeof m.cause));
-    ctx.died_ns = m.died_ns;
-    ctx.poison_pending = m.poison != 0;
-    ctx.poison_conn = m.poison_conn;
-    ctx.poison_off = m.poison_off;
+    take_predecessor(ctx, m);
     sigset_t chld;
     sigemptyset(&chld);
     sigaddset(&chld, SIGCHLD);

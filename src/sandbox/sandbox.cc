@@ -23,6 +23,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <optional>
 #include <set>
 
@@ -270,41 +271,30 @@ bool load_precompiled(const SandboxOptions& opts, int pid) {
     return g_loaded_precompiled;
 }
 
-scmp_filter_ctx build_ctx(const SandboxOptions& opts, const std::vector<Rule>& rules, Status& st) {
-    scmp_filter_ctx ctx = seccomp_init(default_action(opts.action));
-    if (!ctx) {
-        st = fail("sandbox: seccomp_init failed");
-        return nullptr;
-    }
+// A libseccomp filter context, released with its owner.
+using Filter = std::unique_ptr<void, void (*)(scmp_filter_ctx)>;
+
+Result<Filter> build_filter(const SandboxOptions& opts, const std::vector<Rule>& rules) {
+    Filter f(seccomp_init(default_action(opts.action)), seccomp_release);
+    if (!f) return fail("sandbox: seccomp_init failed");
     // Every thread (the I/O workers) gets the filter, not only this one.
-    int rc = seccomp_attr_set(ctx, SCMP_FLTATR_CTL_TSYNC, 1);
+    int rc = seccomp_attr_set(f.get(), SCMP_FLTATR_CTL_TSYNC, 1);
     // i386/x32 entry points are another syscall table: refuse them outright.
-    if (rc == 0) rc = seccomp_attr_set(ctx, SCMP_FLTATR_ACT_BADARCH, SCMP_ACT_KILL_PROCESS);
-    if (rc != 0) {
-        st = fail_errno(-rc, "sandbox: seccomp attributes: {}", std::strerror(-rc));
-        seccomp_release(ctx);
-        return nullptr;
-    }
+    if (rc == 0) rc = seccomp_attr_set(f.get(), SCMP_FLTATR_ACT_BADARCH, SCMP_ACT_KILL_PROCESS);
+    if (rc != 0) return fail_errno(-rc, "sandbox: seccomp attributes: {}", std::strerror(-rc));
     for (const Rule& r : rules) {
         int nr = seccomp_syscall_resolve_name(r.name);
-        if (nr == __NR_SCMP_ERROR) {
-            st = fail("sandbox: unknown syscall '{}' in policy", r.name);
-            seccomp_release(ctx);
-            return nullptr;
-        }
+        if (nr == __NR_SCMP_ERROR) return fail("sandbox: unknown syscall '{}' in policy", r.name);
         std::vector<scmp_arg_cmp> cmps;
         for (const ArgCmp& c : r.args) cmps.push_back(scmp_arg_cmp{c.arg, c.op, c.a, c.b});
         uint32_t action = r.errno_value ? SCMP_ACT_ERRNO(static_cast<uint16_t>(r.errno_value))
                                         : SCMP_ACT_ALLOW;
-        rc = seccomp_rule_add_array(ctx, action, nr, static_cast<unsigned>(cmps.size()),
+        rc = seccomp_rule_add_array(f.get(), action, nr, static_cast<unsigned>(cmps.size()),
                                     cmps.empty() ? nullptr : cmps.data());
-        if (rc != 0 && rc != -EEXIST) {
-            st = fail_errno(-rc, "sandbox: seccomp rule for {}: {}", r.name, std::strerror(-rc));
-            seccomp_release(ctx);
-            return nullptr;
-        }
+        if (rc != 0 && rc != -EEXIST)
+            return fail_errno(-rc, "sandbox: seccomp rule for {}: {}", r.name, std::strerror(-rc));
     }
-    return ctx;
+    return f;
 }
 
 }  // namespace
@@ -312,24 +302,18 @@ scmp_filter_ctx build_ctx(const SandboxOptions& opts, const std::vector<Rule>& r
 Status precompile_filter(const SandboxOptions& opts) {
     if (opts.mode == Mode::Off) return {};
     std::vector<Rule> rules = build_rules(opts, Role::RemoteSteadyState, kPidPlaceholder);
-    Status st;
-    scmp_filter_ctx ctx = build_ctx(opts, rules, st);
-    if (!ctx) return st;
-    struct Release {
-        scmp_filter_ctx c;
-        ~Release() { seccomp_release(c); }
-    } release{ctx};
-    int fd = ::memfd_create("mpq-seccomp", MFD_CLOEXEC);
-    if (fd < 0) return fail_errno(errno, "sandbox: memfd_create: {}", std::strerror(errno));
-    UniqueFd keep(fd);
-    int rc = seccomp_export_bpf(ctx, fd);
+    auto f = build_filter(opts, rules);
+    if (!f.ok()) return f.take_error();
+    UniqueFd fd(::memfd_create("mpq-seccomp", MFD_CLOEXEC));
+    if (!fd) return fail_errno(errno, "sandbox: memfd_create: {}", std::strerror(errno));
+    int rc = seccomp_export_bpf(f->get(), fd.get());
     if (rc != 0) return fail_errno(-rc, "sandbox: seccomp_export_bpf: {}", std::strerror(-rc));
-    off_t len = ::lseek(fd, 0, SEEK_END);
+    off_t len = ::lseek(fd.get(), 0, SEEK_END);
     if (len <= 0 || len % static_cast<off_t>(sizeof(sock_filter)) != 0 ||
         len > static_cast<off_t>(sizeof(sock_filter) * BPF_MAXINSNS))
         return fail("sandbox: exported filter has {} bytes", static_cast<long long>(len));
     std::vector<sock_filter> prog(static_cast<size_t>(len) / sizeof(sock_filter));
-    if (::pread(fd, prog.data(), static_cast<size_t>(len), 0) != len)
+    if (::pread(fd.get(), prog.data(), static_cast<size_t>(len), 0) != len)
         return fail_errno(errno, "sandbox: reading the exported filter: {}", std::strerror(errno));
     g_precompiled = Precompiled{std::move(rules), std::move(prog)};
     return {};
@@ -339,19 +323,12 @@ bool filter_was_precompiled() { return g_loaded_precompiled; }
 
 Status load_filter(const SandboxOptions& opts, Role role, int pid) {
     if (role == Role::RemoteSteadyState && load_precompiled(opts, pid)) return {};
-    Status st;
-    scmp_filter_ctx ctx = build_ctx(opts, build_rules(opts, role, pid), st);
-    if (!ctx) return st;
-    struct Release {
-        scmp_filter_ctx c;
-        ~Release() { seccomp_release(c); }
-    } release{ctx};
-    int rc = seccomp_load(ctx);
+    auto f = build_filter(opts, build_rules(opts, role, pid));
+    if (!f.ok()) return f.take_error();
+    int rc = seccomp_load(f->get());
     if (rc != 0) return fail_errno(-rc, "sandbox: seccomp_load: {}", std::strerror(-rc));
     return {};
 }
-
-
 
 Status prepare(const SandboxOptions& opts) {
     if (opts.mode == Mode::Off) return {};

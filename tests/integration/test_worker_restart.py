@@ -431,9 +431,11 @@ def spare_takes_over():
                         time.sleep(0.01)
                     if fmt == "raw":
                         assert spare, "no spare worker after %d restarts:\n%s" % (round_no, rig.log("remote"))
-                    # Time for a spare to finish building its devices (or,
-                    # on qcow2, to be asked for and decline).
-                    time.sleep(0.3)
+                    else:
+                        # Asked for a spare, qcow2 declines (once: none is
+                        # asked for again).
+                        while time.time() < end and "no spare worker" not in rig.log("remote"):
+                            time.sleep(0.01)
                     # The worker names its spare (0: none).
                     c = mc.QmpClient(qmp, rig.remote)
                     c.negotiate()
