@@ -436,11 +436,16 @@ def spare_takes_over():
                         # asked for again).
                         while time.time() < end and "no spare worker" not in rig.log("remote"):
                             time.sleep(0.01)
-                    # The worker names its spare (0: none).
-                    c = mc.QmpClient(qmp, rig.remote)
-                    c.negotiate()
-                    r = c.cmd("x-query-worker")["return"]
-                    c.close()
+                    # The worker names its spare (0: none; on qcow2 once the
+                    # one that declined is reaped).
+                    while True:
+                        c = mc.QmpClient(qmp, rig.remote)
+                        c.negotiate()
+                        r = c.cmd("x-query-worker")["return"]
+                        c.close()
+                        if r["spare"] == (spare or 0) or fmt == "raw" or time.time() > end:
+                            break
+                        time.sleep(0.01)
                     assert r["spare"] == (spare or 0), (fmt, r, spare)
                     os.kill(w, signal.SIGKILL)
                     ok, st, got = rig.read_blocks(7, 8)
