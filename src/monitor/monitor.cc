@@ -25,6 +25,8 @@ struct Monitors::Client {
     int out_fd = -1;         // == fd for sockets; stdout for stdio
     bool socket = true;
     bool write_armed = false;
+    uint32_t key = 0;         // 0: not kept (stdio, or no keeper)
+    bool kept_negotiated = false;
     bool dead = false;
     std::string out;         // queued output, from out_off on
     size_t out_off = 0;
@@ -39,6 +41,7 @@ struct Monitors::Client {
 
 struct Monitors::Chardev {
     MonitorSpec spec;
+    uint32_t index = 0;  // position among the process's monitors (SocketKeeper)
     UniqueFd listen;
     std::vector<std::unique_ptr<Client>> clients;
     bool unlink_on_exit = false;
@@ -158,7 +161,8 @@ Monitors::~Monitors() {
             }
         }
         if (cd->listen) loop_.remove_fd(cd->listen.get());
-        if (cd->unlink_on_exit && unlink_at_exit_ == UnlinkAtExit::Yes)
+        // A kept listener lives on in the successor: its path stays.
+        if (cd->unlink_on_exit && unlink_at_exit_ == UnlinkAtExit::Yes && !keeper_.active())
             ::unlink(cd->spec.chardev.path.c_str());
     }
     alive_.reset();
@@ -166,13 +170,17 @@ Monitors::~Monitors() {
 
 Status Monitors::start(MonitorOptions& opts) {
     MPQ_TRY(opts.finish());
-    for (const auto& m : opts.monitors()) MPQ_TRY(add(m));
+    uint32_t index = 0;
+    for (const auto& m : opts.monitors()) MPQ_TRY(add_at(m, index++));
     return {};
 }
 
-Status Monitors::add(const MonitorSpec& spec) {
+Status Monitors::add(const MonitorSpec& spec) { return add_at(spec, static_cast<uint32_t>(chardevs_.size())); }
+
+Status Monitors::add_at(const MonitorSpec& spec, uint32_t index) {
     auto cd = std::make_unique<Chardev>();
     cd->spec = spec;
+    cd->index = index;
     ChardevSpec& cs = cd->spec.chardev;
     Chardev* raw = cd.get();
     switch (cs.kind) {
@@ -185,16 +193,40 @@ Status Monitors::add(const MonitorSpec& spec) {
     }
     case ChardevKind::Unix:
     case ChardevKind::Tcp: {
-        auto fd = cs.kind == ChardevKind::Unix ? open_unix(cs, cd->unlink_on_exit) : open_tcp(cs);
-        if (!fd) return fail("chardev '{}': {}", cs.id, fd.error().message);
-        chardevs_.push_back(std::move(cd));
-        if (cs.server == ServerMode::Client) {
-            int out = fd->get();
-            attach_client(*raw, std::move(*fd), out, true);
-            break;
+        // A predecessor's sockets, when there was one: the same listener
+        // (no new bind, no wait=on) and the clients it was serving.
+        std::vector<SocketKeeper::Kept> kept;
+        UniqueFd kept_listener;
+        if (keeper_.active()) {
+            kept = keeper_.take_clients(index);
+            kept_listener = keeper_.take_listener(index);
         }
-        raw->listen = std::move(*fd);
-        if (cs.wait == WaitMode::Wait) {
+        const bool resumed = kept_listener || (cs.server == ServerMode::Client && !kept.empty());
+        for (const auto& k : kept) next_key_ = std::max(next_key_, k.key + 1);
+        chardevs_.push_back(std::move(cd));
+        for (auto& k : kept) {
+            int out = k.fd.get();
+            attach_client(*raw, std::move(k.fd), out, true, Arrival::Resumed, k.key, k.negotiated);
+        }
+        if (resumed) {
+            if (cs.server == ServerMode::Client) break;
+            raw->listen = std::move(kept_listener);
+        } else {
+            auto fd = cs.kind == ChardevKind::Unix ? open_unix(cs, raw->unlink_on_exit) : open_tcp(cs);
+            if (!fd) {
+                Error e = fail("chardev '{}': {}", cs.id, fd.error().message);
+                chardevs_.pop_back();  // `cs` and `raw` with it
+                return e;
+            }
+            if (cs.server == ServerMode::Client) {
+                int out = fd->get();
+                attach_client(*raw, std::move(*fd), out, true);
+                break;
+            }
+            raw->listen = std::move(*fd);
+            if (keeper_.active()) keeper_.keep_listener(index, raw->listen.get());
+        }
+        if (!resumed && cs.wait == WaitMode::Wait) {
             log::info("waiting for connection on: {}", cs.describe());
             pollfd p{raw->listen.get(), POLLIN, 0};
             while (::poll(&p, 1, -1) < 0 && errno == EINTR) {
@@ -235,12 +267,15 @@ void Monitors::accept_clients(Chardev& cd) {
     }
 }
 
-void Monitors::attach_client(Chardev& cd, UniqueFd in, int out_fd, bool own_out) {
+void Monitors::attach_client(Chardev& cd, UniqueFd in, int out_fd, bool own_out, Arrival arrival,
+                             uint32_t key, bool negotiated) {
     auto c = std::make_unique<Client>();
     Client* raw = c.get();
     c->fd = std::move(in);
     c->out_fd = out_fd;
     c->socket = own_out;
+    c->key = key;
+    c->kept_negotiated = negotiated;
     Chardev* cdp = &cd;
     auto writer = [this, cdp, raw](std::string_view bytes) { queue(*cdp, *raw, bytes); };
     if (cd.spec.mode == MonitorMode::Qmp)
@@ -254,6 +289,18 @@ void Monitors::attach_client(Chardev& cd, UniqueFd in, int out_fd, bool own_out)
         return;
     }
     cd.clients.push_back(std::move(c));
+    if (arrival == Arrival::Resumed) {
+        // Greeted by the predecessor: carries on where that one left off
+        // (a command it was running when it died gets no answer).
+        if (raw->qmp) raw->qmp->resume(negotiated);
+        return;
+    }
+    // Kept before it is served: a successor finds every client that could
+    // have seen an answer from this process.
+    if (keeper_.active() && own_out) {
+        raw->key = next_key_++;
+        keeper_.keep_client(cd.index, raw->key, raw->fd.get(), false);
+    }
     if (raw->qmp) raw->qmp->start();
     else raw->hmp->start();
 }
@@ -314,6 +361,10 @@ void Monitors::on_client_io(Chardev& cd, Client& c, uint32_t events) {
     };
     bool keep = c.qmp ? c.qmp->feed(data) : c.hmp->feed(data);
     env_.take_fd = nullptr;
+    if (c.key && c.qmp && c.qmp->negotiated() != c.kept_negotiated) {
+        c.kept_negotiated = c.qmp->negotiated();
+        keeper_.keep_client(cd.index, c.key, -1, c.kept_negotiated);
+    }
     if (!keep) {
         log::warn("monitor {}: client sent oversized input, dropped", cd.spec.chardev.id);
         try_write(c);
@@ -398,6 +449,7 @@ void Monitors::reap() {
         for (auto& c : v) {
             if (!c->dead) continue;
             loop_.remove_fd(c->fd.get());
+            if (c->key) keeper_.forget_client(cd->index, c->key);
             if (!c->socket) {
                 if (c->write_armed) loop_.remove_fd(c->out_fd);
                 (void)c->fd.release();

@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -21,8 +22,34 @@
 #include "monitor/qmp.h"
 #include "util/event_loop.h"
 #include "util/result.h"
+#include "util/unique_fd.h"
 
 namespace mpq::monitor {
+
+// Where a process that is replaced by a successor keeps its monitor sockets
+// (qemu-scsi-dev -x-worker on: in the supervisor), so that the successor
+// serves the same listeners and the same clients, which never notice.
+// Chardevs are named by their position among the process's monitors; clients
+// by a key that stays unique over the process and its successors.
+struct SocketKeeper {
+    struct Kept {
+        uint32_t key = 0;
+        UniqueFd fd;
+        bool negotiated = false;  // QMP: capabilities negotiation is done
+    };
+    // What a predecessor kept for chardev `index`: its listening socket (or
+    // an empty fd) and its clients.
+    std::function<UniqueFd(uint32_t index)> take_listener;
+    std::function<std::vector<Kept>(uint32_t index)> take_clients;
+    // Keeps a copy of `fd` (the caller keeps using its own).
+    std::function<void(uint32_t index, int fd)> keep_listener;
+    // `fd` < 0: only the client's negotiation state changed.
+    std::function<void(uint32_t index, uint32_t key, int fd, bool negotiated)> keep_client;
+    // The client is gone on purpose (it hung up, or was dropped): the copy is closed.
+    std::function<void(uint32_t index, uint32_t key)> forget_client;
+
+    bool active() const { return static_cast<bool>(take_listener); }
+};
 
 class Monitors final : public EventSink {
 public:
@@ -40,8 +67,11 @@ public:
     Monitors(const Monitors&) = delete;
     Monitors& operator=(const Monitors&) = delete;
 
+    // Before start(): listeners and clients are taken from and kept in `k`.
+    void set_keeper(SocketKeeper k) { keeper_ = std::move(k); }
     // Opens every monitor of `opts` (finish() is called if needed). A server
-    // chardev with wait=on blocks here until its first client connects, as QEMU.
+    // chardev with wait=on blocks here until its first client connects, as
+    // QEMU, unless its listener was kept by a predecessor.
     Status start(MonitorOptions& opts);
     Status add(const MonitorSpec& spec);
 
@@ -66,8 +96,14 @@ private:
     struct Client;
     struct Chardev;
 
+    // Whether a client is new (greeted, and kept if there is a keeper) or a
+    // predecessor's (no greeting: it had one).
+    enum class Arrival : uint8_t { New, Resumed };
+
+    Status add_at(const MonitorSpec& spec, uint32_t index);
     void accept_clients(Chardev& cd);
-    void attach_client(Chardev& cd, UniqueFd in, int out_fd, bool own_out);
+    void attach_client(Chardev& cd, UniqueFd in, int out_fd, bool own_out, Arrival arrival = Arrival::New,
+                       uint32_t key = 0, bool negotiated = false);
     void on_client_io(Chardev& cd, Client& c, uint32_t events);
     void queue(Chardev& cd, Client& c, std::string_view bytes);
     void try_write(Client& c);
@@ -85,6 +121,8 @@ private:
     std::vector<std::unique_ptr<Chardev>> chardevs_;
     std::shared_ptr<bool> alive_;
     UnlinkAtExit unlink_at_exit_;
+    SocketKeeper keeper_;
+    uint32_t next_key_ = 1;
     bool reap_pending_ = false;
     EventLoop::TimerId poll_timer_ = 0;
     struct ErrSnapshot {

@@ -117,6 +117,9 @@ public:
     QmpSession(const QmpDispatcher& cmds, Pretty pretty, Writer write);
     // Sends the greeting.
     void start();
+    // A session a predecessor process started: no greeting, and commands
+    // (or only qmp_capabilities) as that one left it.
+    void resume(bool negotiated) { negotiated_ = negotiated; }
     // Returns false when the client must be dropped (a limit was exceeded;
     // the error was already written).
     bool feed(std::string_view bytes);

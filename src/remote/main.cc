@@ -377,8 +377,8 @@ int main(int argc, char** argv) {
         if (wctx->successor && wctx->died_ns) {
             uint64_t us = (EventLoop::now_ns() - wctx->died_ns) / 1000;
             log::info("worker: serving again {} us after the predecessor's death", us);
-            // Only clients connected to this worker's monitors see it; the
-            // restart is in x-query-worker as well.
+            // Its monitor clients are the predecessor's (the supervisor
+            // kept their sockets): they see the event on the same connection.
             if (*monitors)
                 (*monitors)->emit("WORKER_RESTARTED",
                                   monitor::Json{{"cause", wctx->last_exit.cause}, {"unavailable-us", us},

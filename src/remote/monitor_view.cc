@@ -5,6 +5,7 @@
 
 #include "remote/worker.h"
 #include "util/fdset.h"
+#include "util/log.h"
 #include "state/device_state.h"
 
 #include <fmt/format.h>
@@ -150,6 +151,54 @@ void RemoteMachineView::quit() {
     proc_.quit(0);
 }
 
+namespace {
+
+// A device worker keeps its monitor sockets in the supervisor's fd table, so
+// that its successor serves the same listeners and clients. Its own table
+// (what the supervisor held when this worker started) has the predecessor's.
+monitor::SocketKeeper worker_socket_keeper(worker::Context& w) {
+    using worker::HandoffKind;
+    using worker::HandoffMsg;
+    monitor::SocketKeeper k;
+    worker::FdTable* t = w.table;
+    k.take_listener = [t](uint32_t index) {
+        if (!t) return UniqueFd();
+        auto node = t->mon_listeners.extract(index);
+        return node.empty() ? UniqueFd() : std::move(node.mapped());
+    };
+    k.take_clients = [t](uint32_t index) {
+        std::vector<monitor::SocketKeeper::Kept> out;
+        if (!t) return out;
+        for (auto it = t->mon_clients.begin(); it != t->mon_clients.end();) {
+            if (it->first.first != index) {
+                ++it;
+                continue;
+            }
+            out.push_back({it->first.second, std::move(it->second.fd), it->second.negotiated});
+            it = t->mon_clients.erase(it);
+        }
+        return out;
+    };
+    auto send = [](HandoffKind kind, uint32_t index, uint32_t key, int fd, bool negotiated) {
+        HandoffMsg m{};
+        m.kind = static_cast<uint32_t>(kind);
+        m.conn = index;
+        m.dev = key;
+        m.gpa[0] = negotiated ? 1 : 0;
+        m.nfds = fd >= 0 ? 1 : 0;
+        if (!worker::hand_over(m, fd >= 0 ? std::span<const int>(&fd, 1) : std::span<const int>()))
+            log::warn("worker: cannot hand a monitor socket to the supervisor; a restart would drop it");
+    };
+    k.keep_listener = [send](uint32_t index, int fd) { send(HandoffKind::MonListener, index, 0, fd, false); };
+    k.keep_client = [send](uint32_t index, uint32_t key, int fd, bool negotiated) {
+        send(HandoffKind::MonClient, index, key, fd, negotiated);
+    };
+    k.forget_client = [send](uint32_t index, uint32_t key) { send(HandoffKind::MonForget, index, key, -1, false); };
+    return k;
+}
+
+}  // namespace
+
 Result<std::unique_ptr<monitor::Monitors>> start_monitors(RemoteProcess& proc,
                                                           RemoteMachineView& view) {
     if (proc.monitor_options().empty()) return std::unique_ptr<monitor::Monitors>();
@@ -163,6 +212,7 @@ Result<std::unique_ptr<monitor::Monitors>> start_monitors(RemoteProcess& proc,
     // left behind is replaced by the next run, as a stale one.
     auto mon = std::make_unique<monitor::Monitors>(proc.loop(), view,
                                                    monitor::Monitors::UnlinkAtExit::No);
+    if (worker::Context* w = worker::context()) mon->set_keeper(worker_socket_keeper(*w));
     MPQ_TRY(mon->start(mo));
     return mon;
 }

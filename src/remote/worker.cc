@@ -261,8 +261,6 @@ std::span<const uint8_t> last_published() {
     return c->slot(slot).subspan(0, len);
 }
 
-namespace {
-
 void apply_handoff(const HandoffMsg& m, std::vector<UniqueFd>& fds, FdTable& t) {
     if (fds.size() != m.nfds || m.nfds > proto::kMaxFdsOnWire) return;
     auto key = std::make_pair(m.conn, m.dev);
@@ -281,8 +279,25 @@ void apply_handoff(const HandoffMsg& m, std::vector<UniqueFd>& fds, FdTable& t) 
     case HandoffKind::Mirror:
         if (m.nfds == 1) t.mirrors[key] = std::move(fds[0]);
         break;
+    case HandoffKind::MonListener:
+        if (m.nfds == 1 && (t.mon_listeners.size() < FdTable::kMaxMonitorSockets || t.mon_listeners.count(m.conn)))
+            t.mon_listeners[m.conn] = std::move(fds[0]);
+        break;
+    case HandoffKind::MonClient: {
+        auto it = t.mon_clients.find(key);
+        if (m.nfds == 1 && (it != t.mon_clients.end() || t.mon_clients.size() < FdTable::kMaxMonitorSockets))
+            t.mon_clients[key] = KeptMonitorClient{std::move(fds[0]), m.gpa[0] != 0};
+        else if (m.nfds == 0 && it != t.mon_clients.end())
+            it->second.negotiated = m.gpa[0] != 0;
+        break;
+    }
+    case HandoffKind::MonForget:
+        t.mon_clients.erase(key);
+        break;
     }
 }
+
+namespace {
 
 void relay_probe(int sock, const void* msg, std::vector<UniqueFd>& fds, int zsock);
 
@@ -566,6 +581,24 @@ bool send_table(int sock, const FdTable& t) {
         m.dev = key.second;
         m.nfds = 1;
         int f = fd.get();
+        if (!send_with_fds(sock, &m, sizeof m, std::span(&f, 1))) return false;
+    }
+    for (const auto& [index, fd] : t.mon_listeners) {
+        HandoffMsg m{};
+        m.kind = static_cast<uint32_t>(HandoffKind::MonListener);
+        m.conn = index;
+        m.nfds = 1;
+        int f = fd.get();
+        if (!send_with_fds(sock, &m, sizeof m, std::span(&f, 1))) return false;
+    }
+    for (const auto& [key, c] : t.mon_clients) {
+        HandoffMsg m{};
+        m.kind = static_cast<uint32_t>(HandoffKind::MonClient);
+        m.conn = key.first;
+        m.dev = key.second;
+        m.gpa[0] = c.negotiated ? 1 : 0;
+        m.nfds = 1;
+        int f = c.fd.get();
         if (!send_with_fds(sock, &m, sizeof m, std::span(&f, 1))) return false;
     }
     return true;

@@ -5,7 +5,8 @@
 //     | unix socket(s), opened by the launcher, held by the SUPERVISOR
 //     v
 //   SUPERVISOR  holds: the VMM sockets, the publish memfd, the fds the VMM
-//     |         sent (guest RAM memfds, irq/resample eventfds, mirror pages)
+//     |         sent (guest RAM memfds, irq/resample eventfds, mirror pages),
+//     |         the monitors' listeners and clients
 //     | fork    counts restarts, detects a poison request, gives up
 //     v
 //   WORKER      builds the devices from the command line, serves the
@@ -129,7 +130,18 @@ private:
 
 // ---- Fds the VMM sent, held by the supervisor (sent to it by the worker
 // before the worker acts on them).
-enum class HandoffKind : uint32_t { Sysmem = 1, Irqfd = 2, Mirror = 3 };
+// The monitors' sockets too, so that their clients stay connected across a
+// restart: MonListener (conn: the chardev's index), MonClient (conn: index,
+// dev: the client's key, gpa[0]: 1 once QMP negotiation is done; no fd: only
+// that changed), MonForget (the client is gone: its copy is closed).
+enum class HandoffKind : uint32_t {
+    Sysmem = 1,
+    Irqfd = 2,
+    Mirror = 3,
+    MonListener = 4,
+    MonClient = 5,
+    MonForget = 6,
+};
 struct HandoffMsg {
     uint32_t kind;
     uint32_t conn;
@@ -141,12 +153,25 @@ struct HandoffMsg {
 };
 static_assert(sizeof(HandoffMsg) == 16 + 24 * proto::kMaxFdsOnWire);
 
+struct KeptMonitorClient {
+    UniqueFd fd;
+    bool negotiated = false;
+};
 struct FdTable {
+    // A worker may have been taken over by a guest: what it can make the
+    // supervisor hold is bounded (further monitor sockets are not kept).
+    static constexpr size_t kMaxMonitorSockets = 64;
+
     std::vector<RamRegion> sysmem;  // fds owned by sysmem_fds
     std::vector<UniqueFd> sysmem_fds;
     std::map<std::pair<uint32_t, uint32_t>, std::pair<UniqueFd, UniqueFd>> irqfds;
     std::map<std::pair<uint32_t, uint32_t>, UniqueFd> mirrors;
+    std::map<uint32_t, UniqueFd> mon_listeners;  // by chardev index
+    std::map<std::pair<uint32_t, uint32_t>, KeptMonitorClient> mon_clients;  // by (index, key)
 };
+// Files one handoff (and its fds, which it takes or closes) in the table; a
+// message that does not fit its kind is dropped.
+void apply_handoff(const HandoffMsg& m, std::vector<UniqueFd>& fds, FdTable& t);
 
 // ---- The worker's view, valid in a worker process (null without -x-worker on).
 struct LastExit {

@@ -150,6 +150,11 @@ def kill_run(seed, with_kills, vmm="ours"):
             # The supervisor runs under its own seccomp filter (mode 2).
             with open("/proc/%d/status" % rig.remote.pid) as f:
                 assert "Seccomp:\t2" in f.read(), "the supervisor is not sandboxed"
+            # Monitor clients connected before the kills stay connected
+            # through all of them (the supervisor keeps their sockets).
+            watch = mc.QmpClient(qmp, rig.remote)
+            watch.negotiate()
+            hwatch = mc.HmpClient(hmp, rig.remote)
             if with_kills:
                 killer = Killer(rig.remote.pid, fault_w, seed)
                 killer.start()
@@ -172,7 +177,21 @@ def kill_run(seed, with_kills, vmm="ours"):
             log = rig.log("remote")
             assert rig.remote.poll() is None, "the remote exited:\n" + log
             n = restarts_in(log)
-            # The monitor (served by the current worker) reports it.
+            # The clients from before the kills: still served, by the last
+            # worker, which told them of its start. A worker killed before it
+            # got to serving says nothing; its successor counts it.
+            w = watch.cmd("x-query-worker")["return"]
+            seen = [e["data"]["restarts"] for e in watch.events if e["event"] == "WORKER_RESTARTED"]
+            watch.close()
+            assert w["restarts"] == n, (w, n)
+            if n:
+                assert seen and seen[-1] == n and seen == sorted(set(seen)), (seen, n, log)
+            else:
+                assert not seen, seen
+            hout = hwatch.cmd("info worker")
+            hwatch.close()
+            assert ("worker pid %d, restarts %d," % (w["pid"], n)) in hout, hout
+            # New clients are served too (the same listener).
             c = mc.QmpClient(qmp, rig.remote)
             c.negotiate()
             r = c.cmd("x-query-worker")["return"]
@@ -221,6 +240,9 @@ def live_update_run(seed, updates=20):
         rig.start()
         done = []
         errors = []
+        # Connected through every update: sees each successor's event.
+        watch = mc.QmpClient(qmp, rig.remote)
+        watch.negotiate()
 
         def updater():
             try:
@@ -250,17 +272,13 @@ def live_update_run(seed, updates=20):
                         errors.append(r)
                         return
                     new = wait_worker(rig.remote.pid, not_pid=old)
-                    # The successor's monitor socket is there once it serves.
-                    end = time.time() + 10
-                    while time.time() < end:
-                        try:
-                            c = mc.QmpClient(qmp, rig.remote)
-                            c.negotiate()
-                            w = c.cmd("x-query-worker")["return"]
-                            c.close()
-                            break
-                        except OSError:
-                            time.sleep(0.005)
+                    # The listener is the one from before (kept by the
+                    # supervisor): a connection made while no worker serves
+                    # waits for the successor instead of being refused.
+                    c = mc.QmpClient(qmp, rig.remote)
+                    c.negotiate()
+                    w = c.cmd("x-query-worker")["return"]
+                    c.close()
                     assert w["pid"] == new, (w, new)
                     # Until a binary is chosen the successor is a fork of the
                     # remote's image; from then on it is exec'd from that binary.
@@ -290,6 +308,12 @@ def live_update_run(seed, updates=20):
             c.negotiate()
             r = c.cmd("x-query-worker")["return"]
             assert r["restarts"] == updates, r
+            w = watch.cmd("x-query-worker")["return"]
+            assert w["pid"] == r["pid"], (w, r)
+            ev = [e["data"] for e in watch.events if e["event"] == "WORKER_RESTARTED"]
+            watch.close()
+            assert [e["restarts"] for e in ev] == list(range(1, updates + 1)), ev
+            assert all(e["cause"] == "live update" for e in ev), ev
             # Binaries that cannot take the state over are refused before
             # the worker stops: one that writes another state format, one
             # that says nothing, one that is not there.

@@ -13,6 +13,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <map>
 
 #include "monitor_fake_view.h"
 
@@ -294,6 +295,94 @@ TEST(MonitorServer, ClientModeConnectsOut) {
     ASSERT_TRUE(conn.valid());
     Client c(std::move(conn));
     ASSERT_TRUE(r.read_until(c, "(qemu) "));
+}
+
+
+// What a supervisor does for a restarted worker: it holds a copy of every
+// socket the monitors keep, and hands them to the successor.
+struct FakeKeeper {
+    std::map<uint32_t, UniqueFd> listeners;
+    std::map<std::pair<uint32_t, uint32_t>, SocketKeeper::Kept> clients;
+
+    SocketKeeper keeper() {
+        SocketKeeper k;
+        k.take_listener = [this](uint32_t i) {
+            auto it = listeners.find(i);
+            return it == listeners.end() ? UniqueFd() : UniqueFd(::dup(it->second.get()));
+        };
+        k.take_clients = [this](uint32_t i) {
+            std::vector<SocketKeeper::Kept> out;
+            for (auto& [key, c] : clients)
+                if (key.first == i) out.push_back({key.second, UniqueFd(::dup(c.fd.get())), c.negotiated});
+            return out;
+        };
+        k.keep_listener = [this](uint32_t i, int fd) { listeners[i] = UniqueFd(::dup(fd)); };
+        k.keep_client = [this](uint32_t i, uint32_t key, int fd, bool negotiated) {
+            auto& c = clients[{i, key}];
+            if (fd >= 0) c = {key, UniqueFd(::dup(fd)), negotiated};
+            c.negotiated = negotiated;
+        };
+        k.forget_client = [this](uint32_t i, uint32_t key) { clients.erase({i, key}); };
+        return k;
+    }
+};
+
+TEST(MonitorServer, KeptSocketsCarryClientsToASuccessor) {
+    Rig r;
+    FakeKeeper store;
+    std::string q = r.dir.file("q.sock"), h = r.dir.file("h.sock");
+    auto start = [&] {
+        auto m = std::make_unique<Monitors>(r.loop, r.view);
+        m->set_keeper(store.keeper());
+        MonitorOptions mo;
+        EXPECT_TRUE(*mo.consume("-qmp", "unix:" + q + ",server=on,wait=off"));
+        EXPECT_TRUE(*mo.consume("-monitor", "unix:" + h + ",server=on,wait=off"));
+        EXPECT_TRUE(m->start(mo).ok());
+        return m;
+    };
+    auto first = start();
+    EXPECT_EQ(store.listeners.size(), 2u);
+    Client a = Client::unix_socket(q), b = Client::unix_socket(q), hm = Client::unix_socket(h);
+    ASSERT_TRUE(r.read_until(a, "\r\n"));
+    ASSERT_TRUE(r.read_until(b, "\r\n"));
+    ASSERT_TRUE(r.read_until(hm, "(qemu) "));
+    a.in.clear();
+    b.in.clear();
+    hm.in.clear();
+    EXPECT_EQ(r.qmp(a, R"({"execute":"qmp_capabilities"})")["return"], Json::object());
+    ASSERT_EQ(store.clients.size(), 3u);
+    int negotiated = 0;
+    for (const auto& [key, c] : store.clients) negotiated += c.negotiated;
+    EXPECT_EQ(negotiated, 1);
+
+    // The process dies; its clients keep their connections (the keeper's
+    // copies), and one connects while nobody serves.
+    first.reset();
+    Client late = Client::unix_socket(q);
+    auto second = start();
+    // No second greeting; a's session is negotiated, b's is not.
+    r.loop.run_once(0);
+    a.poll_read();
+    EXPECT_EQ(a.in, "");
+    second->emit("WORKER_RESTARTED", Json{{"restarts", 1}});
+    ASSERT_TRUE(r.read_until(a, "\r\n"));
+    EXPECT_EQ(Json::parse(a.in.substr(0, a.in.find("\r\n")))["event"], "WORKER_RESTARTED");
+    a.in.clear();
+    EXPECT_EQ(r.qmp(a, R"({"execute":"query-name"})")["return"], Json::object());
+    b.poll_read();
+    EXPECT_EQ(b.in, "");
+    EXPECT_EQ(r.qmp(b, R"({"execute":"query-name"})")["error"]["class"], "CommandNotFound");
+    hm.send_some("info block\r\n");
+    ASSERT_TRUE(r.read_until(hm, "Cache mode"));
+    // The one that came while nobody served is greeted by the successor:
+    // the listener is the same socket, not bound again.
+    ASSERT_TRUE(r.read_until(late, "\r\n"));
+    EXPECT_TRUE(Json::parse(late.in.substr(0, late.in.find("\r\n"))).contains("QMP"));
+    EXPECT_EQ(store.clients.size(), 4u);
+    // A client that hangs up is forgotten: its copy is closed.
+    a.close();
+    ASSERT_TRUE(r.pump([&] { return store.clients.size() == 3u; }));
+    EXPECT_EQ(second->client_count(), 3u);
 }
 
 }  // namespace

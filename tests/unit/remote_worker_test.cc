@@ -1,7 +1,11 @@
 // The process-free parts of the supervisor/worker split (remote/worker.h):
 // the published slot's journal encoding and its refusal of damaged input,
 // how a successor judges the head of a socket against the last round's
-// request, the restart rate limit, and poison-request detection.
+// request, the restart rate limit, poison-request detection, and the
+// supervisor's table of handed-over fds.
+#include <fcntl.h>
+#include <sys/eventfd.h>
+
 #include <gtest/gtest.h>
 
 #include "remote/worker.h"
@@ -116,6 +120,56 @@ TEST(WorkerLiveUpdate, VersionAnswerIsParsedStrictly) {
     EXPECT_FALSE(parse_version_answer("mpq-state-version 4294967296\n"));
     EXPECT_FALSE(parse_version_answer("usage: qemu-scsi-dev\n"));
     EXPECT_FALSE(parse_version_answer(" mpq-state-version 1\n"));
+}
+
+
+// The monitor sockets a worker hands over: kept, updated, forgotten, and
+// bounded (a worker taken over by a guest cannot make the supervisor hoard fds).
+TEST(WorkerFdTable, MonitorSocketsAreKeptUpdatedForgottenAndBounded) {
+    FdTable t;
+    auto msg = [](HandoffKind k, uint32_t index, uint32_t key, uint32_t nfds, bool negotiated) {
+        HandoffMsg m{};
+        m.kind = static_cast<uint32_t>(k);
+        m.conn = index;
+        m.dev = key;
+        m.nfds = nfds;
+        m.gpa[0] = negotiated;
+        return m;
+    };
+    auto one_fd = [] {
+        std::vector<UniqueFd> v;
+        v.emplace_back(::eventfd(0, EFD_CLOEXEC));
+        return v;
+    };
+    std::vector<UniqueFd> none;
+    auto fds = one_fd();
+    apply_handoff(msg(HandoffKind::MonListener, 0, 0, 1, false), fds, t);
+    EXPECT_EQ(t.mon_listeners.size(), 1u);
+    fds = one_fd();
+    apply_handoff(msg(HandoffKind::MonClient, 0, 5, 1, false), fds, t);
+    const auto five = std::make_pair(0u, 5u);
+    ASSERT_EQ(t.mon_clients.count(five), 1u);
+    EXPECT_FALSE(t.mon_clients[five].negotiated);
+    int kept = t.mon_clients[five].fd.get();
+    apply_handoff(msg(HandoffKind::MonClient, 0, 5, 0, true), none, t);  // negotiation done
+    EXPECT_TRUE(t.mon_clients[five].negotiated);
+    EXPECT_EQ(t.mon_clients[five].fd.get(), kept);
+    apply_handoff(msg(HandoffKind::MonClient, 0, 6, 0, true), none, t);  // no fd, unknown key
+    EXPECT_EQ(t.mon_clients.count({0, 6}), 0u);
+    fds = one_fd();
+    apply_handoff(msg(HandoffKind::MonClient, 0, 7, 2, false), fds, t);  // says 2 fds, has 1
+    EXPECT_EQ(t.mon_clients.count({0, 7}), 0u);
+    apply_handoff(msg(HandoffKind::MonForget, 0, 5, 0, false), none, t);
+    EXPECT_EQ(t.mon_clients.count(five), 0u);
+    EXPECT_EQ(::fcntl(kept, F_GETFD), -1);  // closed
+    for (uint32_t k = 100; k < 100 + 2 * FdTable::kMaxMonitorSockets; ++k) {
+        fds = one_fd();
+        apply_handoff(msg(HandoffKind::MonClient, 1, k, 1, false), fds, t);
+        fds = one_fd();
+        apply_handoff(msg(HandoffKind::MonListener, k, 0, 1, false), fds, t);
+    }
+    EXPECT_EQ(t.mon_clients.size(), FdTable::kMaxMonitorSockets);
+    EXPECT_EQ(t.mon_listeners.size(), FdTable::kMaxMonitorSockets);
 }
 
 }  // namespace
