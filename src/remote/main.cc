@@ -165,8 +165,6 @@ int main(int argc, char** argv) {
         else if (w->text != "off") return die(w->error("'{}': expected on or off", w->text));
     }
     if (worker_mode) {
-        if (sandbox_opts.pid_namespace == sandbox::Namespaces::New)
-            return die(fail("-x-worker on cannot be combined with -sandbox pidns=on yet"));
         worker::SupervisorOptions so;
         so.sandbox = sandbox_opts;
         if (const auto* t = cl->last("x-test-worker-fault")) {
@@ -201,6 +199,8 @@ int main(int argc, char** argv) {
         }
     }
     worker::Context* wctx = worker::context();
+    // A worker is in the supervisor's PID namespace already (pidns=on).
+    if (wctx) sandbox_opts.pid_namespace = sandbox::Namespaces::Keep;
     if (auto s = sandbox::prepare(sandbox_opts); !s.ok()) return die(s.error());
 
     EventLoop loop;

@@ -42,7 +42,9 @@ Result<monitor::MachineView::WorkerInfo> RemoteMachineView::query_worker() {
     worker::Context* w = worker::context();
     if (!w) return fail("this process has no device worker (start it with -x-worker on)");
     WorkerInfo i;
-    i.pid = ::getpid();
+    // The supervisor's number for it (with pidns=on ours is the namespace's).
+    const int32_t sup_view = w->hdr->worker_pid.load(std::memory_order_relaxed);
+    i.pid = sup_view > 0 ? sup_view : ::getpid();
     i.restarts = w->restarts;
     i.has_last_exit = w->last_exit.valid;
     i.last_exit_signal = w->last_exit.signal;

@@ -202,10 +202,14 @@ bool send_with_fds(int sock, const void* data, size_t len, std::span<const int> 
 }
 
 // One message and its fds; the size, 0 at EOF, -1 on error / nothing there.
-ssize_t recv_with_fds(int sock, void* buf, size_t len, std::vector<UniqueFd>& fds, int flags) {
+// `cred_pid`: the pid the message's credentials name (on a socket with
+// SO_PASSCRED), in this process's PID namespace; 0 without any.
+ssize_t recv_with_fds(int sock, void* buf, size_t len, std::vector<UniqueFd>& fds, int flags,
+                      pid_t* cred_pid = nullptr) {
     fds.clear();
+    if (cred_pid) *cred_pid = 0;
     iovec iov{buf, len};
-    alignas(cmsghdr) char ctl[CMSG_SPACE(sizeof(int) * proto::kMaxFdsOnWire)]{};
+    alignas(cmsghdr) char ctl[CMSG_SPACE(sizeof(int) * proto::kMaxFdsOnWire) + CMSG_SPACE(sizeof(ucred))]{};
     msghdr msg{};
     msg.msg_iov = &iov;
     msg.msg_iovlen = 1;
@@ -217,6 +221,12 @@ ssize_t recv_with_fds(int sock, void* buf, size_t len, std::vector<UniqueFd>& fd
     } while (n < 0 && errno == EINTR);
     if (n < 0) return -1;
     for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_CREDENTIALS && cred_pid &&
+            c->cmsg_len >= CMSG_LEN(sizeof(ucred))) {
+            ucred u;
+            std::memcpy(&u, CMSG_DATA(c), sizeof u);
+            *cred_pid = u.pid;
+        }
         if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
         size_t k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
         for (size_t i = 0; i < k; i++) {
@@ -604,8 +614,38 @@ bool send_table(int sock, const FdTable& t) {
     return true;
 }
 
+// The spawner's answer to a spawn request: the new worker's pid, or
+// -errno. With pidns=on the spawner and its workers live in a namespace of
+// their own, and the number clone() gave is not one the supervisor can wait
+// for: the pid then also goes as the message's credentials, which the kernel
+// translates into the supervisor's namespace (naming another process there
+// takes CAP_SYS_ADMIN, which pidns=on, root only, has).
+enum class PidNamespace : uint8_t { Shared, Own };
+bool send_answer(int sock, int32_t answer, PidNamespace ns) {
+    if (answer <= 0 || ns == PidNamespace::Shared) return send_with_fds(sock, &answer, sizeof answer, {});
+    iovec iov{&answer, sizeof answer};
+    msghdr msg{};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    alignas(cmsghdr) char ctl[CMSG_SPACE(sizeof(ucred))]{};
+    msg.msg_control = ctl;
+    msg.msg_controllen = sizeof ctl;
+    cmsghdr* c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_CREDENTIALS;
+    c->cmsg_len = CMSG_LEN(sizeof(ucred));
+    ucred u{answer, ::getuid(), ::getgid()};
+    std::memcpy(CMSG_DATA(c), &u, sizeof u);
+    for (;;) {
+        ssize_t n = ::sendmsg(sock, &msg, MSG_NOSIGNAL);
+        if (n == static_cast<ssize_t>(sizeof answer)) return true;
+        if (n < 0 && errno == EINTR) continue;
+        return false;
+    }
+}
+
 // Runs in the spawner; returns only in a new worker (with g_ctx set).
-void spawner(int sock, Context& ctx) {
+void spawner(int sock, Context& ctx, PidNamespace ns) {
     static FdTable table;
     std::vector<UniqueFd> fds;
     for (;;) {
@@ -666,7 +706,7 @@ void spawner(int sock, Context& ctx) {
         int32_t answer = pid < 0 ? -errno : static_cast<int32_t>(pid);
         fds.clear();
         table = FdTable{};
-        if (!send_with_fds(sock, &answer, sizeof answer, {})) ::_exit(1);
+        if (!send_answer(sock, answer, ns)) ::_exit(1);
     }
 }
 
@@ -753,21 +793,59 @@ Status run_supervisor(const SupervisorOptions& opts) {
     ::sigprocmask(SIG_BLOCK, &sigs, nullptr);
     const pid_t sup = ::getpid();
 
+    // pidns=on: the spawner and every worker live in a PID namespace of
+    // their own, with a PID 1 that only reaps (sandbox::run_namespace_init);
+    // the supervisor stays outside, as it did for the single process. The
+    // spawner is not PID 1: an init process may not clone with CLONE_PARENT.
+    const bool pidns = opts.sandbox.mode == sandbox::Mode::On &&
+                       opts.sandbox.pid_namespace == sandbox::Namespaces::New;
+    // Inside the namespace getppid() says 0 (the parent is outside), so a
+    // child learns that the supervisor died before its PR_SET_PDEATHSIG
+    // took hold from a pipe only the supervisor writes to: EOF.
+    UniqueFd alive_w;
+    if (pidns) {
+        if (::geteuid() != 0) return fail("-sandbox pidns=on needs to start as root");
+        int alive[2];
+        if (::pipe2(alive, O_CLOEXEC) != 0) return fail_errno(errno, "worker: pipe: {}", std::strerror(errno));
+        UniqueFd alive_r(alive[0]);
+        alive_w = UniqueFd(alive[1]);
+        if (::unshare(CLONE_NEWPID) != 0)
+            return fail_errno(errno, "worker: unshare(pid): {}", std::strerror(errno));
+        pid_t init = ::fork();
+        if (init < 0) return fail_errno(errno, "worker: fork the namespace's init: {}", std::strerror(errno));
+        if (init == 0) {
+            ::prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
+            alive_w.reset();
+            char c;
+            ::fcntl(alive_r.get(), F_SETFL, O_NONBLOCK);
+            if (::read(alive_r.get(), &c, 1) == 0) ::_exit(1);
+            ::prctl(PR_SET_NAME, "mpq-pidns-init", 0, 0, 0);
+            sandbox::run_namespace_init(opts.sandbox);
+        }
+    }
     int zs[2];
     if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, zs) != 0)
         return fail_errno(errno, "worker: socketpair: {}", std::strerror(errno));
+    // With pidns=on the spawner's answers carry the new worker's pid as
+    // credentials (send_answer).
+    const int one = 1;
+    if (pidns && ::setsockopt(zs[0], SOL_SOCKET, SO_PASSCRED, &one, sizeof one) != 0)
+        return fail_errno(errno, "worker: SO_PASSCRED: {}", std::strerror(errno));
     pid_t zpid = ::fork();
     if (zpid < 0) return fail_errno(errno, "worker: fork: {}", std::strerror(errno));
     if (zpid == 0) {
         ::close(zs[0]);
         ::prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
-        if (::getppid() != sup) ::_exit(1);
+        // In its own PID namespace the supervisor is outside: getppid() is
+        // 0, and 1 (the namespace's init) once the supervisor is gone.
+        if (::getppid() != (pidns ? 0 : sup)) ::_exit(1);
+        alive_w.reset();
         ::prctl(PR_SET_NAME, "mpq-spawner", 0, 0, 0);  // tells it apart from the worker in ps
         // Every worker it clones loads this instead of compiling its own
         // filter; without it they compile (slower restarts, same filter).
         if (auto st = sandbox::precompile_filter(opts.sandbox); !st.ok())
             log::debug("worker: no precompiled sandbox filter: {}", st.error().message);
-        spawner(zs[1], ctx);
+        spawner(zs[1], ctx, pidns ? PidNamespace::Own : PidNamespace::Shared);
         return {};  // a new worker
     }
     ::close(zs[1]);
@@ -805,8 +883,11 @@ Status run_supervisor(const SupervisorOptions& opts) {
         SpawnMsg req = predecessor_msg(ctx, kSpawnKind, what);
         int32_t pid = -EPIPE;
         std::vector<UniqueFd> none;
+        pid_t cred = 0;
         if (send_table(zsock.get(), table) && send_with_fds(zsock.get(), &req, sizeof req, std::span(&sp[1], 1)))
-            if (recv_with_fds(zsock.get(), &pid, sizeof pid, none, 0) != sizeof pid) pid = -EPIPE;
+            if (recv_with_fds(zsock.get(), &pid, sizeof pid, none, 0, &cred) != sizeof pid) pid = -EPIPE;
+        // With pidns=on: the number in our namespace, not the spawner's.
+        if (pidns && pid > 0) pid = cred > 0 ? cred : -EPROTO;
         ::close(sp[1]);
         if (pid <= 0) ::close(sp[0]);
         else hand = UniqueFd(sp[0]);
@@ -847,6 +928,7 @@ Status run_supervisor(const SupervisorOptions& opts) {
         if (!first && spare.pid > 0) {
             // Promote the spare: the fd table as it is now, then its context.
             SpawnMsg go = predecessor_msg(ctx, kGoKind, kSuccessor);
+            hdr->worker_pid.store(spare.pid);  // before it can answer x-query-worker
             if (send_table(spare.hand.get(), table) && send_with_fds(spare.hand.get(), &go, sizeof go, {})) {
                 pid = spare.pid;
                 hand = std::move(spare.hand);
@@ -864,6 +946,7 @@ Status run_supervisor(const SupervisorOptions& opts) {
                 ::_exit(1);
             }
         }
+        hdr->worker_pid.store(pid);
         // The next spare is started once this worker has served for a
         // while: built at once, it would take the CPU from the worker's
         // first requests, the very ones a restart makes the guest wait for.

@@ -12,6 +12,9 @@
 //   WORKER      builds the devices from the command line, serves the
 //               sockets, publishes the complete state every round
 //
+// With -sandbox pidns=on the spawner and the workers live in a PID namespace
+// of their own under an init that only reaps; the supervisor stays outside.
+//
 // The worker reads the VMM socket with MSG_PEEK and consumes a round's
 // request bytes only after the state that includes their effect is
 // published (PublishArea below). A worker that dies is replaced by a fork of
@@ -63,6 +66,9 @@ struct PublishHeader {
     std::atomic<uint64_t> publishes;
     std::atomic<uint32_t> binary_chosen;  // x-worker-restart chose a binary for the successors
     std::atomic<int32_t> spare_pid;       // the spare waiting to take over, 0: none (x-query-worker)
+    // The worker's pid as the supervisor (and ps) sees it: with pidns=on the
+    // worker's own getpid() is its number inside the namespace.
+    std::atomic<int32_t> worker_pid;
 };
 static_assert(sizeof(PublishHeader) <= kHeaderBytes);
 static_assert(std::atomic<uint64_t>::is_always_lock_free);

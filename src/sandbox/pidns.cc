@@ -99,6 +99,34 @@ void close_all_but(int keep) {
 
 }  // namespace
 
+void run_namespace_init(const SandboxOptions& opts) {
+    close_all_but(-1);
+    sigset_t all;
+    sigfillset(&all);
+    ::sigprocmask(SIG_BLOCK, &all, nullptr);
+    rlimit zero{0, 0};
+    ::setrlimit(RLIMIT_NPROC, &zero);
+    ::setrlimit(RLIMIT_CORE, &zero);
+    SandboxOptions init;
+    init.action = opts.action == Action::Trap ? Action::Kill : opts.action;
+    if (::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 || !load_filter(init, Role::PidNamespaceInit, 0).ok()) {
+        // An unfiltered PID 1 is not what was asked for: its exit takes the
+        // namespace down, and the supervisor gives up on its workers.
+        constexpr char msg[] = "qemu-scsi-dev: pidns init: cannot sandbox itself\n";
+        [[maybe_unused]] ssize_t w = ::write(2, msg, sizeof msg - 1);
+        ::_exit(1);
+    }
+    sigset_t chld;
+    sigemptyset(&chld);
+    sigaddset(&chld, SIGCHLD);
+    for (;;) {
+        siginfo_t si{};
+        (void)::sigwaitinfo(&chld, &si);
+        while (::waitpid(-1, nullptr, WNOHANG) > 0) {
+        }
+    }
+}
+
 Status enter_pid_namespace(const SandboxOptions& opts) {
     if (::geteuid() != 0) return fail("-sandbox pidns=on needs to start as root");
     int alive[2];

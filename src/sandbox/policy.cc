@@ -211,6 +211,21 @@ void pidns_supervisor(std::vector<Rule>& r, int child_pid) {
 #endif
 }
 
+// PID 1 of the workers' namespace (pidns=on with -x-worker on): it reaps
+// orphans and nothing else.
+void pidns_init(std::vector<Rule>& r) {
+    r.push_back({"rt_sigtimedwait", {}, "waiting for SIGCHLD"});
+    r.push_back({"wait4", {}, "reaping orphans of the namespace"});
+    r.push_back({"rt_sigreturn", {}, "returning from a signal handler"});
+    r.push_back({"restart_syscall", {}, "a wait restarted after a signal"});
+    r.push_back({"exit_group", {}, "exiting"});
+    r.push_back({"exit", {}, "exiting"});
+#if MPQ_SANITIZER_BUILD
+    r.push_back({"sigaltstack", {}, "sanitizer builds only: ASan's signal stack on the way out",
+                 0, Scope::SanitizerBuild});
+#endif
+}
+
 // The supervisor of `-x-worker on` (remote/worker.h): it waits for its
 // worker, takes the fds the worker hands over, passes them to the spawner
 // that forks the next worker, and logs. It never parses the device state.
@@ -299,6 +314,9 @@ std::vector<Rule> build_rules(const SandboxOptions& opts, Role role, int self_pi
             // self_pid is the device process here: the only kill() target.
             pidns_supervisor(r, self_pid);
             return r;  // QEMU's groups and open= concern the device process only
+        case Role::PidNamespaceInit:
+            pidns_init(r);
+            return r;
     }
     if (opts.obsolete == Group::Allow) add_obsolete(r);
     if (opts.elevate_privileges == Group::Allow) add_elevate_privileges(r);

@@ -52,4 +52,10 @@ Status load_filter(const SandboxOptions& opts, Role role, int pid);
 // pidns=on: unshare(CLONE_NEWPID) and fork; returns in the child only. In pidns.cc.
 Status enter_pid_namespace(const SandboxOptions& opts);
 
+// pidns=on with -x-worker on: PID 1 of the workers' namespace, forked by
+// their supervisor. It keeps nothing open and only reaps what is
+// reparented to it; when it dies (with the supervisor: PR_SET_PDEATHSIG)
+// the kernel kills every process of the namespace. In pidns.cc.
+[[noreturn]] void run_namespace_init(const SandboxOptions& opts);
+
 }  // namespace mpq::sandbox

@@ -30,7 +30,7 @@ enum class Group : uint8_t { Deny, Allow };
 // supervisor that stays outside when the device process gets its own PID
 // namespace (`pidns=on`).
 // `WorkerSupervisor`: the supervisor of `-x-worker on` (remote/worker.h).
-enum class Role : uint8_t { RemoteSteadyState, PidNamespaceSupervisor, WorkerSupervisor };
+enum class Role : uint8_t { RemoteSteadyState, PidNamespaceSupervisor, WorkerSupervisor, PidNamespaceInit };
 enum class Namespaces : uint8_t { Keep, New };
 enum class OpenPolicy : uint8_t { Deny, ReadOnly, ReadWrite };
 

@@ -112,10 +112,10 @@ def children(sup):
 
 def worker_pid(sup):
     """The -x-worker supervisor's worker child (its other children are the
-    spawner, mpq-spawner, and the spare worker, mpq-spare), or None between
-    workers."""
+    spawner, mpq-spawner, the spare worker, mpq-spare, and with pidns=on the
+    namespace's init, mpq-pidns-init), or None between workers."""
     for k, name in children(sup):
-        if name not in ("mpq-spawner", "mpq-spare"):
+        if name not in ("mpq-spawner", "mpq-spare", "mpq-pidns-init"):
             return k
     return None
 

@@ -3,6 +3,9 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <gtest/gtest.h>
+
+#include <set>
+#include <string>
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -217,6 +220,20 @@ TEST(SandboxPolicy, PidNamespaceSupervisorCanOnlyWaitAndSignal) {
     }
     EXPECT_GT(n, 0u);
     EXPECT_LE(n, 12u);
+}
+
+TEST(SandboxPolicy, PidNamespaceInitOnlyReaps) {
+    // PID 1 of the workers' namespace (pidns=on with -x-worker on); the
+    // README gives its count.
+    auto p = sb::describe_policy(parse_ok("on,spawn=allow,open=rw"), sb::Role::PidNamespaceInit);
+    std::set<std::string> names;
+    for (const auto& e : p) {
+        if (e.scope != sb::Scope::Always) continue;
+        EXPECT_FALSE(e.why.empty()) << e.name;
+        names.insert(std::string(e.name));
+    }
+    EXPECT_EQ(names, (std::set<std::string>{"rt_sigtimedwait", "wait4", "rt_sigreturn", "restart_syscall",
+                                            "exit_group", "exit"}));
 }
 
 TEST(SandboxPolicy, SanitizerAdditionsOnlyInSanitizerBuilds) {
