@@ -235,7 +235,7 @@ void BlockBackend::submit(std::unique_ptr<Job> j) {
         complete_soon(std::move(j));
         return;
     }
-    if (!loop_) {  // InlineIo: no worker to hand it to
+    if (!loop_ || submission_ == Submission::Caller) {  // InlineIo: no worker to hand it to
         Impl::run_job(*drv_, *j);
         complete_soon(std::move(j));
         return;

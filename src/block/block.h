@@ -147,6 +147,15 @@ public:
     // and the kernel allowed it).
     bool uses_io_uring() const;
 
+    // Where requests run. Threads (the default): on an I/O thread or
+    // io_uring while the loop carries on. Caller: inside the call that
+    // submits them, the completion deferred as always; only for a process
+    // that waits for all of its I/O at the end of every loop round anyway
+    // (a -x-worker worker drains its drives before it publishes its state),
+    // where handing a request to a thread adds two wake-ups and no overlap.
+    enum class Submission : uint8_t { Threads, Caller };
+    void set_submission(Submission s) { submission_ = s; }
+
     // --- monitor commands (defined in backend_admin.cc) ---
     // QEMU's write threshold (block-set-write-threshold): the first write,
     // write-zeroes or discard whose end goes past `threshold` calls `hit`
@@ -178,6 +187,7 @@ private:
     DriveOptions opts_;
     BlockStats stats_;
     unsigned in_flight_ = 0;
+    Submission submission_ = Submission::Threads;
     uint64_t write_threshold_ = 0;
     ThresholdHit threshold_hit_;
     std::unique_ptr<Impl> impl_;

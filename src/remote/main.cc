@@ -293,6 +293,11 @@ int main(int argc, char** argv) {
             for (auto& d : proc.drives())
                 if (d.backend) d.backend->drain();
         };
+        // Every round waits for its I/O before it publishes (drain): the
+        // loop thread does the I/O itself instead of waking a thread for it
+        // and waiting to be woken in turn.
+        for (auto& d : proc.drives())
+            if (d.backend) d.backend->set_submission(block::BlockBackend::Submission::Caller);
         proc.server()->enable_publishing(drain, [&proc]() -> Result<std::vector<uint8_t>> {
             auto img = remote::capture_state(proc);
             if (!img.ok()) return img.take_error();
