@@ -88,4 +88,18 @@ inline std::optional<uint64_t> mirror_posted_done(const MirrorPage& p) {
     return done;
 }
 
+// The device's INTx level as last published, if the page is settled and
+// every posted write (`posted_sent`) is carried out in it. The remote
+// publishes before it sends a round's replies, so after a reply this is the
+// level the replied access left, or a later one.
+inline std::optional<bool> mirror_irq_level(const MirrorPage& p, uint64_t posted_sent) {
+    uint32_t s1 = p.seq.load(std::memory_order_acquire);
+    if (s1 & 1) return std::nullopt;
+    uint64_t done = p.posted_done.load(std::memory_order_relaxed);
+    bool level = (p.irq_level.load(std::memory_order_relaxed) & 1) != 0;
+    std::atomic_thread_fence(std::memory_order_acquire);
+    if (p.seq.load(std::memory_order_relaxed) != s1 || done != posted_sent) return std::nullopt;
+    return level;
+}
+
 }  // namespace mpq::proto

@@ -21,6 +21,8 @@
 //    raises the line again from the event loop: the worst case is a spurious
 //    lower/raise pair, never a lost interrupt. Only accesses made while the
 //    line is up pay for this; config reads cannot change the level and skip it.
+//    With our remote's register mirror the level is read from the mirror
+//    page instead (published before the reply): no kick, no wait.
 //  * No kick on a plain irq event: while the line stays up that would make the
 //    two processes ping-pong resample/irq forever.
 //  * BAR writes are posted (no RET awaited) when the remote grants
@@ -481,12 +483,27 @@ void ProxyDevice::irq_check_after_access() {
     bool maybe = irq_slot_ < 0 || link_->irq_signalled(irq_slot_);
     if (maybe && consume(irqfd_.get())) set_level(true);
     if (!level_) return;
+    // Our remote publishes the line's level in the mirror page before it
+    // replies: read there, it is the level this access left (or a later
+    // one), with no resample handshake. That handshake can only tell a
+    // lowered line by waiting out its whole timeout (5 ms by default) for a
+    // signal that never comes, which every interrupt acknowledged by a
+    // register read paid. A line raised again later signals the eventfd.
+    if (mirror_) {
+        if (auto lv = proto::mirror_irq_level(*mirror_, link_->posted_sent())) {
+            MPQ_TRACE(mpq_proxy_irq_check, opts_.id.c_str(), "mirror", *lv);
+            if (!*lv) set_level(false);
+            return;
+        }
+    }
     uint64_t one = 1;
     if (::write(resamplefd_.get(), &one, sizeof one) != sizeof one) return;
     if (wait_readable(irqfd_.get(), opts_.resample_wait_us)) {
         consume(irqfd_.get());
+        MPQ_TRACE(mpq_proxy_irq_check, opts_.id.c_str(), "resample", 1);
         return;
     }
+    MPQ_TRACE(mpq_proxy_irq_check, opts_.id.c_str(), "resample", 0);
     set_level(false);
 }
 

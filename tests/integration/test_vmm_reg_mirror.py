@@ -13,7 +13,11 @@ What must hold:
 - a register changed by SCRIPTS reads back changed once SCRIPTS stopped;
 - reads are really served locally: the remote's frame trace (-d remote)
   shows almost no BAR_READ for a burst of SCRATCHA reads with the mirror on,
-  and one per read with it off."""
+  and one per read with it off;
+- the INTx level after an access (the DSTAT read that acknowledges an INT
+  lowers it) is read from the mirror, without the resample handshake that
+  can only tell a lowered line by waiting out its timeout (VMM trace
+  mpq_proxy_irq_check); without the mirror the handshake does it."""
 import os
 import random
 import struct
@@ -76,28 +80,51 @@ def scenario(c, label, q, tmp):
     before = bar_reads(tmp)
     for _ in range(BURST):
         q.readl(R.MMIO_BASE + R.SCRATCHA)
-    return result, bar_reads(tmp) - before
+    frames = bar_reads(tmp) - before
+    # INTx: raised by a SCRIPTS INT, lowered by the DSTAT read.
+    for i in range(4):
+        q.cfg_writeb(1, 0x60 + i, 11)
+    q.cmd("irq_intercept_in ioapic")
+    q.write(R.INT_SCRIPT_AT, R.int_script(0x7777))
+    q.writeb(R.MMIO_BASE + R.DIEN, R.DSTAT_SIR)
+    q.events.clear()
+    q.writel(R.MMIO_BASE + R.DSP, R.INT_SCRIPT_AT)
+    q.poll_irqs(0.5)
+    c.check(("raise", 11) in q.events, "%s: IRQ raised by the INT (%r)" % (label, q.events))
+    c.check(q.readb(R.MMIO_BASE + R.DSTAT) & R.DSTAT_SIR, "%s: DSTAT.SIR" % label)
+    q.poll_irqs(0.3)
+    c.eq(q.events[-1:], [("lower", 11)], "%s: IRQ lowered by the DSTAT read" % label)
+    q.writeb(R.MMIO_BASE + R.DIEN, 0)
+    return result, frames
 
 
 def run(c, props, label, env=()):
     tmp = R.tmpdir("mpq-mirror-")
     disk = R.make_disk(os.path.join(tmp, "d.img"), 4)
     argv = (["env"] + list(env) if env else []) + R.our_remote_argv([("lsi0", disk)]) + ["-d", "remote"]
-    rig = R.Rig(tmp, remotes=[(argv, ["lsi0"])], proxy="pci-proxy-dev",
+    rig = R.Rig(tmp, remotes=[(argv, ["lsi0"])], proxy="pci-proxy-dev", vmm_args=["-trace", "mpq_proxy_irq_check"],
                 proxy_props=",x-resample-wait-us=200000" + props, mem_mb=64)
     try:
-        return scenario(c, label, rig.q, tmp)
+        result, frames = scenario(c, label, rig.q, tmp)
     finally:
         rig.stop()
+    with open(rig.log, "rb") as f:
+        vlog = f.read().decode(errors="replace")
+    checks = {how: vlog.count("INTx after the access, from the %s" % how) for how in ("mirror", "resample")}
+    return result, frames, checks
 
 
 def main():
     c = R.Checker()
-    on, on_frames = run(c, "", "mirror")
-    off, off_frames = run(c, ",x-reg-mirror=off", "no mirror")
+    on, on_frames, on_checks = run(c, "", "mirror")
+    off, off_frames, off_checks = run(c, ",x-reg-mirror=off", "no mirror")
     # The remote's epoll loop sends replies inside its round, before it
     # publishes: fewer reads hit, none may be wrong.
-    epoll, _ = run(c, "", "mirror, epoll loop", env=["MPQ_REMOTE_LOOP=epoll"])
+    epoll, _, _ = run(c, "", "mirror, epoll loop", env=["MPQ_REMOTE_LOOP=epoll"])
+    c.check(on_checks["mirror"] >= 1 and on_checks["resample"] == 0,
+            "with the mirror the level after an access comes from it (%r)" % on_checks)
+    c.check(off_checks["resample"] >= 1 and off_checks["mirror"] == 0,
+            "without the mirror the resample handshake tells it (%r)" % off_checks)
     for name, got in (("ring loop", on), ("epoll loop", epoll)):
         diff = [(a, b) for a, b in zip(got, off) if a != b]
         c.eq(len(got), len(off), "%s: same number of reads" % name)
