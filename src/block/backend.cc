@@ -36,6 +36,10 @@ constexpr unsigned kLateWorkers = 2;
 // Requests a serialised driver runs before acknowledging them together:
 // bounds the latency the first one gains.
 constexpr size_t kMaxBatch = 16;
+// Small writes to the page cache run on the loop thread (Impl::inline_writes).
+constexpr uint64_t kInlineWriteMax = 64 * 1024;
+constexpr uint64_t kInlineWriteSlowNs = 200'000;
+constexpr uint64_t kInlineWriteBackOffNs = 1'000'000'000;
 }
 
 // Completed jobs wait here for the loop thread. It is shared with the
@@ -62,6 +66,16 @@ struct BlockBackend::Impl {
     std::vector<std::shared_ptr<ThreadReserve::Ticket>> borrowed;
     std::unique_ptr<UringEngine> uring;
     FileDriver* cached_reads = nullptr;  // buffered raw file: try the page cache first
+    // A small write to a raw file whose writes end in the page cache is a
+    // memory copy of a few microseconds; handing it to an I/O thread and
+    // being woken for its completion costs several times that (two
+    // wake-ups, on a 2-vCPU VM each an inter-processor interrupt). So it runs
+    // on the loop thread, as long as it stays that cheap: one that took
+    // longer (the kernel throttling dirty pages, a page fault on a hole)
+    // sends the writes of the next second to the threads, so that a slow
+    // disk never holds the register path for more than one write.
+    FileDriver* inline_writes = nullptr;
+    uint64_t inline_writes_off_until_ns = 0;
 
     void worker(BlockBackend* bb);
     static void run_batch(BlockDriver& drv, std::vector<JobPtr>& jobs);
@@ -185,6 +199,7 @@ BlockBackend::BlockBackend(EventLoop& loop, std::unique_ptr<BlockDriver> drv, Dr
         }
     }
     if (file && !file->direct()) impl_->cached_reads = file;
+    if (file && file->writes_to_page_cache() && !impl_->uring) impl_->inline_writes = file;
     unsigned n = drv_->concurrent_safe() ? kWorkers : 1;
     if (late.active) {
         // Borrowed threads; with none left the requests run on the loop
@@ -232,6 +247,15 @@ void BlockBackend::submit(std::unique_ptr<Job> j) {
     if (j->kind == JobKind::Read && impl_->cached_reads &&
         impl_->cached_reads->read_cached(j->off, std::span<uint8_t>(j->buf, j->len))) {
         j->end_ns = monotonic_ns();
+        complete_soon(std::move(j));
+        return;
+    }
+    if (j->kind == JobKind::Write && impl_->inline_writes && j->len <= kInlineWriteMax && in_flight_ == 1 &&
+        j->submit_ns >= impl_->inline_writes_off_until_ns) {
+        // Alone (nothing else in flight to keep in order with): see Impl::inline_writes.
+        Impl::run_job(*drv_, *j);
+        if (j->end_ns - j->submit_ns > kInlineWriteSlowNs)
+            impl_->inline_writes_off_until_ns = j->end_ns + kInlineWriteBackOffNs;
         complete_soon(std::move(j));
         return;
     }

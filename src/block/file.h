@@ -33,6 +33,11 @@ public:
     bool direct() const { return direct_ == DirectIo::Yes; }
     bool read_only() const { return read_only_ == ReadOnly::Yes; }
     bool flush_is_noop() const { return cache_ == CacheMode::Unsafe; }
+    // A write returns once its data is in the page cache (cache=writeback or
+    // unsafe, no O_DIRECT, no O_DSYNC).
+    bool writes_to_page_cache() const {
+        return direct_ == DirectIo::No && (cache_ == CacheMode::Writeback || cache_ == CacheMode::Unsafe);
+    }
     // Offset, length and memory alignment O_DIRECT needs (1 when buffered).
     uint32_t alignment() const { return align_; }
     bool is_aligned(uint64_t off, const void* buf, uint64_t len) const;

@@ -387,6 +387,33 @@ TEST(BlockBackend, CallerSubmissionDoesTheIoInTheCallAndCompletesLater) {
     EXPECT_EQ(bb.stats().flush_ops, 1u);
 }
 
+TEST(BlockBackend, SmallPageCacheWritesAloneRunOnTheLoopThread) {
+    TempImage img(1 << 20, 0x51);
+    EventLoop loop;
+    auto o = opts_for(img);
+    BlockBackend bb(loop, open_raw(o), o);
+    auto small = pattern(4096, 5);
+    int done = 0;
+    bb.write(12288, small, [&](Status st) {
+        EXPECT_TRUE(st);
+        ++done;
+    });
+    // A memory copy into the page cache, done before write() returns; the
+    // completion still waits for the loop.
+    EXPECT_EQ(img.read(12288, 4096), small);
+    EXPECT_EQ(done, 0) << "a completion ran inside write()";
+    ASSERT_TRUE(run_until(loop, [&] { return done == 1; }));
+    EXPECT_EQ(bb.stats().wr_ops, 1u);
+    // cache=writethrough (O_DSYNC) waits for the disk: never on the loop.
+    auto wt = opts_for(img, AioMode::Threads, CacheMode::Writethrough);
+    auto drv = open_raw(wt);
+    ASSERT_TRUE(drv);
+    EXPECT_FALSE(static_cast<FileDriver&>(*drv).writes_to_page_cache());
+    EXPECT_TRUE(static_cast<FileDriver&>(*open_raw(o)).writes_to_page_cache());
+    EXPECT_FALSE(static_cast<FileDriver&>(*open_raw(opts_for(img, AioMode::Threads, CacheMode::None)))
+                     .writes_to_page_cache());
+}
+
 TEST(FileDriver, ReadCachedServesThePageCacheAndZeroFillsPastTheEnd) {
     TempImage img(3 * 4096 + 100, 0x42);
     auto o = opts_for(img);
