@@ -13,7 +13,10 @@
 # Env: MPQ_BUILD_DIR (default ./build), MPQ_SHARED_DIR (default ../shared),
 #      OUT (default /tmp/mpq-bench/vmm), QEMU (default qemu-system-x86_64),
 #      TARGETS (default "stock-multi stock-single vmm-ours vmm-sock vmm-stock vmm-inproc";
-#      the first is the baseline; stock-ours is also known).
+#      the first is the baseline; stock-ours is also known),
+#      CPUS (e.g. "0": every process of the run on these CPUs, via taskset; unset:
+#      wherever the scheduler puts them, which on a 2-vCPU VM moves a 4 KiB
+#      command by up to 3x, see bench/README.md; the summary says which).
 set -eu
 src=$(cd "$(dirname "$0")/.." && pwd)
 build=${MPQ_BUILD_DIR:-$src/build}
@@ -34,9 +37,15 @@ stock_remote="{qemu} -machine x-remote -nodefaults -display none -device lsi53c8
 our_remote="$remote {fd} -device lsi53c895a,id=lsi0 $disk"
 stock_main="{qemu} -machine pc,memory-backend=mem0 -accel tcg -S -m {mem_mb}M -object memory-backend-memfd,id=mem0,size={mem_mb}M,share=on -nodefaults -display none -qtest unix:{qtest_sock} -qtest-log none"
 
+pin=""
+if [ -n "${CPUS:-}" ]; then
+    command -v taskset >/dev/null || { echo "CPUS=$CPUS needs taskset (util-linux)" >&2; exit 2; }
+    pin="taskset -c $CPUS"
+fi
+# The floor, under the run's placement.
 rtt_json="$out/socketpair.json"
 if [ -x "$build/bench/vmm_socketpair_bench" ]; then
-    "$build/bench/vmm_socketpair_bench" --benchmark_format=json --benchmark_out="$rtt_json" >/dev/null
+    $pin "$build/bench/vmm_socketpair_bench" --benchmark_format=json --benchmark_out="$rtt_json" >/dev/null
 fi
 
 targets=${TARGETS:-stock-multi stock-single vmm-ours vmm-sock vmm-stock vmm-inproc}
@@ -52,16 +61,17 @@ set -- "$@" --qemu "$qemu" --tmp "$out" --json "$out/qtest-bench.json" --markdow
     --custom vmm-inproc "$vmm $common -device lsi53c895a,id=lsi0 $disk" \
     --custom stock-ours "$stock_main -device x-pci-proxy-dev,id=lsi0,fd={fd}" "$our_remote"
 rc=0
-python3 "$bench" "$@" || rc=$?
+$pin python3 "$bench" "$@" || rc=$?
 # The floor again after the run: the summary uses the mean of both, so a
 # load change during the run shows in both sides of the ratio.
 if [ -x "$build/bench/vmm_socketpair_bench" ]; then
-    "$build/bench/vmm_socketpair_bench" --benchmark_format=json --benchmark_out="$rtt_json.after" >/dev/null
+    $pin "$build/bench/vmm_socketpair_bench" --benchmark_format=json --benchmark_out="$rtt_json.after" >/dev/null
 fi
 
-python3 - "$out/qtest-bench.json" "$rtt_json" "$rtt_json.after" <<'PY'
+python3 - "$out/qtest-bench.json" "$rtt_json" "$rtt_json.after" "${CPUS:-}" <<'PY'
 import json, os, statistics, sys
 doc = json.load(open(sys.argv[1]))
+cpus = sys.argv.pop()
 res = doc["summary"]
 rtts = []
 for p in sys.argv[2:]:
@@ -72,6 +82,7 @@ rtt = sum(rtts) / len(rtts) if rtts else None
 def med(k, t):
     return res.get(k, {}).get(t, {}).get("median")
 print("\n## Summary (load average at the end: %s)" % " ".join("%.2f" % x for x in doc["meta"]["loadavg"]))
+print("placement: %s" % ("every process on CPU(s) %s (CPUS=)" % cpus if cpus else "unpinned (the scheduler's choice)"))
 if rtt:
     print("socketpair round trip (40 B out, 24 B back): %.1f us (%s)" % (rtt, " / ".join("%.1f" % r for r in rtts)))
 for t in ("vmm-ours", "vmm-sock", "vmm-stock", "stock-ours", "stock-multi", "vmm-inproc", "stock-single"):
