@@ -284,10 +284,12 @@ void apply_handoff(const HandoffMsg& m, std::vector<UniqueFd>& fds, FdTable& t) 
         }
         break;
     case HandoffKind::Irqfd:
-        if (m.nfds == 2) t.irqfds[key] = {std::move(fds[0]), std::move(fds[1])};
+        if (m.nfds == 2 && (t.irqfds.size() < FdTable::kMaxDeviceFds || t.irqfds.count(key)))
+            t.irqfds[key] = {std::move(fds[0]), std::move(fds[1])};
         break;
     case HandoffKind::Mirror:
-        if (m.nfds == 1) t.mirrors[key] = std::move(fds[0]);
+        if (m.nfds == 1 && (t.mirrors.size() < FdTable::kMaxDeviceFds || t.mirrors.count(key)))
+            t.mirrors[key] = std::move(fds[0]);
         break;
     case HandoffKind::MonListener:
         if (m.nfds == 1 && (t.mon_listeners.size() < FdTable::kMaxMonitorSockets || t.mon_listeners.count(m.conn)))

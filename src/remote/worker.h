@@ -165,8 +165,10 @@ struct KeptMonitorClient {
 };
 struct FdTable {
     // A worker may have been taken over by a guest: what it can make the
-    // supervisor hold is bounded (further monitor sockets are not kept).
+    // supervisor hold is bounded (entries beyond these are not kept; their
+    // fds are closed).
     static constexpr size_t kMaxMonitorSockets = 64;
+    static constexpr size_t kMaxDeviceFds = 256;  // irq pairs, and mirror pages, each
 
     std::vector<RamRegion> sysmem;  // fds owned by sysmem_fds
     std::vector<UniqueFd> sysmem_fds;
