@@ -74,7 +74,7 @@ struct BlockBackend::Impl {
     // longer (the kernel throttling dirty pages, a page fault on a hole)
     // sends the writes of the next second to the threads, so that a slow
     // disk never holds the register path for more than one write.
-    FileDriver* inline_writes = nullptr;
+    bool inline_writes = false;
     uint64_t inline_writes_off_until_ns = 0;
 
     void worker(BlockBackend* bb);
@@ -199,7 +199,7 @@ BlockBackend::BlockBackend(EventLoop& loop, std::unique_ptr<BlockDriver> drv, Dr
         }
     }
     if (file && !file->direct()) impl_->cached_reads = file;
-    if (file && file->writes_to_page_cache() && !impl_->uring) impl_->inline_writes = file;
+    impl_->inline_writes = file && file->writes_to_page_cache() && !impl_->uring;
     unsigned n = drv_->concurrent_safe() ? kWorkers : 1;
     if (late.active) {
         // Borrowed threads; with none left the requests run on the loop
@@ -250,17 +250,15 @@ void BlockBackend::submit(std::unique_ptr<Job> j) {
         complete_soon(std::move(j));
         return;
     }
-    if (j->kind == JobKind::Write && impl_->inline_writes && j->len <= kInlineWriteMax && in_flight_ == 1 &&
-        j->submit_ns >= impl_->inline_writes_off_until_ns) {
-        // Alone (nothing else in flight to keep in order with): see Impl::inline_writes.
+    // A small write alone (nothing else in flight to keep in order with):
+    // see Impl::inline_writes.
+    const bool small_cached_write = j->kind == JobKind::Write && impl_->inline_writes && j->len <= kInlineWriteMax &&
+                                    in_flight_ == 1 && j->submit_ns >= impl_->inline_writes_off_until_ns;
+    // InlineIo has no worker to hand it to; Caller asked for this thread.
+    if (!loop_ || submission_ == Submission::Caller || small_cached_write) {
         Impl::run_job(*drv_, *j);
-        if (j->end_ns - j->submit_ns > kInlineWriteSlowNs)
+        if (small_cached_write && j->end_ns - j->submit_ns > kInlineWriteSlowNs)
             impl_->inline_writes_off_until_ns = j->end_ns + kInlineWriteBackOffNs;
-        complete_soon(std::move(j));
-        return;
-    }
-    if (!loop_ || submission_ == Submission::Caller) {  // InlineIo: no worker to hand it to
-        Impl::run_job(*drv_, *j);
         complete_soon(std::move(j));
         return;
     }

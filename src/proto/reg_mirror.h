@@ -77,29 +77,39 @@ inline std::optional<MirrorValue> mirror_read(const MirrorPage& p, int bar, uint
     return MirrorValue{v, irq};
 }
 
+// What the page says of the device as a whole when it is settled: the
+// posted writes carried out and the INTx level; nothing while the remote is
+// in a round (or publishing while we read).
+struct MirrorStatus {
+    uint64_t posted_done;
+    bool irq_level;
+};
+inline std::optional<MirrorStatus> mirror_status(const MirrorPage& p) {
+    uint32_t s1 = p.seq.load(std::memory_order_acquire);
+    if (s1 & 1) return std::nullopt;
+    MirrorStatus st{p.posted_done.load(std::memory_order_relaxed),
+                    (p.irq_level.load(std::memory_order_relaxed) & 1) != 0};
+    std::atomic_thread_fence(std::memory_order_acquire);
+    if (p.seq.load(std::memory_order_relaxed) != s1) return std::nullopt;
+    return st;
+}
+
 // How many posted writes the remote had carried out when it last published
 // (nothing while it is in a round).
 inline std::optional<uint64_t> mirror_posted_done(const MirrorPage& p) {
-    uint32_t s1 = p.seq.load(std::memory_order_acquire);
-    if (s1 & 1) return std::nullopt;
-    uint64_t done = p.posted_done.load(std::memory_order_relaxed);
-    std::atomic_thread_fence(std::memory_order_acquire);
-    if (p.seq.load(std::memory_order_relaxed) != s1) return std::nullopt;
-    return done;
+    auto st = mirror_status(p);
+    if (!st) return std::nullopt;
+    return st->posted_done;
 }
 
-// The device's INTx level as last published, if the page is settled and
-// every posted write (`posted_sent`) is carried out in it. The remote
-// publishes before it sends a round's replies, so after a reply this is the
-// level the replied access left, or a later one.
+// The device's INTx level as last published, if every posted write
+// (`posted_sent`) is carried out in it. The remote publishes before it sends
+// a round's replies, so after a reply this is the level the replied access
+// left, or a later one.
 inline std::optional<bool> mirror_irq_level(const MirrorPage& p, uint64_t posted_sent) {
-    uint32_t s1 = p.seq.load(std::memory_order_acquire);
-    if (s1 & 1) return std::nullopt;
-    uint64_t done = p.posted_done.load(std::memory_order_relaxed);
-    bool level = (p.irq_level.load(std::memory_order_relaxed) & 1) != 0;
-    std::atomic_thread_fence(std::memory_order_acquire);
-    if (p.seq.load(std::memory_order_relaxed) != s1 || done != posted_sent) return std::nullopt;
-    return level;
+    auto st = mirror_status(p);
+    if (!st || st->posted_done != posted_sent) return std::nullopt;
+    return st->irq_level;
 }
 
 }  // namespace mpq::proto

@@ -160,7 +160,6 @@ namespace {
 // (what the supervisor held when this worker started) has the predecessor's.
 monitor::SocketKeeper worker_socket_keeper(worker::Context& w) {
     using worker::HandoffKind;
-    using worker::HandoffMsg;
     monitor::SocketKeeper k;
     worker::FdTable* t = w.table;
     k.take_listener = [t](uint32_t index) {
@@ -182,12 +181,7 @@ monitor::SocketKeeper worker_socket_keeper(worker::Context& w) {
         return out;
     };
     auto send = [](HandoffKind kind, uint32_t index, uint32_t key, int fd, bool negotiated) {
-        HandoffMsg m{};
-        m.kind = static_cast<uint32_t>(kind);
-        m.conn = index;
-        m.dev = key;
-        m.gpa[0] = negotiated ? 1 : 0;
-        m.nfds = fd >= 0 ? 1 : 0;
+        worker::HandoffMsg m = worker::make_handoff(kind, index, key, fd >= 0 ? 1 : 0, negotiated);
         if (!worker::hand_over(m, fd >= 0 ? std::span<const int>(&fd, 1) : std::span<const int>()))
             log::warn("worker: cannot hand a monitor socket to the supervisor; a restart would drop it");
     };

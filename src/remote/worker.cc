@@ -178,21 +178,33 @@ bool PoisonDetector::died(bool handling, uint64_t seq) {
 
 namespace {
 
-bool send_with_fds(int sock, const void* data, size_t len, std::span<const int> fds) {
+// `cred`: credentials to send with it (SCM_CREDENTIALS), or null.
+bool send_with_fds(int sock, const void* data, size_t len, std::span<const int> fds, const ucred* cred = nullptr) {
     iovec iov{const_cast<void*>(data), len};
     msghdr msg{};
     msg.msg_iov = &iov;
     msg.msg_iovlen = 1;
-    alignas(cmsghdr) char ctl[CMSG_SPACE(sizeof(int) * proto::kMaxFdsOnWire)]{};
+    alignas(cmsghdr) char ctl[CMSG_SPACE(sizeof(int) * proto::kMaxFdsOnWire) + CMSG_SPACE(sizeof(ucred))]{};
+    msg.msg_control = ctl;
+    // Headers laid out by hand: CMSG_FIRSTHDR needs msg_controllen, which
+    // grows with each one.
+    auto* c = reinterpret_cast<cmsghdr*>(ctl);
     if (!fds.empty()) {
-        msg.msg_control = ctl;
-        msg.msg_controllen = CMSG_SPACE(sizeof(int) * fds.size());
-        cmsghdr* c = CMSG_FIRSTHDR(&msg);
         c->cmsg_level = SOL_SOCKET;
         c->cmsg_type = SCM_RIGHTS;
         c->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
         std::memcpy(CMSG_DATA(c), fds.data(), sizeof(int) * fds.size());
+        msg.msg_controllen += CMSG_SPACE(sizeof(int) * fds.size());
+        c = reinterpret_cast<cmsghdr*>(ctl + msg.msg_controllen);
     }
+    if (cred) {
+        c->cmsg_level = SOL_SOCKET;
+        c->cmsg_type = SCM_CREDENTIALS;
+        c->cmsg_len = CMSG_LEN(sizeof(ucred));
+        std::memcpy(CMSG_DATA(c), cred, sizeof *cred);
+        msg.msg_controllen += CMSG_SPACE(sizeof(ucred));
+    }
+    if (msg.msg_controllen == 0) msg.msg_control = nullptr;
     for (;;) {
         ssize_t n = ::sendmsg(sock, &msg, MSG_NOSIGNAL);
         if (n == static_cast<ssize_t>(len)) return true;
@@ -271,6 +283,26 @@ std::span<const uint8_t> last_published() {
     return c->slot(slot).subspan(0, len);
 }
 
+HandoffMsg make_handoff(HandoffKind kind, uint32_t conn, uint32_t dev, uint32_t nfds, uint64_t flag) {
+    HandoffMsg m{};
+    m.kind = static_cast<uint32_t>(kind);
+    m.conn = conn;
+    m.dev = dev;
+    m.nfds = nfds;
+    m.gpa[0] = flag;
+    return m;
+}
+
+namespace {
+
+// A new entry only while the table has room for it; a known one may be replaced.
+template <typename Map>
+bool has_room(const Map& m, const typename Map::key_type& key, size_t max) {
+    return m.size() < max || m.count(key) != 0;
+}
+
+}  // namespace
+
 void apply_handoff(const HandoffMsg& m, std::vector<UniqueFd>& fds, FdTable& t) {
     if (fds.size() != m.nfds || m.nfds > proto::kMaxFdsOnWire) return;
     auto key = std::make_pair(m.conn, m.dev);
@@ -284,20 +316,20 @@ void apply_handoff(const HandoffMsg& m, std::vector<UniqueFd>& fds, FdTable& t) 
         }
         break;
     case HandoffKind::Irqfd:
-        if (m.nfds == 2 && (t.irqfds.size() < FdTable::kMaxDeviceFds || t.irqfds.count(key)))
+        if (m.nfds == 2 && has_room(t.irqfds, key, FdTable::kMaxDeviceFds))
             t.irqfds[key] = {std::move(fds[0]), std::move(fds[1])};
         break;
     case HandoffKind::Mirror:
-        if (m.nfds == 1 && (t.mirrors.size() < FdTable::kMaxDeviceFds || t.mirrors.count(key)))
+        if (m.nfds == 1 && has_room(t.mirrors, key, FdTable::kMaxDeviceFds))
             t.mirrors[key] = std::move(fds[0]);
         break;
     case HandoffKind::MonListener:
-        if (m.nfds == 1 && (t.mon_listeners.size() < FdTable::kMaxMonitorSockets || t.mon_listeners.count(m.conn)))
+        if (m.nfds == 1 && has_room(t.mon_listeners, m.conn, FdTable::kMaxMonitorSockets))
             t.mon_listeners[m.conn] = std::move(fds[0]);
         break;
     case HandoffKind::MonClient: {
         auto it = t.mon_clients.find(key);
-        if (m.nfds == 1 && (it != t.mon_clients.end() || t.mon_clients.size() < FdTable::kMaxMonitorSockets))
+        if (m.nfds == 1 && has_room(t.mon_clients, key, FdTable::kMaxMonitorSockets))
             t.mon_clients[key] = KeptMonitorClient{std::move(fds[0]), m.gpa[0] != 0};
         else if (m.nfds == 0 && it != t.mon_clients.end())
             it->second.negotiated = m.gpa[0] != 0;
@@ -564,6 +596,7 @@ void exec_successor(const SpawnMsg& m, int hand_fd, const FdTable& table) {
 }
 
 bool send_table(int sock, const FdTable& t) {
+    auto send = [sock](HandoffMsg m, std::span<const int> fds) { return send_with_fds(sock, &m, sizeof m, fds); };
     if (!t.sysmem.empty()) {
         HandoffMsg m{};
         m.kind = static_cast<uint32_t>(HandoffKind::Sysmem);
@@ -575,43 +608,24 @@ bool send_table(int sock, const FdTable& t) {
             fds.push_back(t.sysmem_fds[i].get());
         }
         m.nfds = static_cast<uint32_t>(fds.size());
-        if (!send_with_fds(sock, &m, sizeof m, fds)) return false;
+        if (!send(m, fds)) return false;
     }
     for (const auto& [key, p] : t.irqfds) {
-        HandoffMsg m{};
-        m.kind = static_cast<uint32_t>(HandoffKind::Irqfd);
-        m.conn = key.first;
-        m.dev = key.second;
-        m.nfds = 2;
         int fds[2] = {p.first.get(), p.second.get()};
-        if (!send_with_fds(sock, &m, sizeof m, fds)) return false;
+        if (!send(make_handoff(HandoffKind::Irqfd, key.first, key.second, 2), fds)) return false;
     }
     for (const auto& [key, fd] : t.mirrors) {
-        HandoffMsg m{};
-        m.kind = static_cast<uint32_t>(HandoffKind::Mirror);
-        m.conn = key.first;
-        m.dev = key.second;
-        m.nfds = 1;
         int f = fd.get();
-        if (!send_with_fds(sock, &m, sizeof m, std::span(&f, 1))) return false;
+        if (!send(make_handoff(HandoffKind::Mirror, key.first, key.second, 1), std::span(&f, 1))) return false;
     }
     for (const auto& [index, fd] : t.mon_listeners) {
-        HandoffMsg m{};
-        m.kind = static_cast<uint32_t>(HandoffKind::MonListener);
-        m.conn = index;
-        m.nfds = 1;
         int f = fd.get();
-        if (!send_with_fds(sock, &m, sizeof m, std::span(&f, 1))) return false;
+        if (!send(make_handoff(HandoffKind::MonListener, index, 0, 1), std::span(&f, 1))) return false;
     }
     for (const auto& [key, c] : t.mon_clients) {
-        HandoffMsg m{};
-        m.kind = static_cast<uint32_t>(HandoffKind::MonClient);
-        m.conn = key.first;
-        m.dev = key.second;
-        m.gpa[0] = c.negotiated ? 1 : 0;
-        m.nfds = 1;
         int f = c.fd.get();
-        if (!send_with_fds(sock, &m, sizeof m, std::span(&f, 1))) return false;
+        if (!send(make_handoff(HandoffKind::MonClient, key.first, key.second, 1, c.negotiated), std::span(&f, 1)))
+            return false;
     }
     return true;
 }
@@ -625,25 +639,8 @@ bool send_table(int sock, const FdTable& t) {
 enum class PidNamespace : uint8_t { Shared, Own };
 bool send_answer(int sock, int32_t answer, PidNamespace ns) {
     if (answer <= 0 || ns == PidNamespace::Shared) return send_with_fds(sock, &answer, sizeof answer, {});
-    iovec iov{&answer, sizeof answer};
-    msghdr msg{};
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
-    alignas(cmsghdr) char ctl[CMSG_SPACE(sizeof(ucred))]{};
-    msg.msg_control = ctl;
-    msg.msg_controllen = sizeof ctl;
-    cmsghdr* c = CMSG_FIRSTHDR(&msg);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_CREDENTIALS;
-    c->cmsg_len = CMSG_LEN(sizeof(ucred));
-    ucred u{answer, ::getuid(), ::getgid()};
-    std::memcpy(CMSG_DATA(c), &u, sizeof u);
-    for (;;) {
-        ssize_t n = ::sendmsg(sock, &msg, MSG_NOSIGNAL);
-        if (n == static_cast<ssize_t>(sizeof answer)) return true;
-        if (n < 0 && errno == EINTR) continue;
-        return false;
-    }
+    const ucred u{answer, ::getuid(), ::getgid()};
+    return send_with_fds(sock, &answer, sizeof answer, {}, &u);
 }
 
 // Runs in the spawner; returns only in a new worker (with g_ctx set).

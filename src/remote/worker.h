@@ -177,6 +177,9 @@ struct FdTable {
     std::map<uint32_t, UniqueFd> mon_listeners;  // by chardev index
     std::map<std::pair<uint32_t, uint32_t>, KeptMonitorClient> mon_clients;  // by (index, key)
 };
+// A hand-over of `kind` for (conn, dev) announcing `nfds` fds; `flag` goes
+// in gpa[0] (MonClient: QMP negotiation done). Not for Sysmem (regions).
+HandoffMsg make_handoff(HandoffKind kind, uint32_t conn, uint32_t dev, uint32_t nfds, uint64_t flag = 0);
 // Files one handoff (and its fds, which it takes or closes) in the table; a
 // message that does not fit its kind is dropped.
 void apply_handoff(const HandoffMsg& m, std::vector<UniqueFd>& fds, FdTable& t);

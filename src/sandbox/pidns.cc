@@ -20,6 +20,7 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #include "sandbox/policy.h"
@@ -62,6 +63,21 @@ void close_all_but(int keep) {
     ::_exit(1);
 }
 
+// A helper process that only waits: no new processes, no files, no cores,
+// and its own filter (`role`, `pid` as for build_rules). False, said on
+// stderr, if the filter could not be loaded.
+bool lock_down(const SandboxOptions& opts, Role role, int pid, const char* who) {
+    rlimit zero{0, 0};
+    ::setrlimit(RLIMIT_NPROC, &zero);
+    ::setrlimit(RLIMIT_CORE, &zero);
+    SandboxOptions own;
+    own.action = opts.action == Action::Trap ? Action::Kill : opts.action;
+    if (::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0 && load_filter(own, role, pid).ok()) return true;
+    std::string msg = std::string("qemu-scsi-dev: ") + who + ": cannot sandbox itself\n";
+    [[maybe_unused]] ssize_t w = ::write(2, msg.data(), msg.size());
+    return false;
+}
+
 [[noreturn]] void supervise(const SandboxOptions& opts, pid_t child, int alive_fd) {
     close_all_but(alive_fd);
     sigset_t set;
@@ -69,19 +85,9 @@ void close_all_but(int keep) {
     sigaddset(&set, SIGCHLD);
     for (int sig : kForwarded) sigaddset(&set, sig);
     ::sigprocmask(SIG_BLOCK, &set, nullptr);
-    // Nothing to gain from here: no new processes, no files, no cores.
-    rlimit zero{0, 0};
-    ::setrlimit(RLIMIT_NPROC, &zero);
-    ::setrlimit(RLIMIT_CORE, &zero);
-    SandboxOptions sup;
-    sup.action = opts.action == Action::Trap ? Action::Kill : opts.action;
-    if (::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 ||
-        !load_filter(sup, Role::PidNamespaceSupervisor, static_cast<int>(child)).ok()) {
-        // Unsandboxed supervision is not what was asked for: take the child down.
-        constexpr char msg[] = "qemu-scsi-dev: pidns supervisor: cannot sandbox itself\n";
-        [[maybe_unused]] ssize_t w = ::write(2, msg, sizeof msg - 1);
+    // Unsandboxed supervision is not what was asked for: take the child down.
+    if (!lock_down(opts, Role::PidNamespaceSupervisor, static_cast<int>(child), "pidns supervisor"))
         ::kill(child, SIGKILL);
-    }
     for (;;) {
         siginfo_t si{};
         int sig = ::sigwaitinfo(&set, &si);
@@ -104,18 +110,9 @@ void run_namespace_init(const SandboxOptions& opts) {
     sigset_t all;
     sigfillset(&all);
     ::sigprocmask(SIG_BLOCK, &all, nullptr);
-    rlimit zero{0, 0};
-    ::setrlimit(RLIMIT_NPROC, &zero);
-    ::setrlimit(RLIMIT_CORE, &zero);
-    SandboxOptions init;
-    init.action = opts.action == Action::Trap ? Action::Kill : opts.action;
-    if (::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 || !load_filter(init, Role::PidNamespaceInit, 0).ok()) {
-        // An unfiltered PID 1 is not what was asked for: its exit takes the
-        // namespace down, and the supervisor gives up on its workers.
-        constexpr char msg[] = "qemu-scsi-dev: pidns init: cannot sandbox itself\n";
-        [[maybe_unused]] ssize_t w = ::write(2, msg, sizeof msg - 1);
-        ::_exit(1);
-    }
+    // An unfiltered PID 1 is not what was asked for: its exit takes the
+    // namespace down, and the supervisor gives up on its workers.
+    if (!lock_down(opts, Role::PidNamespaceInit, 0, "pidns init")) ::_exit(1);
     sigset_t chld;
     sigemptyset(&chld);
     sigaddset(&chld, SIGCHLD);

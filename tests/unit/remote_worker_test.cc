@@ -122,19 +122,12 @@ TEST(WorkerLiveUpdate, VersionAnswerIsParsedStrictly) {
     EXPECT_FALSE(parse_version_answer(" mpq-state-version 1\n"));
 }
 
-
 // The monitor sockets a worker hands over: kept, updated, forgotten, and
 // bounded (a worker taken over by a guest cannot make the supervisor hoard fds).
 TEST(WorkerFdTable, MonitorSocketsAreKeptUpdatedForgottenAndBounded) {
     FdTable t;
     auto msg = [](HandoffKind k, uint32_t index, uint32_t key, uint32_t nfds, bool negotiated) {
-        HandoffMsg m{};
-        m.kind = static_cast<uint32_t>(k);
-        m.conn = index;
-        m.dev = key;
-        m.nfds = nfds;
-        m.gpa[0] = negotiated;
-        return m;
+        return make_handoff(k, index, key, nfds, negotiated);
     };
     auto one_fd = [] {
         std::vector<UniqueFd> v;
