@@ -5,13 +5,18 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <pthread.h>
 #include <signal.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstring>
+#include <condition_variable>
+#include <deque>
 #include <mutex>
+#include <system_error>
+#include <thread>
 
 namespace mpq {
 namespace {
@@ -100,16 +105,142 @@ uint64_t fault_count() {
 // - pread/pwrite of the file: the kernel copies through its own mapping, no
 //   page of ours is mapped (~0.15-0.3 ms per MiB, ~2 us per 4 KiB);
 // - MADV_POPULATE_* then memcpy: one syscall maps the range (~2.2 ms per
-//   MiB), after which copies cost nothing extra (0.2 us per 4 KiB).
-// So a granule is first accessed through the file and, once it has been hit
-// kRent times (the pwrite costs then add up to about one populate), it is
-// populated and copied through the mapping for good (ski rental).
+//   MiB), after which copies cost nothing extra (0.2 us per 4 KiB; a 1 MiB
+//   copy 0.1 ms against 0.34 ms through the file).
+// So a granule is first accessed through the file. With the populate thread
+// running, its second access (the guest reuses the buffer) has the thread
+// populate it while the device carries on through the file; without it, or
+// while the thread's queue is full, the device populates it itself on the
+// kRent-th access (the pwrite costs then add up to about one populate: ski
+// rental). Either way it is then copied through the mapping for good.
 // Populate is off for good once the kernel (< 5.14: EINVAL) or a seccomp
 // policy (EPERM) says no, so a refusing system pays one failed call.
 std::atomic<bool> g_populate{true};
 std::atomic<bool> g_file_io{true};
 
+// Heat of a granule: 0 .. kRent-1 accesses through the file so far, or one
+// of these.
+constexpr uint8_t kQueued = 0xfe;  // handed to the populate thread, not done yet
+constexpr uint8_t kHot = 0xff;     // accessed through the mapping from now on
+
+// Pre-faulting is a hint only: whatever madvise answers, a copy behaves the
+// same (a range it could not populate simply faults page by page, and a page
+// the VMM truncated away still ends in the SIGBUS guard; madvise itself
+// reports that as EFAULT, no signal). Populating a whole granule around the
+// target only maps pages: a hole in the memfd gets a zeroed page of the
+// file, which is what the guest would read there, so guest-visible content
+// never changes.
+void populate_range(void* base, size_t len, size_t start, size_t stop, int advice) {
+    if (!g_populate.load(std::memory_order_relaxed) || start >= stop || stop > len) return;
+    if (::madvise(static_cast<uint8_t*>(base) + start, stop - start, advice) != 0) {
+        // ENOMEM/EFAULT (memory pressure, a file the VMM shrank): the
+        // granules are marked hot all the same so nobody retries on every
+        // access; the copy faults them in as it would have anyway.
+        int e = errno;
+        if (e == EINVAL || e == EPERM || e == ENOSYS) g_populate.store(false, std::memory_order_relaxed);
+    }
+}
+
 }  // namespace
+
+struct GuestMemory::Area {
+    void* base;
+    size_t len;
+    size_t granules;
+    // One entry per kPopulateGranule of [base, base + len). Written by the
+    // event-loop thread (all DMA runs there) and, for kQueued granules only,
+    // by the populate thread, which marks them kHot.
+    std::unique_ptr<std::atomic<uint8_t>[]> heat;
+
+    Area(void* b, size_t l)
+        : base(b), len(l), granules((l + kPopulateGranule - 1) / kPopulateGranule),
+          heat(std::make_unique<std::atomic<uint8_t>[]>(granules)) {}
+    ~Area() {
+        unguard_range(base);
+        ::munmap(base, len);
+    }
+    Area(const Area&) = delete;
+    Area& operator=(const Area&) = delete;
+    uint8_t get(uint64_t g) const { return heat[g].load(std::memory_order_relaxed); }
+    void set(uint64_t g, uint8_t v) { heat[g].store(v, std::memory_order_relaxed); }
+};
+
+namespace {
+
+// One thread per process that pre-faults granules handed to it, in order.
+// Its queue is bounded: an offer it cannot take is refused, and the granule
+// stays with the inline rule. Never destroyed (the process may exit while it
+// waits), so nothing it uses is torn down under it.
+class Populator {
+public:
+    struct Job {
+        std::shared_ptr<GuestMemory::Area> area;
+        uint64_t first, end;  // granules
+        int advice;
+    };
+    static constexpr size_t kMaxJobs = 64;
+
+    bool start() {
+        try {
+            thread_ = std::thread([this] { run(); });
+        } catch (const std::system_error&) {
+            return false;
+        }
+        ::pthread_setname_np(thread_.native_handle(), "mpq-populate");
+        thread_.detach();
+        return true;
+    }
+    bool offer(Job j) {
+        {
+            std::lock_guard lk(mu_);
+            if (jobs_.size() >= kMaxJobs) return false;
+            jobs_.push_back(std::move(j));
+        }
+        cv_.notify_one();
+        return true;
+    }
+
+private:
+    void run() {
+        for (;;) {
+            Job j;
+            {
+                std::unique_lock lk(mu_);
+                cv_.wait(lk, [this] { return !jobs_.empty(); });
+                j = std::move(jobs_.front());
+                jobs_.pop_front();
+            }
+            GuestMemory::Area& a = *j.area;
+            size_t start = static_cast<size_t>(j.first * GuestMemory::kPopulateGranule);
+            size_t stop = static_cast<size_t>(std::min<uint64_t>(j.end * GuestMemory::kPopulateGranule, a.len));
+            populate_range(a.base, a.len, start, stop, j.advice);
+            for (uint64_t g = j.first; g < j.end; g++) a.set(g, kHot);
+            // Dropping the job may unmap a table replaced meanwhile.
+        }
+    }
+
+    std::mutex mu_;
+    std::condition_variable cv_;
+    std::deque<Job> jobs_;
+    std::thread thread_;
+};
+
+std::atomic<Populator*> g_populator{nullptr};
+
+}  // namespace
+
+bool GuestMemory::start_background_populate() {
+    static std::mutex mu;
+    std::lock_guard lk(mu);
+    if (g_populator.load()) return true;
+    auto* p = new Populator;
+    if (!p->start()) {
+        delete p;
+        return false;
+    }
+    g_populator.store(p, std::memory_order_release);
+    return true;
+}
 
 void GuestMemory::set_populate(Populate p) { g_populate.store(p == Populate::On, std::memory_order_relaxed); }
 
@@ -122,78 +253,100 @@ void GuestMemory::set_file_io(FileIo f) { g_file_io.store(f == FileIo::On, std::
 uint64_t GuestMemory::populated_granules() const {
     uint64_t n = 0;
     for (const auto& m : maps_)
-        for (uint8_t h : m.heat) n += h == kHot;
+        if (m.area)
+            for (size_t g = 0; g < m.area->granules; g++) n += m.area->get(g) == kHot;
     return n;
 }
 
-// Pre-faulting is a hint only: whatever madvise answers, the copy that
-// follows behaves the same (a range it could not populate simply faults page
-// by page, and a page the VMM truncated away still ends in the SIGBUS guard).
-// Populating a whole granule around the target only maps pages: a hole in
-// the memfd gets a zeroed page of the file, which is what the guest would
-// read there, so guest-visible content never changes. `heat` has no lock: the
-// device process does all DMA from its event-loop thread.
 void GuestMemory::populate_run(Mapping& m, uint64_t first, uint64_t end, Access a) {
-    for (uint64_t g = first; g < end; g++) m.heat[g] = kHot;
-    if (!g_populate.load(std::memory_order_relaxed)) return;
-    uint64_t start = first * kPopulateGranule;
-    uint64_t stop = std::min<uint64_t>(end * kPopulateGranule, m.map_len);
-    int advice = a == Access::Write ? MADV_POPULATE_WRITE : MADV_POPULATE_READ;
-    if (::madvise(static_cast<uint8_t*>(m.map_base) + start, static_cast<size_t>(stop - start), advice) != 0) {
-        // ENOMEM/EFAULT (memory pressure, a file the VMM shrank): the
-        // granules stay hot so we do not retry on every access; the copy
-        // faults them in as it would have anyway.
-        int e = errno;
-        if (e == EINVAL || e == EPERM || e == ENOSYS) g_populate.store(false, std::memory_order_relaxed);
-    }
+    Area& ar = *m.area;
+    for (uint64_t g = first; g < end; g++) ar.set(g, kHot);
+    populate_range(ar.base, ar.len, static_cast<size_t>(first * kPopulateGranule),
+                   static_cast<size_t>(std::min<uint64_t>(end * kPopulateGranule, ar.len)),
+                   a == Access::Write ? MADV_POPULATE_WRITE : MADV_POPULATE_READ);
+}
+
+// Hands granules [first, end) to the populate thread; false when there is
+// none, populate is off, or its queue is full (the granules then count
+// `count` accesses). They are marked before the offer: the thread may be
+// done with them before it returns.
+bool GuestMemory::offer_background(Mapping& m, uint64_t first, uint64_t end, Access a, uint8_t count) {
+    Populator* p = g_populator.load(std::memory_order_acquire);
+    if (!p || !g_populate.load(std::memory_order_relaxed)) return false;
+    for (uint64_t g = first; g < end; g++) m.area->set(g, kQueued);
+    if (p->offer({m.area, first, end, a == Access::Write ? MADV_POPULATE_WRITE : MADV_POPULATE_READ})) return true;
+    for (uint64_t g = first; g < end; g++) m.area->set(g, count);
+    return false;
 }
 
 // `off` + `len` lie inside the mapping (the accessor checked the guest
 // address); the check below only keeps a bug from indexing past `heat`.
 void GuestMemory::prefault(Mapping& m, size_t off, size_t len, Access a) {
-    if (m.heat.empty() || len == 0 || len > m.map_len || off > m.map_len - len) return;
+    if (!m.area || len == 0 || len > m.area->len || off > m.area->len - len) return;
     const uint64_t first = off / kPopulateGranule;
     const uint64_t last = (off + len - 1) / kPopulateGranule;
-    if (last >= m.heat.size()) return;
-    // One call per run of cold granules (a 1 MiB copy is one madvise).
+    if (last >= m.area->granules) return;
+    // One call per run of granules not yet hot (a 1 MiB copy is one madvise).
     uint64_t g = first;
     while (g <= last) {
-        if (m.heat[g] == kHot) {
+        if (m.area->get(g) == kHot) {
             g++;
             continue;
         }
         uint64_t end = g;
-        while (end <= last && m.heat[end] != kHot) end++;
+        while (end <= last && m.area->get(end) != kHot) end++;
         populate_run(m, g, end, a);
         g = end;
     }
 }
 
 GuestMemory::Route GuestMemory::route(Mapping& m, size_t off, size_t len, Access a) {
-    if (m.heat.empty() || len == 0 || len > m.map_len || off > m.map_len - len) return Route::Mapping;
+    if (!m.area || len == 0 || len > m.area->len || off > m.area->len - len) return Route::Mapping;
+    Area& ar = *m.area;
     const uint64_t first = off / kPopulateGranule;
     const uint64_t last = (off + len - 1) / kPopulateGranule;
-    if (last >= m.heat.size()) return Route::Mapping;
+    if (last >= ar.granules) return Route::Mapping;
     bool cold = false;
-    for (uint64_t g = first; g <= last && !cold; g++) cold = m.heat[g] != kHot;
+    for (uint64_t g = first; g <= last && !cold; g++) cold = ar.get(g) != kHot;
     if (!cold) return Route::Mapping;
     if (!m.file || !g_file_io.load(std::memory_order_relaxed)) {
         prefault(m, off, len, a);
         return Route::Mapping;
     }
-    // Rent: count this access against each cold granule; those that reach
-    // kRent are bought (populated) in runs.
+    // Rent: count this access against each granule still paid for through
+    // the file; runs of those that reach the threshold go to the populate
+    // thread, or are bought here at kRent.
+    const bool background = g_populator.load(std::memory_order_relaxed) != nullptr;
+    const uint8_t buy_at = background ? kBackgroundRent : kRent;
     bool all_hot = true;
     uint64_t g = first;
     while (g <= last) {
-        if (m.heat[g] == kHot || ++m.heat[g] < kRent) {
-            all_hot = all_hot && m.heat[g] == kHot;
+        uint8_t h = ar.get(g);
+        if (h == kHot || h == kQueued) {
+            all_hot = all_hot && h == kHot;
+            g++;
+            continue;
+        }
+        uint8_t n = static_cast<uint8_t>(h + 1);
+        ar.set(g, n);
+        if (n < buy_at) {
+            all_hot = false;
             g++;
             continue;
         }
         uint64_t end = g + 1;
-        while (end <= last && m.heat[end] != kHot && m.heat[end] + 1 >= kRent) end++;
-        populate_run(m, g, end, a);
+        for (; end <= last; end++) {
+            uint8_t e = ar.get(end);
+            if (e == kHot || e == kQueued || e + 1 < buy_at) break;
+            ar.set(end, static_cast<uint8_t>(e + 1));
+        }
+        if (background && offer_background(m, g, end, a, n)) {
+            all_hot = false;
+        } else if (n >= kRent) {
+            populate_run(m, g, end, a);
+        } else {
+            all_hot = false;
+        }
         g = end;
     }
     return all_hot ? Route::Mapping : Route::File;
@@ -234,22 +387,22 @@ size_t GuestMemory::file_io(Mapping& m, size_t off, uint8_t* buf, size_t len, Ac
 }
 
 void GuestMemory::copy_in(Mapping& m, uint64_t gpa, uint8_t* out, size_t n) {
-    if (m.heat.empty()) {
+    if (!m.area) {
         std::memcpy(out, m.host + (gpa - m.gpa), n);
         return;
     }
-    const size_t off = static_cast<size_t>(m.host - static_cast<uint8_t*>(m.map_base)) + (gpa - m.gpa);
+    const size_t off = static_cast<size_t>(m.host - static_cast<uint8_t*>(m.area->base)) + (gpa - m.gpa);
     size_t done = 0;
     if (route(m, off, n, Access::Read) == Route::File) done = file_io(m, off, out, n, Access::Read);
     if (done < n) std::memcpy(out + done, m.host + (gpa - m.gpa) + done, n - done);
 }
 
 void GuestMemory::copy_out(Mapping& m, uint64_t gpa, const uint8_t* in, size_t n) {
-    if (m.heat.empty()) {
+    if (!m.area) {
         std::memcpy(m.host + (gpa - m.gpa), in, n);
         return;
     }
-    const size_t off = static_cast<size_t>(m.host - static_cast<uint8_t*>(m.map_base)) + (gpa - m.gpa);
+    const size_t off = static_cast<size_t>(m.host - static_cast<uint8_t*>(m.area->base)) + (gpa - m.gpa);
     size_t done = 0;
     // pwrite does not write to `in`; file_io shares one signature for both.
     if (route(m, off, n, Access::Write) == Route::File)
@@ -275,11 +428,8 @@ void GuestMemory::open_for_file_io(Mapping& m, int fd) {
 }
 
 void GuestMemory::clear() {
-    for (auto& m : maps_) {
-        if (!m.map_len) continue;
-        unguard_range(m.map_base);
-        ::munmap(m.map_base, m.map_len);
-    }
+    // Each area is unmapped by its last owner: here, or the populate thread
+    // once it is done with a job on it.
     maps_.clear();
     file_accesses_ = 0;
 }
@@ -322,7 +472,7 @@ Status GuestMemory::set_regions(const std::vector<RamRegion>& regions) {
     for (size_t i = 0; same && i < next.size(); i++) {
         const Mapping& a = next[i];
         const Mapping& b = maps_[i];
-        same = b.map_len && a.gpa == b.gpa && a.size == b.size && a.dev == b.dev && a.ino == b.ino &&
+        same = b.area && a.gpa == b.gpa && a.size == b.size && a.dev == b.dev && a.ino == b.ino &&
                a.offset == b.offset;
     }
     if (same) return {};
@@ -343,12 +493,10 @@ Status GuestMemory::set_regions(const std::vector<RamRegion>& regions) {
             clear();
             return fail_errno(e, "cannot map RAM at gpa {:#x} size {:#x}: {}", m.gpa, m.size, std::strerror(e));
         }
-        m.map_base = p;
-        m.map_len = len;
         guard_range(p, len);
-        m.host = static_cast<uint8_t*>(p) + lead;
         // A new mapping has no pages yet, whatever the previous one had.
-        m.heat.assign((len + kPopulateGranule - 1) / kPopulateGranule, 0);
+        m.area = std::make_shared<Area>(p, len);
+        m.host = static_cast<uint8_t*>(p) + lead;
         m.file_base = aligned;
         open_for_file_io(m, fd);
         maps_.push_back(std::move(m));
@@ -395,8 +543,8 @@ std::span<uint8_t> GuestMemory::map(uint64_t gpa, uint64_t len) {
     Mapping* m = find(gpa, len);
     if (!m) return {};
     // The caller may write through the span: populate for writing.
-    if (!m->heat.empty())
-        prefault(*m, static_cast<size_t>(m->host - static_cast<uint8_t*>(m->map_base)) + (gpa - m->gpa),
+    if (m->area)
+        prefault(*m, static_cast<size_t>(m->host - static_cast<uint8_t*>(m->area->base)) + (gpa - m->gpa),
                  static_cast<size_t>(len), Access::Write);
     return {m->host + (gpa - m->gpa), static_cast<size_t>(len)};
 }

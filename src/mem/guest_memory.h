@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "mem/dma.h"
@@ -52,6 +53,14 @@ public:
     static void set_file_io(FileIo f);
     static constexpr uint64_t kPopulateGranule = 64 * 1024;
     static constexpr uint8_t kRent = 16;
+    // Starts the process's populate thread (before a sandbox stops thread
+    // creation; once per process, later calls do nothing). From then on a
+    // granule hit kBackgroundRent times is pre-faulted by that thread, off
+    // the device's path, and keeps going through the file until it is done;
+    // the inline purchase at kRent stays for a thread that falls behind.
+    // False when the thread could not be started.
+    static bool start_background_populate();
+    static constexpr uint8_t kBackgroundRent = 2;
     // Granules of the current table that are accessed through the mapping
     // (pre-faulted, or given up on).
     uint64_t populated_granules() const;
@@ -63,30 +72,32 @@ public:
     static uint64_t lost_page_faults();
 
 private:
+public:
+    // One mmap of a region and what is known of its pages, shared with the
+    // populate thread: the last owner unmaps it, so a table change never
+    // pulls a range from under a pre-fault in progress.
+    struct Area;
+
+private:
     struct Mapping {
         uint64_t gpa = 0;
         uint64_t size = 0;
         uint8_t* host = nullptr;
-        size_t map_len = 0;  // length passed to mmap (0: not ours to unmap)
-        void* map_base = nullptr;
         // identity, to recognise a repeated table
         uint64_t dev = 0, ino = 0;
         int64_t offset = 0;
-        // One entry per kPopulateGranule of [map_base, map_base + map_len):
-        // kHot once the granule is accessed through the mapping, else how
-        // many accesses went through the file. Empty for host regions.
-        std::vector<uint8_t> heat;
+        std::shared_ptr<Area> area;  // null for host regions (nothing to unmap or track)
         UniqueFd file;           // our own descriptor of the file; invalid: no file I/O
-        uint64_t file_base = 0;  // file offset of map_base
+        uint64_t file_base = 0;  // file offset of the area's base
         bool may_shrink = true;  // no F_SEAL_SHRINK: check the size before pwrite
     };
     enum class Access { Read, Write };
     enum class Route { Mapping, File };
-    static constexpr uint8_t kHot = 0xff;
     Mapping* find(uint64_t gpa, uint64_t len);
     static void open_for_file_io(Mapping& m, int fd);
     static void prefault(Mapping& m, size_t off, size_t len, Access a);
     static void populate_run(Mapping& m, uint64_t first, uint64_t end, Access a);
+    static bool offer_background(Mapping& m, uint64_t first, uint64_t end, Access a, uint8_t count);
     static Route route(Mapping& m, size_t off, size_t len, Access a);
     size_t file_io(Mapping& m, size_t off, uint8_t* buf, size_t len, Access a);
     void copy_in(Mapping& m, uint64_t gpa, uint8_t* out, size_t n);

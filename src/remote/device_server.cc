@@ -26,7 +26,8 @@ constexpr int kMaxFramesPerWakeup = 64;
 // A peer whose socket buffer is full of unread replies gets this long before
 // it is dropped (it would otherwise stall every other connection).
 constexpr int kSendTimeoutMs = 10000;
-// Batches of device work a worker's publish runs after its drain (publish_round).
+// Batches of device work a worker's publish runs after its drain
+// (publish_round), and any server before it answers a read (serve).
 constexpr int kSettleBatches = 4;
 
 }  // namespace
@@ -125,7 +126,34 @@ Status DeviceServer::add_connection(UniqueFd sock, std::vector<ServedDevice> dev
     return {};
 }
 
+// Device work deferred by a frame (SCRIPTS started by a posted DSP write, a
+// command whose data the page cache had at once) would otherwise run after
+// this wake-up's replies have left: a register read that arrived with the
+// write that started the work would report the device as it was before it,
+// and the guest polls again. The device is answered as it would be by then,
+// a few batches of its work at most, the same bound as a worker's round end.
+void DeviceServer::settle_before_read() {
+    for (int i = 0; i < kSettleBatches && loop_.run_deferred_now(); i++) {
+    }
+}
+
 void DeviceServer::serve(Conn& c) {
+    if (serving_) {
+        // Reached from deferred work that settle_before_read() runs inside
+        // another serve(): frame_ is taken, so this connection's turn comes
+        // after that one's.
+        Conn* raw = &c;
+        loop_.defer([this, raw] {
+            for (auto& p : conns_)
+                if (p.get() == raw) return serve(*raw);
+        });
+        return;
+    }
+    serving_ = true;
+    struct Done {
+        bool& flag;
+        ~Done() { flag = false; }
+    } done{serving_};
     for (int i = 0; i < kMaxFramesPerWakeup; i++) {
         auto r = c.io->next(frame_);
         if (!r.ok()) {
@@ -143,6 +171,7 @@ void DeviceServer::serve(Conn& c) {
         case proto::RecvState::Frame:
             break;
         }
+        if (proto::reply_due(frame_.cmd())) settle_before_read();
         if (c.peek) {
             worker::Context* w = worker::context();
             uint32_t off = static_cast<uint32_t>(c.peek->last_frame_offset());

@@ -69,6 +69,9 @@ private:
     // Takes and handles the frames `c` has buffered, up to a budget; sends
     // the replies; waits for more when none is left.
     void serve(Conn& c);
+    // Runs the device work that frames served so far started, before a
+    // read is answered (see serve()).
+    void settle_before_read();
     void ended(Conn& c, ConnTransport::End end, const std::string& why);
     void drop(Conn& c, bool orderly);
     void install_round_hooks();
@@ -82,6 +85,7 @@ private:
     proto::Frame frame_;  // reused for every frame
     ServerStats stats_;
     bool round_hooks_ = false;
+    bool serving_ = false;  // in serve(): frame_ is in use
     uint32_t next_index_ = 0;
     Drain drain_;
     CaptureState capture_;

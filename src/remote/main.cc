@@ -22,6 +22,7 @@
 
 #include "block/runtime.h"
 #include "devices/registry.h"
+#include "mem/guest_memory.h"
 #include "remote/monitor_view.h"
 #include "remote/remote_process.h"
 #include "remote/state_io.h"
@@ -312,6 +313,11 @@ int main(int argc, char** argv) {
     // the whole reserve before it serves again.
     const bool sandboxed = sandbox_opts.mode == sandbox::Mode::On;
     if (sandboxed && !wctx) late_workers = std::make_unique<ThreadReserve>(kLateDriveWorkers);
+    // Guest buffers the guest reuses are pre-faulted by a thread of their
+    // own instead of on a request's path (mem/guest_memory.cc); started
+    // while threads can still be made.
+    if (!GuestMemory::start_background_populate())
+        log::info("no populate thread: reused guest buffers are pre-faulted inline");
 
     // Everything is open (images, sockets, monitors, log file) and the I/O
     // threads run: close the door. Kept fds: the sockets we were handed.
