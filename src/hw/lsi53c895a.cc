@@ -134,6 +134,65 @@ void LsiController::reg_window_fill(std::span<uint8_t, pci::kRegWindowSize> imag
     static_assert(kScratchEnd == kMmrs && kScratchC % 4 == 0, "the dword banks are contiguous");
 }
 
+static bool settle_irq(LsiRegs& r);
+
+// The three status registers a driver reads in its interrupt handler, as
+// reg_read_raw would read them (one byte, the register cleared, update_irq),
+// done on a copy.
+unsigned LsiController::predict_reads(std::span<ReadPrediction, kMaxReadPredictions> out) const {
+    static_assert(kMaxReadPredictions >= 3);
+    unsigned n = 0;
+    auto add = [&](uint8_t off, uint8_t value, LsiRegs after) {
+        ReadPrediction p;
+        p.offset = off;
+        p.value = value;
+        p.irq_level_after = settle_irq(after);
+        // The other window bytes a read changes: only ISTAT0 (DIP, SIP).
+        if (after.istat0 != s_.regs.istat0) {
+            p.change_offset[p.changes] = kIstat0;
+            p.change_value[p.changes] = after.istat0;
+            p.changes++;
+        }
+        out[n++] = p;
+    };
+    {
+        LsiRegs a = s_.regs;
+        uint8_t v = a.dstat | kDstatDfe;
+        if (!(a.istat0 & kIstatIntf)) a.dstat = 0;
+        add(kDstat, v, a);
+    }
+    {
+        LsiRegs a = s_.regs;
+        uint8_t v = a.sist0;
+        a.sist0 = 0;
+        add(kSist0, v, a);
+    }
+    {
+        LsiRegs a = s_.regs;
+        uint8_t v = a.sist1;
+        a.sist1 = 0;
+        add(kSist1, v, a);
+    }
+    return n;
+}
+
+// The device ran on between the publication and the read's arrival: a
+// status reported to the guest is cleared, what was raised since stays
+// for the next read (as if the new bits had come right after the read).
+void LsiController::late_predicted_read(int bar, unsigned offset, uint8_t seen) {
+    LsiRegs& r = s_.regs;
+    switch (offset) {
+    case kDstat:
+        if (!(r.istat0 & kIstatIntf)) r.dstat &= static_cast<uint8_t>(~seen);
+        break;
+    case kSist0: r.sist0 &= static_cast<uint8_t>(~seen); break;
+    case kSist1: r.sist1 &= static_cast<uint8_t>(~seen); break;
+    default: (void)bar_read(bar, offset, 1); return;
+    }
+    if (MPQ_TRACE_ON(lsi_reg_read)) trace::emit_lsi_reg_read(lsi_reg_name(static_cast<uint8_t>(offset)), offset, seen);
+    update_irq();
+}
+
 // ----------------------------------------------------------- registers ----
 
 uint8_t LsiController::reg_read(uint8_t off) {
@@ -358,8 +417,9 @@ void LsiController::reg_write(uint8_t off, uint8_t val) {
 
 // ---------------------------------------------------------- interrupts ----
 
-void LsiController::update_irq() {
-    LsiRegs& r = s_.regs;
+// ISTAT0's DIP and SIP brought in line with DSTAT and SIST0/1, and the
+// INTx level the registers then call for.
+static bool settle_irq(LsiRegs& r) {
     bool level = false;
     if (r.dstat) {
         r.istat0 |= kIstatDip;
@@ -374,6 +434,12 @@ void LsiController::update_irq() {
         r.istat0 &= ~kIstatSip;
     }
     if (r.istat0 & kIstatIntf) level = true;
+    return level;
+}
+
+void LsiController::update_irq() {
+    LsiRegs& r = s_.regs;
+    bool level = settle_irq(r);
     if (level != traced_level_) {  // QEMU prints level changes only
         MPQ_TRACE(lsi_update_irq, level, r.dstat, r.sist1, r.sist0);
         traced_level_ = level;

@@ -38,6 +38,8 @@ public:
     void device_reset() override;
     pci::RegWindow reg_window() const override;
     void reg_window_fill(std::span<uint8_t, pci::kRegWindowSize> image) override;
+    unsigned predict_reads(std::span<ReadPrediction, kMaxReadPredictions> out) const override;
+    void late_predicted_read(int bar, unsigned offset, uint8_t seen) override;
     scsi::Bus& bus() override { return bus_; }
     const std::string& id() const override { return id_; }
     LsiState save_state() const override { return s_; }

@@ -106,6 +106,36 @@ public:
     // Fills the current read value of every pure byte of the window (the
     // others are not looked at). Must not change the device.
     virtual void reg_window_fill(std::span<uint8_t, kRegWindowSize> image) { (void)image; }
+    // One-byte reads of side-effect bytes of the window whose outcome the
+    // device can tell without doing them (an interrupt status that clears
+    // when read): what the read returns, the window bytes it changes and the
+    // device's interrupt level after it. Fills `out` from the front and says
+    // how many; must not change the device. The register mirror publishes
+    // them (proto/reg_mirror.h).
+    struct ReadPrediction {
+        uint8_t offset = 0;
+        uint8_t value = 0;
+        bool irq_level_after = false;  // the device's level, before INTx disable
+        uint8_t changes = 0;
+        std::array<uint8_t, 4> change_offset{};
+        std::array<uint8_t, 4> change_value{};
+    };
+    static constexpr unsigned kMaxReadPredictions = 4;
+    virtual unsigned predict_reads(std::span<ReadPrediction, kMaxReadPredictions> out) const {
+        (void)out;
+        return 0;
+    }
+    // A predicted read of window byte `offset` of `bar` that was answered
+    // with `seen` from a publication the device has moved on from since: do
+    // what that read did, as far as the device still can (for a status that
+    // clears when read: clear the bits that were reported, keep the ones
+    // raised since). The default reads the byte now.
+    virtual void late_predicted_read(int bar, unsigned offset, uint8_t seen) {
+        (void)seen;
+        (void)bar_read(bar, offset, 1);
+    }
+    // INTx as the bus would see a device level (COMMAND's INTx disable).
+    bool irq_output_for(bool level) const { return level && !(command() & kCmdIntxDisable); }
 
     // The new line learns the current level (if asserted).
     void attach_irq(IrqLine* line);

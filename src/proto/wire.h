@@ -80,6 +80,17 @@ static_assert(offsetof(BarAccess, val) == 8);
 static_assert(offsetof(BarAccess, size) == 16);
 static_assert(offsetof(BarAccess, memory) == 20);
 
+// BAR_READ_POSTED: a byte read the proxy answered from a prediction in the
+// register mirror (proto/reg_mirror.h); the remote carries out its side
+// effects in stream order.
+struct PostedRead {
+    BarAccess access;     // val: the value the proxy returned
+    uint32_t mirror_seq;  // the mirror publication the prediction came from
+    uint32_t pad;
+};
+static_assert(sizeof(PostedRead) == 32);
+static_assert(offsetof(PostedRead, mirror_seq) == 24);
+
 struct SyncSysmem {
     uint64_t gpa[kMaxFdsOnWire];
     uint64_t size[kMaxFdsOnWire];
@@ -125,7 +136,10 @@ enum class Answer : uint8_t {
     /* The shared page of the selected device's register mirror */                                  \
     /* (proto/reg_mirror.h) as a sealed memfd; RET 0 when the remote */                             \
     /* publishes into it from now on, all-ones when it will not. */                                 \
-    X(MirrorSetup, 66, "MIRROR_SETUP", MirrorSetup, 1, 1, ToRemote, Ret, kFeatRegMirror)
+    X(MirrorSetup, 66, "MIRROR_SETUP", MirrorSetup, 1, 1, ToRemote, Ret, kFeatRegMirror)             \
+    /* A read with side effects the proxy answered from the mirror's */                              \
+    /* prediction: carried out in stream order like a posted write. */                               \
+    X(BarReadPosted, 67, "BAR_READ_POSTED", PostedRead, 0, 0, ToRemote, None, kFeatRegMirror)
 
 // The command of a frame. A value read from the wire may be none of these
 // (it is then an unknown command: message() says so).

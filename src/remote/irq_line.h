@@ -32,9 +32,11 @@ public:
     bool asserted() const { return level_; }
     bool connected() const { return irq_.valid(); }
     uint64_t signals() const { return signals_; }  // irq eventfd writes (tests, monitors)
+    // Writes the irq eventfd (a consumer that thinks the line is down takes
+    // it up again).
+    void signal();
 
 private:
-    void signal();
     void on_resample();
 
     EventLoop& loop_;

@@ -4,6 +4,7 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <array>
 #include <cerrno>
 #include <cstring>
@@ -67,10 +68,57 @@ void RegMirror::publish(uint64_t posted_done) {
         std::memcpy(&v, image.data() + 8 * w, sizeof v);
         page_->image[w].store(v, std::memory_order_relaxed);
     }
+    auto packed = predictions();
+    for (unsigned i = 0; i < proto::kMaxPredictions; ++i) {
+        page_->predicted[i].head.store(packed[i].first, std::memory_order_relaxed);
+        page_->predicted[i].changes.store(packed[i].second, std::memory_order_relaxed);
+    }
+    const bool level = irq_ && irq_->asserted();
     page_->posted_done.store(posted_done, std::memory_order_relaxed);
-    page_->irq_level.store(irq_ && irq_->asserted() ? 1 : 0, std::memory_order_relaxed);
+    page_->irq_level.store(level ? 1 : 0, std::memory_order_relaxed);
+    published_ = image;
+    published_predictions_ = packed;
+    published_level_ = level;
+    published_any_ = true;
     ++seq_;
     page_->seq.store(seq_, std::memory_order_release);
+}
+
+RegMirror::Packed RegMirror::predictions() const {
+    Packed out{};
+    std::array<pci::PciDevice::ReadPrediction, pci::PciDevice::kMaxReadPredictions> pr{};
+    unsigned n = std::min(dev_.predict_reads(pr), proto::kMaxPredictions);
+    for (unsigned i = 0; i < proto::kMaxPredictions; ++i) {
+        uint64_t head = 0, changes = 0;
+        // Only with an irq line: the level after the read is the line's.
+        if (i < n && irq_) {
+            proto::Prediction p;
+            p.offset = pr[i].offset;
+            p.value = pr[i].value;
+            p.level_after = dev_.irq_output_for(pr[i].irq_level_after);
+            p.changes = std::min<uint8_t>(pr[i].changes, proto::kMaxPredictedChanges);
+            for (unsigned c = 0; c < p.changes; ++c) {
+                p.change_offset[c] = pr[i].change_offset[c];
+                p.change_value[c] = pr[i].change_value[c];
+            }
+            head = proto::pack_head(p);
+            changes = proto::pack_changes(p);
+        }
+        out[i] = {head, changes};
+    }
+    return out;
+}
+
+bool RegMirror::unchanged_since(uint32_t seq) {
+    // In the round after that publication (begin() made it odd), or still
+    // outside any round.
+    if (!published_any_ || (seq_ != seq + 1 && seq_ != seq)) return false;
+    if ((irq_ && irq_->asserted()) != published_level_) return false;
+    alignas(8) std::array<uint8_t, pci::kRegWindowSize> now{};
+    dev_.reg_window_fill(now);
+    // The bytes with side effects are not in the image: their predictions
+    // (what a read returns and leaves) stand for them.
+    return now == published_ && predictions() == published_predictions_;
 }
 
 }  // namespace mpq::remote

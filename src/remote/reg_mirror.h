@@ -2,8 +2,10 @@
 // register window published into the page its proxy handed over.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <memory>
+#include <utility>
 
 #include "pci/pci_device.h"
 #include "proto/reg_mirror.h"
@@ -30,8 +32,14 @@ public:
     // The device is as it will stay until the next begin(): publish it.
     // `posted_done`: BAR_WRITE_POSTED frames carried out on the socket.
     void publish(uint64_t posted_done);
+    // Whether the device is still as published under `seq` (a predicted
+    // read made from that publication then does exactly what it predicted):
+    // nothing published since, and the window and the line unchanged.
+    bool unchanged_since(uint32_t seq);
 
 private:
+    using Packed = std::array<std::pair<uint64_t, uint64_t>, proto::kMaxPredictions>;  // head, changes
+    Packed predictions() const;
     RegMirror(proto::MirrorPage* page, pci::PciDevice& dev, const pci::RegWindow& window,
               const EventfdIrqLine* irq);
 
@@ -39,6 +47,11 @@ private:
     pci::PciDevice& dev_;
     const EventfdIrqLine* irq_;
     uint32_t seq_ = 0;  // ours: never read back from the page, which the peer can write too
+    // What the last publish put in the page, for unchanged_since().
+    std::array<uint8_t, pci::kRegWindowSize> published_{};
+    Packed published_predictions_{};
+    bool published_level_ = false;
+    bool published_any_ = false;
 };
 
 }  // namespace mpq::remote

@@ -79,7 +79,8 @@ void WireSession::trace(const Frame& f) {
     }
     case Cmd::BarRead:
     case Cmd::BarWrite:
-    case Cmd::BarWritePosted: {
+    case Cmd::BarWritePosted:
+    case Cmd::BarReadPosted: {
         auto b = f.as<proto::BarAccess>();
         what = fmt::format(" addr={:#x} val={:#x} size={} memory={}", b.addr, b.val, b.size, b.memory);
         break;
@@ -101,7 +102,7 @@ void WireSession::handle(Frame& f, std::vector<uint8_t>& out) {
     MPQ_TRACE(mpq_remote_frame, name_.c_str(), proto::cmd_name(f.cmd()), f.size(), f.num_fds);
     // The proxy counts every posted frame it sent; so do we, whatever its
     // fate, or its mirror reads would wait for one that never comes.
-    if (f.cmd() == Cmd::BarWritePosted) posted_done_++;
+    if (f.cmd() == Cmd::BarWritePosted || f.cmd() == Cmd::BarReadPosted) posted_done_++;
     auto v = proto::validate(f, proto::Role::Remote);
     if (!v.ok()) {
         stats_.bad_frames++;
@@ -123,6 +124,7 @@ void WireSession::handle(Frame& f, std::vector<uint8_t>& out) {
     case Cmd::BarRead: do_bar_read(f, out); break;
     case Cmd::BarWrite:
     case Cmd::BarWritePosted: do_bar_write(f, m.answer, out); break;
+    case Cmd::BarReadPosted: do_posted_read(f); break;
     case Cmd::SyncSysmem: do_sync_sysmem(f); break;
     case Cmd::SetIrqfd: do_set_irqfd(f); break;
     case Cmd::DeviceReset: do_device_reset(out); break;
@@ -191,6 +193,37 @@ void WireSession::do_bar_read(const Frame& f, std::vector<uint8_t>& out) {
         return;
     }
     reply(out, mask_to(dev().dev->bar_read(hit->bar, hit->offset, b.size), b.size));
+}
+
+// A read the proxy answered from the mirror's prediction. If the device is
+// as it was published, the read is done now and does just what was
+// predicted; if it ran on since, the device applies what the guest saw
+// (late_predicted_read). Either way the line is signalled again when it is
+// up: the proxy set its level from the prediction and must not keep a
+// lowered line low when the device has raised it since.
+void WireSession::do_posted_read(const Frame& f) {
+    auto p = f.as<proto::Payload<Cmd::BarReadPosted>>();
+    const proto::BarAccess& b = p.access;
+    if (b.size != 1 || b.memory > 1) {
+        complain("BAR_READ_POSTED at {:#x}: bad access size {} / space {}", b.addr, b.size, b.memory);
+        return;
+    }
+    auto space = b.memory ? pci::AddressSpace::Memory : pci::AddressSpace::Io;
+    auto hit = dev().dev->decode(space, b.addr, 1);
+    RegMirror* m = selected_ < mirrors_.size() ? mirrors_[selected_].get() : nullptr;
+    if (!hit || !m) {
+        complain("BAR_READ_POSTED at {:#x}: {}", b.addr, hit ? "no register mirror" : "no BAR decodes this address");
+        return;
+    }
+    const uint8_t seen = static_cast<uint8_t>(b.val);
+    if (m->unchanged_since(p.mirror_seq)) {
+        uint8_t v = static_cast<uint8_t>(dev().dev->bar_read(hit->bar, hit->offset, 1));
+        if (v != seen) complain("BAR_READ_POSTED at {:#x}: predicted {:#x}, read {:#x}", b.addr, seen, v);
+    } else {
+        MPQ_TRACE(mpq_remote_late_predicted_read, name_.c_str(), b.addr, seen);
+        dev().dev->late_predicted_read(hit->bar, static_cast<unsigned>(hit->offset), seen);
+    }
+    if (dev().irq && dev().irq->asserted()) dev().irq->signal();
 }
 
 void WireSession::do_bar_write(const Frame& f, Answer answer, std::vector<uint8_t>& out) {

@@ -110,6 +110,7 @@ private:
     void do_bar_write(const proto::Frame& f, proto::Answer answer, std::vector<uint8_t>& out);
     void do_sync_sysmem(proto::Frame& f);
     void do_set_irqfd(proto::Frame& f);
+    void do_posted_read(const proto::Frame& f);
     void do_device_reset(std::vector<uint8_t>& out);
     void do_select_device(const proto::Frame& f, std::vector<uint8_t>& out);
     void do_mirror_setup(proto::Frame& f, std::vector<uint8_t>& out);

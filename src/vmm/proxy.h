@@ -12,6 +12,7 @@
 #include <array>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -73,6 +74,9 @@ public:
     // the frame is on the socket. The remote carries it out before anything
     // sent after it, so only observers outside this socket need fence().
     Status post_write(ProxyDevice& dev, std::span<const uint8_t> bar_access);
+    // BAR_READ_POSTED (a read answered from the mirror's prediction);
+    // counted with the posted writes.
+    Status post_read(ProxyDevice& dev, const proto::PostedRead& read);
     bool posts_writes() const { return session_.posts_writes(); }
     // BAR_WRITE_POSTED frames sent so far (what a register mirror must have
     // caught up with before it answers).
@@ -186,6 +190,7 @@ private:
     Result<uint64_t> cfg_read_raw(uint32_t off, unsigned len);
     Status cfg_write_raw(uint32_t off, uint32_t val, unsigned len);
     uint64_t bar_access(bool write, int bar, uint64_t offset, uint64_t val, unsigned size);
+    uint64_t predicted_read(const ProxyBar& b, int bar, uint64_t offset, const proto::MirrorOverlay& p);
     void apply_local_write(uint32_t off, uint32_t val, unsigned len);
     void recompute_mappings();
     Status probe_bars();
@@ -220,6 +225,9 @@ private:
     int irq_slot_ = -1;  // the link's ring polls irqfd_ (see ProxyRing)
     bool level_ = false;
     const proto::MirrorPage* mirror_ = nullptr;  // mapped read-only; see proto/reg_mirror.h
+    // Laid over the mirror after a predicted read, until the remote has
+    // carried it out (proto::mirror_read says when it applies).
+    std::optional<proto::MirrorOverlay> overlay_;
 };
 
 }  // namespace mpq::vmm

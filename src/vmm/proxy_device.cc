@@ -288,6 +288,7 @@ void ProxyDevice::setup_mirror() {
         return;
     }
     mirror_ = static_cast<const proto::MirrorPage*>(p);
+    overlay_.reset();
     MPQ_TRACE(mpq_proxy_mirror_setup, opts_.id.c_str(), 1);
 }
 
@@ -393,13 +394,16 @@ uint64_t ProxyDevice::bar_access(bool write, int bar, uint64_t offset, uint64_t 
     const ProxyBar& b = bars_[bar];
     if (b.mapped == ProxyBar::kUnmapped) return ones(size);
     if (!write && mirror_) {
-        if (auto m = proto::mirror_read(*mirror_, bar, offset, size, link_->posted_sent())) {
+        const proto::MirrorOverlay* ov = overlay_ ? &*overlay_ : nullptr;
+        if (auto m = proto::mirror_read(*mirror_, bar, offset, size, link_->posted_sent(), ov)) {
             // The remote signalled the eventfd before it published a raised
             // line: take it now, as the reply of a forwarded read would.
             if (m->irq_level && !level_ && consume(irqfd_.get())) set_level(true);
             MPQ_TRACE(mpq_proxy_mirror_hit, opts_.id.c_str(), bar, offset, size, m->value & ones(size));
             return m->value & ones(size);
         }
+        if (auto p = proto::mirror_predict(*mirror_, bar, offset, size, link_->posted_sent()))
+            return predicted_read(b, bar, offset, *p);
     }
     proto::BarAccess a{};
     a.addr = b.mapped + offset;
@@ -420,6 +424,29 @@ uint64_t ProxyDevice::bar_access(bool write, int bar, uint64_t offset, uint64_t 
     else MPQ_TRACE(mpq_proxy_bar_read, opts_.id.c_str(), bar, offset, size, *r & ones(size));
     irq_check_after_access();
     return write ? 0 : (*r & ones(size));
+}
+
+// A read the device predicted (an interrupt status that clears when read):
+// answered now, its effect on the line taken now, as the device would on the
+// bus, and the read itself posted for the remote to carry out in order.
+// Until it has, later reads see the predicted changes (overlay_). An irq
+// signal still pending from before is dropped first: it announced the level
+// the prediction replaces, and the remote signals again after the read if
+// its line is up then.
+uint64_t ProxyDevice::predicted_read(const ProxyBar& b, int bar, uint64_t offset, const proto::MirrorOverlay& p) {
+    proto::PostedRead pr{};
+    pr.access.addr = b.mapped + offset;
+    pr.access.val = p.prediction.value;
+    pr.access.size = 1;
+    pr.access.memory = b.kind == ProxyBar::Kind::Io ? 0 : 1;
+    pr.mirror_seq = p.seq;
+    if (!link_->post_read(*this, pr).ok()) return ones(1);
+    overlay_ = p;
+    MPQ_TRACE(mpq_proxy_mirror_predicted, opts_.id.c_str(), bar, offset, p.prediction.value,
+              p.prediction.level_after ? 1 : 0);
+    if (irqfd_) (void)consume(irqfd_.get());
+    set_level(p.prediction.level_after);
+    return p.prediction.value;
 }
 
 uint64_t ProxyDevice::bar_read(int bar, uint64_t offset, unsigned size) {

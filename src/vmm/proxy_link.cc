@@ -138,6 +138,15 @@ Status ProxyLink::post_write(ProxyDevice& dev, std::span<const uint8_t> bar_acce
     return {};
 }
 
+Status ProxyLink::post_read(ProxyDevice& dev, const proto::PostedRead& read) {
+    if (broken_) return fail("{}", reason_);
+    if (!(features() & proto::kFeatRegMirror)) return fail("register mirror not negotiated on {}", name_);
+    MPQ_TRY(select(dev));
+    MPQ_TRY(send(Cmd::BarReadPosted, proto::bytes_of(read)));
+    session_.posted_write_sent();
+    return {};
+}
+
 Result<uint64_t> ProxyLink::call_with_fd(ProxyDevice& dev, Cmd cmd, std::span<const uint8_t> payload, int fd) {
     MPQ_TRY(select(dev));
     return exchange(cmd, payload, std::span<const int>(&fd, 1));
