@@ -128,18 +128,21 @@ Status DeviceServer::add_connection(UniqueFd sock, std::vector<ServedDevice> dev
 
 // Device work deferred by a frame (SCRIPTS started by a posted DSP write, a
 // command whose data the page cache had at once) would otherwise run after
-// this wake-up's replies have left: a register read that arrived with the
-// write that started the work would report the device as it was before it,
-// and the guest polls again. The device is answered as it would be by then,
-// a few batches of its work at most, the same bound as a worker's round end.
-void DeviceServer::settle_before_read() {
+// this wake-up's replies have left and its register mirror was published: a
+// register read that arrived with the write that started the work, or that
+// found the mirror published in between, would report the device as it was
+// before it, and the guest polls again. So the work runs before a read is
+// answered and before the server waits for the next frame, as an in-process
+// device runs its SCRIPTS inside the register write: a few batches of it at
+// most, the same bound as a worker's round end.
+void DeviceServer::settle() {
     for (int i = 0; i < kSettleBatches && loop_.run_deferred_now(); i++) {
     }
 }
 
 void DeviceServer::serve(Conn& c) {
     if (serving_) {
-        // Reached from deferred work that settle_before_read() runs inside
+        // Reached from deferred work that settle() runs inside
         // another serve(): frame_ is taken, so this connection's turn comes
         // after that one's.
         Conn* raw = &c;
@@ -164,6 +167,7 @@ void DeviceServer::serve(Conn& c) {
         }
         switch (*r) {
         case proto::RecvState::WouldBlock:
+            settle();
             if (!c.io->wait()) ended(c, ConnTransport::End::Error, "cannot queue a receive in the loop's ring");
             return;
         case proto::RecvState::Closed:
@@ -171,7 +175,7 @@ void DeviceServer::serve(Conn& c) {
         case proto::RecvState::Frame:
             break;
         }
-        if (proto::reply_due(frame_.cmd())) settle_before_read();
+        if (proto::reply_due(frame_.cmd())) settle();
         if (c.peek) {
             worker::Context* w = worker::context();
             uint32_t off = static_cast<uint32_t>(c.peek->last_frame_offset());
@@ -213,6 +217,7 @@ void DeviceServer::serve(Conn& c) {
         // already. Frames without a reply (SYNC_SYSMEM, SET_IRQFD, posted
         // writes) are drained right away.
         if (proto::reply_due(frame_.cmd()) && !c.io->frame_ready()) {
+            settle();
             if (!c.io->wait()) ended(c, ConnTransport::End::Error, "cannot queue a receive in the loop's ring");
             return;
         }

@@ -70,8 +70,8 @@ private:
     // the replies; waits for more when none is left.
     void serve(Conn& c);
     // Runs the device work that frames served so far started, before a
-    // read is answered (see serve()).
-    void settle_before_read();
+    // read is answered and before waiting for more (see the .cc).
+    void settle();
     void ended(Conn& c, ConnTransport::End end, const std::string& why);
     void drop(Conn& c, bool orderly);
     void install_round_hooks();
