@@ -1,19 +1,12 @@
-// Predicted reads in the register mirror: when the proxy may answer a
-// read-to-clear byte from the page (proto::mirror_predict), what it lays
-// over later reads until the remote has carried the read out
-// (proto::mirror_read with an overlay), and the remote's test of whether
-// the device is still as it published it (RegMirror::unchanged_since).
-#include <fcntl.h>
-#include <sys/mman.h>
-#include <unistd.h>
+// Predicted reads in the register mirror, the proxy's side: when it may
+// answer a read-to-clear byte from the page (proto::mirror_predict), and
+// what it lays over later reads until the remote has carried the read out
+// (proto::mirror_read with an overlay). The remote's side is in
+// remote_reg_mirror_test.cc.
 
 #include <gtest/gtest.h>
 
-#include "pci/pci_device.h"
 #include "proto/reg_mirror.h"
-#include "remote/irq_line.h"
-#include "remote/reg_mirror.h"
-#include "util/event_loop.h"
 
 using namespace mpq;
 using proto::MirrorPage;
@@ -114,108 +107,6 @@ TEST(MirrorPredict, PackedPredictionsRoundTrip) {
         EXPECT_EQ(q->change_value[i], 0xf0 + i);
     }
     EXPECT_FALSE(proto::unpack_prediction(0, 0)) << "an empty slot";
-}
-
-pci::PciIdentity ident() {
-    pci::PciIdentity id;
-    id.vendor = 0x1234;
-    id.device = 0x5678;
-    id.bars[1] = {pci::BarKind::Mem32, 4096};
-    return id;
-}
-
-// Byte 3 clears when read, and the line follows it.
-class StatusDev : public pci::PciDevice {
-public:
-    StatusDev() : PciDevice(ident()) {}
-    uint64_t bar_read(int, uint64_t off, unsigned) override {
-        uint8_t v = regs[off & 0xff];
-        if ((off & 0xff) == 3) {
-            regs[3] = 0;
-            set_irq(false);
-        }
-        return v;
-    }
-    void bar_write(int, uint64_t off, uint64_t val, unsigned) override { regs[off & 0xff] = static_cast<uint8_t>(val); }
-    void device_reset() override {}
-    pci::RegWindow reg_window() const override {
-        pci::RegWindow w;
-        w.bars = 0b10;
-        w.pure.set();
-        w.pure.reset(3);
-        return w;
-    }
-    void reg_window_fill(std::span<uint8_t, pci::kRegWindowSize> image) override {
-        for (unsigned i = 0; i < image.size(); ++i)
-            if (i != 3) image[i] = regs[i];
-    }
-    unsigned predict_reads(std::span<ReadPrediction, kMaxReadPredictions> out) const override {
-        out[0].offset = 3;
-        out[0].value = regs[3];
-        out[0].irq_level_after = false;
-        return 1;
-    }
-    void raise(uint8_t status) {
-        regs[3] |= status;
-        set_irq(true);
-    }
-    std::array<uint8_t, 256> regs{};
-};
-
-UniqueFd sealed_page() {
-    UniqueFd fd(::memfd_create("predict-test", MFD_CLOEXEC | MFD_ALLOW_SEALING));
-    EXPECT_EQ(::ftruncate(fd.get(), proto::kMirrorPageSize), 0);
-    EXPECT_EQ(::fcntl(fd.get(), F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW), 0);
-    return fd;
-}
-
-TEST(MirrorPredict, RemoteTellsWhetherTheDeviceRanOnSinceAPublication) {
-    EventLoop loop;
-    remote::EventfdIrqLine line(loop);
-    StatusDev dev;
-    dev.attach_irq(&line);
-    dev.config_write(0x04, 0x0002, 2);
-    UniqueFd fd = sealed_page();
-    int keep = ::dup(fd.get());
-    auto m = remote::RegMirror::attach(std::move(fd), dev, &line);
-    ASSERT_TRUE(m.ok()) << m.error().message;
-    void* p = ::mmap(nullptr, proto::kMirrorPageSize, PROT_READ, MAP_SHARED, keep, 0);
-    ASSERT_NE(p, MAP_FAILED);
-    auto* page = static_cast<const MirrorPage*>(p);
-
-    dev.raise(0x04);
-    (*m)->publish(0);
-    uint32_t s = page->seq.load();
-    auto ov = proto::mirror_predict(*page, 1, 3, 1, 0);
-    ASSERT_TRUE(ov);
-    EXPECT_EQ(ov->prediction.value, 0x04);
-    EXPECT_FALSE(ov->prediction.level_after);
-    EXPECT_TRUE((*m)->unchanged_since(s));
-    (*m)->begin();  // the round that will carry the read out
-    EXPECT_TRUE((*m)->unchanged_since(s));
-    EXPECT_FALSE((*m)->unchanged_since(s - 2)) << "an older publication";
-    dev.regs[0x20] = 9;  // a pure byte changed in this round
-    EXPECT_FALSE((*m)->unchanged_since(s));
-    dev.regs[0x20] = 0;
-    dev.raise(0x08);  // only the read-to-clear byte changed: its prediction tells
-    EXPECT_FALSE((*m)->unchanged_since(s));
-    (*m)->publish(0);
-    EXPECT_FALSE((*m)->unchanged_since(s)) << "published since";
-    EXPECT_TRUE((*m)->unchanged_since(page->seq.load()));
-
-    // Without an irq line nothing is predicted (the level after is unknown).
-    UniqueFd fd2 = sealed_page();
-    int keep2 = ::dup(fd2.get());
-    auto m2 = remote::RegMirror::attach(std::move(fd2), dev, nullptr);
-    ASSERT_TRUE(m2.ok());
-    (*m2)->publish(0);
-    void* p2 = ::mmap(nullptr, proto::kMirrorPageSize, PROT_READ, MAP_SHARED, keep2, 0);
-    ASSERT_NE(p2, MAP_FAILED);
-    EXPECT_FALSE(proto::mirror_predict(*static_cast<const MirrorPage*>(p2), 1, 3, 1, 0));
-    ::munmap(p, proto::kMirrorPageSize);
-    ::munmap(p2, proto::kMirrorPageSize);
-    ::close(keep);
-    ::close(keep2);
 }
 
 }  // namespace

@@ -196,6 +196,63 @@ TEST(RegMirror, PublishesTheWindowBetweenRounds) {
     EXPECT_FALSE(proto::mirror_read(*view.p, 1, 0x20, 4, 7)) << "gone: the page says ask the device";
 }
 
+// Byte 3 (read-to-clear) predicted: it reads as it is and leaves the line
+// down.
+class PredictingDev : public WindowDev {
+public:
+    unsigned predict_reads(std::span<ReadPrediction, kMaxReadPredictions> out) const override {
+        out[0].offset = 3;
+        out[0].value = regs[3];
+        out[0].irq_level_after = false;
+        return 1;
+    }
+};
+
+TEST(RegMirror, TellsWhetherTheDeviceRanOnSinceAPublication) {
+    EventLoop loop;
+    remote::EventfdIrqLine irq(loop);
+    PredictingDev dev;
+    dev.attach_irq(&irq);
+    UniqueFd fd = page_fd(F_SEAL_SHRINK | F_SEAL_GROW);
+    View view(fd.get());
+    auto m = remote::RegMirror::attach(UniqueFd(::dup(fd.get())), dev, &irq);
+    ASSERT_TRUE(m.ok()) << m.error().message;
+    EXPECT_FALSE((*m)->unchanged_since(0)) << "nothing published yet";
+
+    dev.regs[3] = 0x04;
+    (*m)->publish(0);
+    uint32_t s = view.p->seq.load();
+    auto ov = proto::mirror_predict(*view.p, 1, 3, 1, 0);
+    ASSERT_TRUE(ov);
+    EXPECT_EQ(ov->prediction.value, 0x04);
+    EXPECT_FALSE(ov->prediction.level_after);
+    EXPECT_TRUE((*m)->unchanged_since(s));
+    (*m)->begin();  // the round that carries the read out
+    EXPECT_TRUE((*m)->unchanged_since(s));
+    EXPECT_FALSE((*m)->unchanged_since(s - 2)) << "an older publication";
+    dev.regs[0x20] ^= 0xff;  // a pure byte changed in this round
+    EXPECT_FALSE((*m)->unchanged_since(s));
+    dev.regs[0x20] ^= 0xff;
+    EXPECT_TRUE((*m)->unchanged_since(s));
+    dev.regs[3] |= 0x08;  // only the read-to-clear byte: its prediction tells
+    EXPECT_FALSE((*m)->unchanged_since(s));
+    dev.regs[3] = 0x04;
+    dev.bar_write(1, 0x10, 1, 1);  // the line
+    EXPECT_FALSE((*m)->unchanged_since(s));
+    (*m)->publish(0);
+    EXPECT_FALSE((*m)->unchanged_since(s)) << "published since";
+    EXPECT_TRUE((*m)->unchanged_since(view.p->seq.load()));
+    EXPECT_TRUE(proto::mirror_predict(*view.p, 0, 3, 1, 0)->prediction.value == 0x04);
+
+    // Without an irq line nothing is predicted: the level after is unknown.
+    UniqueFd fd2 = page_fd(F_SEAL_SHRINK | F_SEAL_GROW);
+    View view2(fd2.get());
+    auto m2 = remote::RegMirror::attach(UniqueFd(::dup(fd2.get())), dev, nullptr);
+    ASSERT_TRUE(m2.ok());
+    (*m2)->publish(0);
+    EXPECT_FALSE(proto::mirror_predict(*view2.p, 1, 3, 1, 0));
+}
+
 // ---- MIRROR_SETUP through the server ----
 
 enum class LoopMode { Epoll, Ring };
