@@ -75,7 +75,9 @@ public:
     // sent after it, so only observers outside this socket need fence().
     Status post_write(ProxyDevice& dev, std::span<const uint8_t> bar_access);
     // BAR_READ_POSTED (a read answered from the mirror's prediction);
-    // counted with the posted writes.
+    // counted with the posted writes. On a watched link it leaves after the
+    // current event-loop handler (the guest's answer goes out first), and
+    // always before any later frame on the socket.
     Status post_read(ProxyDevice& dev, const proto::PostedRead& read);
     bool posts_writes() const { return session_.posts_writes(); }
     // BAR_WRITE_POSTED frames sent so far (what a register mirror must have
@@ -117,6 +119,8 @@ private:
     Status send(proto::Cmd cmd, std::span<const uint8_t> payload, std::span<const int> fds = {});
 
     void on_idle_event(uint32_t events);
+    // Sends the posted read held back by post_read(), if any.
+    Status flush_held();
 
     std::unique_ptr<LinkTransport> io_;
     LinkSession session_;
@@ -128,6 +132,10 @@ private:
     bool broken_ = false;
     std::string reason_;
     std::vector<ProxyDevice*> devices_;
+    // A posted read not on the socket yet, for the device selected when it
+    // was posted; `alive_` tells the deferred flush whether we still exist.
+    std::optional<proto::PostedRead> held_read_;
+    std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
 };
 
 struct ProxyOptions {

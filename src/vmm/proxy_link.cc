@@ -50,6 +50,7 @@ Result<std::shared_ptr<ProxyLink>> ProxyLink::create(UniqueFd sock, std::string 
 }
 
 ProxyLink::~ProxyLink() {
+    *alive_ = false;
     if (loop_) loop_->remove_fd(io_->fd());
 }
 
@@ -90,6 +91,7 @@ void ProxyLink::mark_broken(const std::string& reason) {
 
 Result<uint64_t> ProxyLink::exchange(Cmd cmd, std::span<const uint8_t> payload, std::span<const int> fds) {
     if (broken_) return fail("{}", reason_);
+    MPQ_TRY(flush_held());
     if (auto st = io_->exchange(cmd, payload, fds, rx_); !st.ok()) {
         mark_broken(st.error().message);
         return fail("{}", reason_);
@@ -107,6 +109,7 @@ Result<uint64_t> ProxyLink::exchange(Cmd cmd, std::span<const uint8_t> payload, 
 
 Status ProxyLink::send(Cmd cmd, std::span<const uint8_t> payload, std::span<const int> fds) {
     if (broken_) return fail("{}", reason_);
+    MPQ_TRY(flush_held());
     if (auto st = io_->send(cmd, payload, fds); !st.ok()) {
         mark_broken(st.error().message);
         return fail("{}", reason_);
@@ -142,8 +145,33 @@ Status ProxyLink::post_read(ProxyDevice& dev, const proto::PostedRead& read) {
     if (broken_) return fail("{}", reason_);
     if (!(features() & proto::kFeatRegMirror)) return fail("register mirror not negotiated on {}", name_);
     MPQ_TRY(select(dev));
-    MPQ_TRY(send(Cmd::BarReadPosted, proto::bytes_of(read)));
+    if (!loop_) {
+        MPQ_TRY(send(Cmd::BarReadPosted, proto::bytes_of(read)));
+        session_.posted_write_sent();
+        return {};
+    }
+    // Held back: sending it now would wake the remote (an IPI when it runs
+    // on another CPU) before the guest has its answer, and nothing needs it
+    // there sooner than the next frame, which sends it first. The proxy's
+    // overlay answers for it meanwhile.
+    MPQ_TRY(flush_held());
+    held_read_ = read;
     session_.posted_write_sent();
+    loop_->defer([this, alive = alive_] {
+        if (*alive) (void)flush_held();
+    });
+    return {};
+}
+
+Status ProxyLink::flush_held() {
+    if (!held_read_) return {};
+    proto::PostedRead r = *held_read_;
+    held_read_.reset();
+    if (broken_) return fail("{}", reason_);
+    if (auto st = io_->send(Cmd::BarReadPosted, proto::bytes_of(r), {}); !st.ok()) {
+        mark_broken(st.error().message);
+        return fail("{}", reason_);
+    }
     return {};
 }
 
