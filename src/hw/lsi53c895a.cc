@@ -181,7 +181,7 @@ unsigned LsiController::predict_reads(std::span<ReadPrediction, kMaxReadPredicti
 // for the next read (as if the new bits had come right after the read).
 void LsiController::late_predicted_read(int bar, unsigned offset, uint8_t seen) {
     LsiRegs& r = s_.regs;
-    switch (offset) {
+    switch (bar == 0 || bar == 1 ? offset : ~0u) {
     case kDstat:
         if (!(r.istat0 & kIstatIntf)) r.dstat &= static_cast<uint8_t>(~seen);
         break;

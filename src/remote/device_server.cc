@@ -136,8 +136,18 @@ Status DeviceServer::add_connection(UniqueFd sock, std::vector<ServedDevice> dev
 // device runs its SCRIPTS inside the register write: a few batches of it at
 // most, the same bound as a worker's round end.
 void DeviceServer::settle() {
-    for (int i = 0; i < kSettleBatches && loop_.run_deferred_now(); i++) {
+    int batches = 0;
+    while (batches++ < kSettleBatches && loop_.run_deferred_now()) {
     }
+}
+
+// serve(c) from the loop's deferred work, if c still exists then.
+void DeviceServer::defer_serve(Conn& c) {
+    Conn* raw = &c;
+    loop_.defer([this, raw] {
+        for (auto& p : conns_)
+            if (p.get() == raw) return serve(*raw);
+    });
 }
 
 void DeviceServer::serve(Conn& c) {
@@ -145,12 +155,7 @@ void DeviceServer::serve(Conn& c) {
         // Reached from deferred work that settle() runs inside
         // another serve(): frame_ is taken, so this connection's turn comes
         // after that one's.
-        Conn* raw = &c;
-        loop_.defer([this, raw] {
-            for (auto& p : conns_)
-                if (p.get() == raw) return serve(*raw);
-        });
-        return;
+        return defer_serve(c);
     }
     serving_ = true;
     struct Done {
@@ -225,11 +230,7 @@ void DeviceServer::serve(Conn& c) {
     // Out of budget: the rest after the other work of this round. Frames
     // already buffered would not be reported again (the socket may be empty).
     if (c.io->frame_ready()) {
-        Conn* raw = &c;
-        loop_.defer([this, raw] {
-            for (auto& p : conns_)
-                if (p.get() == raw) return serve(*raw);
-        });
+        defer_serve(c);
     } else if (!c.io->wait()) {
         ended(c, ConnTransport::End::Error, "cannot queue a receive in the loop's ring");
     }

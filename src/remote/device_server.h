@@ -72,6 +72,7 @@ private:
     // Runs the device work that frames served so far started, before a
     // read is answered and before waiting for more (see the .cc).
     void settle();
+    void defer_serve(Conn& c);
     void ended(Conn& c, ConnTransport::End end, const std::string& why);
     void drop(Conn& c, bool orderly);
     void install_round_hooks();

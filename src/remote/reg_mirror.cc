@@ -33,7 +33,7 @@ Result<std::unique_ptr<RegMirror>> RegMirror::attach(UniqueFd fd, pci::PciDevice
 
 RegMirror::RegMirror(MirrorPage* page, pci::PciDevice& dev, const pci::RegWindow& window,
                      const EventfdIrqLine* irq)
-    : page_(page), dev_(dev), irq_(irq) {
+    : page_(page), dev_(dev), irq_(irq), bars_(window.bars) {
     // Whatever the page held, nothing in it is valid until the first publish.
     begin();
     page_->bars.store(window.bars, std::memory_order_relaxed);

@@ -36,6 +36,11 @@ public:
     // read made from that publication then does exactly what it predicted):
     // nothing published since, and the window and the line unchanged.
     bool unchanged_since(uint32_t seq);
+    // Whether a one-byte access at `offset` of `bar` lies in the mirrored
+    // window (only those can have been predicted).
+    bool covers(int bar, uint64_t offset) const {
+        return bar >= 0 && bar < 32 && ((bars_ >> bar) & 1) && offset < pci::kRegWindowSize;
+    }
 
 private:
     using Packed = std::array<std::pair<uint64_t, uint64_t>, proto::kMaxPredictions>;  // head, changes
@@ -46,6 +51,7 @@ private:
     proto::MirrorPage* page_;
     pci::PciDevice& dev_;
     const EventfdIrqLine* irq_;
+    uint32_t bars_ = 0;  // the window's BARs (RegWindow::bars)
     uint32_t seq_ = 0;  // ours: never read back from the page, which the peer can write too
     // What the last publish put in the page, for unchanged_since().
     std::array<uint8_t, pci::kRegWindowSize> published_{};

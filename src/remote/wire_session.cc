@@ -211,8 +211,9 @@ void WireSession::do_posted_read(const Frame& f) {
     auto space = b.memory ? pci::AddressSpace::Memory : pci::AddressSpace::Io;
     auto hit = dev().dev->decode(space, b.addr, 1);
     RegMirror* m = selected_ < mirrors_.size() ? mirrors_[selected_].get() : nullptr;
-    if (!hit || !m) {
-        complain("BAR_READ_POSTED at {:#x}: {}", b.addr, hit ? "no register mirror" : "no BAR decodes this address");
+    if (!hit || !m || !m->covers(hit->bar, hit->offset)) {
+        complain("BAR_READ_POSTED at {:#x}: {}", b.addr,
+                 !hit ? "no BAR decodes this address" : !m ? "no register mirror" : "outside the mirrored window");
         return;
     }
     const uint8_t seen = static_cast<uint8_t>(b.val);

@@ -166,13 +166,8 @@ Status ProxyLink::post_read(ProxyDevice& dev, const proto::PostedRead& read) {
 Status ProxyLink::flush_held() {
     if (!held_read_) return {};
     proto::PostedRead r = *held_read_;
-    held_read_.reset();
-    if (broken_) return fail("{}", reason_);
-    if (auto st = io_->send(Cmd::BarReadPosted, proto::bytes_of(r), {}); !st.ok()) {
-        mark_broken(st.error().message);
-        return fail("{}", reason_);
-    }
-    return {};
+    held_read_.reset();  // first: send() flushes, and finds nothing held
+    return send(Cmd::BarReadPosted, proto::bytes_of(r));
 }
 
 Result<uint64_t> ProxyLink::call_with_fd(ProxyDevice& dev, Cmd cmd, std::span<const uint8_t> payload, int fd) {
